@@ -1,0 +1,1 @@
+"""The `llamavid` command line: a thin Typer layer over the `llamavid` library."""
