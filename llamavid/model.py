@@ -79,8 +79,14 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
-def select_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``None``/"auto": bf16 on GPUs that support it, else fp16; fp16 on MPS; float32 on the CPU."""
+def select_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """``None``/"auto": bf16 on GPUs that support it, else fp16; fp16 on MPS; float32 on the CPU.
+
+    "stored" keeps every tensor in the dtype it is stored in, memory-mapped and uncopied: cheap for
+    inspecting a checkpoint (``llamavid info``), not meant for running one with mixed dtypes.
+    """
+    if str(dtype) == "stored":
+        return None
     if dtype is None or str(dtype) == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -510,30 +516,32 @@ def build_llm(cfg: LlamaVidConfig, sd: dict[str, torch.Tensor], *, source: str, 
 
 
 def quantize_llm(llm: nn.Module, bits: int, device: torch.device, compute_dtype: torch.dtype) -> nn.Module:
-    """Swap the decoder's Linear layers for bitsandbytes 8-bit or 4-bit (NF4) layers; quantized on .to(cuda)."""
+    """Swap the decoder layers' Linear modules for bitsandbytes 8-bit (LLM.int8) or 4-bit (NF4) ones.
+
+    The weights are quantized when the module moves to ``device`` (CUDA, or the CPU with bitsandbytes
+    >= 0.45); embeddings, norms and the output head stay in ``compute_dtype``.
+    """
     try:
         import bitsandbytes as bnb
     except ImportError:
         raise InputError(f"{bits}-bit loading needs bitsandbytes: pip install 'llamavid[quant]'") from None
-    if device.type != "cuda":
-        raise InputError(f"{bits}-bit loading needs a CUDA GPU (device is {device})")
     for parent in list(llm.model.layers.modules()):
         for child_name, child in list(parent.named_children()):
             if not isinstance(child, nn.Linear):
                 continue
-            weight = child.weight.data.to("cpu", torch.float16)
-            bias = child.bias
+            weight = child.weight.data.to("cpu")
+            has_bias = child.bias is not None
             if bits == 8:
-                new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=bias is not None,
+                new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=has_bias,
                                           has_fp16_weights=False, threshold=6.0)
                 new.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
             else:
-                new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=bias is not None,
+                new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=has_bias,
                                         compute_dtype=compute_dtype, quant_type="nf4")
                 new.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4")
-            if bias is not None:
-                new.bias = nn.Parameter(bias.data.to("cpu", compute_dtype), requires_grad=False)
-            setattr(parent, child_name, new)
+            if has_bias:
+                new.bias = nn.Parameter(child.bias.data.to("cpu", compute_dtype), requires_grad=False)
+            setattr(parent, child_name, new.to(device))
     return llm.to(device)
 
 
@@ -564,7 +572,6 @@ def load_model(
     dev = select_device(device)
     dt = select_dtype(dtype, dev)
     load_dev = torch.device("cpu") if (load_in_8bit or load_in_4bit) else dev
-    load_dt = torch.float16 if (load_in_8bit or load_in_4bit) else dt
 
     groups = ckpt_io.route_checkpoint(ckpt)
     source = str(ckpt)
@@ -579,7 +586,7 @@ def load_model(
                 display=lambda k: ckpt_io.to_checkpoint_key("tokens." + k))
     if qformer.config.encoder_width != cfg.mm_hidden_size:
         raise CheckpointError(f"{source}: QFormer cross-attends to width {qformer.config.encoder_width} but mm_hidden_size is {cfg.mm_hidden_size}")
-    llm = build_llm(cfg, groups["llm"], source=source, device=load_dev, dtype=load_dt,
+    llm = build_llm(cfg, groups["llm"], source=source, device=load_dev, dtype=dt,
                     attn_implementation=attn_implementation)
     if load_in_8bit or load_in_4bit:
         llm = quantize_llm(llm, 8 if load_in_8bit else 4, dev, dt)
@@ -588,8 +595,11 @@ def load_model(
     if text_tokenizer.vocab_size > vocab_rows:
         raise CheckpointError(f"{source}: the tokenizer has {text_tokenizer.vocab_size} tokens but the LLM embeds only {vocab_rows}")
     bert_tok = load_qformer_tokenizer(qformer_tokenizer, checkpoint_dir=ckpt)
-    if len(bert_tok) > qformer.config.vocab_size:
-        raise CheckpointError(f"{source}: the QFormer tokenizer has {len(bert_tok)} tokens but the QFormer embeds only {qformer.config.vocab_size}")
+    if len(bert_tok) != qformer.config.vocab_size:
+        raise CheckpointError(
+            f"{bert_tok.name_or_path}: the QFormer tokenizer has {len(bert_tok)} tokens but the QFormer embeds "
+            f"{qformer.config.vocab_size} (expected bert-base-uncased plus [DEC]); pass the right --qformer-tokenizer"
+        )
     vision_weights = resolve_vision_weights(vision_tower, cfg, ckpt, groups["vision"])
     model = LlamaVid(cfg, qformer=qformer, tokens=tokens, llm=llm, text_tokenizer=text_tokenizer,
                      qformer_tokenizer=bert_tok, vision_weights=vision_weights, name=os.fspath(name_or_path))

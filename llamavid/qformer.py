@@ -230,7 +230,7 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, source: st
         problems.append("wrong shapes " + _few(wrong))
     if problems:
         raise CheckpointError(f"{source}: {what} weights do not match: " + "; ".join(problems))
-    module.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, strict=True, assign=True)
+    module.load_state_dict({k: v.to(device=device, dtype=dtype or v.dtype) for k, v in sd.items()}, strict=True, assign=True)
 
 
 def _few(items: Sequence[str], n: int = 6) -> str:
@@ -262,13 +262,15 @@ def load_qformer_tokenizer(name_or_path: str | os.PathLike | None, *, checkpoint
     source = candidates[0]
     if os.path.isdir(source) and not (Path(source) / "vocab.txt").is_file() and not (Path(source) / "tokenizer.json").is_file():
         raise CheckpointError(f"{source}: not a BERT tokenizer folder (no vocab.txt or tokenizer.json)")
+    hint = ("pass --qformer-tokenizer PATH (a folder with bert-base-uncased's vocab.txt) "
+            "or put it in <checkpoint>/qformer_tokenizer/")
     try:
         tok = BertTokenizer.from_pretrained(source, truncation_side="left")
     except OSError as exc:
-        raise CheckpointError(
-            f"{source}: cannot load the QFormer's BERT tokenizer ({' '.join(str(exc).split())[:160]}); "
-            "pass --qformer-tokenizer PATH (a folder with bert-base-uncased's vocab.txt) or put it in <checkpoint>/qformer_tokenizer/"
-        ) from None
+        raise CheckpointError(f"{source}: cannot load the QFormer's BERT tokenizer ({' '.join(str(exc).split())[:160]}); {hint}") from None
+    if len(tok.get_vocab()) <= len(tok.all_special_tokens) + 1:
+        # transformers 5 quietly builds a specials-only tokenizer when no vocabulary file is found
+        raise CheckpointError(f"{source}: cannot load the QFormer's BERT tokenizer (no vocabulary found; offline or not cached); {hint}")
     if tok.bos_token != "[DEC]":
         tok.add_special_tokens({"bos_token": "[DEC]"})
     tok.truncation_side = "left"

@@ -271,14 +271,14 @@ def _short(exc: BaseException) -> str:
 
 def build_vision_tower(
     sd: Mapping[str, torch.Tensor], *, image_size: int = 224, source: str = "vision tower",
-    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu", dtype: torch.dtype | None = torch.float32,
 ) -> EvaVisionTransformer:
     """An EVA encoder built from a LAVIS-named state dict (sizes inferred), frozen and in eval mode."""
     cfg = VisionConfig.from_state_dict(sd, image_size=image_size, source=source)
     weights = vision_state_dict_for(cfg, sd, source)
     with torch.device("meta"):
         model = EvaVisionTransformer(cfg)
-    weights = {k: v.to(device=device, dtype=dtype) for k, v in weights.items()}
+    weights = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in weights.items()}
     model.load_state_dict(weights, strict=True, assign=True)
     model.requires_grad_(False)
     return model.eval()

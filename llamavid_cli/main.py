@@ -1,12 +1,25 @@
-"""Entry point of the `llamavid` command."""
+"""Entry point of the `llamavid` command: a thin Typer layer over the library.
+
+Errors a user can cause are ``LlamaVidError``s: printed as one line on stderr, exit status 1, no
+traceback unless ``--debug`` (anywhere on the command line) or LLAMAVID_DEBUG=1.
+"""
 
 from __future__ import annotations
+
+import os
+import sys
 
 import typer
 
 from llamavid import __version__
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Video question answering with LLaMA-VID.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Video question answering with LLaMA-VID: every frame is two LLM tokens.",
+)
 
 
 def _version(value: bool) -> None:
@@ -18,9 +31,37 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (also accepted after the subcommand)."),
 ) -> None:
-    """Video question answering with LLaMA-VID."""
+    """Video question answering with LLaMA-VID: every frame is two LLM tokens."""
 
 
-def main() -> None:
-    app()
+def _register() -> None:
+    from . import info  # noqa: F401  (commands register themselves on `app`)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("LLAMAVID_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    _register()
+    try:
+        app(args=argv, prog_name="llamavid", standalone_mode=True)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        sys.stderr.write("llamavid: interrupted\n")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place every error is turned into a line
+        from llamavid.errors import LlamaVidError
+
+        if debug:
+            raise
+        if isinstance(exc, LlamaVidError):
+            sys.stderr.write(f"llamavid: error: {exc}\n")
+            sys.exit(exc.exit_code)
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        sys.stderr.write(f"llamavid: internal error: {type(exc).__name__}: {text} (run with --debug for the traceback)\n")
+        sys.exit(1)

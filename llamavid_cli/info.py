@@ -1,0 +1,85 @@
+"""`llamavid info`: what a .vidtok file holds, or what a model checkpoint is (checked without running it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .main import app
+from .output import print_json
+
+
+@app.command()
+def info(
+    target: str = typer.Argument(..., help="A .vidtok file, or a model: checkpoint directory, Hugging Face id or built-in name."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
+    verify: bool = typer.Option(False, "--verify", help="For a .vidtok: check every block's checksum."),
+    vision_tower: str = typer.Option(None, "--vision-tower", help="For a model: path to eva_vit_g.pth."),
+) -> None:
+    """Show what a .vidtok token file or a model checkpoint holds."""
+    if target.endswith(".vidtok"):
+        record = vidtok_info(Path(target), verify=verify)
+    else:
+        record = model_info(target, vision_tower=vision_tower)
+    if json_out:
+        print_json(record)
+        return
+    for key, value in record.items():
+        if isinstance(value, dict):
+            typer.echo(f"{key}:")
+            for k, v in value.items():
+                typer.echo(f"  {k}: {v}")
+        elif isinstance(value, list):
+            typer.echo(f"{key}: {len(value)} item(s)")
+        else:
+            typer.echo(f"{key}: {value}")
+
+
+def model_info(name: str, *, vision_tower: str | None = None) -> dict:
+    """Load a checkpoint memory-mapped in its stored dtypes (no copies): every key and shape is checked."""
+    from llamavid import load_model
+
+    model = load_model(name, vision_tower=vision_tower, device="cpu", dtype="stored")
+    cfg = model.config
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    try:
+        vision = model.vision_identity()
+    except Exception as exc:  # the encoder may only be reachable by download; say so rather than fail
+        vision = {"error": " ".join(str(exc).split())}
+    return {
+        "model": name,
+        "llm": {"hidden_size": cfg.llm_hidden_size, "layers": cfg.llm.get("num_hidden_layers"),
+                "parameters": count(model.llm), "vocab_size": model.text_tokenizer.vocab_size},
+        "context_length": model.context_length,
+        "tokens_per_frame": model.tokens_per_frame,
+        "compress_type": cfg.compress_type,
+        "projector": cfg.mm_projector_type,
+        "long_video": cfg.long_video,
+        "conv_mode": cfg.conv_mode,
+        "qformer": {"layers": model.qformer.config.layers, "hidden": model.qformer.config.hidden,
+                    "queries": model.qformer.config.num_query, "parameters": count(model.qformer)},
+        "vision": vision,
+    }
+
+
+def vidtok_info(path: Path, *, verify: bool = False) -> dict:
+    from llamavid.vidtok import open_vidtok
+
+    with open_vidtok(path) as vt:
+        if verify:
+            vt.verify()
+        meta = dict(vt.meta)
+        return {
+            "file": str(path),
+            "frames": vt.num_frames,
+            "feature_shape": list(vt.feature_shape),
+            "storage": vt.storage,
+            "fps": vt.fps,
+            "duration": float(vt.timestamps[-1]) if vt.num_frames else 0.0,
+            "source": vt.source,
+            "encoder": vt.encoder,
+            "subtitles": len(vt.subtitles),
+            "created_by": meta.get("created_by"),
+            "verified": bool(verify),
+        }
