@@ -15,7 +15,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_model": "model", "LlamaVid": "model", "Answer": "model",
+    "load_model": "model", "load_vision_encoder": "model", "LlamaVid": "model", "Answer": "model",
     "SamplingOptions": "decoding",
     "LlamaVidError": "errors", "InputError": "errors", "CheckpointError": "errors", "ModelNotFoundError": "errors",
     "VideoError": "errors", "VidtokError": "errors", "ContextOverflowError": "errors",

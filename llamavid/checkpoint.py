@@ -159,6 +159,24 @@ def iter_checkpoint_tensors(ckpt: Path) -> Iterator[tuple[str, torch.Tensor, Pat
             yield key, tensor, path
 
 
+def read_prefixed_tensors(ckpt: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """Tensors whose key starts with ``prefix`` (prefix removed), opening only the shards that hold them."""
+    files = weight_files(ckpt)
+    for index_name in WEIGHT_INDEXES:
+        index = ckpt / index_name
+        if index.is_file():
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            wanted = {name for key, name in weight_map.items() if key.startswith(prefix)}
+            files = [f for f in files if f.name in wanted]
+            break
+    out: dict[str, torch.Tensor] = {}
+    for path in files:
+        for key, tensor in read_weight_file(path).items():
+            if key.startswith(prefix):
+                out[key[len(prefix):]] = tensor
+    return out
+
+
 def route_checkpoint(ckpt: Path) -> dict[str, dict[str, torch.Tensor]]:
     """Group a checkpoint's tensors by component ("qformer", "tokens", "vision", "llm"), named as our modules.
 

@@ -26,10 +26,7 @@ from .errors import CheckpointError, ContextOverflowError, InputError
 from .prompt import IMAGE_SLOT, TextTokenizer, get_template, image_message, movie_message, tokenize_prompt
 from .qformer import QFormer, build_qformer, encode_questions, load_qformer_tokenizer, load_strict
 from .tokens import TokenGenerator
-from .vision import (
-    PUBLIC_WEIGHTS_URL, EvaVisionTransformer, VisionConfig, build_vision_tower, preprocess_frames, read_lavis_weights,
-    vision_state_dict_for,
-)
+from .vision import PUBLIC_WEIGHTS_URL, EvaVisionTransformer, VisionEncoder, VisionWeights, read_lavis_weights
 
 
 class FeatureSource(Protocol):
@@ -107,49 +104,6 @@ def select_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch
 # Vision weights: resolved at load time, read lazily
 
 
-class VisionWeights:
-    """Where the vision encoder's weights come from (a file, the checkpoint's embedded copy, or the URL).
-
-    Building the 1B-parameter encoder is deferred until frames are encoded: answering from a ``.vidtok``
-    never needs it. The identity fingerprint reads only a few (memory-mapped) tensors.
-    """
-
-    def __init__(self, description: str, loader: Callable[[], Mapping[str, torch.Tensor]], image_size: int):
-        self.description = description
-        self._loader = loader
-        self._sd: Mapping[str, torch.Tensor] | None = None
-        self.image_size = image_size
-
-    def state_dict(self) -> Mapping[str, torch.Tensor]:
-        if self._sd is None:
-            self._sd = self._loader()
-        return self._sd
-
-    def config(self) -> VisionConfig:
-        return VisionConfig.from_state_dict(self.state_dict(), image_size=self.image_size, source=self.description)
-
-    def validate(self) -> None:
-        """Check every tensor's presence and shape now (cheap: the file is memory-mapped)."""
-        vision_state_dict_for(self.config(), self.state_dict(), self.description)
-
-    def fingerprint(self) -> str:
-        cfg = self.config()
-        sd = self.state_dict()
-        names = ["cls_token", "pos_embed", "patch_embed.proj.weight", f"blocks.{cfg.depth - 1}.mlp.fc2.weight"]
-        items = {"width": cfg.width, "depth": cfg.depth, "heads": cfg.heads, "mlp": cfg.mlp_width,
-                 "patch": cfg.patch_size, "image_size": cfg.image_size}
-        return ckpt_io.tensor_fingerprint(items, {n: sd[n] for n in names})
-
-    def identity(self) -> dict[str, Any]:
-        """What a .vidtok records about the encoder that made it."""
-        cfg = self.config()
-        return {
-            "fingerprint": self.fingerprint(), "architecture": "eva_vit", "width": cfg.width, "depth": cfg.depth,
-            "heads": cfg.heads, "mlp_width": cfg.mlp_width, "patch_size": cfg.patch_size,
-            "image_size": cfg.image_size, "tokens": cfg.num_tokens, "weights": self.description,
-        }
-
-
 def resolve_vision_weights(
     explicit: str | os.PathLike | None, cfg: LlamaVidConfig, ckpt: Path, embedded: Mapping[str, torch.Tensor]
 ) -> VisionWeights:
@@ -194,8 +148,7 @@ class LlamaVid(nn.Module):
         llm: nn.Module,
         text_tokenizer: TextTokenizer,
         qformer_tokenizer: Any,
-        vision_weights: VisionWeights | None = None,
-        vision: EvaVisionTransformer | None = None,
+        vision_encoder: VisionEncoder | None = None,
         name: str = "",
     ):
         super().__init__()
@@ -205,8 +158,7 @@ class LlamaVid(nn.Module):
         self.llm = llm
         self.text_tokenizer = text_tokenizer
         self.qformer_tokenizer = qformer_tokenizer
-        self.vision_weights = vision_weights
-        self._vision = vision
+        self.vision_encoder = vision_encoder  # not a submodule: frozen, built lazily, saved separately
         self.name = name
 
     # -- properties ----------------------------------------------------------------------------------------
@@ -228,47 +180,41 @@ class LlamaVid(nn.Module):
 
     @property
     def vision(self) -> EvaVisionTransformer:
-        """The vision encoder, built on first use (answering from features never needs it)."""
-        if self._vision is None:
-            if self.vision_weights is None:
-                raise CheckpointError(f"{self.name}: this model has no vision encoder; pass vision_tower=PATH to eva_vit_g.pth")
-            self._vision = build_vision_tower(
-                self.vision_weights.state_dict(), image_size=self.config.image_size,
-                source=self.vision_weights.description, device=self.device, dtype=self.dtype,
+        """The vision encoder network, built on first use (answering from features never needs it)."""
+        encoder = self._require_vision()
+        module = encoder.module
+        if module.config.width != self.config.mm_hidden_size:
+            raise CheckpointError(
+                f"{encoder.weights.description}: encoder width {module.config.width} does not match "
+                f"the model's mm_hidden_size {self.config.mm_hidden_size}"
             )
-            if self._vision.config.width != self.config.mm_hidden_size:
-                raise CheckpointError(
-                    f"{self.vision_weights.description}: encoder width {self._vision.config.width} does not match "
-                    f"the model's mm_hidden_size {self.config.mm_hidden_size}"
-                )
-        return self._vision
+        return module
+
+    def _require_vision(self) -> VisionEncoder:
+        if self.vision_encoder is None:
+            raise CheckpointError(f"{self.name}: this model has no vision encoder; pass vision_tower=PATH to eva_vit_g.pth")
+        return self.vision_encoder
+
+    @property
+    def vision_weights(self) -> VisionWeights:
+        return self._require_vision().weights
 
     def vision_identity(self) -> dict[str, Any]:
-        if self.vision_weights is None:
-            raise CheckpointError(f"{self.name}: this model has no vision encoder weights")
-        return self.vision_weights.identity()
+        return self._require_vision().identity()
 
     # -- frames -> features ------------------------------------------------------------------------------------
-    @torch.inference_mode()
     def encode_images(self, pixel_values: torch.Tensor, *, batch_size: int = 16) -> torch.Tensor:
         """Normalized pixels (T, 3, S, S) -> vision features (T, 1 + grid^2, width), e.g. (T, 257, 1408).
 
         Runs in batches of ``batch_size`` frames; the result stays on the model's device and dtype.
         """
-        vision = self.vision
-        out = []
-        for start in range(0, pixel_values.shape[0], batch_size):
-            batch = pixel_values[start : start + batch_size].to(self.device, self.dtype, non_blocking=True)
-            out.append(vision(batch))
-        if not out:
-            return torch.empty(0, vision.config.num_tokens, vision.config.width, device=self.device, dtype=self.dtype)
-        return torch.cat(out)
+        self.vision  # noqa: B018 - builds and checks the encoder
+        return self.vision_encoder.encode_pixels(pixel_values, batch_size=batch_size)
 
     def encode_frames(self, frames: np.ndarray | Sequence, *, is_image: bool = False, batch_size: int = 16) -> torch.Tensor:
         """RGB uint8 frames (T, H, W, 3) -> features; still images are padded to square first, as published."""
-        pad = is_image and self.config.image_aspect_ratio == "pad"
-        pixels = preprocess_frames(frames, self.config.image_size, pad_to_square=pad)
-        return self.encode_images(pixels, batch_size=batch_size)
+        self.vision  # noqa: B018
+        return self.vision_encoder.encode_frames(frames, is_image=is_image, batch_size=batch_size)
 
     # -- features + question -> tokens -------------------------------------------------------------------------
     def frame_tokens(self, feats: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -601,9 +547,42 @@ def load_model(
             f"{qformer.config.vocab_size} (expected bert-base-uncased plus [DEC]); pass the right --qformer-tokenizer"
         )
     vision_weights = resolve_vision_weights(vision_tower, cfg, ckpt, groups["vision"])
+    encoder = VisionEncoder(vision_weights, device=dev, dtype=dt, pad_images=cfg.image_aspect_ratio == "pad")
     model = LlamaVid(cfg, qformer=qformer, tokens=tokens, llm=llm, text_tokenizer=text_tokenizer,
-                     qformer_tokenizer=bert_tok, vision_weights=vision_weights, name=os.fspath(name_or_path))
+                     qformer_tokenizer=bert_tok, vision_encoder=encoder, name=os.fspath(name_or_path))
     return model.eval()
+
+
+def load_vision_encoder(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    vision_tower: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    image_size: int | None = None,
+) -> VisionEncoder:
+    """Only the vision encoder: from a weights file (``vision_tower``), or the one a model uses, found as
+    ``load_model`` finds it but without loading the LLM (only shards holding vision keys are opened)."""
+    dev = select_device(device)
+    dt = select_dtype(dtype, dev)
+    if name_or_path is None:
+        if vision_tower is None:
+            raise InputError("give a model or a vision-tower file")
+        path = Path(vision_tower).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"{vision_tower}: vision-tower weights file not found")
+        weights = VisionWeights(str(path), lambda: read_lavis_weights(path), image_size or 224)
+        weights.validate()
+        return VisionEncoder(weights, device=dev, dtype=dt)
+    from .builtin import resolve_builtin
+
+    ckpt = resolve_builtin(name_or_path) or ckpt_io.resolve_checkpoint(name_or_path)
+    cfg = LlamaVidConfig.from_json(ckpt / "config.json")
+    if image_size is not None:
+        cfg.image_size = image_size
+    embedded = ckpt_io.read_prefixed_tensors(ckpt, "model.vision_tower.vision_tower.") if vision_tower is None else {}
+    weights = resolve_vision_weights(vision_tower, cfg, ckpt, embedded)
+    return VisionEncoder(weights, device=dev, dtype=dt, pad_images=cfg.image_aspect_ratio == "pad")
 
 
 def _config_eos(cfg: LlamaVidConfig) -> int | None:

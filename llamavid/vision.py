@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from .checkpoint import tensor_fingerprint
 from .errors import CheckpointError
 
 MAX_DEPTH = 39  # BLIP-2 / LLaMA-VID drop the 40th block of EVA ViT-g (use the penultimate layer's output)
@@ -287,6 +288,98 @@ def build_vision_tower(
 def load_vision_tower(path: str | os.PathLike, **kwargs) -> EvaVisionTransformer:
     """Load ``eva_vit_g.pth`` (or a tiny file in the same layout)."""
     return build_vision_tower(read_lavis_weights(path), source=str(path), **kwargs)
+
+
+class VisionWeights:
+    """Where the vision encoder's weights come from (a file, the checkpoint's embedded copy, or the URL).
+
+    Building the 1B-parameter encoder is deferred until frames are encoded: answering from a ``.vidtok``
+    never needs it. The identity fingerprint reads only a few (memory-mapped) tensors.
+    """
+
+    def __init__(self, description: str, loader: Callable[[], Mapping[str, torch.Tensor]], image_size: int):
+        self.description = description
+        self._loader = loader
+        self._sd: Mapping[str, torch.Tensor] | None = None
+        self.image_size = image_size
+
+    def state_dict(self) -> Mapping[str, torch.Tensor]:
+        if self._sd is None:
+            self._sd = self._loader()
+        return self._sd
+
+    def config(self) -> VisionConfig:
+        return VisionConfig.from_state_dict(self.state_dict(), image_size=self.image_size, source=self.description)
+
+    def validate(self) -> None:
+        """Check every tensor's presence and shape now (cheap: the file is memory-mapped)."""
+        vision_state_dict_for(self.config(), self.state_dict(), self.description)
+
+    def fingerprint(self) -> str:
+        cfg = self.config()
+        sd = self.state_dict()
+        names = ["cls_token", "pos_embed", "patch_embed.proj.weight", f"blocks.{cfg.depth - 1}.mlp.fc2.weight"]
+        items = {"width": cfg.width, "depth": cfg.depth, "heads": cfg.heads, "mlp": cfg.mlp_width,
+                 "patch": cfg.patch_size, "image_size": cfg.image_size}
+        return tensor_fingerprint(items, {n: sd[n] for n in names})
+
+    def identity(self) -> dict[str, Any]:
+        """What a .vidtok records about the encoder that made it."""
+        cfg = self.config()
+        return {
+            "fingerprint": self.fingerprint(), "architecture": "eva_vit", "width": cfg.width, "depth": cfg.depth,
+            "heads": cfg.heads, "mlp_width": cfg.mlp_width, "patch_size": cfg.patch_size,
+            "image_size": cfg.image_size, "tokens": cfg.num_tokens, "weights": self.description,
+        }
+
+
+class VisionEncoder:
+    """The frozen vision encoder as one unit: its weights, its identity, preprocessing and batched forward.
+
+    ``llamavid encode`` needs only this (not the LLM); ``LlamaVid`` holds one too.
+    """
+
+    def __init__(self, weights: "VisionWeights", *, device: torch.device | str = "cpu", dtype: torch.dtype | None = torch.float32,
+                 pad_images: bool = True):
+        self.weights = weights
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.pad_images = pad_images
+        self._module: EvaVisionTransformer | None = None
+        self._identity: dict | None = None
+
+    @property
+    def image_size(self) -> int:
+        return self.weights.image_size
+
+    @property
+    def module(self) -> EvaVisionTransformer:
+        """The network, built on first use."""
+        if self._module is None:
+            self._module = build_vision_tower(self.weights.state_dict(), image_size=self.image_size,
+                                              source=self.weights.description, device=self.device, dtype=self.dtype)
+        return self._module
+
+    def identity(self) -> dict:
+        if self._identity is None:
+            self._identity = self.weights.identity()
+        return self._identity
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixel_values: torch.Tensor, *, batch_size: int = 16) -> torch.Tensor:
+        """(T, 3, S, S) normalized pixels -> (T, 1 + grid^2, width) features on this encoder's device."""
+        module = self.module
+        out = [module(pixel_values[i : i + batch_size].to(self.device, non_blocking=True))
+               for i in range(0, pixel_values.shape[0], batch_size)]
+        if not out:
+            cfg = module.config
+            return torch.empty(0, cfg.num_tokens, cfg.width, device=self.device, dtype=self.dtype)
+        return torch.cat(out)
+
+    def encode_frames(self, frames, *, is_image: bool = False, batch_size: int = 16) -> torch.Tensor:
+        """RGB uint8 frames (T, H, W, 3) -> features; still images are padded to square first, as published."""
+        pixels = preprocess_frames(frames, self.image_size, pad_to_square=is_image and self.pad_images)
+        return self.encode_pixels(pixels, batch_size=batch_size)
 
 
 # ---------------------------------------------------------------------------------------------------------

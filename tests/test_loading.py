@@ -163,3 +163,17 @@ def test_cli_info_json(tiny):
 def test_cli_version():
     proc = run_cli("--version")
     assert proc.returncode == 0 and proc.stdout.strip() == f"llamavid {llamavid.__version__}"
+
+
+def test_vision_encoder_alone_from_a_file_or_a_model(tmp_path, tiny, tiny_model):
+    """`encode` needs only the vision encoder: from eva_vit_g.pth, or from a checkpoint's embedded copy."""
+    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    expected = tiny_model.encode_images(pixels)
+    enc = llamavid.load_vision_encoder(vision_tower=tiny.vision_path, device="cpu")
+    assert torch.equal(enc.encode_pixels(pixels), expected)
+    assert enc.identity() == tiny_model.vision_identity()
+
+    fx = build_tiny_checkpoint(tmp_path, embed_vision=True, n_shards=3)
+    enc = llamavid.load_vision_encoder(fx.path, device="cpu")
+    assert "embedded" in enc.weights.description
+    assert enc.identity()["fingerprint"] == llamavid.load_vision_encoder(vision_tower=fx.vision_path).identity()["fingerprint"]
