@@ -56,6 +56,7 @@ class LlamaVidConfig:
     image_size: int = 224
     conv_mode: str = "vicuna_v1"
     long_video: bool = False
+    token_types: str = "both"  # "both" (published), or "context" / "content" only (the paper's ablation)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -80,6 +81,9 @@ class LlamaVidConfig:
         image_processor = raw.get("image_processor")
         image_size = int(raw.get("image_size") or (336 if image_processor and "336" in str(image_processor) else 224))
         max_token = raw.get("max_token")
+        token_types = str(raw.get("token_types", "both"))
+        if token_types not in ("both", "context", "content"):
+            raise CheckpointError(f"{source}: token_types {token_types!r} is not one of both, context, content")
         long_video = bool(raw.get("long_video", compress == "mean_concat" or (max_token or 0) > 8192))
         return cls(
             llm=llm,
@@ -97,6 +101,7 @@ class LlamaVidConfig:
             image_size=image_size,
             conv_mode=str(raw.get("conv_mode", "vicuna_v1")),
             long_video=long_video,
+            token_types=token_types,
             raw=dict(raw),
         )
 
@@ -131,7 +136,11 @@ class LlamaVidConfig:
 
     @property
     def tokens_per_frame(self) -> int:
-        """LLM tokens per frame: one context token plus the content tokens."""
+        """LLM tokens per frame: one context token plus the content tokens (unless ablated)."""
+        if self.token_types == "context":
+            return 1
+        if self.token_types == "content":
+            return self.content_tokens_per_frame
         return 1 + self.content_tokens_per_frame
 
     @property

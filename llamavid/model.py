@@ -315,6 +315,14 @@ class LlamaVid(nn.Module):
             return list(tokens.unbind(0))
         return [tokens.flatten(0, 1)]
 
+    def prompt_length(self, question: str, *, n_frames: int, long_video: bool | None = None,
+                      frame_subtitles: Sequence[str] | None = None, history: Sequence[tuple[str, str]] = (),
+                      template: str | None = None) -> int:
+        """Tokens the prompt for this question will take, visual tokens included, without computing them."""
+        ids = self.prompt_ids(self.build_prompt(question, n_frames=n_frames, long_video=long_video,
+                                                frame_subtitles=frame_subtitles, history=history, template=template))
+        return len(ids) - ids.count(IMAGE_SLOT) + n_frames * self.tokens_per_frame
+
     def check_context(self, prompt_tokens: int, max_new_tokens: int, *, n_frames: int) -> int:
         """Refuse a prompt the context cannot hold; return how many new tokens fit."""
         room = self.context_length - prompt_tokens
@@ -348,18 +356,17 @@ class LlamaVid(nn.Module):
         t0 = time.perf_counter()
         sampling = sampling or SamplingOptions()
         long_video = self.config.long_video if long_video is None else long_video
+        n_frames = len(frame_indices) if frame_indices is not None else _num_frames(features)
+        prompt_ids = [self.prompt_ids(self.build_prompt(q, n_frames=n_frames, long_video=long_video,
+                                                        frame_subtitles=frame_subtitles, history=history,
+                                                        template=template)) for q in questions]
+        lengths = [len(ids) - ids.count(IMAGE_SLOT) + n_frames * self.tokens_per_frame for ids in prompt_ids]
+        max_new = self.check_context(max(lengths), sampling.max_new_tokens, n_frames=n_frames)  # before any work
         tokens = self.video_tokens_batch(features, questions, long_video=long_video, chunk_frames=chunk_frames,
                                          frame_indices=frame_indices)  # (Q, T, k, H)
-        n_frames = tokens.shape[1]
-        embeds, lengths = [], []
-        for qi, question in enumerate(questions):
-            prompt = self.build_prompt(question, n_frames=n_frames, long_video=long_video,
-                                       frame_subtitles=frame_subtitles, history=history, template=template)
-            e = self.embed_prompt(self.prompt_ids(prompt), self.visual_blocks(tokens[qi], long_video=long_video))
-            embeds.append(e)
-            lengths.append(e.shape[0])
+        embeds = [self.embed_prompt(ids, self.visual_blocks(tokens[qi], long_video=long_video))
+                  for qi, ids in enumerate(prompt_ids)]
         del tokens
-        max_new = self.check_context(max(lengths), sampling.max_new_tokens, n_frames=n_frames)
         opts = SamplingOptions(max_new_tokens=max_new, temperature=sampling.temperature, top_p=sampling.top_p,
                                seed=sampling.seed)
         batch, mask = _left_pad(embeds)
@@ -382,6 +389,36 @@ class LlamaVid(nn.Module):
             answers.append(Answer(text=text, prompt_tokens=lengths[qi], new_tokens=len(ids), frames=n_frames,
                                   seconds=seconds, question=questions[qi]))
         return answers
+
+
+    # -- text only (merging segment summaries) ----------------------------------------------------------------
+    def text_prompt(self, text: str, *, history: Sequence[tuple[str, str]] = (), template: str | None = None) -> str:
+        return get_template(template or self.config.conv_mode).render([*history, (text, None)])
+
+    def text_prompt_length(self, text: str, **kw: Any) -> int:
+        return len(self.prompt_ids(self.text_prompt(text, **kw)))
+
+    @torch.inference_mode()
+    def answer_text(self, text: str, *, history: Sequence[tuple[str, str]] = (), template: str | None = None,
+                    sampling: SamplingOptions | None = None, stream: Callable[[str], None] | None = None) -> Answer:
+        """A reply to a text-only user turn (no visual tokens)."""
+        t0 = time.perf_counter()
+        sampling = sampling or SamplingOptions()
+        ids = self.prompt_ids(self.text_prompt(text, history=history, template=template))
+        max_new = self.check_context(len(ids), sampling.max_new_tokens, n_frames=0)
+        decoder = StreamDecoder(self.text_tokenizer)
+
+        def on_token(_row: int, tok: int) -> None:
+            piece = decoder.push(tok)
+            if piece and stream is not None:
+                stream(piece)
+
+        opts = SamplingOptions(max_new_tokens=max_new, temperature=sampling.temperature, top_p=sampling.top_p,
+                               seed=sampling.seed)
+        out = generate(self.llm, self.embed_prompt(ids, [])[None], None, stop_ids=[self.text_tokenizer.eos_id],
+                       opts=opts, on_token=on_token)[0]
+        return Answer(text=self.text_tokenizer.decode(out).strip(), prompt_tokens=len(ids), new_tokens=len(out),
+                      frames=0, seconds=time.perf_counter() - t0, question=text)
 
 
 class StreamDecoder:
@@ -527,7 +564,7 @@ def load_model(
         raise CheckpointError(f"{source}: config num_query {cfg.num_query} but model.vlm_att_query holds {qformer.config.num_query} queries")
     with torch.device("meta"):
         tokens = TokenGenerator(qformer.config.hidden, cfg.mm_hidden_size, cfg.llm_hidden_size,
-                                cfg.mm_projector_type, cfg.compress_type)
+                                cfg.mm_projector_type, cfg.compress_type, cfg.token_types)
     load_strict(tokens, groups["tokens"], source=source, what="token-generator", device=dev, dtype=dt,
                 display=lambda k: ckpt_io.to_checkpoint_key("tokens." + k))
     if qformer.config.encoder_width != cfg.mm_hidden_size:

@@ -66,9 +66,11 @@ def pool_content(patches: torch.Tensor, compress_type: str | None) -> torch.Tens
 class TokenGenerator(nn.Module):
     """Query outputs + patch features -> [context, content...] LLM-space tokens per frame."""
 
-    def __init__(self, qformer_width: int, vision_width: int, llm_width: int, projector_type: str, compress_type: str | None):
+    def __init__(self, qformer_width: int, vision_width: int, llm_width: int, projector_type: str, compress_type: str | None,
+                 token_types: str = "both"):
         super().__init__()
         self.compress_type = compress_type
+        self.token_types = token_types  # the paper's ablation: "context" or "content" alone
         self.query_projector = nn.Linear(qformer_width, vision_width)
         self.key_projector = nn.Linear(vision_width, vision_width)
         self.value_projector = nn.Linear(vision_width, llm_width)
@@ -83,6 +85,10 @@ class TokenGenerator(nn.Module):
 
     def forward(self, query_out: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         """query_out (B, 32, Dq), patches (B, P, C) -> tokens (B, 1 + n, H)."""
+        if self.token_types == "content":
+            return self.content_projector(pool_content(patches, self.compress_type))
         context = self.value_projector(self.context_features(query_out, patches))[:, None]  # (B, 1, H)
+        if self.token_types == "context":
+            return context
         content = self.content_projector(pool_content(patches, self.compress_type))  # (B, n, H)
         return torch.cat([context, content.to(context.dtype)], dim=1)
