@@ -15,6 +15,14 @@ from checkpoint_fixture import build_tiny_checkpoint
 from llamavid.errors import CheckpointError, InputError, ModelNotFoundError
 
 
+def use_hf_cache(monkeypatch, cache) -> None:
+    """Point huggingface_hub at ``cache`` (its constants are read once, when it is first imported)."""
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+
+
 def populate_hf_cache(cache, repo_id: str, src) -> None:
     """Lay a checkpoint out the way huggingface_hub caches a downloaded snapshot."""
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -28,7 +36,7 @@ def populate_hf_cache(cache, repo_id: str, src) -> None:
 def test_load_by_hub_id_from_the_cache_offline(tmp_path, tiny, monkeypatch):
     cache = tmp_path / "hf"
     populate_hf_cache(cache, "YanweiLi/llama-vid-tiny-test", tiny.path)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    use_hf_cache(monkeypatch, cache)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = llamavid.load_model("YanweiLi/llama-vid-tiny-test", vision_tower=tiny.vision_path)
     assert model.tokens_per_frame == 2
@@ -36,7 +44,7 @@ def test_load_by_hub_id_from_the_cache_offline(tmp_path, tiny, monkeypatch):
 
 
 def test_uncached_hub_id_offline_says_how_to_fix(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    use_hf_cache(monkeypatch, tmp_path / "empty")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError) as info:
         llamavid.load_model("YanweiLi/llama-vid-7b-full-224-video-fps-1")
@@ -46,7 +54,7 @@ def test_uncached_hub_id_offline_says_how_to_fix(tmp_path, monkeypatch):
 
 def test_qformer_tokenizer_lookup_order(tmp_path, monkeypatch):
     fx = build_tiny_checkpoint(tmp_path, qformer_tokenizer=False)  # vocabulary outside the checkpoint
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    use_hf_cache(monkeypatch, tmp_path / "empty")
     with pytest.raises(CheckpointError, match="bert-base-uncased.*--qformer-tokenizer"):
         llamavid.load_model(fx.path, vision_tower=fx.vision_path)  # falls through to the hub id, offline
     model = llamavid.load_model(fx.path, vision_tower=fx.vision_path, qformer_tokenizer=fx.extra["bert_dir"])
