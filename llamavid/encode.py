@@ -1,0 +1,220 @@
+"""The encoding pipeline: video -> frames -> vision features -> .vidtok, once per video.
+
+- Memory is bounded: frames are decoded in small chunks and shrunk to 224 px at once; features go to
+  disk chunk by chunk. Nothing grows with the length of the video.
+- Decoding overlaps the vision forward: a background thread decodes and preprocesses the next batch
+  while the encoder runs on the current one (decoders and PIL release the GIL).
+- Resumable: the token file's writer keeps fixed-size chunks durably on disk; a run stopped by Ctrl-C,
+  kill -9 or power loss continues after the last complete chunk, and batches stay aligned to chunk
+  boundaries, so the features equal those of an uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from . import subtitles as subs
+from . import video
+from .errors import InputError, LlamaVidError, VidtokError
+from .vidtok import VidtokWriter, content_hash, open_vidtok
+from .vision import VisionEncoder, preprocess_frames
+
+CHUNK_FRAMES = 64  # the token file's resume unit; batch sizes divide it
+
+
+@dataclass
+class EncodeOptions:
+    fps: float = 1.0
+    storage: str = "float16"  # or "int8" (--compact)
+    batch_size: int | None = None  # None: 32 on a GPU, 8 on the CPU
+    subtitles: str | os.PathLike | None = None
+    force: bool = False
+
+
+@dataclass
+class EncodeResult:
+    """One record per input (printed as JSON by ``llamavid encode --json``)."""
+
+    input: str
+    output: str | None
+    status: str  # "encoded", "resumed", "skipped" (up to date) or "failed"
+    frames: int = 0
+    seconds: float = 0.0
+    backend: str | None = None
+    resumed_from: int = 0
+    subtitles: int = 0
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def default_batch_size(device: torch.device) -> int:
+    return 32 if device.type == "cuda" else 8
+
+
+def batch_size_for(requested: int | None, device: torch.device) -> int:
+    """A batch size that divides the chunk size, so resumed runs batch frames exactly as fresh ones."""
+    size = requested or default_batch_size(device)
+    if size < 1:
+        raise InputError(f"--batch-size {size}: must be at least 1")
+    size = min(size, CHUNK_FRAMES)
+    while CHUNK_FRAMES % size:
+        size -= 1
+    return size
+
+
+def output_path_for(input_path: Path, out: Path | None, *, many: bool) -> Path:
+    """Where an input's token file goes: ``-o FILE.vidtok`` for one input, ``-o DIR/NAME.vidtok``, or beside it."""
+    name = input_path.stem + ".vidtok"
+    if out is None:
+        return input_path.with_name(name)
+    if out.suffix == ".vidtok" and not many:
+        return out
+    if out.suffix == ".vidtok":
+        raise InputError(f"{out}: several inputs need an output directory, not one .vidtok file")
+    return out / name
+
+
+def is_up_to_date(output: Path, source_hash: str, encoder: dict, fps: float, storage: str) -> bool:
+    """A complete token file from the same source bytes, encoder, frame rate and storage already exists."""
+    if not output.is_file():
+        return False
+    try:
+        with open_vidtok(output) as vt:
+            return (vt.source.get("content_hash") == source_hash and vt.encoder.get("fingerprint") == encoder["fingerprint"]
+                    and abs(float(vt.fps) - float(fps)) < 1e-9 and vt.storage == storage)
+    except LlamaVidError:
+        return False  # damaged or foreign: encode again
+
+
+def _batches(path: Path, info: video.VideoInfo, fps: float, start: int, batch: int, image_size: int,
+             warnings: list[str]) -> Iterator[tuple[torch.Tensor, list[float]]]:
+    """(pixels, timestamps) batches of exactly ``batch`` frames (the last may be shorter), from frame ``start``."""
+    pending: list[torch.Tensor] = []
+    times: list[float] = []
+    for chunk in video.sample_frames(path, fps, chunk_size=min(batch, 16), start=start, on_warning=warnings.append):
+        pending.append(preprocess_frames(chunk.frames, image_size, pad_to_square=info.is_image))
+        times.extend(chunk.timestamps)
+        while sum(p.shape[0] for p in pending) >= batch:
+            pixels = torch.cat(pending)
+            yield pixels[:batch], times[:batch]
+            pending, times = ([pixels[batch:]] if pixels.shape[0] > batch else []), times[batch:]
+    if pending:
+        yield torch.cat(pending), times
+
+
+def _prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
+    """Run ``iterator`` in a background thread, ``depth`` items ahead; exceptions are re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in iterator:
+                if stop.is_set():
+                    return
+                if torch.cuda.is_available():
+                    item = (item[0].pin_memory(), item[1])
+                q.put(item)
+            q.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=work, daemon=True, name="llamavid-decode")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def encode_file(
+    encoder: VisionEncoder,
+    input_path: str | os.PathLike,
+    output: str | os.PathLike,
+    opts: EncodeOptions | None = None,
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> EncodeResult:
+    """Encode one video or image into a .vidtok file (skipped when an up-to-date one exists).
+
+    ``on_progress(done, total)`` is called after every batch. Raises LlamaVidError for bad input; a
+    KeyboardInterrupt leaves the partial state on disk for the next run to resume.
+    """
+    opts = opts or EncodeOptions()
+    t0 = time.perf_counter()
+    src, out = Path(input_path), Path(output)
+    if not src.exists():
+        raise InputError(f"{src}: no such file")
+    if src.is_dir():
+        raise InputError(f"{src}: is a directory (encode takes files; the CLI expands folders)")
+    if opts.fps <= 0:
+        raise InputError(f"--fps {opts.fps}: must be positive")
+    if opts.storage not in ("float16", "int8"):
+        raise InputError(f"storage {opts.storage!r}: expected float16 or int8")
+    info = video.probe(src)
+    identity = encoder.identity()
+    source_hash = content_hash(src)
+    if not opts.force and is_up_to_date(out, source_hash, identity, opts.fps, opts.storage):
+        with open_vidtok(out) as vt:
+            return EncodeResult(str(src), str(out), "skipped", frames=vt.num_frames, backend=info.backend,
+                                seconds=time.perf_counter() - t0)
+    lines: list = []
+    subtitle_source = None
+    if not info.is_image:
+        lines, subtitle_source = subs.load_for_video(src, opts.subtitles)
+    elif opts.subtitles:
+        raise InputError(f"{src}: a still image takes no subtitles")
+    planned = len(video.sample_times(info, opts.fps))
+    source = {
+        "name": src.name, "size": src.stat().st_size, "duration": info.duration, "content_hash": source_hash,
+        "native_fps": info.native_fps, "width": info.width, "height": info.height, "backend": info.backend,
+        "rotation": info.rotation, "is_image": info.is_image, "subtitles": subtitle_source,
+    }
+    writer = VidtokWriter(out, encoder=identity, fps=opts.fps, source=source, storage=opts.storage,
+                          chunk_frames=CHUNK_FRAMES, resume=not opts.force)
+    start = writer.frames_done
+    warnings: list[str] = []
+    batch = batch_size_for(opts.batch_size, encoder.device)
+    done = start
+    if on_progress:
+        on_progress(done, planned)
+    for pixels, times in _prefetch(_batches(src, info, opts.fps, start, batch, encoder.image_size, warnings)):
+        feats = encoder.encode_pixels(pixels, batch_size=batch)
+        writer.append(feats.to("cpu", torch.float32), times)
+        done += len(times)
+        if on_progress:
+            on_progress(done, max(planned, done))
+    if on_warning:
+        for w in warnings:
+            on_warning(w)
+    if writer.frames_total == 0:
+        writer.abort()
+        raise InputError(f"{src}: no frame could be decoded")
+    writer.finalize(subtitles=[(l.start, l.end, l.text) for l in lines], warnings=warnings)
+    return EncodeResult(str(src), str(out), "resumed" if start else "encoded", frames=done, seconds=time.perf_counter() - t0,
+                        backend=info.backend, resumed_from=start, subtitles=len(lines), warnings=warnings)

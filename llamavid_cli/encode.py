@@ -1,0 +1,99 @@
+"""`llamavid encode`: videos -> .vidtok token files, once, resumable; composes with find and xargs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .common import expand_inputs
+from .main import app
+from .output import is_terminal, message, print_json, progress_bar, warn
+
+
+@app.command()
+def encode(
+    inputs: List[str] = typer.Argument(..., help="Video/image files, folders (searched recursively), or - for paths on stdin."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="A .vidtok file (one input) or a folder. Default: beside each input."),
+    fps: float = typer.Option(1.0, "--fps", help="Frames per second to sample (published rule: every round(native/fps)-th frame)."),
+    subtitles: Optional[Path] = typer.Option(None, "--subtitles", help="An .srt file (one input only). Default: NAME.srt beside the video, else an embedded stream."),
+    model: Optional[str] = typer.Option(None, "--model", help="Use this model's vision encoder (default: $LLAMAVID_MODEL or the released video model)."),
+    vision_tower: Optional[Path] = typer.Option(None, "--vision-tower", help="Path to eva_vit_g.pth (no model needed)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: a GPU when there is one)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: bf16/fp16 on GPU, float32 on CPU)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Frames per vision forward (default 32 on GPU, 8 on CPU)."),
+    compact: bool = typer.Option(False, "--compact", help="Store int8 features with per-token scales (half the size)."),
+    force: bool = typer.Option(False, "--force", help="Encode again even when an up-to-date output exists."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON record per input on stdout."),
+) -> None:
+    """Encode videos into .vidtok token files (vision features, timestamps, subtitles)."""
+    import llamavid
+    from llamavid.builtin import default_model_name
+    from llamavid.encode import EncodeOptions, encode_file, output_path_for
+    from llamavid.errors import InputError, LlamaVidError
+
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise InputError("no inputs")
+    if subtitles is not None and len(paths) > 1:
+        raise InputError("--subtitles takes one input (put NAME.srt beside each video instead)")
+    state = _distributed_state()
+    device = device or (str(state.device) if state is not None else None)
+    if state is not None and state.num_processes > 1:
+        paths = paths[state.process_index :: state.num_processes]
+    outputs = [output_path_for(p, output, many=len(paths) > 1 or (output is not None and output.suffix != ".vidtok"))
+               for p in paths]
+    if output is not None and output.suffix != ".vidtok":
+        output.mkdir(parents=True, exist_ok=True)
+    clashes = {o for o in outputs if outputs.count(o) > 1}
+    if vision_tower is not None:
+        encoder = llamavid.load_vision_encoder(vision_tower=vision_tower, device=device, dtype=dtype)
+    else:
+        encoder = llamavid.load_vision_encoder(model or default_model_name(), device=device, dtype=dtype)
+    opts = EncodeOptions(fps=fps, storage="int8" if compact else "float16", batch_size=batch_size,
+                         subtitles=subtitles, force=force)
+    failures = 0
+    for src, dst in zip(paths, outputs):
+        try:
+            if dst in clashes:
+                raise InputError(f"{src}: another input also maps to {dst}; use -o with one input at a time")
+            with progress_bar(src.name, None) as bar:
+                seen = [0]
+
+                def on_progress(done: int, total: int) -> None:
+                    bar.update(total=total)
+                    bar.advance(done - seen[0])
+                    seen[0] = done
+
+                result = encode_file(encoder, src, dst, opts, on_progress=on_progress, on_warning=warn)
+        except KeyboardInterrupt:
+            message(f"llamavid: interrupted; run the same command again to resume {src}")
+            raise SystemExit(130)
+        except LlamaVidError as exc:
+            failures += 1
+            if json_out:
+                print_json({"input": str(src), "output": str(dst), "status": "failed", "error": str(exc)})
+            message(f"llamavid: error: {exc}")
+            continue
+        if json_out:
+            print_json(result.to_json())
+        elif result.status == "skipped":
+            message(f"{src}: up to date ({result.output})")
+        else:
+            rate = result.frames / result.seconds if result.seconds else 0.0
+            message(f"{src}: {result.frames} frames -> {result.output} ({result.seconds:.1f} s, {rate:.1f} frames/s)"
+                    + (f", resumed at frame {result.resumed_from}" if result.resumed_from else ""))
+    if failures:
+        raise SystemExit(1)
+
+
+def _distributed_state():
+    """Under `accelerate launch`, the process's rank and device; None in a plain single process."""
+    import os
+
+    if "WORLD_SIZE" not in os.environ and "ACCELERATE_PROCESS_INDEX" not in os.environ:
+        return None
+    from accelerate import PartialState
+
+    return PartialState()
