@@ -1,0 +1,135 @@
+"""Test media made on the spot with numpy and ffmpeg: no binary fixtures in the repository.
+
+Each frame of a generated video carries its own frame number in 12 black/white columns (bit 11 on the
+left), big enough to survive lossy compression, so a test can tell which source frame a decoder gave.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+WIDTH, HEIGHT = 96, 64
+BITS = 12
+
+
+def frame_image(index: int, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
+    """An RGB frame (H, W, 3) uint8 whose top half encodes ``index`` in binary columns."""
+    img = np.full((height, width, 3), 64, dtype=np.uint8)
+    col = width // BITS
+    for bit in range(BITS):
+        if (index >> (BITS - 1 - bit)) & 1:
+            img[: height // 2, bit * col : (bit + 1) * col] = 255
+        else:
+            img[: height // 2, bit * col : (bit + 1) * col] = 0
+    img[height // 2 :, :, 0] = (index * 37) % 256  # a colour that changes, for "different frames differ"
+    return img
+
+
+def read_index(frame: np.ndarray) -> int:
+    """The frame number a ``frame_image`` carries (frame given as decoded, (H, W, 3))."""
+    height, width = frame.shape[:2]
+    col = width // BITS
+    top = frame[: height // 2].astype(np.float32).mean(axis=2)
+    value = 0
+    for bit in range(BITS):
+        block = top[:, bit * col + 1 : (bit + 1) * col - 1]
+        value = (value << 1) | int(block.mean() > 128)
+    return value
+
+
+def _ffmpeg(args: list[str], stdin: bytes | None = None) -> None:
+    proc = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args],
+        input=stdin,
+        capture_output=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"ffmpeg failed: {proc.stderr.decode(errors='replace')}")
+
+
+def make_video(
+    path: str | Path,
+    *,
+    seconds: float = 3.0,
+    fps: float | str = 10,
+    width: int = WIDTH,
+    height: int = HEIGHT,
+    codec: str = "libx264",
+    gop: int | None = None,
+    extra_args: list[str] | None = None,
+) -> Path:
+    """A constant-frame-rate video whose frame i shows ``frame_image(i)``.
+
+    ``fps`` may be a string fraction such as "30000/1001" (29.97). Returns the path.
+    """
+    path = Path(path)
+    rate = Fraction(str(fps))
+    n = int(round(seconds * rate))
+    data = b"".join(frame_image(i, width, height).tobytes() for i in range(n))
+    args = [
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(rate), "-i", "-",
+        "-c:v", codec, "-pix_fmt", "yuv420p",
+    ]
+    if codec == "libx264":
+        args += ["-preset", "ultrafast", "-crf", "18", "-g", str(gop or max(1, int(rate)))]
+    args += list(extra_args or []) + [str(path)]
+    _ffmpeg(args, stdin=data)
+    return path
+
+
+def make_vfr_video(path: str | Path, times: list[float], *, width: int = WIDTH, height: int = HEIGHT) -> Path:
+    """A variable-frame-rate MKV: frame i (showing ``frame_image(i)``) is presented at ``times[i]`` s.
+
+    Built from an ffconcat list of PNG stills with per-image durations and ``-fps_mode passthrough``,
+    so the container keeps the uneven timestamps.
+    """
+    path = Path(path)
+    work = path.parent / (path.stem + "_frames")
+    work.mkdir(parents=True, exist_ok=True)
+    lines = ["ffconcat version 1.0"]
+    for i, t in enumerate(times):
+        png = work / f"{i:05d}.png"
+        _write_png(png, frame_image(i, width, height))
+        duration = (times[i + 1] - t) if i + 1 < len(times) else 0.1
+        lines += [f"file '{png.name}'", f"duration {duration:.6f}"]
+    lines.append(f"file '{work / f'{len(times) - 1:05d}.png'}'".replace(str(work) + "/", ""))
+    listing = work / "list.ffconcat"
+    listing.write_text("\n".join(lines) + "\n")
+    _ffmpeg([
+        "-f", "concat", "-safe", "0", "-i", str(listing), "-fps_mode", "passthrough",
+        "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-pix_fmt", "yuv420p",
+        "-enc_time_base", "1/1000", str(path),
+    ])
+    return path
+
+
+def _write_png(path: Path, img: np.ndarray) -> None:
+    height, width = img.shape[:2]
+    _ffmpeg(["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-i", "-", str(path)], stdin=img.tobytes())
+
+
+def make_image(path: str | Path, index: int = 5, *, width: int = WIDTH, height: int = HEIGHT) -> Path:
+    """A still image (format from the suffix: .png, .jpg, .webp) showing ``frame_image(index)``."""
+    path = Path(path)
+    _write_png(path, frame_image(index, width, height)) if path.suffix == ".png" else _ffmpeg(
+        ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-i", "-", str(path)],
+        stdin=frame_image(index, width, height).tobytes(),
+    )
+    return path
+
+
+def write_srt(path: str | Path, lines: list[tuple[float, float, str]], encoding: str = "utf-8") -> Path:
+    """A .srt file with the given (start s, end s, text) lines, in the order given."""
+
+    def stamp(t: float) -> str:
+        ms = int(round(t * 1000))
+        return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+    path = Path(path)
+    body = "".join(f"{i + 1}\n{stamp(s)} --> {stamp(e)}\n{text}\n\n" for i, (s, e, text) in enumerate(lines))
+    path.write_bytes(body.encode(encoding))
+    return path
