@@ -7,6 +7,11 @@ The published code walked one pointer forward over the lines in file order, whic
 line on the wrong frame and sends a line that ends at or before the first frame to the LAST frame; the
 per-line rule gives the intended answer in both cases. Lines on one frame are joined by a space in
 order of start time.
+
+Malformed input is tolerated cue by cue: a cue whose timing line does not parse (or that ends before
+it starts, or has no text) is skipped and reported through ``on_warning`` with the count, so one bad
+cue does not cost a movie its subtitles; a file in which NO cue can be read is an ``InputError``
+(it is most likely not an .srt file at all).
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .errors import InputError
 
 ENCODINGS = ("utf-8-sig", "utf-16", "cp1252", "latin-1")
 _TAG = re.compile(r"<[^>]*>|\{\\[^}]*\}")
+_BLOCK = re.compile(r"\n[ \t]*\n")
+
+Warn = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -51,8 +59,9 @@ def _decode(data: bytes) -> str:
     return data.decode("latin-1")
 
 
-def parse_srt(text: str, source: str = "subtitles") -> list[SubtitleLine]:
-    """Cues from SRT text, sorted by (start, end); blank or malformed cues are skipped."""
+def parse_srt(text: str, source: str = "subtitles", on_warning: Warn | None = None) -> list[SubtitleLine]:
+    """Cues from SRT text, sorted by (start, end); blank or malformed cues are skipped (and counted in
+    a warning: the number of non-empty blocks minus the cues kept)."""
     import pysrt
 
     try:
@@ -65,10 +74,13 @@ def parse_srt(text: str, source: str = "subtitles") -> list[SubtitleLine]:
         body = clean_text(item.text)
         if body and end > start >= 0:
             lines.append(SubtitleLine(start, end, body))
+    blocks = [b for b in _BLOCK.split(text.replace("\r\n", "\n").replace("\r", "\n").strip()) if b.strip()]
+    if on_warning is not None and lines and len(blocks) > len(lines):
+        on_warning(f"{source}: skipped {len(blocks) - len(lines)} malformed or empty subtitle cue(s)")
     return sorted(lines, key=lambda line: (line.start, line.end))
 
 
-def load_srt(path: str | os.PathLike) -> list[SubtitleLine]:
+def load_srt(path: str | os.PathLike, on_warning: Warn | None = None) -> list[SubtitleLine]:
     """An .srt file in UTF-8 (with or without BOM), UTF-16 (with BOM) or cp1252/latin-1."""
     path = Path(path)
     try:
@@ -77,7 +89,7 @@ def load_srt(path: str | os.PathLike) -> list[SubtitleLine]:
         raise InputError(f"{path}: no such file") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
-    lines = parse_srt(_decode(data), source=str(path))
+    lines = parse_srt(_decode(data), source=str(path), on_warning=on_warning)
     if not lines and data.strip():
         raise InputError(f"{path}: no subtitle cue could be read (is it an .srt file?)")
     return lines
@@ -111,17 +123,17 @@ def extract_embedded(video_path: str | os.PathLike) -> list[SubtitleLine]:
         return parse_srt(_decode(out.read_bytes()), source=f"{video_path} (embedded subtitles)")
 
 
-def load_for_video(video_path: str | os.PathLike, subtitles_path: str | os.PathLike | None = None
-                   ) -> tuple[list[SubtitleLine], str | None]:
+def load_for_video(video_path: str | os.PathLike, subtitles_path: str | os.PathLike | None = None,
+                   on_warning: Warn | None = None) -> tuple[list[SubtitleLine], str | None]:
     """The subtitles of a video: the file given, else a sidecar .srt, else an embedded stream.
 
     Returns (lines, where they came from) — the source is None when there are none.
     """
     if subtitles_path is not None:
-        return load_srt(subtitles_path), Path(subtitles_path).name
+        return load_srt(subtitles_path, on_warning), Path(subtitles_path).name
     sidecar = find_sidecar(video_path)
     if sidecar is not None:
-        return load_srt(sidecar), sidecar.name
+        return load_srt(sidecar, on_warning), sidecar.name
     embedded = extract_embedded(video_path)
     return (embedded, "embedded stream 0:s:0") if embedded else ([], None)
 

@@ -1,10 +1,13 @@
 """Frames from a video (or a still image) at a requested rate, in chunks, with timestamps.
 
 Sampling rule (the published one): every ``step = max(1, round(native_fps / fps))``-th frame from frame 0.
-Each frame's timestamp is its real presentation time (relative to the first frame), so it is right for
-29.97 fps and for files whose first frame does not start at 0. Variable-frame-rate files (and files with
-gaps from damage) are sampled by time instead: for k = 0, 1, 2, ... the first frame whose time is at or
-after k / fps.
+Each frame's timestamp is its real presentation time (relative to the first frame, read exactly from
+the packets), so it is right for 29.97 fps and for files whose first frame does not start at 0.
+Variable-frame-rate files (and constant-rate files with gaps from damage) are sampled by time instead:
+for each sample time k / fps the frame ON SCREEN then (the last frame whose time is <= k / fps), each
+frame taken once, with its own presentation time as the timestamp. In a damaged file the frames from a
+gap up to the next keyframe are left out (a decoder only invents pictures for them) and the gap is
+reported through ``on_warning`` as a time range.
 
 Decoders: decord (fast random access) where it works; PyAV where decord cannot open a file, for rotated
 videos (decord garbles 90/270-degree display matrices) and as the fallback when decord fails mid-file;
@@ -139,27 +142,29 @@ def _frame_times_decord(path: Path) -> tuple[list[float], float] | None:
 FULL_SCAN_BYTES = 1 << 30
 
 
-def _frame_times_pyav(path: Path, variable_hint: bool) -> tuple[list[float], float, int, int] | None:
-    """Presentation times of every frame, rate, width, height.
+def _frame_times_pyav(path: Path, variable_hint: bool) -> tuple[list[float], list[bool], float, int, int] | None:
+    """Presentation times of every frame (sorted), whether each is a keyframe, rate, width, height.
 
-    Times come from the packets (demuxing reads the file but decodes nothing). For a file over 1 GiB
-    that ffprobe calls constant-rate, nominal times (index / rate) spare reading it all.
+    Times come from the packets (demuxing reads the file but decodes nothing) and are exact: pts times
+    the stream time base, in float64 (decord's own timestamps are float32, off by a millisecond after
+    a few hours). For a file over 1 GiB that ffprobe calls constant-rate, nominal times (index / rate)
+    spare reading it all.
     """
     import av
 
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                return [], 0.0, 0, 0
+                return [], [], 0.0, 0, 0
             stream = container.streams.video[0]
             base = stream.time_base
             rate = float(stream.average_rate or 0.0)
             width, height = stream.codec_context.width, stream.codec_context.height
             if path.stat().st_size > FULL_SCAN_BYTES and not variable_hint and rate and stream.frames:
                 start = float(stream.start_time * base) if stream.start_time is not None else 0.0
-                return [start + i / rate for i in range(stream.frames)], rate, width, height
-            times = sorted(float(p.pts * base) for p in container.demux(stream) if p.pts is not None and p.size > 0)
-            return times, rate, width, height
+                return [start + i / rate for i in range(stream.frames)], [True] * stream.frames, rate, width, height
+            found = sorted((p.pts, bool(p.is_keyframe)) for p in container.demux(stream) if p.pts is not None and p.size > 0)
+            return [float(pts * base) for pts, _ in found], [key for _, key in found], rate, width, height
     except Exception:  # any container PyAV cannot parse
         return None
 
@@ -181,24 +186,28 @@ def probe(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
     avg = _rate(stream.get("avg_frame_rate")) if stream else 0.0
     real = _rate(stream.get("r_frame_rate")) if stream else 0.0
 
-    # Frame times come from the container index (decord) or the packets (PyAV): no decoding needed.
+    # Frame times come from the packets (PyAV, exact) or the container index (decord): no decoding needed.
     times: list[float] | None = None
+    keys: list[bool] | None = None
     fps = avg
     size = (0, 0)
+    hint = bool(avg and real and abs(avg - real) / real > 0.01)
+    got_av = _frame_times_pyav(path, variable_hint=hint)
+    pyav_ok = got_av is not None
+    if got_av is not None:
+        times, keys, fps, size = got_av[0], got_av[1], got_av[2] or avg, (got_av[3], got_av[4])
     decord_ok = False
     if rotation == 0 and backend in ("auto", "decord"):
         got = _frame_times_decord(path)
         if got is not None:
-            times, fps, decord_ok = got[0], got[1] or avg, True
-    pyav_ok = False
-    if times is None:
-        got = _frame_times_pyav(path, variable_hint=bool(avg and real and abs(avg - real) / real > 0.01))
-        if got is not None:
-            times, fps, size, pyav_ok = got[0], got[1] or avg, (got[2], got[3]), True
+            decord_ok = True
+            if times is None or len(times) != len(got[0]):  # decord's frame numbering rules where it decodes
+                times, keys = got[0], None
+            fps = got[1] or fps
     if backend == "decord" and rotation in (90, 270):
         raise VideoError(f"{path}: decord cannot decode video rotated by {rotation} degrees (use --backend pyav)")
     if backend == "auto":
-        chosen = "decord" if decord_ok else "pyav" if pyav_ok or (times is not None and rotation) else "ffmpeg"
+        chosen = "decord" if decord_ok else "pyav" if pyav_ok and times else "ffmpeg"
     else:
         chosen = backend
     if times is None and meta is None:
@@ -213,40 +222,81 @@ def probe(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
     if rotation in (90, 270):
         width, height = height, width
     t0 = 0.0
+    vfr = False
+    gaps: list[tuple[float, float]] = []
     if times is not None:
         t0 = times[0]
         times = [t - t0 for t in times]
         count = len(times)
-        duration = times[-1] + (1.0 / fps if fps else 0.0)
+        vfr = _is_variable(times)
+        fps = _native_rate(times, fps, vfr)
+        gaps = [] if vfr else _gaps(times, keys, fps)
+        step = 1.0 / fps if not vfr else float(np.median(np.diff(times))) if count > 1 else 0.0
+        duration = times[-1] + step
     else:
         duration = float((meta or {}).get("format", {}).get("duration") or stream.get("duration") or 0.0)
         count = int(stream.get("nb_frames") or round(duration * (avg or 1.0)))
         if count <= 0:
             raise VideoError(f"{path}: the video holds no frames")
+        vfr = hint
     if not fps or fps <= 0:
-        fps = (count - 1) / times[-1] if times and times[-1] > 0 else 1.0
-    vfr = _is_variable(times, fps) if times is not None else (abs(avg - real) / max(real, 1e-9) > 0.01 if avg and real else False)
-    gaps = _gaps(times, fps) if times is not None else []
+        fps = 1.0
     return VideoInfo(str(path), False, chosen, float(fps), count, float(duration), width, height, rotation, vfr, times, gaps,
                      start_time=t0)
 
 
-def _is_variable(times: Sequence[float], fps: float) -> bool:
-    """Frame intervals that wander more than 25% from the average interval (ignoring gaps)."""
+def _is_variable(times: Sequence[float]) -> bool:
+    """More than 5% of frame intervals wander over 25% from the median interval.
+
+    The median, not the container's nominal rate, is the yardstick: Matroska reports 1000 fps for
+    anything, and a constant-rate file with a damaged stretch keeps its median (its one long interval
+    is a gap, not variable rate).
+    """
     if len(times) < 3:
         return False
     d = np.diff(np.asarray(times))
-    nominal = 1.0 / fps if fps else float(np.median(d))
+    nominal = float(np.median(d))
+    if nominal <= 0:
+        return True
     return bool(np.mean(np.abs(d - nominal) > 0.25 * nominal) > 0.05)
 
 
-def _gaps(times: Sequence[float], fps: float) -> list[tuple[float, float]]:
-    """Stretches of at least half a second with no frame while the frame interval says there should be."""
+def _native_rate(times: Sequence[float], reported: float, variable: bool) -> float:
+    """The frame rate to report and to step by: the container's when the frame times agree with it
+    (keeps 30000/1001 exact), else what the times say (the median interval for constant rate, the
+    mean for variable rate)."""
+    if len(times) < 2:
+        return reported or 1.0
+    d = np.diff(np.asarray(times))
+    if variable:
+        return float((len(times) - 1) / (times[-1] - times[0]))
+    measured = 1.0 / float(np.median(d)) if np.median(d) > 0 else 0.0
+    if reported and measured and abs(reported - measured) / measured <= 0.01:
+        return float(reported)
+    return measured or reported or 1.0
+
+
+def _gaps(times: Sequence[float], keys: Sequence[bool] | None, fps: float) -> list[tuple[float, float]]:
+    """Stretches with no usable frame in a constant-rate file: damage.
+
+    A gap starts at the last frame before a missing stretch of at least half a second (and 4 frame
+    intervals). The frames after it up to the next keyframe are counted in: their reference frames are
+    gone, so a decoder only makes up pictures for them (stale copies of earlier frames). The gap is
+    (time of the last good frame, time of the next good frame) and sampling leaves out the frames inside.
+    """
     if len(times) < 2 or not fps:
         return []
     d = np.diff(np.asarray(times))
     limit = max(0.5, 4.0 / fps)
-    return [(float(times[i]), float(times[i + 1])) for i in np.nonzero(d > limit)[0]]
+    gaps = []
+    for i in np.nonzero(d > limit)[0]:
+        j = int(i) + 1
+        if keys is not None:
+            while j < len(times) and not keys[j]:
+                j += 1
+        end = float(times[j]) if j < len(times) else float(times[-1]) + 1.0 / fps
+        gaps.append((float(times[i]), end))
+    return gaps
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -254,7 +304,14 @@ def _gaps(times: Sequence[float], fps: float) -> list[tuple[float, float]]:
 
 
 def _plan(info: VideoInfo, fps: float) -> list[tuple[int, float]]:
-    """(native frame index, timestamp) of every sampled frame, in order."""
+    """(native frame index, timestamp) of every sampled frame, in order.
+
+    Constant rate: the published rule, native frames 0, step, 2*step, ... with step = round(native_fps
+    / fps), each with its real presentation time. Variable rate or damaged: by time, the frame ON SCREEN
+    at each sample time k / fps (the last frame whose time is <= k / fps), k = 0, 1, ... while k / fps is
+    inside the video; a frame on screen at several sample times is taken once, and its timestamp is its
+    own presentation time (not the sample time). Frames inside a damage gap are never chosen.
+    """
     if fps <= 0:
         raise InputError(f"--fps {fps}: must be positive")
     if info.is_image:
@@ -266,20 +323,16 @@ def _plan(info: VideoInfo, fps: float) -> list[tuple[int, float]]:
     if not info.variable_frame_rate and not info.gaps:
         step = max(1, round(info.native_fps / fps))
         return [(i, times[i]) for i in range(0, len(times), step)]
-    plan: list[tuple[int, float]] = []
-    arr = np.asarray(times)
-    k = 0
     eps = 1e-6
-    while True:
-        target = k / fps
-        if target > arr[-1] + eps:
-            break
-        i = int(np.searchsorted(arr, target - eps, side="left"))
-        if i >= len(arr):
-            break
-        if not plan or i > plan[-1][0]:
-            plan.append((i, float(arr[i])))
-        k = max(k + 1, int(math.floor(arr[i] * fps + eps)) + 1)
+    usable = [i for i, t in enumerate(times) if not any(a + eps < t < b - eps for a, b in info.gaps)]
+    arr = np.asarray([times[i] for i in usable])
+    plan: list[tuple[int, float]] = []
+    k = 0
+    while k / fps < info.duration - eps:
+        j = int(np.searchsorted(arr, k / fps + eps, side="right")) - 1  # last usable frame at or before k / fps
+        if j >= 0 and (not plan or usable[j] > plan[-1][0]):
+            plan.append((usable[j], float(arr[j])))
+        k += 1
     return plan
 
 

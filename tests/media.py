@@ -82,28 +82,54 @@ def make_video(
 
 
 def make_vfr_video(path: str | Path, times: list[float], *, width: int = WIDTH, height: int = HEIGHT) -> Path:
-    """A variable-frame-rate MKV: frame i (showing ``frame_image(i)``) is presented at ``times[i]`` s.
+    """A variable-frame-rate video (MKV or MP4, from the suffix): frame i shows ``frame_image(i)`` at ``times[i]`` s.
 
-    Built from an ffconcat list of PNG stills with per-image durations and ``-fps_mode passthrough``,
-    so the container keeps the uneven timestamps.
+    Written with PyAV, setting each frame's pts in a 1/1000 s time base, because ffmpeg's concat demuxer
+    rounds still-image durations to its 1/25 s default rate and repeats the last image. ``times`` must
+    increase and are kept to the millisecond (check with ``ffprobe -show_entries frame=pts_time``).
+    """
+    import av
+
+    path = Path(path)
+    millis = [round(t * 1000) for t in times]
+    if any(b <= a for a, b in zip(millis, millis[1:])):
+        raise ValueError("times must increase by at least a millisecond")
+    base = Fraction(1, 1000)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(1000, 1))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = base
+        stream.codec_context.time_base = base
+        stream.options = {"preset": "ultrafast", "crf": "18"}
+        for i, pts in enumerate(millis):
+            frame = av.VideoFrame.from_ndarray(frame_image(i, width, height), format="rgb24")
+            frame.pts, frame.time_base = pts, base
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def make_rotated_video(path: str | Path, rotation: int, *, seconds: float = 1.0, fps: float | str = 10,
+                       width: int = WIDTH, height: int = HEIGHT) -> Path:
+    """An MP4 whose pictures are STORED turned and whose display matrix turns them back: a player (and
+    ffmpeg's autorotate) shows ``frame_image(i)`` upright, ``width`` x ``height``.
+
+    ``rotation`` is the display matrix angle as ffprobe reports it (counter-clockwise degrees, 90 or
+    270); the stored picture is the upright one turned the other way. ffmpeg 5.1 writes a
+    ``rotate=R`` stream tag as a display matrix of R degrees counter-clockwise.
     """
     path = Path(path)
-    work = path.parent / (path.stem + "_frames")
-    work.mkdir(parents=True, exist_ok=True)
-    lines = ["ffconcat version 1.0"]
-    for i, t in enumerate(times):
-        png = work / f"{i:05d}.png"
-        _write_png(png, frame_image(i, width, height))
-        duration = (times[i + 1] - t) if i + 1 < len(times) else 0.1
-        lines += [f"file '{png.name}'", f"duration {duration:.6f}"]
-    lines.append(f"file '{work / f'{len(times) - 1:05d}.png'}'".replace(str(work) + "/", ""))
-    listing = work / "list.ffconcat"
-    listing.write_text("\n".join(lines) + "\n")
-    _ffmpeg([
-        "-f", "concat", "-safe", "0", "-i", str(listing), "-fps_mode", "passthrough",
-        "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-pix_fmt", "yuv420p",
-        "-enc_time_base", "1/1000", str(path),
-    ])
+    if rotation not in (90, 270):
+        raise ValueError("rotation must be 90 or 270")
+    plain = path.with_name(path.stem + "_upright.mp4")
+    stored = path.with_name(path.stem + "_stored.mp4")
+    make_video(plain, seconds=seconds, fps=fps, width=width, height=height)
+    turn = "transpose=1" if rotation == 90 else "transpose=2"  # 1: clockwise, 2: counter-clockwise
+    _ffmpeg(["-i", str(plain), "-vf", turn, "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18",
+             "-pix_fmt", "yuv420p", str(stored)])
+    _ffmpeg(["-i", str(stored), "-c", "copy", "-metadata:s:v:0", f"rotate={rotation}", str(path)])
     return path
 
 
