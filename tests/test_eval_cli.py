@@ -193,6 +193,22 @@ def test_predict_resumes_after_a_torn_line_without_duplicates(msvd_preds, bench,
     assert code == 0 and last_json(stdout)["written"] == 0 and "loading" not in stderr
 
 
+def test_one_bad_question_does_not_fail_the_others_on_its_video(bench, tiny, tmp_path, capsys):
+    # Three questions on one video travel in one batch; the middle one cannot fit the 4096-token context.
+    items = [{"video_id": "vid1", "question": q, "answer": "cat", "id": i}
+             for i, q in enumerate(["what is the animal?", "what " * 5000, "what moves?"], 1)]
+    (tmp_path / "qa.json").write_text(json.dumps(items))
+    out = tmp_path / "p.jsonl"
+    code, stdout, stderr = cli(capsys, "eval", "predict", "msvd-qa", "-q", tmp_path / "qa.json", "--videos",
+                               bench / "videos", "-o", out, *model_args(tiny))
+    assert code == 0, stderr
+    by_id = {r["id"]: r for r in read_jsonl(out)}
+    assert by_id["2"]["error"].startswith("ContextOverflowError:")
+    assert "error" not in by_id["1"] and "error" not in by_id["3"]
+    assert (last_json(stdout)["written"], last_json(stdout)["errors"]) == (3, 1)
+    assert "1 items failed" in stderr
+
+
 def test_multiple_choice_predict_then_exact_match_score(bench, tiny, tmp_path, capsys):
     out = tmp_path / "videomme.pred.jsonl"
     code, stdout, stderr = cli(capsys, "eval", "predict", "videomme", "-q", bench / "videomme.json", "--videos",
