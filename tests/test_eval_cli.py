@@ -301,6 +301,17 @@ def test_run_chains_predict_judge_score_report(bench, tiny, judge_server, tmp_pa
                                                     "msvd-qa.result.json", "report.json", "report.md"]
     assert "| This run | 66.7 | 3.33 |" in (out / "report.md").read_text()
 
+    # A multiple-choice benchmark run into the same folder: no judge call, and the report now has both.
+    asked = len(judge_server.requests)
+    code, stdout, stderr = cli(capsys, "eval", "run", "videomme", "-q", bench / "videomme.json", "--videos",
+                               bench / "videos", "--out-dir", out, *model_args(tiny))
+    assert code == 0, stderr
+    assert last_json(stdout)["counts"]["total"] == 3 and len(judge_server.requests) == asked
+    assert not (out / "videomme.judged.jsonl").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert [r["benchmark"] for r in report["results"]] == ["msvd-qa", "videomme"]
+    assert "| This run | 66.7 | 3.33 |" in (out / "report.md").read_text()
+
 
 # ----------------------------------------------------------------------------------------------------
 # One-line errors
