@@ -6,11 +6,15 @@
   while the encoder runs on the current one (decoders and PIL release the GIL).
 - Resumable: the token file's writer keeps fixed-size chunks durably on disk; a run stopped by Ctrl-C,
   kill -9 or power loss continues after the last complete chunk, and batches stay aligned to chunk
-  boundaries, so the features equal those of an uninterrupted run bit for bit.
+  boundaries, so the features equal those of an uninterrupted run bit for bit. The resume point is found
+  from the last stored TIMESTAMP, not from the number of stored frames: when frames failed to decode
+  (a damaged stretch), stored frames and positions in the sampling plan differ, and counting would
+  re-encode (duplicate) frames.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import queue
 import threading
@@ -19,12 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 
 from . import subtitles as subs
 from . import video
-from .errors import InputError, LlamaVidError, VidtokError
+from .errors import InputError, LlamaVidError, VideoError, VidtokError
 from .vidtok import VidtokWriter, content_hash, open_vidtok
 from .vision import VisionEncoder, preprocess_frames
 
@@ -98,12 +101,59 @@ def is_up_to_date(output: Path, source_hash: str, encoder: dict, fps: float, sto
         return False  # damaged or foreign: encode again
 
 
+def shard_inputs(items: list, rank: int, world: int) -> list:
+    """The inputs process ``rank`` of ``world`` encodes: every world-th one from ``rank`` (round robin).
+
+    Every process expands the same inputs in the same (sorted) order, so the shards are disjoint and
+    together cover all inputs without any communication between processes.
+    """
+    if world < 1 or not 0 <= rank < world:
+        raise InputError(f"process rank {rank} of {world}: the rank must be in [0, world size)")
+    return items[rank::world]
+
+
+def shard_from_env(environ: dict | None = None) -> tuple[int, int, int]:
+    """(rank, world size, local rank) as ``accelerate launch`` / torchrun set them; (0, 1, 0) otherwise.
+
+    Read from the environment rather than through a process group: encoding needs no communication, and
+    a plain single process must not try to join one.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", env.get("ACCELERATE_PROCESS_INDEX", "0")))
+        local = int(env.get("LOCAL_RANK", env.get("ACCELERATE_LOCAL_PROCESS_INDEX", str(rank))))
+    except ValueError:
+        raise InputError("WORLD_SIZE / RANK / LOCAL_RANK must be integers") from None
+    return rank, world, local
+
+
+def last_stored_timestamp(writer: VidtokWriter) -> float | None:
+    """Timestamp of the last frame in the writer's durable chunks (None when there are none or unreadable)."""
+    from safetensors import safe_open
+
+    if not writer.frames_done:
+        return None
+    last = writer.partial_dir / f"chunk-{writer.frames_done // CHUNK_FRAMES - 1:06d}.safetensors"
+    try:
+        with safe_open(last, framework="numpy") as f:
+            return float(f.get_tensor("timestamps")[-1])
+    except Exception:  # noqa: BLE001 - the caller starts over instead
+        return None
+
+
+def resume_position(plan_times: list[float], last_timestamp: float) -> int:
+    """Position in the sampling plan after the frame stored last (plan times strictly increase)."""
+    return bisect.bisect_right(plan_times, last_timestamp + 1e-9)
+
+
 def _batches(path: Path, info: video.VideoInfo, fps: float, start: int, batch: int, image_size: int,
              warnings: list[str]) -> Iterator[tuple[torch.Tensor, list[float]]]:
     """(pixels, timestamps) batches of exactly ``batch`` frames (the last may be shorter), from frame ``start``."""
     pending: list[torch.Tensor] = []
     times: list[float] = []
-    for chunk in video.sample_frames(path, fps, chunk_size=min(batch, 16), start=start, on_warning=warnings.append):
+    for chunk in video.sample_frames(path, fps, chunk_size=min(batch, 16), start=start, on_warning=warnings.append,
+                                     info=info):
         pending.append(preprocess_frames(chunk.frames, image_size, pad_to_square=info.is_image))
         times.extend(chunk.timestamps)
         while sum(p.shape[0] for p in pending) >= batch:
@@ -114,7 +164,7 @@ def _batches(path: Path, info: video.VideoInfo, fps: float, start: int, batch: i
         yield torch.cat(pending), times
 
 
-def _prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
+def _prefetch(iterator: Iterator, depth: int = 2, pin: bool = False) -> Iterator:
     """Run ``iterator`` in a background thread, ``depth`` items ahead; exceptions are re-raised here."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
@@ -125,12 +175,16 @@ def _prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
             for item in iterator:
                 if stop.is_set():
                     return
-                if torch.cuda.is_available():
+                if pin:
                     item = (item[0].pin_memory(), item[1])
                 q.put(item)
             q.put(done)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             q.put(exc)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()  # ends a decoder subprocess at once when the consumer stopped early
 
     thread = threading.Thread(target=work, daemon=True, name="llamavid-decode")
     thread.start()
@@ -179,42 +233,77 @@ def encode_file(
     info = video.probe(src)
     identity = encoder.identity()
     source_hash = content_hash(src)
-    if not opts.force and is_up_to_date(out, source_hash, identity, opts.fps, opts.storage):
-        with open_vidtok(out) as vt:
-            return EncodeResult(str(src), str(out), "skipped", frames=vt.num_frames, backend=info.backend,
-                                seconds=time.perf_counter() - t0)
+    if not opts.force:
+        _refuse_foreign(out, identity)
+        if is_up_to_date(out, source_hash, identity, opts.fps, opts.storage):
+            with open_vidtok(out) as vt:
+                return EncodeResult(str(src), str(out), "skipped", frames=vt.num_frames, backend=info.backend,
+                                    seconds=time.perf_counter() - t0)
     lines: list = []
     subtitle_source = None
     if not info.is_image:
         lines, subtitle_source = subs.load_for_video(src, opts.subtitles)
     elif opts.subtitles:
         raise InputError(f"{src}: a still image takes no subtitles")
-    planned = len(video.sample_times(info, opts.fps))
+    plan_times = video.sample_times(info, opts.fps)
     source = {
         "name": src.name, "size": src.stat().st_size, "duration": info.duration, "content_hash": source_hash,
         "native_fps": info.native_fps, "width": info.width, "height": info.height, "backend": info.backend,
         "rotation": info.rotation, "is_image": info.is_image, "subtitles": subtitle_source,
     }
-    writer = VidtokWriter(out, encoder=identity, fps=opts.fps, source=source, storage=opts.storage,
-                          chunk_frames=CHUNK_FRAMES, resume=not opts.force)
-    start = writer.frames_done
+    make_writer = lambda resume: VidtokWriter(  # noqa: E731
+        out, encoder=identity, fps=opts.fps, source=source, storage=opts.storage, chunk_frames=CHUNK_FRAMES,
+        resume=resume)
+    writer = make_writer(not opts.force)
+    start = 0
+    if writer.frames_done:
+        last = last_stored_timestamp(writer)
+        if last is None:  # cannot tell where the stored frames end: start over rather than guess
+            writer.abort()
+            writer = make_writer(False)
+        else:
+            start = resume_position(plan_times, last)
+    resumed = writer.frames_done
     warnings: list[str] = []
     batch = batch_size_for(opts.batch_size, encoder.device)
-    done = start
+    done = resumed
+    planned = max(len(plan_times) - start + resumed, resumed)
     if on_progress:
         on_progress(done, planned)
-    for pixels, times in _prefetch(_batches(src, info, opts.fps, start, batch, encoder.image_size, warnings)):
-        feats = encoder.encode_pixels(pixels, batch_size=batch)
-        writer.append(feats.to("cpu", torch.float32), times)
-        done += len(times)
-        if on_progress:
-            on_progress(done, max(planned, done))
+    try:
+        batches = _batches(src, info, opts.fps, start, batch, encoder.image_size, warnings)
+        for pixels, times in _prefetch(batches, pin=encoder.device.type == "cuda"):
+            feats = encoder.encode_pixels(pixels, batch_size=batch)
+            writer.append(feats.to("cpu", torch.float32), times)
+            done += len(times)
+            if on_progress:
+                on_progress(done, max(planned, done))
+    except LlamaVidError:
+        if not writer.frames_done:
+            writer.abort()  # nothing worth resuming: leave no trace
+        raise
+    warnings = list(dict.fromkeys(warnings))  # one warning per problem, in order
+    if writer.frames_total == 0:  # the one-line error says it all; no per-frame warnings before it
+        writer.abort()
+        raise VideoError(f"{src}: no frame could be decoded")
     if on_warning:
         for w in warnings:
             on_warning(w)
-    if writer.frames_total == 0:
-        writer.abort()
-        raise InputError(f"{src}: no frame could be decoded")
     writer.finalize(subtitles=[(l.start, l.end, l.text) for l in lines], warnings=warnings)
-    return EncodeResult(str(src), str(out), "resumed" if start else "encoded", frames=done, seconds=time.perf_counter() - t0,
-                        backend=info.backend, resumed_from=start, subtitles=len(lines), warnings=warnings)
+    return EncodeResult(str(src), str(out), "resumed" if resumed else "encoded", frames=done,
+                        seconds=time.perf_counter() - t0, backend=info.backend, resumed_from=resumed,
+                        subtitles=len(lines), warnings=warnings)
+
+
+def _refuse_foreign(out: Path, identity: dict) -> None:
+    """An existing complete output made with another vision encoder is not silently replaced."""
+    if not out.is_file():
+        return
+    try:
+        with open_vidtok(out) as vt:
+            theirs = vt.encoder.get("fingerprint")
+    except LlamaVidError:
+        return  # damaged or not a .vidtok: it is replaced
+    if theirs != identity["fingerprint"]:
+        raise VidtokError(f"{out}: already holds features from vision encoder {theirs}, not {identity['fingerprint']}; "
+                          f"use --force to replace it, or another -o")

@@ -9,7 +9,7 @@ import typer
 
 from .common import expand_inputs
 from .main import app
-from .output import is_terminal, message, print_json, progress_bar, warn
+from .output import message, print_json, progress_bar, warn
 
 
 @app.command()
@@ -30,7 +30,7 @@ def encode(
     """Encode videos into .vidtok token files (vision features, timestamps, subtitles)."""
     import llamavid
     from llamavid.builtin import default_model_name
-    from llamavid.encode import EncodeOptions, encode_file, output_path_for
+    from llamavid.encode import EncodeOptions, encode_file, output_path_for, shard_from_env, shard_inputs
     from llamavid.errors import InputError, LlamaVidError
 
     paths = expand_inputs(inputs)
@@ -38,15 +38,23 @@ def encode(
         raise InputError("no inputs")
     if subtitles is not None and len(paths) > 1:
         raise InputError("--subtitles takes one input (put NAME.srt beside each video instead)")
-    state = _distributed_state()
-    device = device or (str(state.device) if state is not None else None)
-    if state is not None and state.num_processes > 1:
-        paths = paths[state.process_index :: state.num_processes]
-    outputs = [output_path_for(p, output, many=len(paths) > 1 or (output is not None and output.suffix != ".vidtok"))
-               for p in paths]
-    if output is not None and output.suffix != ".vidtok":
-        output.mkdir(parents=True, exist_ok=True)
+    many = len(paths) > 1 or (output is not None and output.suffix != ".vidtok")
+    outputs = [output_path_for(p, output, many=many) for p in paths]
     clashes = {o for o in outputs if outputs.count(o) > 1}
+    rank, world, local_rank = shard_from_env()
+    if world > 1:  # under `accelerate launch` / torchrun: this process takes its share of the inputs
+        jobs = shard_inputs(list(zip(paths, outputs)), rank, world)
+        if device is None:
+            import torch
+
+            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    else:
+        jobs = list(zip(paths, outputs))
+    if output is not None and output.suffix != ".vidtok":
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{output}: cannot create the output directory ({exc.strerror or exc})") from None
     if vision_tower is not None:
         encoder = llamavid.load_vision_encoder(vision_tower=vision_tower, device=device, dtype=dtype)
     else:
@@ -54,7 +62,7 @@ def encode(
     opts = EncodeOptions(fps=fps, storage="int8" if compact else "float16", batch_size=batch_size,
                          subtitles=subtitles, force=force)
     failures = 0
-    for src, dst in zip(paths, outputs):
+    for src, dst in jobs:
         try:
             if dst in clashes:
                 raise InputError(f"{src}: another input also maps to {dst}; use -o with one input at a time")
@@ -85,15 +93,6 @@ def encode(
             message(f"{src}: {result.frames} frames -> {result.output} ({result.seconds:.1f} s, {rate:.1f} frames/s)"
                     + (f", resumed at frame {result.resumed_from}" if result.resumed_from else ""))
     if failures:
+        if len(jobs) > 1:
+            message(f"llamavid: {failures} of {len(jobs)} inputs failed")
         raise SystemExit(1)
-
-
-def _distributed_state():
-    """Under `accelerate launch`, the process's rank and device; None in a plain single process."""
-    import os
-
-    if "WORLD_SIZE" not in os.environ and "ACCELERATE_PROCESS_INDEX" not in os.environ:
-        return None
-    from accelerate import PartialState
-
-    return PartialState()

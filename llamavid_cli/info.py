@@ -30,8 +30,12 @@ def info(
             typer.echo(f"{key}:")
             for k, v in value.items():
                 typer.echo(f"  {k}: {v}")
+        elif isinstance(value, list) and all(isinstance(v, (int, float, str)) for v in value) and len(value) <= 8:
+            typer.echo(f"{key}: {' x '.join(map(str, value)) if key.endswith('shape') else ', '.join(map(str, value))}")
         elif isinstance(value, list):
             typer.echo(f"{key}: {len(value)} item(s)")
+            for item in value:
+                typer.echo(f"  {item}")
         else:
             typer.echo(f"{key}: {value}")
 
@@ -72,14 +76,19 @@ def vidtok_info(path: Path, *, verify: bool = False) -> dict:
         meta = dict(vt.meta)
         return {
             "file": str(path),
+            "format_version": vt.format_version,
             "frames": vt.num_frames,
             "feature_shape": list(vt.feature_shape),
             "storage": vt.storage,
+            "bytes": path.stat().st_size,
             "fps": vt.fps,
-            "duration": float(vt.timestamps[-1]) if vt.num_frames else 0.0,
+            "first_timestamp": float(vt.timestamps[0]) if vt.num_frames else 0.0,
+            "last_timestamp": float(vt.timestamps[-1]) if vt.num_frames else 0.0,
             "source": vt.source,
             "encoder": vt.encoder,
             "subtitles": len(vt.subtitles),
+            "warnings": vt.warnings,
             "created_by": meta.get("created_by"),
+            "created_at": meta.get("created_at"),
             "verified": bool(verify),
         }
