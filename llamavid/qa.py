@@ -346,9 +346,9 @@ def summarize(model: LlamaVid, vin: VideoInput, *, style: str = "brief", long_vi
     bounds = np.linspace(0, n, count + 1).round().astype(int)
     segments = []
     for a, b in zip(bounds[:-1], bounds[1:]):
-        part = vin.subset(range(a, b))
+        part = vin.subset(range(int(a), int(b)))
         ans = answer_on(model, part, SEGMENT_QUESTION, long_video=long_video, sampling=sampling)
-        seg = Segment(float(part.timestamps[0]), float(part.timestamps[-1]), b - a, ans.text)
+        seg = Segment(float(part.timestamps[0]), float(part.timestamps[-1]), int(b - a), ans.text)
         segments.append(seg)
         if on_segment:
             on_segment(seg)
@@ -359,9 +359,20 @@ def summarize(model: LlamaVid, vin: VideoInput, *, style: str = "brief", long_vi
 
 def _merge(model: LlamaVid, texts: list[str], style: str, sampling: SamplingOptions,
            stream: Callable[[str], None] | None) -> str:
-    """Merge part descriptions with text-only prompts, in groups that fit the context."""
+    """Merge part descriptions with text-only prompts, in groups that fit the context.
+
+    Each part is first cut to at most half of the room the instruction leaves, so every group holds at
+    least two parts and each round shrinks the list: the merge always ends, however small the context.
+    """
     reserve = min(sampling.max_new_tokens, 512)
+    room = model.context_length - reserve - model.text_prompt_length(MERGE_INSTRUCTION.format(parts="", style=style))
+    per_part = room // 2 - 2  # "\n" joins and tokenizer boundary effects
+    if per_part < 4:
+        raise ContextOverflowError(
+            f"the model's context ({model.context_length}) leaves no room to merge segment summaries; "
+            "lower --max-new-tokens")
     while True:
+        texts = [_trim_tokens(model, t, per_part) for t in texts]
         groups: list[list[str]] = [[]]
         for text in texts:
             trial = groups[-1] + [text]
@@ -373,10 +384,16 @@ def _merge(model: LlamaVid, texts: list[str], style: str, sampling: SamplingOpti
         if len(groups) == 1:
             prompt = MERGE_INSTRUCTION.format(parts="\n".join(groups[0]), style=style)
             return model.answer_text(prompt, sampling=sampling, stream=stream).text
-        if all(len(g) == 1 for g in groups):
+        if len(groups) >= len(texts):
             raise ContextOverflowError("the segment summaries are too long to merge within the model's context")
         texts = [model.answer_text(MERGE_INSTRUCTION.format(parts="\n".join(g), style=style), sampling=sampling).text
                  for g in groups]
+
+
+def _trim_tokens(model: LlamaVid, text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` LLM tokens (a long part description must not block the merge)."""
+    ids = model.text_tokenizer.encode(text)
+    return text if len(ids) <= limit else model.text_tokenizer.decode(ids[:limit])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -472,6 +489,8 @@ class BatchWriter:
                 self._file = open(self.path, "a", encoding="utf-8")
             except OSError as exc:
                 raise InputError(f"{self.path}: cannot write ({exc.strerror})") from None
+            if _ends_torn(self.path):  # killed mid-line: start the next record on a line of its own
+                self._file.write("\n")
 
     def done(self, item_id: str) -> bool:
         return item_id in self.records
@@ -498,6 +517,16 @@ class BatchWriter:
         self._file = None
         lines = [json.dumps(self.records[i], ensure_ascii=False) + "\n" for i in self.order if i in self.records]
         write_atomic(self.path, "".join(lines))
+
+
+def _ends_torn(path: Path) -> bool:
+    """The file is non-empty and its last byte is not a newline."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
 
 
 def _sampling_for(options: dict, base: SamplingOptions) -> SamplingOptions:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -57,6 +58,8 @@ def ask(
         raise InputError("--batch takes its questions from the file; give no INPUT or QUESTION")
     if batch is None and input != "-" and not Path(input).exists():
         raise InputError(f"{input}: no such file")
+    if question is not None and not question.strip():
+        raise InputError("the question is empty")
     m = load(model, vision_tower=str(vision_tower) if vision_tower else None, qformer_tokenizer=qformer_tokenizer,
              device=device, dtype=dtype, quantize=quantize)
     base = qa.default_sampling(m, long)
@@ -72,25 +75,38 @@ def ask(
         _run_batch(m, items, output, defaults, sampling, cache=not no_cache)
         return
 
+    t0 = time.perf_counter()
     with progress_bar(f"encoding {Path(input).name}", None) as bar:
         vin_kwargs = dict(fps=fps, subtitles=subtitles, max_frames=max_frames, cache=not no_cache,
                           on_progress=encode_progress(bar), on_warning=warn)
         planned = qa.planned_frames(input, fps)
         if planned is not None and max_frames is None:
-            qa.check_fits(m, question, planned, long_video=long, source=input)
+            qa.check_fits(m, question, planned, long_video=long, max_new_tokens=sampling.max_new_tokens, source=input)
         vin = qa.open_video_input(m, input, **vin_kwargs)
     with vin:
+        report_tokens(input, vin, cache=not no_cache)
         streaming = not json_out and is_terminal(sys.stdout)
         stream = (lambda piece: (sys.stdout.write(piece), sys.stdout.flush())) if streaming else None
         answer = qa.answer_on(m, vin, question, long_video=long, sampling=sampling, stream=stream)
         if json_out:
             result = qa.AskResult(input, question, answer.text, m.name, vin.num_frames, answer.prompt_tokens,
-                                  round(answer.seconds, 3))
+                                  round(time.perf_counter() - t0, 3))
             print_json(result.to_json())
         elif streaming:
             sys.stdout.write("\n")
         else:
             sys.stdout.write(answer.text + "\n")
+
+
+def report_tokens(input: str, vin, *, cache: bool) -> None:
+    """Say on stderr whether the video was encoded now or its cached token file was reused."""
+    if Path(input).suffix == ".vidtok":
+        return
+    where = vin.tokens.path if cache else "a temporary file"
+    if vin.encoded:
+        message(f"llamavid: encoded {len(vin.tokens)} frames into {where}")
+    else:
+        message(f"llamavid: using cached tokens {where}")
 
 
 def _read_batch_items(batch: str):

@@ -64,7 +64,7 @@ def chat(
                     message(f"llamavid: error: {exc}")
                     sys.stdout.write("\n")
                     continue
-                sys.stdout.write(" ".join(answer.text.split("\n")) + "\n")
+                sys.stdout.write(" ".join(answer.text.splitlines()) + "\n")  # one line per answer, whatever it holds
                 sys.stdout.flush()
 
 
