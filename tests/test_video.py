@@ -192,6 +192,19 @@ def _one_line_error(exc_type, path, call):
     return message
 
 
+def _write_zero_frame_video(path) -> None:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        audio = container.add_stream("aac", rate=44100)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 44100, 0
+        for packet in [*audio.encode(frame), *audio.encode()]:
+            container.mux(packet)
+
+
 def test_errors_name_the_file_in_one_line(tmp_path):
     missing = tmp_path / "missing.mp4"
     assert "no such file" in _one_line_error(InputError, missing, lambda: video.probe(missing))
@@ -204,6 +217,15 @@ def test_errors_name_the_file_in_one_line(tmp_path):
     audio = tmp_path / "audio.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=d=1", str(audio)], check=True)
     assert "no video" in _one_line_error(VideoError, audio, lambda: video.probe(audio))
+
+    empty = tmp_path / "empty.mp4"  # ffmpeg asked for 0 video frames drops the video stream
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=s=64x64:d=1", "-frames:v", "0",
+                    "-c:v", "libx264", str(empty)], check=True)
+    assert "no video" in _one_line_error(VideoError, empty, lambda: video.probe(empty))
+
+    zero = tmp_path / "zero.mkv"  # a video stream with no frame in it (beside an audio one)
+    _write_zero_frame_video(zero)
+    assert "no frames" in _one_line_error(VideoError, zero, lambda: video.probe(zero))
 
     fake_png = tmp_path / "fake.png"
     fake_png.write_bytes(b"\x89PNG not really")
