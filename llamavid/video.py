@@ -9,9 +9,10 @@ frame taken once, with its own presentation time as the timestamp. In a damaged 
 gap up to the next keyframe are left out (a decoder only invents pictures for them) and the gap is
 reported through ``on_warning`` as a time range.
 
-Decoders: decord (fast random access) where it works; PyAV where decord cannot open a file, for rotated
-videos (decord garbles 90/270-degree display matrices) and as the fallback when decord fails mid-file;
-an ``ffmpeg`` pipe as the last resort. Frames come out upright (the display rotation is applied) as
+Decoders: decord (fast random access) where it works (a batch it fails on is retried frame by frame,
+skipping and reporting the frames that do not decode); PyAV where decord cannot open a file and for
+rotated videos (decord ignores display matrices); an ``ffmpeg`` pipe as the last resort. The one
+chosen is ``VideoInfo.backend``. Frames come out upright (the display rotation is applied) as
 (n, H, W, 3) uint8 RGB arrays, ``chunk_size`` at a time, so memory never depends on the video's length.
 """
 
