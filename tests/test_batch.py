@@ -36,6 +36,17 @@ def videos(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("batch-cache")
+
+
+@pytest.fixture(autouse=True)
+def _one_cache_for_this_module(_isolated_cache, shared_cache, monkeypatch):
+    """These tests are about batches, not caching: encode each test video once for the whole module."""
+    monkeypatch.setenv("LLAMAVID_CACHE", str(shared_cache))
+
+
 def write_jsonl(path: Path, lines: list) -> Path:
     path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
     return path
@@ -96,7 +107,7 @@ def test_questions_are_grouped_by_video_one_model_load_one_token_file(tiny, vide
 
 
 def test_interrupted_batch_resumes_without_duplicates_or_losses(tiny, videos, tmp_path, capsys, monkeypatch):
-    lines = [{"id": f"q{i}", "video": str(videos / f"v{i % 3}.mp4"), "question": f"question {i}?"} for i in range(6)]
+    lines = [{"id": f"q{i}", "video": str(videos / f"v{i % 2}.mp4"), "question": f"question {i}?"} for i in range(4)]
     q = write_jsonl(tmp_path / "q.jsonl", lines)
     code, reference, err = run_cli(capsys, "ask", "--batch", q, *model_args(tiny))
     assert code == 0, err
@@ -116,14 +127,14 @@ def test_interrupted_batch_resumes_without_duplicates_or_losses(tiny, videos, tm
     code, _, err = run_cli(capsys, "ask", "--batch", q, "-o", out_path, *model_args(tiny))
     assert code == 130, err
     partial = records(out_path.read_text())
-    assert [r["id"] for r in partial] == ["q0", "q3"]  # the first video's answers are safe on disk
+    assert [r["id"] for r in partial] == ["q0", "q2"]  # the first video's answers are safe on disk
 
     monkeypatch.setattr(LlamaVid, "answer_batch", lambda self, f, qs, **k: calls.append(list(qs)) or original(self, f, qs, **k))
     calls.clear()
     code, _, err = run_cli(capsys, "ask", "--batch", q, "-o", out_path, *model_args(tiny))
     assert code == 0, err
-    assert "4 answered, 0 failed, 2 already done" in err
-    assert sorted(sum(calls, [])) == [f"question {i}?" for i in (1, 2, 4, 5)]  # done ones are not asked again
+    assert "2 answered, 0 failed, 2 already done" in err
+    assert sorted(sum(calls, [])) == [f"question {i}?" for i in (1, 3)]  # done ones are not asked again
     final = records(out_path.read_text())
     assert final == [dict(r, seconds=f["seconds"]) for r, f in zip(reference, final)]
 
@@ -134,7 +145,7 @@ def test_batch_killed_with_sigkill_resumes(tiny, videos, tmp_path, capsys):
     q = write_jsonl(tmp_path / "q.jsonl", lines)
     out_path = tmp_path / "answers.jsonl"
     env = dict(os.environ, LLAMAVID_CACHE=str(tmp_path / "subprocess-cache"))
-    proc = subprocess.Popen([str(LLAMAVID), "ask", "--batch", str(q), "-o", str(out_path), *model_args(tiny, max_new=40)],
+    proc = subprocess.Popen([str(LLAMAVID), "ask", "--batch", str(q), "-o", str(out_path), *model_args(tiny)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
@@ -143,14 +154,13 @@ def test_batch_killed_with_sigkill_resumes(tiny, videos, tmp_path, capsys):
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-    killed_midway = proc.returncode == -signal.SIGKILL
+    assert proc.returncode == -signal.SIGKILL, "the batch finished before it could be killed"
     before = out_path.read_text()
-    if killed_midway:
-        assert 1 <= len(records(before)) < 5
+    assert 1 <= len(records(before)) < 5  # killed half-way: each of the 5 videos is encoded first
     with open(out_path, "a") as f:  # what a kill in the middle of a write leaves: a torn last line
         f.write('{"id": "k3", "answ')
 
-    code, _, err = run_cli(capsys, "ask", "--batch", q, "-o", out_path, *model_args(tiny, max_new=40))
+    code, _, err = run_cli(capsys, "ask", "--batch", q, "-o", out_path, *model_args(tiny))
     assert code == 0, err
     final = records(out_path.read_text())
     assert [r["id"] for r in final] == ["k0", "k1", "k2", "k3", "k4"]  # each once, in input order
@@ -198,11 +208,11 @@ def test_folder_and_stdin_list_of_videos(tiny, videos, capsys, monkeypatch):
 
 
 def test_shell_pipeline(tiny, videos, tmp_path):
-    env = dict(os.environ, LLAMAVID_CACHE=str(tmp_path / "cache"))
+    env = dict(os.environ)
     args = " ".join(model_args(tiny))
-    proc = subprocess.run(f"find {videos} -name 'v*.mp4' | sort | {LLAMAVID} ask - 'what?' {args} | cat",
+    proc = subprocess.run(f"find {videos} -name 'v[01].mp4' | sort | {LLAMAVID} ask - 'what?' {args} | cat",
                           shell=True, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     got = records(proc.stdout)
-    assert [Path(r["video"]).name for r in got] == ["v0.mp4", "v1.mp4", "v2.mp4", "v3.mp4"]
+    assert [Path(r["video"]).name for r in got] == ["v0.mp4", "v1.mp4"]
     assert "\x1b[" not in proc.stderr  # no progress bar escapes when piped
