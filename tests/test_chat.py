@@ -1,0 +1,97 @@
+"""`llamavid chat`: a real pseudo-terminal session (pexpect) and the piped one-line-per-question mode."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from media import make_video
+from test_ask import model_args, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+LLAMAVID = ROOT / ".venv" / "bin" / "llamavid"
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return make_video(tmp_path_factory.mktemp("chatmedia") / "clip.mp4", seconds=3, fps=5)
+
+
+def spawn(tiny, clip, tmp_path) -> pexpect.spawn:
+    env = dict(os.environ, LLAMAVID_CACHE=str(tmp_path / "cache"), TERM="dumb", HOME=str(tmp_path))
+    child = pexpect.spawn(str(LLAMAVID), ["chat", str(clip), *model_args(tiny)], env=env, cwd=str(tmp_path),
+                          encoding="utf-8", codec_errors="replace", timeout=60, dimensions=(40, 200))
+    child.expect_exact("you> ")
+    return child
+
+
+def test_chat_in_a_terminal_two_turns_reset_save_quit(tiny, clip, tmp_path, capsys):
+    child = spawn(tiny, clip, tmp_path)
+    for question in ("what color is the shape?", "how many shapes?"):
+        child.sendline(question)
+        child.expect_exact("assistant> ")
+        child.expect_exact("you> ")
+    child.sendline("/save two.json")
+    child.expect_exact("saved two.json")
+    child.expect_exact("you> ")
+    child.sendline("/reset")
+    child.expect_exact("conversation reset")
+    child.expect_exact("you> ")
+    child.sendline("/save none.json")
+    child.expect_exact("saved none.json")
+    child.expect_exact("you> ")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0 and "Traceback" not in (child.before or "")
+
+    saved = json.loads((tmp_path / "two.json").read_text())
+    assert set(saved) == {"model", "input", "frames", "turns"} and saved["frames"] == 3
+    assert [t["question"] for t in saved["turns"]] == ["what color is the shape?", "how many shapes?"]
+    assert json.loads((tmp_path / "none.json").read_text())["turns"] == []
+    # turn one has no history: the same answer as a one-off question
+    code, out, err = run_cli(capsys, "ask", clip, "what color is the shape?", "--json", *model_args(tiny))
+    assert code == 0, err
+    assert saved["turns"][0]["answer"] == json.loads(out)["answer"]
+
+
+@pytest.mark.parametrize("key", ["eof", "intr"])
+def test_chat_ctrl_d_and_ctrl_c_leave_cleanly(tiny, clip, tmp_path, key):
+    child = spawn(tiny, clip, tmp_path)
+    child.sendeof() if key == "eof" else child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    assert "Traceback" not in (child.before or "")
+
+
+def test_chat_piped_one_answer_line_per_question_line(tiny, clip, capsys, monkeypatch):
+    from llamavid.model import LlamaVid
+
+    prompts, qformer_questions = [], []
+    build, tokens = LlamaVid.build_prompt, LlamaVid.video_tokens_batch
+    monkeypatch.setattr(LlamaVid, "build_prompt", lambda self, *a, **k: prompts.append(build(self, *a, **k)) or prompts[-1])
+    monkeypatch.setattr(LlamaVid, "video_tokens_batch",
+                        lambda self, f, qs, **k: qformer_questions.extend(qs) or tokens(self, f, qs, **k))
+    questions = ["what color is the shape?", "", "how many shapes?", "who is murphy?"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(questions) + "\n"))
+    code, out, err = run_cli(capsys, "chat", clip, *model_args(tiny, max_new=16))
+    assert code == 0, err
+    lines = out.split("\n")
+    assert lines[-1] == "" and len(lines[:-1]) == 3  # blank question lines are skipped
+    # each turn recomputes the context tokens with its own question; earlier turns stay as text
+    assert qformer_questions == ["what color is the shape?", "how many shapes?", "who is murphy?"]
+    second = [p for p in prompts if "how many shapes?" in p][-1]
+    assert second.count("<image>") == 1 and "USER: what color is the shape? ASSISTANT: " in second.split("<image>")[0]
+    assert second.endswith("USER: <image>\nhow many shapes? ASSISTANT:")
+    code, single, _ = run_cli(capsys, "ask", clip, questions[0], "--json", *model_args(tiny, max_new=16))
+    assert lines[0] == " ".join(json.loads(single)["answer"].splitlines())
+    # the same piped session again: the same answers (temperature 0, history included)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(questions) + "\n"))
+    assert run_cli(capsys, "chat", clip, *model_args(tiny, max_new=16))[1] == out
