@@ -87,7 +87,7 @@ def test_chat_piped_one_answer_line_per_question_line(tiny, clip, capsys, monkey
     assert lines[-1] == "" and len(lines[:-1]) == 3  # blank question lines are skipped
     # each turn recomputes the context tokens with its own question; earlier turns stay as text
     assert qformer_questions == ["what color is the shape?", "how many shapes?", "who is murphy?"]
-    second = [p for p in prompts if "how many shapes?" in p][-1]
+    second = [p for p in prompts if "<image>\nhow many shapes?" in p][-1]
     assert second.count("<image>") == 1 and "USER: what color is the shape? ASSISTANT: " in second.split("<image>")[0]
     assert second.endswith("USER: <image>\nhow many shapes? ASSISTANT:")
     code, single, _ = run_cli(capsys, "ask", clip, questions[0], "--json", *model_args(tiny, max_new=16))
