@@ -211,7 +211,12 @@ def _save(accelerator, module, output: Path, step: int, epoch: int, batch_in_epo
     accelerator.save_state(str(ckpt))
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(module).model
-        save_checkpoint(model, ckpt / "model", fmt=cfg.save_format, embed_vision=cfg.embed_vision)
+        extra = {}
+        vision_file = Path(model.vision_encoder.weights.description) if model.vision_encoder is not None else None
+        if not cfg.embed_vision and vision_file is not None and vision_file.is_file():
+            # the trained model needs the same frozen encoder: point its config at the file it came from
+            extra["mm_vision_tower"] = str(vision_file.resolve())
+        save_checkpoint(model, ckpt / "model", fmt=cfg.save_format, embed_vision=cfg.embed_vision, extra_config=extra)
         tmp = ckpt / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps({"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch}))
         os.replace(tmp, ckpt / STATE_FILE)

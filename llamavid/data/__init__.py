@@ -1,0 +1,1 @@
+"""Datasets made here: the synthetic video-QA set."""

@@ -1,0 +1,275 @@
+"""A synthetic video-QA set: moving coloured shapes rendered with numpy, written as real videos by ffmpeg.
+
+It exists so that a model can be trained and checked end to end on a 2-core CPU with no downloads.
+Every answer is determined by what is drawn, so accuracy means something:
+
+    single    one shape moving across the frame for 4 s        -> colour, shape
+    sequence  1-3 shapes one after another (2 s each, 1 s gap) -> count, first colour, last colour
+    needle    a long quiet video with ONE frame showing a shape -> its colour (the long-video test)
+
+Clips also carry a subtitle line (a code word), asked about with the long-video prompt, which shows
+each frame's subtitle text. Videos are 224x224 (the vision encoder's input size) at 4 frames/s, so the
+default 1 frame/s sampling takes every 4th frame; shapes stay on screen for whole seconds so that every
+sampled frame shows what the answer says. Train and test splits use different seeds and different
+video files; no video is shared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+SIZE = 224
+NATIVE_FPS = 4
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 230),
+    "yellow": (235, 215, 40), "purple": (150, 60, 200), "white": (240, 240, 240),
+}
+SHAPES = ("circle", "square", "triangle", "diamond")
+NUMBERS = ("zero", "one", "two", "three")
+CODE_WORDS = ("apple", "river", "candle", "tiger", "window", "garden", "rocket", "pencil")
+
+QUESTIONS: dict[str, tuple[str, ...]] = {
+    "color": ("What color is the shape?", "Which color does the moving shape have?"),
+    "shape": ("What shape is shown in the video?", "What kind of shape moves in the video?"),
+    "count": ("How many shapes appear in the video?", "How many different shapes are shown?"),
+    "first": ("What color is the first shape?", "Which color appears first?"),
+    "last": ("What color is the last shape?", "Which color appears last?"),
+    "subtitle": ("What is the code word?", "Which code word is said in the video?"),
+    "needle": ("One frame of this video shows a shape. What color is it?", "What color is the shape that appears once?"),
+}
+
+
+@dataclass
+class ShapeEvent:
+    """One shape on screen from ``start`` to ``end`` seconds, moving linearly from ``p0`` to ``p1``."""
+
+    shape: str
+    color: str
+    start: float
+    end: float
+    p0: tuple[float, float]
+    p1: tuple[float, float]
+    radius: float
+
+
+@dataclass
+class Clip:
+    id: str
+    kind: str
+    seconds: float
+    fps: float
+    background: int
+    events: list[ShapeEvent]
+    subtitles: list[tuple[float, float, str]] = field(default_factory=list)
+    qa: list[tuple[str, str, str]] = field(default_factory=list)  # (question type, question, answer)
+
+
+# -- drawing ---------------------------------------------------------------------------------------
+
+_YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+
+
+def shape_mask(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
+    """A boolean (SIZE, SIZE) mask of a shape centred at (cx, cy) with 'radius' r, in pixels."""
+    dx, dy = _XX - cx, _YY - cy
+    if shape == "circle":
+        return dx * dx + dy * dy <= r * r
+    if shape == "square":
+        return (np.abs(dx) <= r * 0.85) & (np.abs(dy) <= r * 0.85)
+    if shape == "diamond":
+        return np.abs(dx) + np.abs(dy) <= r * 1.1
+    if shape == "triangle":  # pointing up: inside the three half-planes
+        top, base = -r, r * 0.8
+        inside_y = (dy >= top) & (dy <= base)
+        half_width = (dy - top) / (base - top) * r * 1.05
+        return inside_y & (np.abs(dx) <= half_width)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def background(clip: Clip, seed: int) -> np.ndarray:
+    """The clip's backdrop: its grey level with a fixed light texture (fixed, so that it compresses well)."""
+    rng = np.random.default_rng(seed)
+    texture = rng.normal(0.0, 6.0, size=(SIZE // 8, SIZE // 8, 1)).repeat(8, 0).repeat(8, 1)
+    return np.clip(clip.background + texture, 0, 255).astype(np.float32).repeat(3, axis=2)
+
+
+def render_frame(clip: Clip, t: float, backdrop: np.ndarray) -> np.ndarray:
+    """The picture at time t: the backdrop plus every shape on screen at t."""
+    frame = backdrop.copy()
+    for ev in clip.events:
+        if ev.start <= t < ev.end:
+            a = (t - ev.start) / max(ev.end - ev.start, 1e-6)
+            cx = ev.p0[0] + a * (ev.p1[0] - ev.p0[0])
+            cy = ev.p0[1] + a * (ev.p1[1] - ev.p0[1])
+            frame[shape_mask(ev.shape, cx, cy, ev.radius)] = COLORS[ev.color]
+    return np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def write_clip(clip: Clip, path: str | os.PathLike, *, seed: int = 0) -> Path:
+    """Render every frame and pipe it to ffmpeg (H.264, yuv420p); the file appears atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part" + path.suffix)
+    backdrop = background(clip, seed)
+    n = int(round(clip.seconds * clip.fps))
+    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{SIZE}x{SIZE}", "-r", f"{clip.fps:g}", "-i", "-", "-c:v", "libx264", "-preset", "ultrafast",
+           "-crf", "20", "-pix_fmt", "yuv420p", "-g", str(max(1, int(clip.fps * 10))), "-f", "mp4", str(tmp)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    for i in range(n):
+        proc.stdin.write(render_frame(clip, i / clip.fps, backdrop).tobytes())
+    proc.stdin.close()
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.wait() != 0:
+        raise RuntimeError(f"ffmpeg failed writing {path}: {err.strip()}")
+    os.replace(tmp, path)
+    return path
+
+
+def write_srt(lines: Iterable[tuple[float, float, str]], path: str | os.PathLike) -> Path:
+    def stamp(t: float) -> str:
+        ms = int(round(t * 1000))
+        return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+    path = Path(path)
+    path.write_text("".join(f"{i + 1}\n{stamp(s)} --> {stamp(e)}\n{text}\n\n" for i, (s, e, text) in enumerate(lines)))
+    return path
+
+
+# -- clip designs ----------------------------------------------------------------------------------
+
+def _position(rng: np.random.Generator, r: float) -> tuple[float, float]:
+    lo, hi = r + 4, SIZE - r - 4
+    return float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))
+
+
+def _event(rng: np.random.Generator, shape: str, color: str, start: float, end: float) -> ShapeEvent:
+    r = float(rng.uniform(26, 46))
+    return ShapeEvent(shape, color, start, end, _position(rng, r), _position(rng, r), r)
+
+
+def _ask(rng: np.random.Generator, qtype: str) -> str:
+    options = QUESTIONS[qtype]
+    return options[int(rng.integers(len(options)))]
+
+
+def _subtitle(rng: np.random.Generator, seconds: float) -> tuple[list[tuple[float, float, str]], str]:
+    word = CODE_WORDS[int(rng.integers(len(CODE_WORDS)))]
+    start = float(rng.integers(0, max(1, int(seconds) - 1)))
+    return [(start, start + 1.5, f"The code word is {word}.")], word
+
+
+def single_clip(rng: np.random.Generator, clip_id: str) -> Clip:
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    color = list(COLORS)[int(rng.integers(len(COLORS)))]
+    seconds = 4.0
+    subs, word = _subtitle(rng, seconds)
+    clip = Clip(clip_id, "single", seconds, NATIVE_FPS, int(rng.integers(15, 70)),
+                [_event(rng, shape, color, 0.0, seconds)], subs)
+    clip.qa = [("color", _ask(rng, "color"), color), ("shape", _ask(rng, "shape"), shape),
+               ("subtitle", _ask(rng, "subtitle"), word)]
+    return clip
+
+
+def sequence_clip(rng: np.random.Generator, clip_id: str) -> Clip:
+    k = int(rng.integers(1, 4))
+    colors = [list(COLORS)[i] for i in rng.permutation(len(COLORS))[:k]]
+    events = [_event(rng, SHAPES[int(rng.integers(len(SHAPES)))], c, 3.0 * i, 3.0 * i + 2.0) for i, c in enumerate(colors)]
+    seconds = 3.0 * k
+    subs, word = _subtitle(rng, seconds)
+    clip = Clip(clip_id, "sequence", seconds, NATIVE_FPS, int(rng.integers(15, 70)), events, subs)
+    clip.qa = [("count", _ask(rng, "count"), NUMBERS[k]), ("first", _ask(rng, "first"), colors[0]),
+               ("last", _ask(rng, "last"), colors[-1]), ("subtitle", _ask(rng, "subtitle"), word)]
+    return clip
+
+
+def needle_clip(rng: np.random.Generator, clip_id: str, seconds: int) -> Clip:
+    """``seconds`` frames at 1 frame/s; exactly one of them (not the first or last) shows a shape."""
+    at = int(rng.integers(1, seconds - 1))
+    color = list(COLORS)[int(rng.integers(len(COLORS)))]
+    event = _event(rng, SHAPES[int(rng.integers(len(SHAPES)))], color, float(at), float(at) + 1.0)
+    clip = Clip(clip_id, "needle", float(seconds), 1.0, int(rng.integers(15, 70)), [event])
+    clip.qa = [("needle", _ask(rng, "needle"), color)]
+    return clip
+
+
+# -- datasets --------------------------------------------------------------------------------------
+
+SPLIT_SEEDS = {"train": 1000, "test": 2000}
+
+
+def make_clips(split: str, *, n_single: int, n_sequence: int, n_needle: int = 0, needle_seconds: int | tuple[int, int] = 3600,
+               seed: int = 0) -> list[Clip]:
+    """The clip designs of one split (cheap: nothing is rendered). Splits draw from different seeds."""
+    rng = np.random.default_rng(SPLIT_SEEDS[split] + seed)
+    clips = [single_clip(rng, f"{split}-single-{i:04d}") for i in range(n_single)]
+    clips += [sequence_clip(rng, f"{split}-sequence-{i:04d}") for i in range(n_sequence)]
+    for i in range(n_needle):
+        if isinstance(needle_seconds, (tuple, list)):
+            length = int(rng.integers(needle_seconds[0], needle_seconds[1] + 1))
+        else:
+            length = int(needle_seconds)
+        clips.append(needle_clip(rng, f"{split}-needle-{i:04d}", length))
+    return clips
+
+
+def write_split(clips: list[Clip], folder: str | os.PathLike, *, on_progress: Callable[[int, int], None] | None = None,
+                subtitles: bool = True) -> Path:
+    """Render the clips into ``folder`` (videos + sibling .srt) and write ``qa.json``, a LLaVA-style list.
+
+    Each question is one item: {"id", "video", "conversations", "question_type", "answer", "long"}.
+    Subtitle and needle questions are marked ``long`` (they use the long-video prompt). A rerun skips
+    videos already written, so an interrupted generation continues.
+    """
+    folder = Path(folder)
+    (folder / "videos").mkdir(parents=True, exist_ok=True)
+    items = []
+    for n, clip in enumerate(clips):
+        video = folder / "videos" / f"{clip.id}.mp4"
+        if not video.exists():
+            write_clip(clip, video, seed=hash_seed(clip.id))
+        if subtitles and clip.subtitles:
+            write_srt(clip.subtitles, video.with_suffix(".srt"))
+        for q, (qtype, question, answer) in enumerate(clip.qa):
+            if qtype == "subtitle" and not subtitles:
+                continue
+            items.append({
+                "id": f"{clip.id}-q{q}", "video": f"videos/{video.name}",
+                "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}],
+                "question_type": qtype, "answer": answer, "long": qtype in ("subtitle", "needle"),
+            })
+        if on_progress:
+            on_progress(n + 1, len(clips))
+    (folder / "clips.json").write_text(json.dumps([asdict(c) for c in clips]) + "\n")
+    tmp = folder / "qa.json.tmp"
+    tmp.write_text(json.dumps(items, indent=1) + "\n")
+    os.replace(tmp, folder / "qa.json")
+    return folder / "qa.json"
+
+
+def hash_seed(text: str) -> int:
+    """A stable per-clip noise seed (Python's hash() changes between runs)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+def vocabulary() -> list[str]:
+    """Every word the set uses: for building the demo model's tokenizers."""
+    words: set[str] = set()
+    for options in QUESTIONS.values():
+        for q in options:
+            words.update(q.lower().replace("?", " ").replace(".", " ").split())
+    words.update(COLORS)
+    words.update(SHAPES)
+    words.update(NUMBERS)
+    words.update(CODE_WORDS)
+    words.update("the code word is below a movie memorize content and answer my question after watching this now end".split())
+    return sorted(words)

@@ -1,0 +1,315 @@
+"""The recipe of the built-in ``demo`` model: a small LLaMA-VID trained from scratch on the synthetic set.
+
+    python -m llamavid.train.demo train --data runs/data --output runs/demo [--ship]   # ~20 min, 2 CPU cores
+    python -m llamavid.train.demo evaluate --model demo --output docs/RESULTS.md
+
+What ``train`` does, in order (each step skips work a previous, interrupted run already finished):
+
+1. data      the synthetic set (llamavid.data.synthetic): train and test splits, videos + .srt + qa.json
+2. tokenizers  a LLaMA-style sentencepiece model and a BERT WordPiece vocabulary for the set's words
+3. vision    a tiny EVA ViT (LAVIS layout, width 88 = one head of 88, depth 3) trained on single frames
+             to tell colour and shape. It stands in for EVA-CLIP, which the published recipe starts from
+             and which cannot be downloaded here; like EVA-CLIP it is frozen in every later stage.
+4. init      a random LLaMA-VID around it (LLM 256 wide x 4 layers, QFormer 128 x 2) in the published layout
+5. stages    the published stages through ``llamavid.train.trainer.train`` (the same code as
+             ``llamavid train``): 1 projectors, 2 projectors+QFormer+LLM, 3 long video (movie prompt,
+             subtitles, needle videos; QFormer frozen). A model trained from scratch needs larger learning
+             rates than the seed's fine-tuning ones; they are set here and recorded in the run folder.
+6. export    safetensors in bfloat16 with the vision encoder embedded; ``--ship`` copies it into
+             ``llamavid/assets/demo`` where ``--model demo`` finds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import synthetic as syn
+
+ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
+
+
+@dataclass
+class DemoRecipe:
+    n_single: int = 300
+    n_sequence: int = 300
+    n_needle: int = 60
+    needle_train_seconds: tuple[int, int] = (20, 300)
+    n_test_single: int = 50
+    n_test_sequence: int = 50
+    n_test_needle: int = 5
+    test_needle_seconds: int = 3600
+    vision_width: int = 88
+    vision_depth: int = 3
+    vision_mlp: int = 352
+    vision_steps: int = 240
+    vision_batch: int = 32
+    vision_lr: float = 2e-3
+    sp_vocab: int = 400
+    llm_hidden: int = 256
+    llm_layers: int = 4
+    llm_heads: int = 4
+    llm_intermediate: int = 688
+    max_positions: int = 8192
+    stage1: dict = field(default_factory=lambda: {"epochs": 0.5, "batch_size": 16, "micro_batch_size": 8, "learning_rate": 1e-3})
+    stage2: dict = field(default_factory=lambda: {"epochs": 3, "batch_size": 16, "micro_batch_size": 8, "learning_rate": 6e-4})
+    stage3: dict = field(default_factory=lambda: {"epochs": 1, "batch_size": 8, "micro_batch_size": 4, "learning_rate": 3e-4})
+    seed: int = 0
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"[demo {time.strftime('%H:%M:%S')}] {msg}\n")
+    sys.stderr.flush()
+
+
+# -- 1. data ---------------------------------------------------------------------------------------
+
+def make_data(root: Path, r: DemoRecipe) -> tuple[Path, Path]:
+    train = syn.make_clips("train", n_single=r.n_single, n_sequence=r.n_sequence, n_needle=r.n_needle,
+                           needle_seconds=r.needle_train_seconds, seed=r.seed)
+    test = syn.make_clips("test", n_single=r.n_test_single, n_sequence=r.n_test_sequence, n_needle=r.n_test_needle,
+                          needle_seconds=r.test_needle_seconds, seed=r.seed)
+    return syn.write_split(train, root / "train"), syn.write_split(test, root / "test")
+
+
+def split_items(qa_json: Path, root: Path) -> dict[str, Path]:
+    """qa.json -> per-stage files: short questions (stages 1-2) and long-prompt ones (stage 3)."""
+    items = json.loads(qa_json.read_text())
+    short = [i for i in items if not i["long"]]
+    long = [i for i in items if i["long"]]
+    # Stage 3 keeps some short questions so that short-video skills are not forgotten.
+    rng = np.random.default_rng(0)
+    replay = [short[k] for k in rng.permutation(len(short))[: len(long) // 2]]
+    out = {}
+    for name, data in (("short", short), ("long", long + replay)):
+        path = root / f"{name}.json"
+        path.write_text(json.dumps(data) + "\n")
+        out[name] = path
+    return out
+
+
+# -- 2. tokenizers ---------------------------------------------------------------------------------
+
+def make_tokenizers(folder: Path, r: DemoRecipe) -> tuple[Path, Path]:
+    import io
+
+    import sentencepiece as spm
+
+    from ..prompt import MOVIE_END, MOVIE_START, get_template
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sp_path, bert_dir = folder / "tokenizer.model", folder / "qformer_tokenizer"
+    if sp_path.is_file() and (bert_dir / "vocab.txt").is_file():
+        return sp_path, bert_dir
+    t = get_template("vicuna_v1")
+    corpus = [t.system, f"{t.roles[0]}: {t.roles[1]}:", MOVIE_START, MOVIE_END]
+    for options in syn.QUESTIONS.values():
+        corpus += list(options)
+    corpus += [f"The code word is {w}." for w in syn.CODE_WORDS]
+    corpus += list(syn.COLORS) + list(syn.SHAPES) + list(syn.NUMBERS) + list(syn.CODE_WORDS)
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus * 20), model_writer=buf, vocab_size=r.sp_vocab, model_type="bpe",
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True, add_dummy_prefix=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True,
+        num_threads=1, minloglevel=2, hard_vocab_limit=False,
+    )
+    sp_path.write_bytes(buf.getvalue())
+    bert_dir.mkdir(exist_ok=True)
+    words = sorted({w for line in corpus for w in line.lower().replace("?", " ").replace(".", " ").replace(",", " ")
+                    .replace("'", " ").replace(":", " ").split()})
+    letters = list("abcdefghijklmnopqrstuvwxyz0123456789")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *".,?!'\":;-", *words, *letters, *("##" + c for c in letters)]
+    (bert_dir / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    (bert_dir / "tokenizer_config.json").write_text(json.dumps({
+        "do_lower_case": True, "model_max_length": 512, "tokenizer_class": "BertTokenizer", "unk_token": "[UNK]",
+        "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}) + "\n")
+    return sp_path, bert_dir
+
+
+# -- 3. vision -------------------------------------------------------------------------------------
+
+def random_frames(rng: np.random.Generator, n: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n frames drawn like the videos' (0 or 1 shape), with colour, shape and per-patch colour labels."""
+    frames = np.empty((n, syn.SIZE, syn.SIZE, 3), dtype=np.uint8)
+    colors, shapes = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+    grid = syn.SIZE // 14
+    patch_labels = torch.zeros(n, grid * grid, dtype=torch.long)
+    names = list(syn.COLORS)
+    for i in range(n):
+        clip = syn.Clip("v", "single", 1.0, 1.0, int(rng.integers(15, 70)), [])
+        if rng.random() < 0.85:
+            c, s = int(rng.integers(len(names))), int(rng.integers(len(syn.SHAPES)))
+            r = float(rng.uniform(26, 46))
+            x, y = (float(rng.uniform(r + 4, syn.SIZE - r - 4)) for _ in range(2))
+            clip.events.append(syn.ShapeEvent(syn.SHAPES[s], names[c], 0.0, 1.0, (x, y), (x, y), r))
+            colors[i], shapes[i] = c + 1, s + 1
+            mask = syn.shape_mask(syn.SHAPES[s], x, y, r).reshape(grid, 14, grid, 14).mean(axis=(1, 3))
+            patch_labels[i] = torch.from_numpy((mask.reshape(-1) > 0.4).astype(np.int64) * (c + 1))
+        frames[i] = syn.render_frame(clip, 0.5, syn.background(clip, int(rng.integers(1 << 30))))
+    return frames, colors, shapes, patch_labels
+
+
+def train_vision(path: Path, r: DemoRecipe) -> Path:
+    """Pretrain the tiny ViT on labelled frames; save it in the LAVIS layout (bf16-exact values)."""
+    from ..vision import EvaVisionTransformer, VisionConfig, preprocess_frames
+
+    if path.is_file():
+        return path
+    torch.manual_seed(r.seed)
+    rng = np.random.default_rng(r.seed + 7)
+    cfg = VisionConfig(width=r.vision_width, depth=r.vision_depth, heads=r.vision_width // 88, mlp_width=r.vision_mlp)
+    vit = EvaVisionTransformer(cfg)
+    for name, p in vit.named_parameters():
+        if p.ndim >= 2 or name in ("cls_token",):
+            torch.nn.init.trunc_normal_(p, std=0.02)
+    n_colors, n_shapes = len(syn.COLORS) + 1, len(syn.SHAPES) + 1
+    heads = torch.nn.ModuleDict({
+        "norm": torch.nn.LayerNorm(cfg.width), "color": torch.nn.Linear(cfg.width, n_colors),
+        "shape": torch.nn.Linear(cfg.width, n_shapes), "patch": torch.nn.Linear(cfg.width, n_colors),
+        "patch_shape": torch.nn.Linear(cfg.width, n_shapes)})
+    params = list(vit.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=r.vision_lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.vision_lr, total_steps=r.vision_steps, pct_start=0.1)
+    t0 = time.perf_counter()
+    for step in range(r.vision_steps):
+        frames, colors, shapes, patches = random_frames(rng, r.vision_batch)
+        # every patch of the shape should know the whole shape's kind: the QFormer reads patches, not a pooled vector
+        patch_shapes = (patches > 0).long() * shapes[:, None]
+        x = vit(preprocess_frames(frames))  # (B, 257, W)
+        h = heads["norm"](x)
+        pooled = h[:, 1:].mean(1) + h[:, 0]
+        loss = (torch.nn.functional.cross_entropy(heads["color"](pooled), colors)
+                + torch.nn.functional.cross_entropy(heads["shape"](pooled), shapes)
+                + torch.nn.functional.cross_entropy(heads["patch"](h[:, 1:]).flatten(0, 1), patches.flatten())
+                + torch.nn.functional.cross_entropy(heads["patch_shape"](h[:, 1:]).flatten(0, 1), patch_shapes.flatten()))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % 40 == 0 or step == r.vision_steps - 1:
+            acc_c = float((heads["color"](pooled).argmax(-1) == colors).float().mean())
+            acc_s = float((heads["shape"](pooled).argmax(-1) == shapes).float().mean())
+            log(f"vision step {step}: loss {float(loss.detach()):.3f}, batch colour acc {acc_c:.2f}, shape acc {acc_s:.2f}, "
+                f"{time.perf_counter() - t0:.0f} s")
+    sd = {k: v.detach().to(torch.bfloat16).to(torch.float32).contiguous() for k, v in vit.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(sd, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+# -- 4-6. model, stages, export --------------------------------------------------------------------
+
+def run_stage(number: int, data: Path, start: str, out: Path, features: Path, settings: dict, *, seed: int) -> str:
+    from .trainer import TrainConfig, train
+
+    if (out / "model" / "config.json").is_file() and (out / "train_config.json").is_file():
+        return str(out / "model")
+    cfg = TrainConfig(stage=number, data=[str(data)], model=start, output=str(out), feature_cache=str(features),
+                      seed=seed, save_steps=10_000, warmup_ratio=0.05, log_every=20, **settings)
+
+    def on_log(record: dict) -> None:
+        if "loss" in record:
+            log(f"stage {number} step {record['step']}: loss {record['loss']:.4f} lr {record['lr']:.2e} ({record['seconds']:.0f} s)")
+
+    result = train(cfg, on_log=on_log)
+    log(f"stage {number}: {result.steps} steps in {result.seconds:.0f} s, final loss {result.losses[-1]:.4f}")
+    return result.model_dir
+
+
+def export_demo(model_dir: str, dest: Path) -> Path:
+    from ..export import save_checkpoint
+    from ..model import load_model
+
+    model = load_model(model_dir, dtype="float32", device="cpu")
+    save_checkpoint(model, dest, fmt="safetensors", dtype=torch.bfloat16, embed_vision=True)
+    for name in ("eva_vit_g.pth",):
+        (dest / name).unlink(missing_ok=True)
+    return dest
+
+
+def train_demo(output: Path, r: DemoRecipe, *, data_root: Path, ship: bool = False, token_types: str = "both",
+               stages: tuple[int, ...] = (1, 2, 3)) -> Path:
+    from .scratch import ModelSizes, init_checkpoint
+
+    t0 = time.perf_counter()
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "recipe.json").write_text(json.dumps(asdict(r), indent=2) + "\n")
+    log(f"data -> {data_root}")
+    train_qa, _ = make_data(data_root, r)
+    parts = split_items(train_qa, data_root / "train")
+    log(f"data ready ({time.perf_counter() - t0:.0f} s)")
+    sp_path, bert_dir = make_tokenizers(output / "tokenizers", r)
+    vision_path = train_vision(output / "eva_vit_g.pth", r)
+    log(f"vision encoder ready ({time.perf_counter() - t0:.0f} s)")
+    init = output / "init"
+    if not (init / "config.json").is_file():
+        sizes = ModelSizes(llm_hidden=r.llm_hidden, llm_layers=r.llm_layers, llm_heads=r.llm_heads,
+                           llm_intermediate=r.llm_intermediate, max_positions=r.max_positions, token_types=token_types)
+        init_checkpoint(init, sizes=sizes, vision_tower=vision_path, text_tokenizer=sp_path, qformer_tokenizer=bert_dir,
+                        seed=r.seed)
+    model = str(init)
+    features = output / "features"
+    if 1 in stages:
+        model = run_stage(1, parts["short"], model, output / "stage1", features, r.stage1, seed=r.seed)
+    if 2 in stages:
+        model = run_stage(2, parts["short"], model, output / "stage2", features, r.stage2, seed=r.seed)
+    if 3 in stages:
+        model = run_stage(3, parts["long"], model, output / "stage3", features, r.stage3, seed=r.seed)
+    final = export_demo(model, output / "demo")
+    log(f"trained in {time.perf_counter() - t0:.0f} s; model: {final}")
+    (output / "timing.json").write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1)}) + "\n")
+    if ship:
+        if ASSET_DIR.exists():
+            shutil.rmtree(ASSET_DIR)
+        shutil.copytree(final, ASSET_DIR)
+        log(f"shipped to {ASSET_DIR}")
+    return final
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m llamavid.train.demo", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train the demo model from scratch")
+    t.add_argument("--output", "-o", type=Path, default=Path("runs/demo"))
+    t.add_argument("--data", type=Path, default=Path("runs/data"), help="where the synthetic set is written (shared by runs)")
+    t.add_argument("--ship", action="store_true", help="copy the result into llamavid/assets/demo")
+    t.add_argument("--token-types", default="both", choices=["both", "context", "content"])
+    t.add_argument("--stages", default="1,2,3")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override a recipe field")
+    e = sub.add_parser("evaluate", help="held-out accuracy, token-type ablation and the needle test")
+    e.add_argument("--model", default="demo")
+    e.add_argument("--data", type=Path, default=Path("runs/data"))
+    e.add_argument("--ablation", nargs="*", default=[], metavar="TYPE=MODEL")
+    e.add_argument("--output", "-o", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        r = DemoRecipe()
+        for item in args.set:
+            key, _, value = item.partition("=")
+            setattr(r, key, json.loads(value))
+        train_demo(args.output, r, data_root=args.data, ship=args.ship, token_types=args.token_types,
+                   stages=tuple(int(s) for s in args.stages.split(",")))
+    else:
+        from .demo_eval import evaluate
+
+        evaluate(args.model, args.data, ablation=dict(a.split("=", 1) for a in args.ablation), output=args.output)
+
+
+if __name__ == "__main__":
+    main()
