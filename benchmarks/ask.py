@@ -1,0 +1,142 @@
+"""Asking benchmark: what tokenizing a video once saves, and what batching questions on one video saves.
+
+Everything compared is measured side by side in this one run with the same mid-size random model
+(written in the published layout by ``llamavid.train.scratch.init_checkpoint`` and loaded through the
+real loader) on a generated 10-minute video at low resolution; no downloads.
+
+    .venv/bin/python benchmarks/ask.py              # a few minutes on 2 CPU cores
+    .venv/bin/python benchmarks/ask.py --questions 8 --separate inprocess   # quicker
+
+(a) time to answer one question on the video's ``.vidtok`` vs on the raw video (encode + answer), both
+    through ``llamavid.qa.ask`` in one process with the model already loaded (``--no-cache`` for the raw
+    video, so it is encoded every time);
+(b) N questions on that video: one ``llamavid ask --batch`` process vs N separate ``llamavid ask
+    VIDEO.vidtok Q`` processes (``--separate subprocess``, the default: each pays Python start-up and
+    model loading, as a shell loop would) or N separate load + answer calls in this process
+    (``--separate inprocess``: loading only).
+All answers are greedy (temperature 0) with a fixed number of new tokens' room, so both sides of each
+comparison generate the same text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import llamavid  # noqa: E402
+from llamavid import qa  # noqa: E402
+from llamavid.decoding import SamplingOptions  # noqa: E402
+from llamavid.train.scratch import ModelSizes, init_checkpoint  # noqa: E402
+
+from checkpoint_fixture import make_eva_state_dict, train_sentencepiece, write_bert_vocab  # noqa: E402
+from media import make_video  # noqa: E402
+
+LLAMAVID = ROOT / ".venv" / "bin" / "llamavid"
+QUESTIONS = [f"What happens {when}?" for when in ("first", "last", "in the middle", "after the dog appears")] + [
+    f"What color is shape number {i}?" for i in range(1, 29)]
+
+
+def build_model(root: Path, args) -> Path:
+    """A mid-size random LLaMA-VID: LLaMA 8 x 512, QFormer 2 x 128, EVA 4 x 264 (the published layout)."""
+    gen = torch.Generator().manual_seed(0)
+    tower = root / "eva_vit_g.pth"
+    torch.save(make_eva_state_dict(gen, width=264, blocks=5, mlp=1056), tower)  # one block more than used, as LAVIS
+    train_sentencepiece(root / "tokenizer.model")
+    write_bert_vocab(root / "bert")
+    sizes = ModelSizes(llm_hidden=args.llm_hidden, llm_layers=args.llm_layers, llm_heads=args.llm_hidden // 64,
+                       llm_intermediate=args.llm_hidden * 11 // 4, max_positions=4096)
+    return init_checkpoint(root / "model", sizes=sizes, vision_tower=tower, text_tokenizer=root / "tokenizer.model",
+                           qformer_tokenizer=root / "bert")
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--questions", type=int, default=32)
+    ap.add_argument("--separate", choices=["subprocess", "inprocess"], default="subprocess")
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--llm-hidden", type=int, default=512)
+    ap.add_argument("--llm-layers", type=int, default=8)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+
+    with tempfile.TemporaryDirectory(prefix="llamavid-bench-ask-") as tmp:
+        root = Path(tmp)
+        cache = root / "cache"
+        os.environ["LLAMAVID_CACHE"] = str(cache)
+        t, ckpt = timed(lambda: build_model(root, args))
+        print(f"model: {ckpt} (built in {t:.1f} s)", flush=True)
+        t, clip = timed(lambda: make_video(root / "ten_minutes.mp4", seconds=args.minutes * 60, fps=2, width=96, height=64))
+        print(f"video: {args.minutes:g} min, 96x64, 2 fps ({clip.stat().st_size / 1e6:.1f} MB, made in {t:.1f} s)", flush=True)
+        load = lambda: llamavid.load_model(ckpt, device="cpu", dtype="float32")  # noqa: E731
+        t_load, model = timed(load)
+        sampling = SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=0.0)
+        question = QUESTIONS[0]
+
+        # (a) raw video (encode + answer, nothing cached) vs its .vidtok
+        t_raw, raw = timed(lambda: qa.ask(model, clip, question, sampling=sampling, cache=False))
+        t_first, _ = timed(lambda: qa.ask(model, clip, question, sampling=sampling, cache=True))  # fills the cache
+        [vidtok] = (cache / "vidtok").glob("*.vidtok")
+        t_tok, tok = timed(lambda: qa.ask(model, vidtok, question, sampling=sampling))
+        t_cached, cached = timed(lambda: qa.ask(model, clip, question, sampling=sampling, cache=True))
+        assert raw.answer == tok.answer == cached.answer, "the same tokens must give the same greedy answer"
+
+        # (b) N questions on one video: one batch vs N separate invocations
+        n = args.questions
+        questions = [QUESTIONS[i % len(QUESTIONS)] + ("" if i < len(QUESTIONS) else f" ({i})") for i in range(n)]
+        qfile = root / "questions.jsonl"
+        qfile.write_text("".join(json.dumps({"id": str(i), "video": str(vidtok), "question": q}) + "\n"
+                                 for i, q in enumerate(questions)))
+        common = ["--model", str(ckpt), "--temperature", "0", "--max-new-tokens", str(args.max_new_tokens)]
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        t_batch, proc = timed(lambda: subprocess.run([str(LLAMAVID), "ask", "--batch", str(qfile), *common],
+                                                     env=env, capture_output=True, text=True, check=True))
+        batch_answers = [json.loads(line)["answer"] for line in proc.stdout.splitlines()]
+        if args.separate == "subprocess":
+            def separate():
+                return [subprocess.run([str(LLAMAVID), "ask", str(vidtok), q, *common], env=env, capture_output=True,
+                                       text=True, check=True).stdout.rstrip("\n") for q in questions]
+        else:
+            def separate():
+                return [qa.ask(load(), vidtok, q, sampling=sampling).answer for q in questions]
+        t_sep, sep_answers = timed(separate)
+        same = sum(a == b for a, b in zip(batch_answers, sep_answers))
+
+    frames = raw.frames
+    print()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; model LLaMA {args.llm_layers} x {args.llm_hidden}, EVA 4 x 264; "
+          f"load {t_load:.2f} s")
+    print(f"(a) one question, {frames} frames ({frames * model.tokens_per_frame} visual tokens, "
+          f"{raw.prompt_tokens} prompt tokens):")
+    print(f"    raw video, encode + answer   {t_raw:8.2f} s")
+    print(f"    .vidtok, answer only         {t_tok:8.2f} s    raw / .vidtok = {t_raw / t_tok:.1f}x")
+    print(f"    same video again (cache hit) {t_cached:8.2f} s    raw / cached  = {t_raw / t_cached:.1f}x")
+    print(f"(b) {n} questions on the .vidtok ({args.separate} for the separate side):")
+    print(f"    one --batch process          {t_batch:8.2f} s   ({t_batch / n:.2f} s a question)")
+    print(f"    {n} separate invocations     {t_sep:8.2f} s   ({t_sep / n:.2f} s a question)   "
+          f"separate / batch = {t_sep / t_batch:.1f}x")
+    print(f"    identical answers: {same}/{n}")
+
+
+if __name__ == "__main__":
+    main()
