@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_model": "model", "load_vision_encoder": "model", "LlamaVid": "model", "Answer": "model",
     "SamplingOptions": "decoding",
+    "ask": "qa", "ChatSession": "qa", "summarize": "qa", "open_video_input": "qa",
     "LlamaVidError": "errors", "InputError": "errors", "CheckpointError": "errors", "ModelNotFoundError": "errors",
     "VideoError": "errors", "VidtokError": "errors", "ContextOverflowError": "errors",
 }

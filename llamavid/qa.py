@@ -222,7 +222,8 @@ def ask(
         raise InputError("the question is empty")
     planned = planned_frames(source, fps)
     if planned is not None and max_frames is None:
-        check_fits(model, question, planned, long_video=long_video, source=str(source))
+        check_fits(model, question, planned, long_video=long_video, source=str(source),
+                   max_new_tokens=(sampling or default_sampling(model, long_video)).max_new_tokens)
     with open_video_input(model, source, fps=fps, subtitles=subtitles, max_frames=max_frames, cache=cache,
                           on_progress=on_progress, on_warning=on_warning) as vin:
         ans = answer_on(model, vin, question, long_video=long_video, sampling=sampling, stream=stream)

@@ -247,3 +247,20 @@ def test_bad_input_is_one_line(tiny, media, capsys):
     assert code == 1 and err.strip() == f"llamavid: error: {media['root'] / 'missing.mp4'}: no such file"
     code, out, err = run_cli(capsys, "ask", media["image"], "  ", *model_args(tiny))
     assert code == 1 and "question is empty" in err and "Traceback" not in err
+
+
+def test_python_api_is_what_the_cli_wraps(tiny, tiny_model, media, capsys):
+    sampling = llamavid.SamplingOptions(max_new_tokens=8, temperature=0.0)
+    result = llamavid.ask(tiny_model, media["image"], "what?", sampling=sampling)
+    assert set(result.to_json()) == ASK_KEYS and result.frames == 1
+    code, out, _ = run_cli(capsys, "ask", media["image"], "what?", "--json", *model_args(tiny))
+    assert json.loads(out)["answer"] == result.answer
+    with llamavid.open_video_input(tiny_model, media["image"]) as vin:
+        chat = llamavid.ChatSession(tiny_model, vin, sampling=sampling)
+        first = chat.ask("what?")
+        chat.ask("and then?")
+        assert first.text == result.answer and [q for q, _ in chat.history] == ["what?", "and then?"]
+        chat.reset()
+        assert chat.to_json()["turns"] == []
+        summary = llamavid.summarize(tiny_model, vin, style="brief", sampling=sampling)
+        assert summary.frames == 1 and len(summary.segments) == 1
