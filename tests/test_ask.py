@@ -60,6 +60,17 @@ def small(tmp_path_factory):
     return build_tiny_checkpoint(tmp_path_factory.mktemp("small"), max_position_embeddings=160)
 
 
+@pytest.fixture(scope="module")
+def long_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("long-cache")
+
+
+@pytest.fixture
+def shared_long_cache(long_cache, monkeypatch):
+    """Tests that are not about caching share one token file of the long video (encoded once)."""
+    monkeypatch.setenv("LLAMAVID_CACHE", str(long_cache))
+
+
 def cached_files(tmp_path):
     return sorted((tmp_path / "llamavid-cache" / "vidtok").glob("*.vidtok"))
 
@@ -163,7 +174,7 @@ def test_long_prompt_is_the_published_movie_prompt_with_per_frame_subtitles(tiny
     assert json.loads(out)["prompt_tokens"] > json.loads(out_short)["prompt_tokens"]
 
 
-def test_context_overflow_is_refused_before_encoding(small, media, tmp_path, capsys):
+def test_context_overflow_is_refused_before_encoding(small, media, tmp_path, capsys, long_cache, monkeypatch):
     code, out, err = run_cli(capsys, "ask", media["long"], "what?", *model_args(small))
     assert code == 1 and out == ""
     lines = err.strip().splitlines()
@@ -172,13 +183,14 @@ def test_context_overflow_is_refused_before_encoding(small, media, tmp_path, cap
     assert "160" in lines[-1]
     assert cached_files(tmp_path) == [], "the video was encoded although it could not fit"
     # the suggested frame count does fit
+    monkeypatch.setenv("LLAMAVID_CACHE", str(long_cache))
     suggested = int(lines[-1].split("--max-frames ")[1].split()[0])
     code, out, err = run_cli(capsys, "ask", media["long"], "what?", "--max-frames", suggested, "--json", *model_args(small))
     assert code == 0, err
     assert json.loads(out)["frames"] == suggested
 
 
-def test_max_frames_samples_uniformly_then_fits(small, media, capsys, monkeypatch):
+def test_max_frames_samples_uniformly_then_fits(small, media, capsys, monkeypatch, shared_long_cache):
     seen = []
     original = LlamaVid.answer_batch
     monkeypatch.setattr(LlamaVid, "answer_batch",
@@ -195,7 +207,8 @@ def test_max_frames_samples_uniformly_then_fits(small, media, capsys, monkeypatc
 
 
 @pytest.mark.parametrize("style", ["brief", "detailed"])
-def test_summarize_segments_a_video_too_long_for_the_context(small, media, capsys, style, monkeypatch):
+def test_summarize_segments_a_video_too_long_for_the_context(small, media, capsys, style, monkeypatch,
+                                                             shared_long_cache):
     questions = []
     original = LlamaVid.answer_batch
     monkeypatch.setattr(LlamaVid, "answer_batch", lambda self, f, q, **k: questions.extend(q) or original(self, f, q, **k))
