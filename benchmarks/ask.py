@@ -4,7 +4,7 @@ Everything compared is measured side by side in this one run with the same mid-s
 (written in the published layout by ``llamavid.train.scratch.init_checkpoint`` and loaded through the
 real loader) on a generated 10-minute video at low resolution; no downloads.
 
-    .venv/bin/python benchmarks/ask.py              # a few minutes on 2 CPU cores
+    .venv/bin/python benchmarks/ask.py              # about 10 minutes on 2 busy CPU cores
     .venv/bin/python benchmarks/ask.py --questions 8 --separate inprocess   # quicker
 
 (a) time to answer one question on the video's ``.vidtok`` vs on the raw video (encode + answer), both
@@ -50,7 +50,7 @@ QUESTIONS = [f"What happens {when}?" for when in ("first", "last", "in the middl
 
 
 def build_model(root: Path, args) -> Path:
-    """A mid-size random LLaMA-VID: LLaMA 8 x 512, QFormer 2 x 128, EVA 4 x 264 (the published layout)."""
+    """A mid-size random LLaMA-VID: LLaMA 6 x 384 by default, QFormer 2 x 128, EVA 4 x 264 (the published layout)."""
     gen = torch.Generator().manual_seed(0)
     tower = root / "eva_vit_g.pth"
     torch.save(make_eva_state_dict(gen, width=264, blocks=5, mlp=1056), tower)  # one block more than used, as LAVIS
@@ -71,11 +71,12 @@ def timed(fn):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--fps", type=float, default=0.5, help="frames sampled per second (0.5: 300 frames for 10 min)")
     ap.add_argument("--questions", type=int, default=32)
     ap.add_argument("--separate", choices=["subprocess", "inprocess"], default="subprocess")
     ap.add_argument("--max-new-tokens", type=int, default=16)
-    ap.add_argument("--llm-hidden", type=int, default=512)
-    ap.add_argument("--llm-layers", type=int, default=8)
+    ap.add_argument("--llm-hidden", type=int, default=384)
+    ap.add_argument("--llm-layers", type=int, default=6)
     args = ap.parse_args()
     torch.manual_seed(0)
 
@@ -86,18 +87,18 @@ def main() -> None:
         t, ckpt = timed(lambda: build_model(root, args))
         print(f"model: {ckpt} (built in {t:.1f} s)", flush=True)
         t, clip = timed(lambda: make_video(root / "ten_minutes.mp4", seconds=args.minutes * 60, fps=2, width=96, height=64))
-        print(f"video: {args.minutes:g} min, 96x64, 2 fps ({clip.stat().st_size / 1e6:.1f} MB, made in {t:.1f} s)", flush=True)
+        print(f"video: {args.minutes:g} min, 96x64, 2 fps, sampled at {args.fps:g} frame/s ({clip.stat().st_size / 1e6:.1f} MB, made in {t:.1f} s)", flush=True)
         load = lambda: llamavid.load_model(ckpt, device="cpu", dtype="float32")  # noqa: E731
         t_load, model = timed(load)
         sampling = SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=0.0)
         question = QUESTIONS[0]
 
         # (a) raw video (encode + answer, nothing cached) vs its .vidtok
-        t_raw, raw = timed(lambda: qa.ask(model, clip, question, sampling=sampling, cache=False))
-        t_first, _ = timed(lambda: qa.ask(model, clip, question, sampling=sampling, cache=True))  # fills the cache
+        t_raw, raw = timed(lambda: qa.ask(model, clip, question, fps=args.fps, sampling=sampling, cache=False))
+        t_first, _ = timed(lambda: qa.ask(model, clip, question, fps=args.fps, sampling=sampling, cache=True))  # fills the cache
         [vidtok] = (cache / "vidtok").glob("*.vidtok")
         t_tok, tok = timed(lambda: qa.ask(model, vidtok, question, sampling=sampling))
-        t_cached, cached = timed(lambda: qa.ask(model, clip, question, sampling=sampling, cache=True))
+        t_cached, cached = timed(lambda: qa.ask(model, clip, question, fps=args.fps, sampling=sampling, cache=True))
         assert raw.answer == tok.answer == cached.answer, "the same tokens must give the same greedy answer"
 
         # (b) N questions on one video: one batch vs N separate invocations
