@@ -36,6 +36,8 @@ CHUNK_FRAMES = 64  # the token file's resume unit; batch sizes divide it
 
 @dataclass
 class EncodeOptions:
+    """What ``llamavid encode``'s flags choose; an output is up to date only for the same fps and storage."""
+
     fps: float = 1.0
     storage: str = "float16"  # or "int8" (--compact)
     batch_size: int | None = None  # None: 32 on a GPU, 8 on the CPU
@@ -217,7 +219,9 @@ def encode_file(
     """Encode one video or image into a .vidtok file (skipped when an up-to-date one exists).
 
     ``on_progress(done, total)`` is called after every batch. Raises LlamaVidError for bad input; a
-    KeyboardInterrupt leaves the partial state on disk for the next run to resume.
+    KeyboardInterrupt (or a kill) leaves the partial state on disk for the next run to resume. An
+    existing output made with another vision encoder is refused unless ``opts.force``: it may be the
+    only copy of hours of encoding, and the two cannot be mixed.
     """
     opts = opts or EncodeOptions()
     t0 = time.perf_counter()
