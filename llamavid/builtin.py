@@ -14,7 +14,11 @@ DEFAULT_MODEL = "YanweiLi/llama-vid-7b-full-224-video-fps-1"
 LONG_VIDEO_MODEL = "YanweiLi/llama-vid-7b-full-224-long-video"
 
 _ASSETS = Path(__file__).parent / "assets"
-BUILTIN_MODELS: dict[str, Path] = {}
+BUILTIN_MODELS: dict[str, Path] = {
+    # A small LLaMA-VID trained from scratch on the synthetic shapes set (llamavid.train.demo): it answers
+    # colour / shape / count / order questions about such videos, offline, on any CPU.
+    "demo": _ASSETS / "demo",
+}
 
 
 def resolve_builtin(name: str | os.PathLike) -> Path | None:

@@ -89,7 +89,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     if path.exists():
         raise CheckpointError(f"{name}: is a file; a model is a checkpoint directory (config.json, weights, tokenizer.model)")
     if not _HUB_ID.match(name):
-        raise ModelNotFoundError(f"{name}: no such checkpoint directory (and not a Hugging Face id like org/name)")
+        raise ModelNotFoundError(f"{name}: no such checkpoint directory (and not a Hugging Face id like org/name); "
+                                 "pass --model DIR or set LLAMAVID_MODEL=DIR to a local checkpoint, or use --model demo")
     return _download(name)
 
 

@@ -31,7 +31,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 230),
     "yellow": (235, 215, 40), "purple": (150, 60, 200), "white": (240, 240, 240),
 }
-SHAPES = ("circle", "square", "triangle", "diamond")
+SHAPES = ("circle", "ring", "bar", "column")
 NUMBERS = ("zero", "one", "two", "three")
 CODE_WORDS = ("apple", "river", "candle", "tiger", "window", "garden", "rocket", "pencil")
 
@@ -77,19 +77,21 @@ _YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
 
 
 def shape_mask(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
-    """A boolean (SIZE, SIZE) mask of a shape centred at (cx, cy) with 'radius' r, in pixels."""
+    """A boolean (SIZE, SIZE) mask of a shape centred at (cx, cy) with 'radius' r, in pixels.
+
+    The four silhouettes differ in where they cover the frame (a disc, a hollow disc, a wide and a
+    tall bar), so a small encoder trained for minutes can tell them apart.
+    """
     dx, dy = _XX - cx, _YY - cy
+    d2 = dx * dx + dy * dy
     if shape == "circle":
-        return dx * dx + dy * dy <= r * r
-    if shape == "square":
-        return (np.abs(dx) <= r * 0.85) & (np.abs(dy) <= r * 0.85)
-    if shape == "diamond":
-        return np.abs(dx) + np.abs(dy) <= r * 1.1
-    if shape == "triangle":  # pointing up: inside the three half-planes
-        top, base = -r, r * 0.8
-        inside_y = (dy >= top) & (dy <= base)
-        half_width = (dy - top) / (base - top) * r * 1.05
-        return inside_y & (np.abs(dx) <= half_width)
+        return d2 <= r * r
+    if shape == "ring":
+        return (d2 <= r * r) & (d2 >= (0.55 * r) ** 2)
+    if shape == "bar":
+        return (np.abs(dx) <= r) & (np.abs(dy) <= 0.32 * r)
+    if shape == "column":
+        return (np.abs(dy) <= r) & (np.abs(dx) <= 0.32 * r)
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -145,13 +147,16 @@ def write_srt(lines: Iterable[tuple[float, float, str]], path: str | os.PathLike
 
 # -- clip designs ----------------------------------------------------------------------------------
 
+WANDER = 24  # shapes move within this many pixels of the centre: big and central, so one small encoder sees them whole
+
+
 def _position(rng: np.random.Generator, r: float) -> tuple[float, float]:
-    lo, hi = r + 4, SIZE - r - 4
-    return float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))
+    c = SIZE / 2
+    return float(rng.uniform(c - WANDER, c + WANDER)), float(rng.uniform(c - WANDER, c + WANDER))
 
 
 def _event(rng: np.random.Generator, shape: str, color: str, start: float, end: float) -> ShapeEvent:
-    r = float(rng.uniform(26, 46))
+    r = float(rng.uniform(48, 68))
     return ShapeEvent(shape, color, start, end, _position(rng, r), _position(rng, r), r)
 
 
@@ -273,3 +278,25 @@ def vocabulary() -> list[str]:
     words.update(CODE_WORDS)
     words.update("the code word is below a movie memorize content and answer my question after watching this now end".split())
     return sorted(words)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m llamavid.data.synthetic OUT [--split test] [--single N] [--sequence N] [--needle N --needle-seconds S]"""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m llamavid.data.synthetic", description=__doc__.split("\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--split", default="test", choices=sorted(SPLIT_SEEDS))
+    parser.add_argument("--single", type=int, default=10)
+    parser.add_argument("--sequence", type=int, default=10)
+    parser.add_argument("--needle", type=int, default=0)
+    parser.add_argument("--needle-seconds", type=int, default=3600)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    clips = make_clips(args.split, n_single=args.single, n_sequence=args.sequence, n_needle=args.needle,
+                       needle_seconds=args.needle_seconds, seed=args.seed)
+    print(write_split(clips, args.out))
+
+
+if __name__ == "__main__":
+    main()

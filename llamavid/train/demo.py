@@ -43,8 +43,8 @@ ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
 class DemoRecipe:
     n_single: int = 300
     n_sequence: int = 300
-    n_needle: int = 60
-    needle_train_seconds: tuple[int, int] = (20, 300)
+    n_needle: int = 40
+    needle_train_seconds: tuple[int, int] = (60, 3600)
     n_test_single: int = 50
     n_test_sequence: int = 50
     n_test_needle: int = 5
@@ -52,9 +52,9 @@ class DemoRecipe:
     vision_width: int = 88
     vision_depth: int = 3
     vision_mlp: int = 352
-    vision_steps: int = 240
+    vision_steps: int = 1500
     vision_batch: int = 32
-    vision_lr: float = 2e-3
+    vision_lr: float = 1e-3
     sp_vocab: int = 400
     llm_hidden: int = 256
     llm_layers: int = 4
@@ -63,7 +63,7 @@ class DemoRecipe:
     max_positions: int = 8192
     stage1: dict = field(default_factory=lambda: {"epochs": 0.5, "batch_size": 16, "micro_batch_size": 8, "learning_rate": 1e-3})
     stage2: dict = field(default_factory=lambda: {"epochs": 3, "batch_size": 16, "micro_batch_size": 8, "learning_rate": 6e-4})
-    stage3: dict = field(default_factory=lambda: {"epochs": 1, "batch_size": 8, "micro_batch_size": 4, "learning_rate": 3e-4})
+    stage3: dict = field(default_factory=lambda: {"epochs": 2, "batch_size": 8, "micro_batch_size": 2, "learning_rate": 3e-4})
     seed: int = 0
 
 
@@ -83,15 +83,20 @@ def make_data(root: Path, r: DemoRecipe) -> tuple[Path, Path]:
 
 
 def split_items(qa_json: Path, root: Path) -> dict[str, Path]:
-    """qa.json -> per-stage files: short questions (stages 1-2) and long-prompt ones (stage 3)."""
+    """qa.json -> per-stage files.
+
+    Stages 1-2 see the short-video questions and the subtitle questions (the latter with the movie
+    prompt, as the published stage 2 mixed in long-video data); stage 3 sees the needle videos plus a
+    replay of the rest, so that what stage 2 taught is not forgotten.
+    """
     items = json.loads(qa_json.read_text())
-    short = [i for i in items if not i["long"]]
-    long = [i for i in items if i["long"]]
-    # Stage 3 keeps some short questions so that short-video skills are not forgotten.
+    needle = [i for i in items if i["question_type"] == "needle"]
+    rest = [i for i in items if i["question_type"] != "needle"]
+    short = [i for i in rest if not i["long"]]
     rng = np.random.default_rng(0)
-    replay = [short[k] for k in rng.permutation(len(short))[: len(long) // 2]]
+    replay = [rest[k] for k in rng.permutation(len(rest))[: max(1, 4 * len(needle))]]
     out = {}
-    for name, data in (("short", short), ("long", long + replay)):
+    for name, data in (("stage1", short), ("stage2", rest), ("stage3", needle + replay)):
         path = root / f"{name}.json"
         path.write_text(json.dumps(data) + "\n")
         out[name] = path
@@ -150,8 +155,8 @@ def random_frames(rng: np.random.Generator, n: int) -> tuple[np.ndarray, torch.T
         clip = syn.Clip("v", "single", 1.0, 1.0, int(rng.integers(15, 70)), [])
         if rng.random() < 0.85:
             c, s = int(rng.integers(len(names))), int(rng.integers(len(syn.SHAPES)))
-            r = float(rng.uniform(26, 46))
-            x, y = (float(rng.uniform(r + 4, syn.SIZE - r - 4)) for _ in range(2))
+            r = float(rng.uniform(48, 68))
+            x, y = syn._position(rng, r)
             clip.events.append(syn.ShapeEvent(syn.SHAPES[s], names[c], 0.0, 1.0, (x, y), (x, y), r))
             colors[i], shapes[i] = c + 1, s + 1
             mask = syn.shape_mask(syn.SHAPES[s], x, y, r).reshape(grid, 14, grid, 14).mean(axis=(1, 3))
@@ -241,7 +246,7 @@ def export_demo(model_dir: str, dest: Path) -> Path:
 
 
 def train_demo(output: Path, r: DemoRecipe, *, data_root: Path, ship: bool = False, token_types: str = "both",
-               stages: tuple[int, ...] = (1, 2, 3)) -> Path:
+               stages: tuple[int, ...] = (1, 2, 3), reuse: Path | None = None) -> Path:
     from .scratch import ModelSizes, init_checkpoint
 
     t0 = time.perf_counter()
@@ -251,6 +256,13 @@ def train_demo(output: Path, r: DemoRecipe, *, data_root: Path, ship: bool = Fal
     train_qa, _ = make_data(data_root, r)
     parts = split_items(train_qa, data_root / "train")
     log(f"data ready ({time.perf_counter() - t0:.0f} s)")
+    features = output / "features"
+    if reuse is not None:
+        # another run's frozen encoder, tokenizers and cached features (the token-type ablation shares them)
+        for name in ("eva_vit_g.pth", "tokenizers"):
+            if not (output / name).exists():
+                (shutil.copytree if (reuse / name).is_dir() else shutil.copyfile)(reuse / name, output / name)
+        features = reuse / "features"
     sp_path, bert_dir = make_tokenizers(output / "tokenizers", r)
     vision_path = train_vision(output / "eva_vit_g.pth", r)
     log(f"vision encoder ready ({time.perf_counter() - t0:.0f} s)")
@@ -261,13 +273,12 @@ def train_demo(output: Path, r: DemoRecipe, *, data_root: Path, ship: bool = Fal
         init_checkpoint(init, sizes=sizes, vision_tower=vision_path, text_tokenizer=sp_path, qformer_tokenizer=bert_dir,
                         seed=r.seed)
     model = str(init)
-    features = output / "features"
     if 1 in stages:
-        model = run_stage(1, parts["short"], model, output / "stage1", features, r.stage1, seed=r.seed)
+        model = run_stage(1, parts["stage1"], model, output / "stage1", features, r.stage1, seed=r.seed)
     if 2 in stages:
-        model = run_stage(2, parts["short"], model, output / "stage2", features, r.stage2, seed=r.seed)
+        model = run_stage(2, parts["stage2"], model, output / "stage2", features, r.stage2, seed=r.seed)
     if 3 in stages:
-        model = run_stage(3, parts["long"], model, output / "stage3", features, r.stage3, seed=r.seed)
+        model = run_stage(3, parts["stage3"], model, output / "stage3", features, r.stage3, seed=r.seed)
     final = export_demo(model, output / "demo")
     log(f"trained in {time.perf_counter() - t0:.0f} s; model: {final}")
     (output / "timing.json").write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1)}) + "\n")
@@ -288,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--ship", action="store_true", help="copy the result into llamavid/assets/demo")
     t.add_argument("--token-types", default="both", choices=["both", "context", "content"])
     t.add_argument("--stages", default="1,2,3")
+    t.add_argument("--reuse", type=Path, default=None, help="take the vision encoder, tokenizers and features of this run")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override a recipe field")
     e = sub.add_parser("evaluate", help="held-out accuracy, token-type ablation and the needle test")
@@ -304,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
             key, _, value = item.partition("=")
             setattr(r, key, json.loads(value))
         train_demo(args.output, r, data_root=args.data, ship=args.ship, token_types=args.token_types,
-                   stages=tuple(int(s) for s in args.stages.split(",")))
+                   stages=tuple(int(s) for s in args.stages.split(",")), reuse=args.reuse)
     else:
         from .demo_eval import evaluate
 
