@@ -63,7 +63,7 @@ class DemoRecipe:
     max_positions: int = 8192
     stage1: dict = field(default_factory=lambda: {"epochs": 0.5, "batch_size": 16, "micro_batch_size": 8, "learning_rate": 1e-3})
     stage2: dict = field(default_factory=lambda: {"epochs": 3, "batch_size": 16, "micro_batch_size": 8, "learning_rate": 6e-4})
-    stage3: dict = field(default_factory=lambda: {"epochs": 2, "batch_size": 8, "micro_batch_size": 2, "learning_rate": 3e-4})
+    stage3: dict = field(default_factory=lambda: {"epochs": 2, "batch_size": 8, "micro_batch_size": 2, "learning_rate": 1.5e-4})
     seed: int = 0
 
 
@@ -94,7 +94,7 @@ def split_items(qa_json: Path, root: Path) -> dict[str, Path]:
     rest = [i for i in items if i["question_type"] != "needle"]
     short = [i for i in rest if not i["long"]]
     rng = np.random.default_rng(0)
-    replay = [rest[k] for k in rng.permutation(len(rest))[: max(1, 4 * len(needle))]]
+    replay = [rest[k] for k in rng.permutation(len(rest))[: max(1, 8 * len(needle))]]
     out = {}
     for name, data in (("stage1", short), ("stage2", rest), ("stage3", needle + replay)):
         path = root / f"{name}.json"

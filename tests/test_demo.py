@@ -1,0 +1,66 @@
+"""The shipped demo model answers held-out synthetic videos correctly, through the real CLI.
+
+The clips are rendered here by the synthetic generator from the test split's seed (never used in
+training); the cases are fixed, greedy decoding makes the answers deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llamavid.builtin import resolve_builtin
+from llamavid.data import synthetic
+from llamavid_cli.main import main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_demo_model_is_shipped_small_and_safe():
+    path = resolve_builtin("demo")
+    assert path is not None, "llamavid/assets/demo is missing: python -m llamavid.train.demo train --ship"
+    files = {p.name: p.stat().st_size for p in path.iterdir() if p.is_file()}
+    assert sum(files.values()) <= 30 * 2**20
+    assert any(name.endswith(".safetensors") for name in files)
+    assert not any(name.endswith((".bin", ".pth", ".pkl")) for name in files), files
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("heldout")
+    made = synthetic.make_clips("test", n_single=4, n_sequence=3, seed=11)
+    synthetic.write_split(made, root)
+    return root, json.loads((root / "qa.json").read_text())
+
+
+def _ask(capsys, video: Path, question: str, *extra: str) -> dict:
+    with pytest.raises(SystemExit) as done:
+        main(["ask", str(video), question, "--model", "demo", "--temperature", "0", "--json", *extra])
+    assert done.value.code in (0, None)
+    return json.loads(capsys.readouterr().out)
+
+
+CASES = [  # (clip id, question type) of the held-out clips made above
+    ("test-single-0000", "color"), ("test-single-0000", "shape"),
+    ("test-single-0001", "color"), ("test-single-0001", "shape"),
+    ("test-single-0002", "color"), ("test-single-0002", "shape"),
+    ("test-sequence-0000", "first"), ("test-sequence-0001", "last"),
+]
+
+
+@pytest.mark.parametrize("clip_id,qtype", CASES)
+def test_demo_answers_heldout_videos(clip_id, qtype, clips, capsys):
+    root, items = clips
+    item = next(i for i in items if i["id"].startswith(clip_id + "-") and i["question_type"] == qtype)
+    question = item["conversations"][0]["value"].replace("<image>", "").strip()
+    out = _ask(capsys, root / item["video"], question)
+    assert out["answer"].strip().lower().split()[0].strip(".") == item["answer"], (item, out)
+
+
+def test_readme_example_answers(capsys):
+    """The README's main-job command, on the shipped example video."""
+    out = _ask(capsys, EXAMPLES / "red-circle.mp4", "What color is the shape?")
+    assert out["answer"].strip().lower().startswith("red")
+    assert out["frames"] == 4
