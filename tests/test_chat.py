@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -25,8 +26,11 @@ def clip(tmp_path_factory):
 
 def spawn(tiny, clip, tmp_path) -> pexpect.spawn:
     env = dict(os.environ, LLAMAVID_CACHE=str(tmp_path / "cache"), TERM="dumb", HOME=str(tmp_path))
+    # A terminal's Ctrl-C: restore SIGINT's default in the child, since a runner that started the test
+    # suite in the background (nohup, `cmd &` in a script) passes SIGINT down as ignored.
     child = pexpect.spawn(str(LLAMAVID), ["chat", str(clip), *model_args(tiny)], env=env, cwd=str(tmp_path),
-                          encoding="utf-8", codec_errors="replace", timeout=60, dimensions=(40, 200))
+                          encoding="utf-8", codec_errors="replace", timeout=60, dimensions=(40, 200),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     child.expect_exact("you> ")
     return child
 
@@ -68,8 +72,8 @@ def test_chat_ctrl_d_and_ctrl_c_leave_cleanly(tiny, clip, tmp_path, key):
         child.sendeof()
         child.expect(pexpect.EOF)
     else:
-        # A SIGINT that lands after the prompt is drawn but before readline waits for input is only seen at
-        # the next keystroke (CPython's readline loop); a user would press Ctrl-C again, and so does this test.
+        # A SIGINT that lands after the prompt is drawn but before readline waits may be seen only later;
+        # a user would press Ctrl-C again, and so does this test.
         for _ in range(10):
             child.sendintr()
             if child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=3) == 0:
