@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Sequence, TextIO
 
 import numpy as np
 
+from . import fileio
 from . import subtitles as subs
 from . import video
 from .checkpoint import user_cache_dir
@@ -273,19 +274,10 @@ class ChatSession:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write a whole file or nothing: a temp file beside it, fsync, rename."""
+    """Write a whole file or nothing (see fileio.write_text_atomic); the folder must already exist."""
     if not path.parent.exists():
         raise InputError(f"{path.parent}: no such directory")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fileio.write_text_atomic(path, text)
 
 
 # ---------------------------------------------------------------------------------------------------------

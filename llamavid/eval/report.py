@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from llamavid import fileio
 from llamavid.eval.scoring import PAPER_LLAMA_VID_7B, BenchmarkResult
 
 REPORT_FORMAT = "llamavid-eval-report/1"
@@ -158,17 +158,8 @@ def write_report(results: Sequence[BenchmarkResult], md_path: str | os.PathLike[
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write a whole file or nothing (temp file beside it, fsync, rename): a killed run never leaves half a
-    report that a later step would read as complete. Parent directories are created."""
+    """Write a whole file or nothing: a killed run never leaves half a report that a later step would read
+    as complete. Parent directories are created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fileio.write_text_atomic(path, text)
