@@ -1,8 +1,8 @@
 """llamavid: LLaMA-VID video question answering. Every frame is two LLM tokens.
 
-The data path reads straight through the modules:
-video -> frames (video) -> vision features (vision) -> .vidtok (vidtok) -> per-frame tokens (qformer,
-tokens) -> prompt (prompt) -> answer (model, decoding).
+The data path reads straight through the modules (docs/ARCHITECTURE.md):
+video -> frames (video) -> vision features (vision, encode) -> .vidtok (vidtok) -> per-question tokens
+(qformer, tokens) -> prompt (planning, prompt) -> answer (model, decoding, qa).
 
 Names are imported lazily so that ``import llamavid`` (and ``llamavid --version``) does not pull in torch.
 """
@@ -15,9 +15,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_model": "model", "load_vision_encoder": "model", "LlamaVid": "model", "Answer": "model",
-    "SamplingOptions": "decoding",
-    "ask": "qa", "ChatSession": "qa", "summarize": "qa", "open_video_input": "qa",
+    "load_model": "loading", "load_vision_encoder": "loading",
+    "LlamaVid": "model", "Answer": "model", "Prompt": "model",
+    "SamplingOptions": "decoding", "AskOptions": "options", "Callbacks": "callbacks",
+    "open_input": "inputs", "VideoInput": "inputs",
+    "ask": "qa", "AskResult": "qa", "Question": "qa", "answer_questions": "qa",
+    "ChatSession": "chat", "summarize": "summary",
+    "read_batch": "batch", "run_batch": "batch",
     "LlamaVidError": "errors", "InputError": "errors", "CheckpointError": "errors", "ModelNotFoundError": "errors",
     "VideoError": "errors", "VidtokError": "errors", "ContextOverflowError": "errors",
 }

@@ -11,7 +11,6 @@ from pathlib import Path
 
 # The released short-video model: the default when neither --model nor LLAMAVID_MODEL is given.
 DEFAULT_MODEL = "YanweiLi/llama-vid-7b-full-224-video-fps-1"
-LONG_VIDEO_MODEL = "YanweiLi/llama-vid-7b-full-224-long-video"
 
 _ASSETS = Path(__file__).parent / "assets"
 BUILTIN_MODELS: dict[str, Path] = {

@@ -8,28 +8,11 @@ movies) in chunks computing logits for the last position only, and reports every
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-
-@dataclass
-class SamplingOptions:
-    """How to pick tokens. temperature 0 is greedy; a seed makes sampling repeatable."""
-
-    max_new_tokens: int = 512
-    temperature: float = 0.2
-    top_p: float = 0.7
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
+from .options import SamplingOptions  # re-exported: the sampler's settings live with the other options
 
 
 def pick_tokens(logits: torch.Tensor, opts: SamplingOptions, generator: torch.Generator | None) -> torch.Tensor:
@@ -129,3 +112,20 @@ def generate(
         logits = out.logits[:, -1]
         next_pos = next_pos + 1
     return results
+
+
+class StreamDecoder:
+    """Turns token ids into text pieces as they arrive, holding back incomplete UTF-8 characters."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd") or not text.startswith(self.text):
+            return ""
+        piece, self.text = text[len(self.text):], text
+        return piece

@@ -215,13 +215,16 @@ def encode_file(
     *,
     on_progress: Callable[[int, int], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
+    info: video.VideoInfo | None = None,
+    source_hash: str | None = None,
 ) -> EncodeResult:
     """Encode one video or image into a .vidtok file (skipped when an up-to-date one exists).
 
     ``on_progress(done, total)`` is called after every batch. Raises LlamaVidError for bad input; a
     KeyboardInterrupt (or a kill) leaves the partial state on disk for the next run to resume. An
     existing output made with another vision encoder is refused unless ``opts.force``: it may be the
-    only copy of hours of encoding, and the two cannot be mixed.
+    only copy of hours of encoding, and the two cannot be mixed. ``info`` and ``source_hash`` spare a
+    second probe and hash when the caller has them already (the ask path does).
     """
     opts = opts or EncodeOptions()
     t0 = time.perf_counter()
@@ -234,9 +237,9 @@ def encode_file(
         raise InputError(f"--fps {opts.fps}: must be positive")
     if opts.storage not in ("float16", "int8"):
         raise InputError(f"storage {opts.storage!r}: expected float16 or int8")
-    info = video.probe(src)
+    info = info or video.probe(src)
     identity = encoder.identity()
-    source_hash = content_hash(src)
+    source_hash = source_hash or content_hash(src)
     if not opts.force:
         _refuse_foreign(out, identity)
         if is_up_to_date(out, source_hash, identity, opts.fps, opts.storage):

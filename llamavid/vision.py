@@ -285,11 +285,6 @@ def build_vision_tower(
     return model.eval()
 
 
-def load_vision_tower(path: str | os.PathLike, **kwargs) -> EvaVisionTransformer:
-    """Load ``eva_vit_g.pth`` (or a tiny file in the same layout)."""
-    return build_vision_tower(read_lavis_weights(path), source=str(path), **kwargs)
-
-
 class VisionWeights:
     """Where the vision encoder's weights come from (a file, the checkpoint's embedded copy, or the URL).
 

@@ -1,116 +1,139 @@
-"""`llamavid chat` and `llamavid summarize`: a conversation about a video, and its summary."""
+"""`llamavid chat`: a conversation about a video, on a terminal or through a pipe."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 
-from .ask import encode_progress
-from .common import load, sampling_options
+from . import options as opt
+from .common import ask_options, load
 from .main import app
-from .output import is_terminal, message, print_json, progress_bar, warn
-
-CHAT_HELP = "Commands: /reset (forget the conversation), /save FILE.json, /quit (or Ctrl-D)."
-
-
-def _open(m, input: str, fps: float, subtitles, max_frames, no_cache: bool):
-    from llamavid import qa
-
-    with progress_bar(f"encoding {Path(input).name}", None) as bar:
-        return qa.open_video_input(m, input, fps=fps, subtitles=subtitles, max_frames=max_frames, cache=not no_cache,
-                                   on_progress=encode_progress(bar), on_warning=warn)
+from .output import Reporter, is_terminal, message, write_out
 
 
 @app.command()
 def chat(
-    input: str = typer.Argument(..., help="A video, image or .vidtok file."),
-    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint directory, Hugging Face id or built-in name."),
-    temperature: Optional[float] = typer.Option(None, "--temperature"),
-    top_p: Optional[float] = typer.Option(None, "--top-p"),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    fps: float = typer.Option(1.0, "--fps"),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames"),
-    subtitles: Optional[Path] = typer.Option(None, "--subtitles"),
-    long: Optional[bool] = typer.Option(None, "--long/--short"),
-    no_cache: bool = typer.Option(False, "--no-cache"),
-    device: Optional[str] = typer.Option(None, "--device"),
-    dtype: Optional[str] = typer.Option(None, "--dtype"),
-    vision_tower: Optional[Path] = typer.Option(None, "--vision-tower"),
+    input: Annotated[str, typer.Argument(help="A video, image or .vidtok file.")],
+    model: opt.Model = None,
+    temperature: opt.Temperature = None,
+    top_p: opt.TopP = None,
+    max_new_tokens: opt.MaxNewTokens = None,
+    seed: opt.Seed = None,
+    fps: opt.Fps = 1.0,
+    max_frames: opt.MaxFrames = None,
+    subtitles: opt.Subtitles = None,
+    long: opt.Long = None,
+    strict_context: opt.StrictContext = False,
+    no_cache: opt.NoCache = False,
+    device: opt.Device = None,
+    dtype: opt.Dtype = None,
+    quantize: opt.Quantize = None,
+    vision_tower: opt.VisionTower = None,
+    qformer_tokenizer: opt.QFormerTokenizer = None,
 ) -> None:
-    """Talk about a video. On a terminal: line editing and history; piped: one question a line in, one answer a line out."""
-    from llamavid import qa
-    from llamavid.errors import LlamaVidError
+    """Talk about a video. On a terminal: line editing and history; piped: one question a line in, one
+    answer a line out. /reset, /save FILE.json and /quit work in both."""
+    from llamavid.chat import ChatSession
+    from llamavid.inputs import open_input
 
-    m = load(model, vision_tower=str(vision_tower) if vision_tower else None, device=device, dtype=dtype)
-    sampling = sampling_options(temperature, top_p, max_new_tokens, seed, qa.default_sampling(m, long))
-    vin = _open(m, input, fps, subtitles, max_frames, no_cache)
-    session = qa.ChatSession(m, vin, long_video=long, sampling=sampling)
-    interactive = is_terminal(sys.stdin) and is_terminal(sys.stdout)
+    options = ask_options(fps=fps, max_frames=max_frames, long=long, strict_context=strict_context, subtitles=subtitles,
+                          temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                          no_cache=no_cache)
+    m = load(model, vision_tower=vision_tower, qformer_tokenizer=qformer_tokenizer, device=device, dtype=dtype,
+             quantize=quantize)
+    with Reporter(f"encoding {Path(input).name}") as reporter:
+        vin = open_input(m, input, options, callbacks=reporter.callbacks())
     with vin:
-        if interactive:
+        session = ChatSession(m, vin, options, callbacks=reporter.callbacks())
+        if is_terminal(sys.stdin) and is_terminal(sys.stdout):
             _interactive(session)
         else:
-            for line in sys.stdin:
-                question = line.strip()
-                if not question:
-                    continue
-                try:
-                    answer = session.ask(question)
-                except LlamaVidError as exc:
-                    message(f"llamavid: error: {exc}")
-                    sys.stdout.write("\n")
-                    continue
-                sys.stdout.write(" ".join(answer.text.splitlines()) + "\n")  # one line per answer, whatever it holds
-                sys.stdout.flush()
+            _piped(session)
+
+
+def _command(session, line: str) -> str | None:
+    """Carry out a slash command; returns "quit" to end the chat, None otherwise (or when not a command)."""
+    from llamavid.chat import parse_command
+    from llamavid.errors import LlamaVidError
+
+    try:
+        command = parse_command(line)
+    except LlamaVidError as exc:
+        message(f"llamavid: {exc}")
+        return "handled"
+    if command is None:
+        return None
+    if command.name == "quit":
+        return "quit"
+    if command.name == "reset":
+        session.reset()
+        message("llamavid: conversation reset")
+    elif command.name == "save":
+        try:
+            message(f"llamavid: saved {session.save(command.argument)}")
+        except (LlamaVidError, OSError) as exc:
+            message(f"llamavid: error: {exc}")
+    else:
+        from llamavid.chat import COMMANDS_HELP
+
+        message(f"llamavid: {COMMANDS_HELP}")
+    return "handled"
+
+
+def _piped(session) -> None:
+    """One question a line in, one answer a line out (an empty line for a failed question); commands work."""
+    from llamavid.errors import LlamaVidError
+
+    for line in sys.stdin:
+        question = line.strip()
+        if not question:
+            continue
+        done = _command(session, question)
+        if done == "quit":
+            return
+        if done is not None:
+            continue
+        try:
+            answer = session.ask(question)
+        except LlamaVidError as exc:
+            message(f"llamavid: error: {exc}")
+            write_out("\n")
+            continue
+        write_out(" ".join(answer.text.splitlines()) + "\n")  # one line per answer, whatever it holds
 
 
 def _interactive(session) -> None:
+    from llamavid.chat import COMMANDS_HELP
     from llamavid.errors import LlamaVidError
 
     _enable_line_editing()
-    message(f"llamavid: chatting about {session.video.source} ({session.video.num_frames} frames). {CHAT_HELP}")
+    message(f"llamavid: chatting about {session.video.source} ({session.video.num_frames} frames). {COMMANDS_HELP}")
     while True:
         try:
             line = input("you> ").strip()
         except (EOFError, KeyboardInterrupt):
-            sys.stdout.write("\n")
+            write_out("\n")
             return
         if not line:
             continue
-        if line.startswith("/"):
-            command, _, arg = line.partition(" ")
-            if command in ("/quit", "/exit"):
-                return
-            if command == "/reset":
-                session.reset()
-                message("llamavid: conversation reset")
-            elif command == "/save":
-                if not arg.strip():
-                    message("llamavid: usage: /save FILE.json")
-                    continue
-                try:
-                    message(f"llamavid: saved {session.save(arg.strip())}")
-                except (LlamaVidError, OSError) as exc:
-                    message(f"llamavid: error: {exc}")
-            else:
-                message(f"llamavid: unknown command {command}. {CHAT_HELP}")
+        done = _command(session, line)
+        if done == "quit":
+            return
+        if done is not None:
             continue
-        sys.stdout.write("assistant> ")
-        sys.stdout.flush()
+        write_out("assistant> ")
         try:
-            session.ask(line, stream=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+            session.ask(line, stream=write_out)
         except KeyboardInterrupt:
             message("\nllamavid: answer interrupted")
             continue
         except LlamaVidError as exc:
             message(f"llamavid: error: {exc}")
             continue
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        write_out("\n")
 
 
 def _enable_line_editing() -> None:
@@ -138,40 +161,3 @@ def _save_history(readline, path) -> None:
         readline.write_history_file(path)
     except OSError:
         pass
-
-
-@app.command()
-def summarize(
-    input: str = typer.Argument(..., help="A video, image or .vidtok file."),
-    style: str = typer.Option("brief", "--style", help="brief or detailed."),
-    model: Optional[str] = typer.Option(None, "--model"),
-    temperature: Optional[float] = typer.Option(None, "--temperature"),
-    top_p: Optional[float] = typer.Option(None, "--top-p"),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    fps: float = typer.Option(1.0, "--fps"),
-    subtitles: Optional[Path] = typer.Option(None, "--subtitles"),
-    long: Optional[bool] = typer.Option(None, "--long/--short"),
-    no_cache: bool = typer.Option(False, "--no-cache"),
-    device: Optional[str] = typer.Option(None, "--device"),
-    dtype: Optional[str] = typer.Option(None, "--dtype"),
-    vision_tower: Optional[Path] = typer.Option(None, "--vision-tower"),
-    json_out: bool = typer.Option(False, "--json", help="Print {summary, segments: [{start, end, frames, summary}], ...}."),
-) -> None:
-    """Summarize a whole video; videos too long for the context are summarized segment by segment."""
-    from llamavid import qa
-
-    m = load(model, vision_tower=str(vision_tower) if vision_tower else None, device=device, dtype=dtype)
-    sampling = sampling_options(temperature, top_p, max_new_tokens, seed, qa.default_sampling(m, long))
-    vin = _open(m, input, fps, subtitles, None, no_cache)
-    with vin:
-        streaming = not json_out and is_terminal(sys.stdout)
-        stream = (lambda piece: (sys.stdout.write(piece), sys.stdout.flush())) if streaming else None
-        on_segment = (lambda s: message(f"[{qa.fmt_time(s.start)}-{qa.fmt_time(s.end)}] {s.summary}")) if not json_out else None
-        result = qa.summarize(m, vin, style=style, long_video=long, sampling=sampling, stream=stream, on_segment=on_segment)
-        if json_out:
-            print_json(result.to_json())
-        elif streaming:
-            sys.stdout.write("\n")
-        else:
-            sys.stdout.write(result.summary + "\n")

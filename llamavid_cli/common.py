@@ -1,8 +1,7 @@
-"""Pieces several commands share: which model, which inputs, sampling options."""
+"""Pieces several commands share: which model, which inputs, the options of a question."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Iterable
@@ -17,18 +16,30 @@ def model_name(option: str | None) -> str:
     return option or default_model_name()
 
 
-def load(option: str | None, *, vision_tower: str | None = None, qformer_tokenizer: str | None = None,
+def load(option: str | None, *, vision_tower: Path | str | None = None, qformer_tokenizer: str | None = None,
          device: str | None = None, dtype: str | None = None, quantize: str | None = None):
     """Load the model the user asked for, saying so on stderr (it can take a while)."""
     import llamavid
+    from llamavid.quantize import parse_quantize
 
+    bits = parse_quantize(quantize)
     name = model_name(option)
     message(f"llamavid: loading {name}")
-    bits = {"8bit": {"load_in_8bit": True}, "4bit": {"load_in_4bit": True}}.get(quantize or "", {})
-    if quantize and not bits:
-        raise llamavid.InputError(f"--quantize {quantize}: expected 8bit or 4bit")
-    return llamavid.load_model(name, vision_tower=vision_tower, qformer_tokenizer=qformer_tokenizer, device=device,
-                               dtype=dtype, **bits)
+    return llamavid.load_model(name, vision_tower=str(vision_tower) if vision_tower else None,
+                               qformer_tokenizer=qformer_tokenizer, device=device, dtype=dtype,
+                               load_in_8bit=bits == 8, load_in_4bit=bits == 4)
+
+
+def ask_options(*, fps: float = 1.0, max_frames: int | None = None, long: bool | None = None,
+                strict_context: bool = False, subtitles: Path | None = None, temperature: float | None = None,
+                top_p: float | None = None, max_new_tokens: int | None = None, seed: int | None = None,
+                no_cache: bool = False):
+    """The command line's question options, validated once (a bad value is a one-line error)."""
+    from llamavid.options import AskOptions
+
+    return AskOptions(fps=fps, max_frames=max_frames, long=long, strict_context=strict_context,
+                      subtitles=str(subtitles) if subtitles is not None else None, temperature=temperature,
+                      top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, cache=not no_cache)
 
 
 def expand_inputs(inputs: Iterable[str], *, allow_vidtok: bool = False) -> list[Path]:
@@ -51,23 +62,3 @@ def expand_inputs(inputs: Iterable[str], *, allow_vidtok: bool = False) -> list[
         else:
             out.append(path)
     return out
-
-
-def sampling_options(temperature: float | None, top_p: float | None, max_new_tokens: int | None, seed: int | None,
-                     base):
-    """Command-line sampling flags over the published defaults (``base``)."""
-    from llamavid import InputError, SamplingOptions
-
-    try:
-        return SamplingOptions(
-            max_new_tokens=base.max_new_tokens if max_new_tokens is None else max_new_tokens,
-            temperature=base.temperature if temperature is None else temperature,
-            top_p=base.top_p if top_p is None else top_p,
-            seed=seed,
-        )
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0")

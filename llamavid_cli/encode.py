@@ -1,38 +1,47 @@
-"""`llamavid encode`: videos -> .vidtok token files, once, resumable; composes with find and xargs."""
+"""`llamavid encode`: videos -> .vidtok feature files, once, resumable; composes with find and xargs."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
+from . import options as opt
 from .common import expand_inputs
 from .main import app
-from .output import message, print_json, progress_bar, warn
+from .output import Reporter, message, print_json
 
 
 @app.command()
 def encode(
-    inputs: List[str] = typer.Argument(..., help="Video/image files, folders (searched recursively), or - for paths on stdin."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="A .vidtok file (one input) or a folder. Default: beside each input."),
-    fps: float = typer.Option(1.0, "--fps", help="Frames per second to sample (published rule: every round(native/fps)-th frame)."),
-    subtitles: Optional[Path] = typer.Option(None, "--subtitles", help="An .srt file (one input only). Default: NAME.srt beside the video, else an embedded stream."),
-    model: Optional[str] = typer.Option(None, "--model", help="Use this model's vision encoder (default: $LLAMAVID_MODEL or the released video model)."),
-    vision_tower: Optional[Path] = typer.Option(None, "--vision-tower", help="Path to eva_vit_g.pth (no model needed)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: a GPU when there is one)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: bf16/fp16 on GPU, float32 on CPU)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Frames per vision forward (default 32 on GPU, 8 on CPU)."),
-    compact: bool = typer.Option(False, "--compact", help="Store int8 features with per-token scales (half the size)."),
-    force: bool = typer.Option(False, "--force", help="Encode again even when an up-to-date output exists."),
-    json_out: bool = typer.Option(False, "--json", help="One JSON record per input on stdout."),
+    inputs: Annotated[List[str], typer.Argument(help="Video/image files, folders (searched recursively), or - for paths on stdin.")],
+    output: Annotated[Optional[Path], typer.Option(
+        "-o", "--output", help="A .vidtok file (one input) or a folder. Default: beside each input.")] = None,
+    fps: opt.Fps = 1.0,
+    subtitles: Annotated[Optional[Path], typer.Option(
+        "--subtitles", help="An .srt file (one input only). Default: NAME.srt beside the video, else an embedded stream.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="Use this model's vision encoder (default: $LLAMAVID_MODEL or the released video model).")] = None,
+    vision_tower: Annotated[Optional[Path], typer.Option(
+        "--vision-tower", help="Path to eva_vit_g.pth (no model needed).")] = None,
+    device: opt.Device = None,
+    dtype: opt.Dtype = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", help="Frames per vision forward (default 32 on GPU, 8 on CPU).")] = None,
+    compact: Annotated[bool, typer.Option("--compact", help="Store int8 features with per-token scales (half the size).")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Encode again even when an up-to-date output exists, and replace an output made by another encoder.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON record per input on stdout.")] = False,
 ) -> None:
-    """Encode videos into .vidtok token files (vision features, timestamps, subtitles)."""
+    """Encode videos into .vidtok files of vision features (with timestamps and subtitles)."""
     import llamavid
     from llamavid.builtin import default_model_name
     from llamavid.encode import EncodeOptions, encode_file, output_path_for, shard_from_env, shard_inputs
     from llamavid.errors import InputError, LlamaVidError
+    from llamavid.options import AskOptions
 
+    AskOptions(fps=fps)  # the same check of --fps as every command
     paths = expand_inputs(inputs)
     if not paths:
         raise InputError("no inputs")
@@ -66,15 +75,9 @@ def encode(
         try:
             if dst in clashes:
                 raise InputError(f"{src}: another input also maps to {dst}; use -o with one input at a time")
-            with progress_bar(src.name, None) as bar:
-                seen = [0]
-
-                def on_progress(done: int, total: int) -> None:
-                    bar.update(total=total)
-                    bar.advance(done - seen[0])
-                    seen[0] = done
-
-                result = encode_file(encoder, src, dst, opts, on_progress=on_progress, on_warning=warn)
+            with Reporter(src.name, status=False) as reporter:
+                cb = reporter.callbacks()
+                result = encode_file(encoder, src, dst, opts, on_progress=cb.progress, on_warning=cb.warning)
         except KeyboardInterrupt:
             message(f"llamavid: interrupted; run the same command again to resume {src}")
             raise SystemExit(130)

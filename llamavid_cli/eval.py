@@ -14,14 +14,20 @@ import the model; the other steps run on any machine that has the files. See doc
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, List, Optional
 
 import typer
 
+from llamavid.eval.benchmarks import BENCHMARKS
+
+from . import options as opt
+from .common import ask_options, load
 from .main import app
-from .output import message, print_json, progress_bar, warn
+from .output import Reporter, message, print_json, warn
+
+JUDGED = [name for name, spec in BENCHMARKS.items() if spec.judge_dimensions]
 
 eval_app = typer.Typer(
     no_args_is_help=True,
@@ -29,92 +35,49 @@ eval_app = typer.Typer(
 )
 app.add_typer(eval_app, name="eval")
 
-# Options shared by `predict` and `run` / `judge` and `run` (Typer needs them spelled out per command).
-QUESTIONS_HELP = "The benchmark's question file (repeat for benchmarks with several files, e.g. ActivityNet-QA's test_q.json and test_a.json, or MVBench tasks)."
-ANSWERS_HELP = "A separate answers file (ActivityNet-QA's test_a.json, EgoSchema's subset_answers.json)."
-VIDEOS_HELP = "Folder holding the benchmark's videos (names from the file, trying .mp4 .mkv .avi .mov .webm)."
+BENCHMARK_NAMES = ", ".join(BENCHMARKS)
+
+# Options of these commands only (the model, sampling and frame options are shared with ask: see options.py).
+Benchmark = Annotated[str, typer.Argument(help=f"Benchmark name: {BENCHMARK_NAMES}.")]
+Questions = Annotated[List[Path], typer.Option(
+    "--questions", "-q", help="The benchmark's question file (repeat for benchmarks with several files, e.g. "
+                              "ActivityNet-QA's test_q.json and test_a.json, or MVBench tasks).")]
+Answers = Annotated[Optional[Path], typer.Option(
+    "--answers", help="A separate answers file (ActivityNet-QA's test_a.json, EgoSchema's subset_answers.json).")]
+Videos = Annotated[Optional[Path], typer.Option(
+    "--videos", help="Folder holding the benchmark's videos (names from the file, trying .mp4 .mkv .avi .mov .webm).")]
+Limit = Annotated[Optional[int], typer.Option("--limit", help="Only the first N items (a quick trial run).")]
+BaseUrl = Annotated[Optional[str], typer.Option(
+    "--base-url", help="Judge: OpenAI-compatible API base (.../v1); default $LLAMAVID_JUDGE_BASE_URL, $OPENAI_BASE_URL, then OpenAI.")]
+JudgeModel = Annotated[Optional[str], typer.Option(
+    "--judge-model", help="Judge model; default $LLAMAVID_JUDGE_MODEL, else gpt-3.5-turbo (as published).")]
+ApiKey = Annotated[Optional[str], typer.Option(
+    "--api-key", help="Judge bearer token; default $LLAMAVID_JUDGE_API_KEY, then $OPENAI_API_KEY (none: no header).")]
+Workers = Annotated[int, typer.Option("--workers", help="Judge requests in parallel.")]
+Timeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait for one judge reply.")]
+MaxRetries = Annotated[int, typer.Option("--max-retries", help="Judge retries after timeouts, 429 and 5xx (exponential backoff).")]
+
+
+@dataclass
+class ModelArgs:
+    """The model and question options of `predict` and `run` (one place that turns them into library calls)."""
+
+    model: Optional[str]
+    device: Optional[str]
+    dtype: Optional[str]
+    quantize: Optional[str]
+    vision_tower: Optional[Path]
+    qformer_tokenizer: Optional[str]
+    options: Any
+    batch_size: int
+
+    def load(self):
+        return load(self.model, vision_tower=self.vision_tower, qformer_tokenizer=self.qformer_tokenizer,
+                    device=self.device, dtype=self.dtype, quantize=self.quantize)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # predict
-
-
-class ModelAnswerer:
-    """``answer_fn`` for ``run_predictions`` that encodes each video once and batches its questions.
-
-    Why not the library's ``answer_batch_fn``: there, one failing question (say, too long for the
-    context) fails its whole batch. Here each call answers one query, but the first query of a video
-    answers up to ``batch_size`` of that video's pending queries in one ``answer_batch`` and keeps the
-    rest for the calls that follow; when the batch fails, the queries are answered one by one so only the
-    bad one is recorded as an error.
-    """
-
-    def __init__(self, model, items, *, fps: float, max_frames: int | None, sampling, long_video: bool | None,
-                 cache: bool, batch_size: int):
-        from llamavid.eval.predict import queries
-
-        self.model, self.fps, self.max_frames, self.sampling = model, fps, max_frames, sampling
-        self.long_video = model.config.long_video if long_video is None else long_video
-        self.cache, self.batch_size = cache, max(1, batch_size)
-        self.queue: dict[str, list[Any]] = {}
-        for item in items:
-            self.queue.setdefault(item.video, []).extend(queries(item))
-        self.memo: dict[tuple[str, str], list[Any]] = {}
-        self.vin = None
-
-    def __call__(self, query) -> str:
-        key = (query.id, query.question)
-        if not self.memo.get(key):
-            self._answer_ahead(query)
-        result = self.memo[key].pop(0)
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    def close(self) -> None:
-        if self.vin is not None:
-            self.vin.close()
-            self.vin = None
-
-    def _answer_ahead(self, query) -> None:
-        queue = self.queue.get(query.video, [])
-        keys = [(q.id, q.question) for q in queue]
-        start = keys.index((query.id, query.question)) if (query.id, query.question) in keys else None
-        if start is None:  # not planned (should not happen): answer it alone
-            chunk = [query]
-        else:
-            chunk = queue[start : start + self.batch_size]
-            del queue[start : start + self.batch_size]
-        for q, result in zip(chunk, self._answer_chunk(chunk)):
-            self.memo.setdefault((q.id, q.question), []).append(result)
-
-    def _open(self, video: str):
-        from llamavid import qa
-
-        if self.vin is None or self.vin.source != video:
-            self.close()
-            self.vin = qa.open_video_input(self.model, video, fps=self.fps, max_frames=self.max_frames, cache=self.cache)
-        return self.vin
-
-    def _answer_chunk(self, chunk: list) -> list:
-        from llamavid import qa
-
-        try:
-            vin = self._open(chunk[0].video)
-        except Exception as exc:  # noqa: BLE001 - an unreadable video fails its items only
-            return [exc] * len(chunk)
-        try:
-            for q in chunk:
-                qa.check_fits(self.model, q.question, vin.num_frames, long_video=self.long_video,
-                              max_new_tokens=self.sampling.max_new_tokens, source=vin.source)
-            answers = self.model.answer_batch(
-                vin.tokens, [q.question for q in chunk], sampling=self.sampling, long_video=self.long_video,
-                frame_subtitles=vin.frame_subtitles() if self.long_video else None, frame_indices=vin.frame_indices)
-            return [a.text for a in answers]
-        except Exception as exc:  # noqa: BLE001 - retried one by one so only the bad question fails
-            if len(chunk) == 1:
-                return [exc]
-            return [r for q in chunk for r in self._answer_chunk([q])]
 
 
 def _paths(questions: list[Path], answers: Optional[Path]) -> list[Path]:
@@ -127,12 +90,15 @@ def _paths(questions: list[Path], answers: Optional[Path]) -> list[Path]:
 
 def _load_items(benchmark: str, questions: list[Path], answers: Optional[Path], videos: Optional[Path],
                 limit: Optional[int]):
+    from llamavid.errors import InputError
     from llamavid.eval import get_benchmark, load_benchmark, missing_videos
 
     spec = get_benchmark(benchmark)  # an unknown name fails before anything is read
+    if limit is not None and limit < 0:
+        raise InputError(f"--limit {limit}: must be at least 0")
     items = load_benchmark(spec.name, _paths(questions, answers), videos)
     if limit is not None:
-        items = items[: max(0, limit)]
+        items = items[:limit]
     missing = missing_videos(items) if videos is not None else []
     if missing:
         warn(f"{len(missing)} of {len(items)} items have no video in {videos} (first: {missing[0].video}); "
@@ -140,32 +106,28 @@ def _load_items(benchmark: str, questions: list[Path], answers: Optional[Path], 
     return spec, items
 
 
-def _predict(spec, items, output: Path, *, model: Optional[str], fps: float, max_frames: Optional[int],
-             temperature: Optional[float], top_p: Optional[float], max_new_tokens: Optional[int], seed: Optional[int],
-             long: Optional[bool], batch_size: int, no_cache: bool, device: Optional[str], dtype: Optional[str],
-             quantize: Optional[str], vision_tower: Optional[Path], qformer_tokenizer: Optional[str]) -> dict[str, Any]:
-    from llamavid import qa
-    from llamavid.eval import read_jsonl, run_predictions
+def _predict(spec, items, output: Path, args: ModelArgs) -> dict[str, Any]:
+    from llamavid.batch import video_answerer
+    from llamavid.eval import run_predictions
+    from llamavid.fileio import ResumableJsonl
 
-    done = {r.get("id") for r in read_jsonl(output)}
-    pending = [item for item in items if item.id not in done]
     output.parent.mkdir(parents=True, exist_ok=True)
+    probe = ResumableJsonl(output, [item.id for item in items], retry_errors=False)  # refuses a foreign file
+    pending = [item for item in items if not probe.done(item.id)]
+    probe.close()
     if not pending:
         message(f"llamavid: all {len(items)} items already in {output}")
         stats = run_predictions(items, lambda item: "", output)  # nothing to do; returns the counts
         return asdict(stats) | {"output": str(output)}
-    from .common import load, sampling_options
+    m = args.load()
+    with Reporter(f"{spec.name}: predicting", unit="items", status=False) as reporter:
+        from llamavid.callbacks import Callbacks
 
-    m = load(model, vision_tower=str(vision_tower) if vision_tower else None, qformer_tokenizer=qformer_tokenizer,
-             device=device, dtype=dtype, quantize=quantize)
-    sampling = sampling_options(temperature, top_p, max_new_tokens, seed, qa.default_sampling(m, long))
-    answerer = ModelAnswerer(m, pending, fps=fps, max_frames=max_frames, sampling=sampling, long_video=long,
-                             cache=not no_cache, batch_size=batch_size)
-    try:
-        with progress_bar(f"{spec.name}: predicting", len(pending), unit="items") as bar:
-            stats = run_predictions(items, answerer, output, on_progress=lambda p: bar.advance(1))
-    finally:
-        answerer.close()
+        # the bar counts items; encoding a video reports only its warnings
+        answer = video_answerer(m, args.options, callbacks=Callbacks(warning=reporter.warning),
+                                questions_per_batch=args.batch_size)
+        stats = run_predictions(items, None, output, answer_batch_fn=answer,
+                                on_progress=lambda p: reporter.bar.set(p.done, p.total))
     message(f"llamavid: {spec.name}: {stats.written - stats.errors} answered, {stats.errors} failed, "
             f"{stats.skipped} already done -> {output}")
     if stats.errors:
@@ -173,36 +135,46 @@ def _predict(spec, items, output: Path, *, model: Optional[str], fps: float, max
     return asdict(stats) | {"output": str(output)}
 
 
+def _model_args(*, model, device, dtype, quantize, vision_tower, qformer_tokenizer, batch_size, **question) -> ModelArgs:
+    from llamavid.errors import InputError
+
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be at least 1")
+    return ModelArgs(model, device, dtype, quantize, vision_tower, qformer_tokenizer, ask_options(**question), batch_size)
+
+
 @eval_app.command()
 def predict(
-    benchmark: str = typer.Argument(..., help="Benchmark name: msvd-qa, msrvtt-qa, activitynet-qa, videochatgpt-general, videochatgpt-temporal, videochatgpt-consistency, videomme, egoschema, mvbench, synthetic."),
-    output: Path = typer.Option(..., "-o", "--output", help="Predictions JSONL (a rerun skips the items already there)."),
-    questions: list[Path] = typer.Option([], "--questions", "-q", help=QUESTIONS_HELP),
-    answers: Optional[Path] = typer.Option(None, "--answers", help=ANSWERS_HELP),
-    videos: Optional[Path] = typer.Option(None, "--videos", help=VIDEOS_HELP),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N items (a quick trial run)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint directory, Hugging Face id or built-in name (default: $LLAMAVID_MODEL, else the released video model)."),
-    fps: float = typer.Option(1.0, "--fps", help="Frames per second to sample (the published evaluation used 1)."),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Use N frames spread evenly over each video."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 is greedy (default 0.2, as published)."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling mass (default 0.7)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Answer length limit (default 512)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Make sampling repeatable."),
-    long: Optional[bool] = typer.Option(None, "--long/--short", help="Force the long-video prompt, or the short one."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Questions on one video answered together."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not keep encoded videos in the cache."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ..."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="8bit or 4bit (bitsandbytes)."),
-    vision_tower: Optional[Path] = typer.Option(None, "--vision-tower", help="Path to eva_vit_g.pth."),
-    qformer_tokenizer: Optional[str] = typer.Option(None, "--qformer-tokenizer", help="Folder or id of the bert-base-uncased tokenizer."),
+    benchmark: Benchmark,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Predictions JSONL (a rerun skips the items already there).")],
+    questions: Questions = [],
+    answers: Answers = None,
+    videos: Videos = None,
+    limit: Limit = None,
+    model: opt.Model = None,
+    fps: opt.Fps = 1.0,
+    max_frames: opt.MaxFrames = None,
+    temperature: opt.Temperature = None,
+    top_p: opt.TopP = None,
+    max_new_tokens: opt.MaxNewTokens = None,
+    seed: opt.Seed = None,
+    long: opt.Long = None,
+    strict_context: opt.StrictContext = False,
+    batch_size: opt.QuestionsPerBatch = 8,
+    no_cache: opt.NoCache = False,
+    device: opt.Device = None,
+    dtype: opt.Dtype = None,
+    quantize: opt.Quantize = None,
+    vision_tower: opt.VisionTower = None,
+    qformer_tokenizer: opt.QFormerTokenizer = None,
 ) -> None:
     """Answer a benchmark's questions into a JSONL file; prints the run's counts as JSON."""
+    args = _model_args(model=model, device=device, dtype=dtype, quantize=quantize, vision_tower=vision_tower,
+                       qformer_tokenizer=qformer_tokenizer, batch_size=batch_size, fps=fps, max_frames=max_frames,
+                       long=long, strict_context=strict_context, temperature=temperature, top_p=top_p,
+                       max_new_tokens=max_new_tokens, seed=seed, no_cache=no_cache)
     spec, items = _load_items(benchmark, questions, answers, videos, limit)
-    print_json(_predict(spec, items, output, model=model, fps=fps, max_frames=max_frames, temperature=temperature,
-                        top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, long=long, batch_size=batch_size,
-                        no_cache=no_cache, device=device, dtype=dtype, quantize=quantize, vision_tower=vision_tower,
-                        qformer_tokenizer=qformer_tokenizer))
+    print_json(_predict(spec, items, output, args))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -244,13 +216,10 @@ def _judge(spec, predictions: Path, output: Path, *, base_url: Optional[str], ju
     with Judge(base_url, judge_model, api_key, timeout=timeout, max_retries=max_retries, temperature=temperature,
                cache_path=cache_path) as judge:
         message(f"llamavid: judging {predictions} with {judge.model} at {judge.base_url}")
-        with progress_bar(f"{spec.name}: judging", None, unit="items") as bar:
-            def on_progress(p) -> None:
-                bar.update(total=p.total)
-                bar.advance(1)
-
+        with Reporter(f"{spec.name}: judging", unit="items") as reporter:
             stats = judge_predictions(predictions, spec.name, judge, output, workers=workers,
-                                      consistency_q2=consistency_q2, on_progress=on_progress)
+                                      consistency_q2=consistency_q2,
+                                      on_progress=lambda p: reporter.bar.set(p.done, p.total))
     message(f"llamavid: {spec.name}: {stats.judged} judged, {stats.skipped} already done, {stats.prediction_errors} "
             f"prediction errors, {stats.judge_errors} refused; {stats.requests} requests, {stats.cache_hits} from the "
             f"cache -> {output}")
@@ -265,19 +234,22 @@ def _judge(spec, predictions: Path, output: Path, *, base_url: Optional[str], ju
 
 @eval_app.command()
 def judge(
-    benchmark: str = typer.Argument(..., help="Benchmark name (msvd-qa, msrvtt-qa, activitynet-qa, videochatgpt-general/-temporal/-consistency)."),
-    predictions: Path = typer.Argument(..., help="Predictions JSONL from `llamavid eval predict` (or a published prediction file)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Judged JSONL (a rerun judges only what is missing)."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible API base (.../v1); default $LLAMAVID_JUDGE_BASE_URL, $OPENAI_BASE_URL, then OpenAI."),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Judge model; default $LLAMAVID_JUDGE_MODEL, else gpt-3.5-turbo (as published)."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", help="Bearer token; default $LLAMAVID_JUDGE_API_KEY, then $OPENAI_API_KEY (none: no header)."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Cache of judge replies (default: judge-cache.jsonl beside the output)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Keep no cache of judge replies."),
-    workers: int = typer.Option(4, "--workers", help="Requests in parallel."),
-    timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for one reply."),
-    max_retries: int = typer.Option(6, "--max-retries", help="Retries after timeouts, 429 and 5xx (exponential backoff)."),
-    temperature: Optional[float] = typer.Option(None, "--judge-temperature", help="Send a temperature (the published scripts send none)."),
-    consistency_q2: str = typer.Option("published", "--consistency-q2", help="published: show Q1 twice as the published consistency script does; fixed: the real Q2."),
+    benchmark: Annotated[str, typer.Argument(help=f"Benchmark name (judged ones: {', '.join(JUDGED)}).")],
+    predictions: Annotated[Path, typer.Argument(help="Predictions JSONL from `llamavid eval predict` (or a published prediction file).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Judged JSONL (a rerun judges only what is missing).")],
+    base_url: BaseUrl = None,
+    judge_model: JudgeModel = None,
+    api_key: ApiKey = None,
+    cache: Annotated[Optional[Path], typer.Option(
+        "--cache", help="Cache of judge replies (default: judge-cache.jsonl beside the output).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Keep no cache of judge replies.")] = False,
+    workers: Workers = 4,
+    timeout: Timeout = 60.0,
+    max_retries: MaxRetries = 6,
+    temperature: Annotated[Optional[float], typer.Option(
+        "--judge-temperature", help="Send a temperature (the published scripts send none).")] = None,
+    consistency_q2: Annotated[str, typer.Option(
+        "--consistency-q2", help="published: show Q1 twice as the published consistency script does; fixed: the real Q2.")] = "published",
 ) -> None:
     """Ask an OpenAI-compatible judge the published prompts; prints the run's counts as JSON."""
     from llamavid.eval import get_benchmark
@@ -314,10 +286,12 @@ def _write_json(path: Path, value: Any) -> None:
 
 @eval_app.command()
 def score(
-    benchmark: str = typer.Argument(..., help="Benchmark name."),
-    path: Path = typer.Argument(..., help="The judged JSONL (judged benchmarks) or the predictions JSONL (multiple choice, synthetic)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the result JSON here (input for `eval report`)."),
-    raw_scores: bool = typer.Option(False, "--raw-scores", help="Average the judge's scores as given (the published scorer truncates each to an integer)."),
+    benchmark: Benchmark,
+    path: Annotated[Path, typer.Argument(help="The judged JSONL (judged benchmarks) or the predictions JSONL (multiple choice, synthetic).")],
+    output: Annotated[Optional[Path], typer.Option(
+        "-o", "--output", help="Also write the result JSON here (input for `eval report`).")] = None,
+    raw_scores: Annotated[bool, typer.Option(
+        "--raw-scores", help="Average the judge's scores as given (the published scorer truncates each to an integer).")] = False,
 ) -> None:
     """Compute accuracy / scores from a file (no model, no judge: rerun at will); prints the result as JSON."""
     result = _score(benchmark, path, raw_scores=raw_scores)
@@ -355,9 +329,10 @@ def _read_result(spec: str):
 
 @eval_app.command()
 def report(
-    inputs: list[str] = typer.Argument(..., help="Result .json files from `eval score -o` (or reports), or BENCH=FILE.jsonl to score now."),
-    md: Optional[Path] = typer.Option(None, "--md", help="Write the Markdown report here."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report here."),
+    inputs: Annotated[List[str], typer.Argument(
+        help="Result .json files from `eval score -o` (or reports), or BENCH=FILE.jsonl to score now.")],
+    md: Annotated[Optional[Path], typer.Option("--md", help="Write the Markdown report here.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here.")] = None,
 ) -> None:
     """Tables in the paper's layout with LLaMA-VID-7B's published figures beside ours (Markdown on stdout by default)."""
     import sys
@@ -382,44 +357,47 @@ def report(
 
 @eval_app.command()
 def run(
-    benchmark: str = typer.Argument(..., help="Benchmark name."),
-    out_dir: Path = typer.Option(..., "--out-dir", help="Folder for BENCH.pred.jsonl, BENCH.judged.jsonl, BENCH.result.json and report.md/.json (a rerun resumes)."),
-    questions: list[Path] = typer.Option([], "--questions", "-q", help=QUESTIONS_HELP),
-    answers: Optional[Path] = typer.Option(None, "--answers", help=ANSWERS_HELP),
-    videos: Optional[Path] = typer.Option(None, "--videos", help=VIDEOS_HELP),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N items."),
-    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint directory, Hugging Face id or built-in name."),
-    fps: float = typer.Option(1.0, "--fps", help="Frames per second to sample."),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Use N frames spread evenly over each video."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 is greedy (default 0.2, as published)."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling mass."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Answer length limit."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Make sampling repeatable."),
-    long: Optional[bool] = typer.Option(None, "--long/--short", help="Force the long-video prompt, or the short one."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Questions on one video answered together."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not keep encoded videos in the cache."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ..."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="8bit or 4bit (bitsandbytes)."),
-    vision_tower: Optional[Path] = typer.Option(None, "--vision-tower", help="Path to eva_vit_g.pth."),
-    qformer_tokenizer: Optional[str] = typer.Option(None, "--qformer-tokenizer", help="Folder or id of the bert-base-uncased tokenizer."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="Judge API base (.../v1); default from the environment."),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Judge model (default gpt-3.5-turbo)."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", help="Judge bearer token (default from the environment)."),
-    workers: int = typer.Option(4, "--workers", help="Judge requests in parallel."),
-    timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for one judge reply."),
-    max_retries: int = typer.Option(6, "--max-retries", help="Judge retries after timeouts, 429 and 5xx."),
+    benchmark: Benchmark,
+    out_dir: Annotated[Path, typer.Option(
+        "--out-dir", help="Folder for BENCH.pred.jsonl, BENCH.judged.jsonl, BENCH.result.json and report.md/.json (a rerun resumes).")],
+    questions: Questions = [],
+    answers: Answers = None,
+    videos: Videos = None,
+    limit: Limit = None,
+    model: opt.Model = None,
+    fps: opt.Fps = 1.0,
+    max_frames: opt.MaxFrames = None,
+    temperature: opt.Temperature = None,
+    top_p: opt.TopP = None,
+    max_new_tokens: opt.MaxNewTokens = None,
+    seed: opt.Seed = None,
+    long: opt.Long = None,
+    strict_context: opt.StrictContext = False,
+    batch_size: opt.QuestionsPerBatch = 8,
+    no_cache: opt.NoCache = False,
+    device: opt.Device = None,
+    dtype: opt.Dtype = None,
+    quantize: opt.Quantize = None,
+    vision_tower: opt.VisionTower = None,
+    qformer_tokenizer: opt.QFormerTokenizer = None,
+    base_url: BaseUrl = None,
+    judge_model: JudgeModel = None,
+    api_key: ApiKey = None,
+    workers: Workers = 4,
+    timeout: Timeout = 60.0,
+    max_retries: MaxRetries = 6,
 ) -> None:
     """Predict, judge (when the benchmark needs it), score and report in one go; prints the result as JSON."""
     from llamavid.eval import write_report
 
+    args = _model_args(model=model, device=device, dtype=dtype, quantize=quantize, vision_tower=vision_tower,
+                       qformer_tokenizer=qformer_tokenizer, batch_size=batch_size, fps=fps, max_frames=max_frames,
+                       long=long, strict_context=strict_context, temperature=temperature, top_p=top_p,
+                       max_new_tokens=max_new_tokens, seed=seed, no_cache=no_cache)
     spec, items = _load_items(benchmark, questions, answers, videos, limit)
     out_dir.mkdir(parents=True, exist_ok=True)
     pred_path = out_dir / f"{spec.name}.pred.jsonl"
-    _predict(spec, items, pred_path, model=model, fps=fps, max_frames=max_frames, temperature=temperature, top_p=top_p,
-             max_new_tokens=max_new_tokens, seed=seed, long=long, batch_size=batch_size, no_cache=no_cache,
-             device=device, dtype=dtype, quantize=quantize, vision_tower=vision_tower,
-             qformer_tokenizer=qformer_tokenizer)
+    _predict(spec, items, pred_path, args)
     scored_path = pred_path
     if spec.judge_dimensions:
         scored_path = out_dir / f"{spec.name}.judged.jsonl"

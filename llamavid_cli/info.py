@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from . import options as opt
 from .main import app
 from .output import print_json
 
@@ -15,13 +16,13 @@ def info(
     target: str = typer.Argument(..., help="A .vidtok file, or a model: checkpoint directory, Hugging Face id or built-in name."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
     verify: bool = typer.Option(False, "--verify", help="For a .vidtok: check every block's checksum."),
-    vision_tower: str = typer.Option(None, "--vision-tower", help="For a model: path to eva_vit_g.pth."),
+    vision_tower: opt.VisionTower = None,
 ) -> None:
-    """Show what a .vidtok token file or a model checkpoint holds."""
+    """Show what a .vidtok features file or a model checkpoint holds."""
     if target.endswith(".vidtok"):
         record = vidtok_info(Path(target), verify=verify)
     else:
-        record = model_info(target, vision_tower=vision_tower)
+        record = model_info(target, vision_tower=str(vision_tower) if vision_tower else None)
     if json_out:
         print_json(record)
         return

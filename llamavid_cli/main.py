@@ -37,7 +37,7 @@ def root(
 
 
 def _register() -> None:
-    from . import ask, chat, encode, eval, info, train  # noqa: F401  (commands register themselves on `app`)
+    from . import ask, chat, encode, eval, info, summarize, train  # noqa: F401  (commands register themselves on `app`)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,11 +45,27 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv or os.environ.get("LLAMAVID_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     _register()
+    import click
+
     try:
-        app(args=argv, prog_name="llamavid", standalone_mode=True)
+        code = app(args=argv, prog_name="llamavid", standalone_mode=False)
     except SystemExit:
         raise
-    except KeyboardInterrupt:
+    except click.exceptions.UsageError as exc:  # a mistyped command line: one line, like every other error
+        if debug:
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `llamavid` or `llamavid eval` alone: the help
+            sys.stdout.write(exc.ctx.get_help() + "\n" if exc.ctx else "")
+            sys.exit(0)
+        where = exc.ctx.command_path if exc.ctx is not None else "llamavid"
+        sys.stderr.write(f"llamavid: error: {' '.join(exc.format_message().split())} (see {where} --help)\n")
+        sys.exit(2)
+    except click.exceptions.ClickException as exc:
+        if debug:
+            raise
+        sys.stderr.write(f"llamavid: error: {' '.join(exc.format_message().split())}\n")
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
         if debug:
             raise
         sys.stderr.write("llamavid: interrupted\n")
@@ -65,3 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         text = " ".join(str(exc).split()) or type(exc).__name__
         sys.stderr.write(f"llamavid: internal error: {type(exc).__name__}: {text} (run with --debug for the traceback)\n")
         sys.exit(1)
+    if code == 130:
+        sys.stderr.write("llamavid: interrupted\n")
+    if isinstance(code, int) and code:
+        sys.exit(code)

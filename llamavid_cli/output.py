@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from rich.console import Console
 
@@ -36,40 +35,89 @@ def print_json(record: Any) -> None:
     sys.stdout.flush()
 
 
-@contextmanager
-def progress_bar(description: str, total: int | None, unit: str = "frames") -> Iterator[Any]:
-    """A rich progress bar with rate and ETA on a terminal; a silent stand-in when stderr is piped."""
-    if not is_terminal(sys.stderr):
-        yield _SilentProgress()
-        return
-    from rich.progress import (
-        BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
-    )
-
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    with Progress(*columns, console=stderr, transient=False) as progress:
-        task = progress.add_task(description, total=total, rate="")
-        yield _RichProgress(progress, task, unit)
+def write_out(text: str) -> None:
+    """Answer text on stdout, flushed (streamed answers arrive piece by piece)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
-class _SilentProgress:
-    def advance(self, n: int = 1) -> None:
-        pass
+class Bar:
+    """A progress bar started on first use (nothing is drawn for work that never reports progress)."""
+
+    def __init__(self, description: str, unit: str = "frames"):
+        self.description, self.unit = description, unit
+        self._progress = None
+        self._task = None
+        self._done = 0
+
+    def _start(self) -> None:
+        if self._progress is not None or not is_terminal(sys.stderr):
+            return
+        from rich.progress import (
+            BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        self._progress = Progress(*columns, console=stderr, transient=False)
+        self._progress.start()
+        self._task = self._progress.add_task(self.description, total=None, rate="")
 
     def update(self, **kw: Any) -> None:
-        pass
-
-
-class _RichProgress:
-    def __init__(self, progress, task, unit: str):
-        self.progress, self.task, self.unit = progress, task, unit
+        self._start()
+        if self._progress is not None:
+            self._progress.update(self._task, **kw)
 
     def advance(self, n: int = 1) -> None:
-        self.progress.advance(self.task, n)
-        speed = self.progress.tasks[self.task].speed
+        self.set(self._done + n)
+
+    def set(self, done: int, total: int | None = None) -> None:
+        """Progress as (done, total) counts, as the library's callbacks report it."""
+        self._start()
+        self._done = done
+        if self._progress is None:
+            return
+        kw: dict[str, Any] = {"completed": done}
+        if total is not None:
+            kw["total"] = total
+        self._progress.update(self._task, **kw)
+        speed = self._progress.tasks[0].speed
         if speed:
-            self.progress.update(self.task, rate=f"{speed:.1f} {self.unit}/s")
+            self._progress.update(self._task, rate=f"{speed:.1f} {self.unit}/s")
 
-    def update(self, **kw: Any) -> None:
-        self.progress.update(self.task, **kw)
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+class Reporter:
+    """The library's callbacks for one command: a lazily started progress bar, status lines and warnings
+    on stderr. The bar is closed before any other line is written, so lines never tear through it."""
+
+    def __init__(self, description: str, unit: str = "frames", *, status: bool = True):
+        self.bar = Bar(description, unit)
+        self.show_status = status
+
+    def callbacks(self):
+        from llamavid.callbacks import Callbacks
+
+        return Callbacks(progress=self.bar.set, warning=self.warning, status=self.status if self.show_status else None)
+
+    def warning(self, text: str) -> None:
+        self.bar.close()
+        warn(text)
+
+    def status(self, text: str) -> None:
+        self.bar.close()
+        message(f"llamavid: {text}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self) -> "Reporter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

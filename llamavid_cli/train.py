@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from . import options as opt
 from .main import app
 from .output import message, print_json
 
@@ -19,23 +20,23 @@ def train(
     output: Path = typer.Option(..., "--output", "-o", help="Run directory: checkpoint-N/ (resume), model/ (final), train_log.jsonl."),
     media_root: Optional[Path] = typer.Option(None, "--media-root", help="Base of relative media paths (default: each JSON file's folder)."),
     feature_cache: Optional[Path] = typer.Option(None, "--feature-cache", help="Where video features are cached (default: OUTPUT/features)."),
-    vision_tower: Optional[Path] = typer.Option(None, "--vision-tower", help="Path to eva_vit_g.pth."),
-    epochs: float = typer.Option(1.0, "--epochs"),
+    vision_tower: opt.VisionTower = None,
+    epochs: float = typer.Option(1.0, "--epochs", help="Passes over the data (fractions allowed)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch (default: 256 / 128 / 8 by stage)."),
     micro_batch_size: int = typer.Option(4, "--micro-batch-size", help="Samples per process per forward (the rest is gradient accumulation)."),
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: 1e-3 / 2e-5 / 2e-5 by stage)."),
-    warmup_ratio: float = typer.Option(0.03, "--warmup-ratio"),
+    warmup_ratio: float = typer.Option(0.03, "--warmup-ratio", help="Share of the steps spent warming the learning rate up (published: 0.03)."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Truncate samples (default 2048, 65536 in stage 3)."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Frames per video, spread evenly (default: all)."),
-    fps: float = typer.Option(1.0, "--fps"),
+    fps: opt.Fps = 1.0,
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 mixed precision (default: on with a GPU)."),
-    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in the backward pass to save memory (default: on with a GPU)."),
     long: Optional[bool] = typer.Option(None, "--long/--short", help="Use the movie prompt for every sample (default: per sample's \"long\")."),
-    seed: int = typer.Option(0, "--seed"),
-    save_steps: int = typer.Option(500, "--save-steps"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data order and dropout (a rerun is repeatable)."),
+    save_steps: int = typer.Option(500, "--save-steps", help="Write a resumable checkpoint every N optimizer steps."),
     save_format: str = typer.Option("bin", "--save-format", help="bin (published shards) or safetensors."),
     embed_vision: bool = typer.Option(False, "--embed-vision", help="Store a bf16 copy of the vision encoder in the checkpoint."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when there is one)."),
+    device: opt.Device = None,
     json_out: bool = typer.Option(False, "--json", help="Log records as JSON lines on stdout."),
 ) -> None:
     """Train one stage; rerunning the same command resumes from the newest checkpoint."""

@@ -35,3 +35,43 @@ def tiny_model(tiny):
 def _isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own llamavid cache directory (no test sees another's cached files)."""
     monkeypatch.setenv("LLAMAVID_CACHE", str(tmp_path / "llamavid-cache"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running the CLI: in this process (fast, patchable) or as a real process. Never a path into a virtualenv:
+# the suite must pass wherever llamavid is installed.
+
+LLAMAVID = [sys.executable, "-m", "llamavid_cli"]
+
+
+def run_cli(capsys, *args, stdin: str | None = None, monkeypatch=None) -> tuple[int, str, str]:
+    """Run ``llamavid ARGS`` in this process: (exit status, stdout, stderr)."""
+    import io
+
+    from llamavid_cli.main import main
+
+    capsys.readouterr()
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_process(*args, **kwargs):
+    """Run ``llamavid ARGS`` as its own process (``python -m llamavid_cli``): a CompletedProcess with text."""
+    import subprocess
+
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    return subprocess.run([*LLAMAVID, *[str(a) for a in args]], **kwargs)
+
+
+def model_args(ckpt, max_new: int = 8) -> list[str]:
+    """CLI options for a tiny checkpoint, answering greedily and briefly."""
+    return ["--model", str(ckpt.path), "--vision-tower", str(ckpt.vision_path), "--temperature", "0",
+            "--max-new-tokens", str(max_new)]

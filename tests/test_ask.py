@@ -14,35 +14,17 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import model_args, run_cli
 from media import make_image, make_video, write_srt
 
 import llamavid
-from llamavid import qa
+from llamavid import planning, summary
 from llamavid.model import LlamaVid
 from llamavid.vision import VisionEncoder
 
 ASK_KEYS = {"input", "question", "answer", "model", "frames", "prompt_tokens", "seconds"}
 PUBLISHED_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                     "The assistant gives helpful, detailed, and polite answers to the user's questions.")
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``llamavid ARGS`` in this process; (exit status, stdout, stderr)."""
-    from llamavid_cli.main import main
-
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def model_args(ckpt, max_new: int = 8) -> list[str]:
-    return ["--model", str(ckpt.path), "--vision-tower", str(ckpt.vision_path), "--temperature", "0",
-            "--max-new-tokens", str(max_new)]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +72,7 @@ def test_ask_video_is_encoded_once_then_read_from_the_cache(tiny, media, tmp_pat
     assert code == 0, err2
     assert len(calls) == first_calls, "the second question re-encoded the video"
     assert cached_files(tmp_path) == [cache] and cache.stat().st_mtime_ns == mtime
-    assert f"using cached tokens {cache}" in err2
+    assert f"using cached features {cache}" in err2
 
     a, b = json.loads(out1), json.loads(out2)
     for record in (a, b):
@@ -174,26 +156,59 @@ def test_long_prompt_is_the_published_movie_prompt_with_per_frame_subtitles(tiny
     assert json.loads(out)["prompt_tokens"] > json.loads(out_short)["prompt_tokens"]
 
 
-def test_context_overflow_is_refused_before_encoding(small, media, tmp_path, capsys, long_cache, monkeypatch):
-    code, out, err = run_cli(capsys, "ask", media["long"], "what?", *model_args(small))
+def test_context_overflow_strict_is_refused_before_encoding_with_a_hint_that_works(small, media, tmp_path, capsys,
+                                                                                  long_cache, monkeypatch):
+    code, out, err = run_cli(capsys, "ask", media["long"], "what?", "--strict-context", *model_args(small))
     assert code == 1 and out == ""
     lines = err.strip().splitlines()
     assert lines[-1].startswith("llamavid: error: ") and "Traceback" not in err
     assert str(media["long"]) in lines[-1] and "--max-frames" in lines[-1] and "--fps" in lines[-1]
     assert "160" in lines[-1]
     assert cached_files(tmp_path) == [], "the video was encoded although it could not fit"
-    # the suggested frame count does fit
+    # the suggested frame count does fit, strictly
     monkeypatch.setenv("LLAMAVID_CACHE", str(long_cache))
     suggested = int(lines[-1].split("--max-frames ")[1].split()[0])
-    code, out, err = run_cli(capsys, "ask", media["long"], "what?", "--max-frames", suggested, "--json", *model_args(small))
+    code, out, err = run_cli(capsys, "ask", media["long"], "what?", "--max-frames", suggested, "--strict-context", "--json",
+                             *model_args(small))
     assert code == 0, err
-    assert json.loads(out)["frames"] == suggested
+    assert json.loads(out)["frames"] == suggested and "frames_available" not in json.loads(out)
+    # one more frame does not
+    code, out, err = run_cli(capsys, "ask", media["long"], "what?", "--max-frames", suggested + 1, "--strict-context",
+                             *model_args(small))
+    assert code == 1 and f"--max-frames {suggested}" in err
+
+
+def test_context_overflow_by_default_uses_the_most_frames_that_fit(small, media, capsys, monkeypatch, shared_long_cache):
+    seen = []
+    original = LlamaVid.answer_prompts
+    monkeypatch.setattr(LlamaVid, "answer_prompts",
+                        lambda self, f, prompts, **k: seen.append((list(k["frame_indices"]), prompts[0].tokens))
+                        or original(self, f, prompts, **k))
+    code, out, err = run_cli(capsys, "ask", media["long"], "what?", "--json", *model_args(small))
+    assert code == 0, err
+    record = json.loads(out)
+    strict = run_cli(capsys, "ask", media["long"], "what?", "--strict-context", *model_args(small))[2]
+    most = int(strict.split("--max-frames ")[1].split()[0])
+    assert record["frames"] == most and record["frames_available"] == 60
+    indices, prompt_tokens = seen[0]
+    assert len(indices) == most and indices[0] == 0 and indices[-1] == 59  # spread over the whole video
+    assert prompt_tokens + 8 <= 160  # the prompt and the answer fit the 160-token context
+    note = [line for line in err.splitlines() if "do not fit" in line]
+    assert len(note) == 1 and f"using {most} frames" in note[0] and "60 frames" in note[0]
+
+
+def test_a_question_too_long_for_any_frame_gets_a_hint_that_can_work(small, media, capsys, shared_long_cache):
+    question = "why " * 200
+    code, out, err = run_cli(capsys, "ask", media["long"], question, *model_args(small))
+    assert code == 1 and out == ""
+    last = err.strip().splitlines()[-1]
+    assert "the question takes" in last and "shorten it" in last and "--max-frames" not in last
 
 
 def test_max_frames_samples_uniformly_then_fits(small, media, capsys, monkeypatch, shared_long_cache):
     seen = []
-    original = LlamaVid.answer_batch
-    monkeypatch.setattr(LlamaVid, "answer_batch",
+    original = LlamaVid.answer_prompts
+    monkeypatch.setattr(LlamaVid, "answer_prompts",
                         lambda self, *a, **k: seen.append(list(k.get("frame_indices") or [])) or original(self, *a, **k))
     code, out, err = run_cli(capsys, "ask", media["long"], "what?", "--max-frames", "20", "--json", *model_args(small))
     assert code == 0, err
@@ -203,15 +218,16 @@ def test_max_frames_samples_uniformly_then_fits(small, media, capsys, monkeypatc
     assert len(indices) == 20 and indices[0] == 0 and indices[-1] == 59  # 60 frames at 1 fps
     gaps = np.diff(indices)
     assert gaps.min() >= 3 and gaps.max() <= 4  # 59 / 19 = 3.1: evenly spread
-    assert qa.uniform_indices(60, 1) == [30] and qa.uniform_indices(5, 9) == [0, 1, 2, 3, 4]
+    assert planning.uniform_indices(60, 1) == [30] and planning.uniform_indices(5, 9) == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("style", ["brief", "detailed"])
 def test_summarize_segments_a_video_too_long_for_the_context(small, media, capsys, style, monkeypatch,
                                                              shared_long_cache):
     questions = []
-    original = LlamaVid.answer_batch
-    monkeypatch.setattr(LlamaVid, "answer_batch", lambda self, f, q, **k: questions.extend(q) or original(self, f, q, **k))
+    original = LlamaVid.answer_prompts
+    monkeypatch.setattr(LlamaVid, "answer_prompts",
+                        lambda self, f, prompts, **k: questions.extend(p.question for p in prompts) or original(self, f, prompts, **k))
     code, out, err = run_cli(capsys, "summarize", media["long"], "--style", style, "--json", *model_args(small, max_new=6))
     assert code == 0, err
     record = json.loads(out)
@@ -225,7 +241,7 @@ def test_summarize_segments_a_video_too_long_for_the_context(small, media, capsy
     for a, b in zip(segs, segs[1:]):
         assert a["start"] <= a["end"] < b["start"]
         assert b["start"] - a["end"] == pytest.approx(1.0)  # contiguous at 1 fps: no frame left out
-    assert questions == [qa.SEGMENT_QUESTION] * len(segs)
+    assert questions == [summary.SEGMENT_QUESTION] * len(segs)
 
 
 def test_summarize_short_video_in_one_piece(tiny, media, capsys):
@@ -263,17 +279,19 @@ def test_bad_input_is_one_line(tiny, media, capsys):
 
 
 def test_python_api_is_what_the_cli_wraps(tiny, tiny_model, media, capsys):
-    sampling = llamavid.SamplingOptions(max_new_tokens=8, temperature=0.0)
-    result = llamavid.ask(tiny_model, media["image"], "what?", sampling=sampling)
+    greedy = dict(temperature=0.0, max_new_tokens=8)
+    result = llamavid.ask(tiny_model, media["image"], "what?", **greedy)
     assert set(result.to_json()) == ASK_KEYS and result.frames == 1
     code, out, _ = run_cli(capsys, "ask", media["image"], "what?", "--json", *model_args(tiny))
     assert json.loads(out)["answer"] == result.answer
-    with llamavid.open_video_input(tiny_model, media["image"]) as vin:
-        chat = llamavid.ChatSession(tiny_model, vin, sampling=sampling)
+    options = llamavid.AskOptions(**greedy)
+    assert llamavid.ask(tiny_model, media["image"], "what?", options).answer == result.answer
+    with llamavid.open_input(tiny_model, media["image"], options) as vin:
+        chat = llamavid.ChatSession(tiny_model, vin, options)
         first = chat.ask("what?")
         chat.ask("and then?")
         assert first.text == result.answer and [q for q, _ in chat.history] == ["what?", "and then?"]
         chat.reset()
         assert chat.to_json()["turns"] == []
-        summary = llamavid.summarize(tiny_model, vin, style="brief", sampling=sampling)
+        summary = llamavid.summarize(tiny_model, vin, options, style="brief")
         assert summary.frames == 1 and len(summary.segments) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,14 +15,13 @@ from pathlib import Path
 import pytest
 
 from media import make_image, make_video
-from test_ask import model_args, run_cli
+from conftest import LLAMAVID, model_args, run_cli
 
 import llamavid
-from llamavid import qa
+from llamavid import inputs
+from llamavid.fileio import ResumableJsonl
 from llamavid.model import LlamaVid
 
-ROOT = Path(__file__).resolve().parents[1]
-LLAMAVID = ROOT / ".venv" / "bin" / "llamavid"
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +85,11 @@ def test_bad_lines_become_error_records_and_the_batch_goes_on(tiny, videos, tmp_
 
 def test_questions_are_grouped_by_video_one_model_load_one_token_file(tiny, videos, tmp_path, capsys, monkeypatch):
     loads, opens, batches = [], [], []
-    load, open_vidtok, answer_batch = llamavid.load_model, qa.open_vidtok, LlamaVid.answer_batch
+    load, open_vidtok, answer_prompts = llamavid.load_model, inputs.open_vidtok, LlamaVid.answer_prompts
     monkeypatch.setattr(llamavid, "load_model", lambda *a, **k: loads.append(1) or load(*a, **k))
-    monkeypatch.setattr(qa, "open_vidtok", lambda p: opens.append(Path(p)) or open_vidtok(p))
-    monkeypatch.setattr(LlamaVid, "answer_batch", lambda self, f, qs, **k: batches.append(list(qs)) or answer_batch(self, f, qs, **k))
+    monkeypatch.setattr(inputs, "open_vidtok", lambda p: opens.append(Path(p)) or open_vidtok(p))
+    monkeypatch.setattr(LlamaVid, "answer_prompts",
+                        lambda self, f, ps, **k: batches.append([p.question for p in ps]) or answer_prompts(self, f, ps, **k))
     a, b = str(videos / "v0.mp4"), str(videos / "v1.mp4")
     lines = [{"id": "1", "video": a, "question": "what color?"}, {"id": "2", "video": b, "question": "who?"},
              {"id": "3", "video": a, "question": "how many?"}, {"id": "4", "video": b, "question": "where?"},
@@ -115,21 +116,22 @@ def test_interrupted_batch_resumes_without_duplicates_or_losses(tiny, videos, tm
 
     out_path = tmp_path / "answers.jsonl"
     calls = []
-    original = LlamaVid.answer_batch
+    original = LlamaVid.answer_prompts
 
-    def flaky(self, f, qs, **k):
-        calls.append(list(qs))
+    def flaky(self, f, prompts, **k):
+        calls.append([p.question for p in prompts])
         if len(calls) == 2:
             raise KeyboardInterrupt  # Ctrl-C in the middle of the second video
-        return original(self, f, qs, **k)
+        return original(self, f, prompts, **k)
 
-    monkeypatch.setattr(LlamaVid, "answer_batch", flaky)
+    monkeypatch.setattr(LlamaVid, "answer_prompts", flaky)
     code, _, err = run_cli(capsys, "ask", "--batch", q, "-o", out_path, *model_args(tiny))
     assert code == 130, err
     partial = records(out_path.read_text())
     assert [r["id"] for r in partial] == ["q0", "q2"]  # the first video's answers are safe on disk
 
-    monkeypatch.setattr(LlamaVid, "answer_batch", lambda self, f, qs, **k: calls.append(list(qs)) or original(self, f, qs, **k))
+    monkeypatch.setattr(LlamaVid, "answer_prompts",
+                        lambda self, f, ps, **k: calls.append([p.question for p in ps]) or original(self, f, ps, **k))
     calls.clear()
     code, _, err = run_cli(capsys, "ask", "--batch", q, "-o", out_path, *model_args(tiny))
     assert code == 0, err
@@ -145,7 +147,7 @@ def test_batch_killed_with_sigkill_resumes(tiny, videos, tmp_path, capsys):
     q = write_jsonl(tmp_path / "q.jsonl", lines)
     out_path = tmp_path / "answers.jsonl"
     env = dict(os.environ, LLAMAVID_CACHE=str(tmp_path / "subprocess-cache"))
-    proc = subprocess.Popen([str(LLAMAVID), "ask", "--batch", str(q), "-o", str(out_path), *model_args(tiny)],
+    proc = subprocess.Popen([*LLAMAVID, "ask", "--batch", str(q), "-o", str(out_path), *model_args(tiny)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
@@ -174,7 +176,7 @@ def test_batch_killed_with_sigkill_resumes(tiny, videos, tmp_path, capsys):
 def test_torn_output_line_is_not_glued_to_the_next_record(tmp_path):
     path = tmp_path / "out.jsonl"
     path.write_text('{"id": "a", "answer": "x"}\n{"id": "b", "ans')
-    writer = qa.BatchWriter(["a", "b", "c"], path)
+    writer = ResumableJsonl(path, ["a", "b", "c"])
     assert writer.done("a") and not writer.done("b")
     writer.write({"id": "b", "answer": "y"})
     raw = path.read_text().splitlines()
@@ -210,7 +212,8 @@ def test_folder_and_stdin_list_of_videos(tiny, videos, capsys, monkeypatch):
 def test_shell_pipeline(tiny, videos, tmp_path):
     env = dict(os.environ)
     args = " ".join(model_args(tiny))
-    proc = subprocess.run(f"find {videos} -name 'v[01].mp4' | sort | {LLAMAVID} ask - 'what?' {args} | cat",
+    command = " ".join(shlex.quote(part) for part in LLAMAVID)
+    proc = subprocess.run(f"find {videos} -name 'v[01].mp4' | sort | {command} ask - 'what?' {args} | cat",
                           shell=True, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     got = records(proc.stdout)

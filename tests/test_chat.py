@@ -13,10 +13,8 @@ import pexpect
 import pytest
 
 from media import make_video
-from test_ask import model_args, run_cli
+from conftest import LLAMAVID, model_args, run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
-LLAMAVID = ROOT / ".venv" / "bin" / "llamavid"
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +26,7 @@ def spawn(tiny, clip, tmp_path) -> pexpect.spawn:
     env = dict(os.environ, LLAMAVID_CACHE=str(tmp_path / "cache"), TERM="dumb", HOME=str(tmp_path))
     # A terminal's Ctrl-C: restore SIGINT's default in the child, since a runner that started the test
     # suite in the background (nohup, `cmd &` in a script) passes SIGINT down as ignored.
-    child = pexpect.spawn(str(LLAMAVID), ["chat", str(clip), *model_args(tiny)], env=env, cwd=str(tmp_path),
+    child = pexpect.spawn(LLAMAVID[0], [*LLAMAVID[1:], "chat", str(clip), *model_args(tiny)], env=env, cwd=str(tmp_path),
                           encoding="utf-8", codec_errors="replace", timeout=60, dimensions=(40, 200),
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     child.expect_exact("you> ")

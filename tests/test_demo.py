@@ -13,7 +13,7 @@ import pytest
 
 from llamavid.builtin import resolve_builtin
 from llamavid.data import synthetic
-from llamavid_cli.main import main
+from conftest import run_cli
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -36,10 +36,9 @@ def clips(tmp_path_factory):
 
 
 def _ask(capsys, video: Path, question: str, *extra: str) -> dict:
-    with pytest.raises(SystemExit) as done:
-        main(["ask", str(video), question, "--model", "demo", "--temperature", "0", "--json", *extra])
-    assert done.value.code in (0, None)
-    return json.loads(capsys.readouterr().out)
+    code, out, err = run_cli(capsys, "ask", video, question, "--model", "demo", "--temperature", "0", "--json", *extra)
+    assert code == 0, err
+    return json.loads(out)
 
 
 CASES = [  # (clip id, question type) of the held-out clips made above

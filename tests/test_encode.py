@@ -28,28 +28,13 @@ from llamavid.encode import (
     CHUNK_FRAMES, EncodeOptions, encode_file, resume_position, shard_from_env, shard_inputs,
 )
 from llamavid.vidtok import open_vidtok, partial_dir_for
-from llamavid_cli.main import main
+from conftest import LLAMAVID, run_cli
 
-LLAMAVID = Path(sys.executable).with_name("llamavid")
 GAP = re.compile(r"\d+(\.\d+)? ?s\b.*\d+(\.\d+)? ?s\b")  # a warning naming a stretch by two times
 
 
 # ---------------------------------------------------------------------------------------------------------
 # helpers
-
-
-def cli(capsys, *args: str, stdin: str | None = None, monkeypatch=None) -> tuple[int, str, str]:
-    """Run ``llamavid ARGS`` in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def records(out: str) -> list[dict]:
@@ -102,7 +87,7 @@ def damaged(tmp_path_factory) -> Path:
 def test_encode_holds_frames_timestamps_metadata_subtitles_and_true_features(tmp_path, tiny, encoder, capsys):
     video = make_video(tmp_path / "clip.mp4", seconds=3, fps=10)
     write_srt(tmp_path / "clip.srt", [(1.2, 2.0, "second line"), (0.0, 0.9, "first <i>line</i>")])
-    code, out, err = cli(capsys, "encode", video, "--vision-tower", tiny.vision_path, "--fps", 2, "--json")
+    code, out, err = run_cli(capsys, "encode", video, "--vision-tower", tiny.vision_path, "--fps", 2, "--json")
     assert code == 0, err
     (rec,) = records(out)
     assert rec["status"] == "encoded" and rec["frames"] == 6 and rec["subtitles"] == 2
@@ -125,11 +110,11 @@ def test_encode_holds_frames_timestamps_metadata_subtitles_and_true_features(tmp
     torch.testing.assert_close(stored, direct.half().float(), atol=2e-3, rtol=2e-3)
     assert not torch.allclose(stored[0], stored[1])  # different frames, different features
 
-    code, out, _ = cli(capsys, "info", tmp_path / "clip.vidtok", "--json")
+    code, out, _ = run_cli(capsys, "info", tmp_path / "clip.vidtok", "--json")
     info = json.loads(out)
     assert code == 0 and info["frames"] == 6 and info["storage"] == "float16" and info["subtitles"] == 2
     assert info["feature_shape"] == [257, 176] and info["source"]["name"] == "clip.mp4"
-    code, out, _ = cli(capsys, "info", tmp_path / "clip.vidtok", "--verify")
+    code, out, _ = run_cli(capsys, "info", tmp_path / "clip.vidtok", "--verify")
     assert code == 0 and "frames: 6" in out and "feature_shape: 257 x 176" in out and "verified: True" in out
 
 
@@ -137,9 +122,9 @@ def test_compact_int8_subtitles_option_and_still_image(tmp_path, tiny, capsys):
     video = make_video(tmp_path / "v.mp4", seconds=2, fps=8)
     write_srt(tmp_path / "v.srt", [(0.0, 1.0, "sidecar")])
     other = write_srt(tmp_path / "given.srt", [(0.5, 1.5, "given")])
-    code, _, err = cli(capsys, "encode", video, "--vision-tower", tiny.vision_path, "-o", tmp_path / "f16.vidtok")
+    code, _, err = run_cli(capsys, "encode", video, "--vision-tower", tiny.vision_path, "-o", tmp_path / "f16.vidtok")
     assert code == 0, err
-    code, _, err = cli(capsys, "encode", video, "--vision-tower", tiny.vision_path, "-o", tmp_path / "i8.vidtok",
+    code, _, err = run_cli(capsys, "encode", video, "--vision-tower", tiny.vision_path, "-o", tmp_path / "i8.vidtok",
                        "--compact", "--subtitles", other)
     assert code == 0, err
     with open_vidtok(tmp_path / "f16.vidtok") as a, open_vidtok(tmp_path / "i8.vidtok") as b:
@@ -153,12 +138,12 @@ def test_compact_int8_subtitles_option_and_still_image(tmp_path, tiny, capsys):
     assert (tmp_path / "i8.vidtok").stat().st_size < 0.6 * (tmp_path / "f16.vidtok").stat().st_size
 
     image = make_image(tmp_path / "still.png", index=7)
-    code, out, err = cli(capsys, "encode", image, "--vision-tower", tiny.vision_path, "--json")
+    code, out, err = run_cli(capsys, "encode", image, "--vision-tower", tiny.vision_path, "--json")
     assert code == 0, err and records(out)[0]["frames"] == 1
     with open_vidtok(tmp_path / "still.vidtok") as vt:
         assert vt.num_frames == 1 and vt.source["is_image"] is True
 
-    code, _, err = cli(capsys, "encode", video, image, "--vision-tower", tiny.vision_path, "--subtitles", other)
+    code, _, err = run_cli(capsys, "encode", video, image, "--vision-tower", tiny.vision_path, "--subtitles", other)
     assert code == 1 and "--subtitles takes one input" in err
 
 
@@ -173,18 +158,18 @@ def test_inputs_folder_stdin_skip_force_json(tmp_path, tiny, capsys, monkeypatch
     b = make_video(lib / "sub" / "b.mkv", seconds=1, fps=5)
     (lib / "notes.txt").write_text("not a video")
     out_dir = tmp_path / "out"
-    code, out, err = cli(capsys, "encode", lib, "--vision-tower", tiny.vision_path, "-o", out_dir, "--json")
+    code, out, err = run_cli(capsys, "encode", lib, "--vision-tower", tiny.vision_path, "-o", out_dir, "--json")
     assert code == 0, err
     assert [(r["input"], r["status"], r["frames"]) for r in records(out)] == [(str(a), "encoded", 1), (str(b), "encoded", 1)]
     assert sorted(p.name for p in out_dir.iterdir()) == ["a.vidtok", "b.vidtok"]
     assert "\x1b[" not in err  # no progress bar when stderr is not a terminal
 
-    code, out, _ = cli(capsys, "encode", "-", "--vision-tower", tiny.vision_path, "-o", out_dir, "--json",
+    code, out, _ = run_cli(capsys, "encode", "-", "--vision-tower", tiny.vision_path, "-o", out_dir, "--json",
                        stdin=f"{a}\n\n{b}\n", monkeypatch=monkeypatch)
     assert code == 0 and [r["status"] for r in records(out)] == ["skipped", "skipped"]
-    code, out, _ = cli(capsys, "encode", a, "--vision-tower", tiny.vision_path, "-o", out_dir, "--json", "--force")
+    code, out, _ = run_cli(capsys, "encode", a, "--vision-tower", tiny.vision_path, "-o", out_dir, "--json", "--force")
     assert code == 0 and [r["status"] for r in records(out)] == ["encoded"]
-    code, _, err = cli(capsys, "encode", a, "--vision-tower", tiny.vision_path, "-o", out_dir)
+    code, _, err = run_cli(capsys, "encode", a, "--vision-tower", tiny.vision_path, "-o", out_dir)
     assert code == 0 and "up to date" in err
 
 
@@ -192,7 +177,7 @@ def test_a_bad_input_does_not_sink_the_batch(tmp_path, tiny, capsys):
     good1 = make_video(tmp_path / "one.mp4", seconds=1, fps=5)
     good2 = make_video(tmp_path / "two.mp4", seconds=1, fps=5)
     (tmp_path / "bad.mp4").write_bytes(b"this is not a video at all" * 100)
-    code, out, err = cli(capsys, "encode", good1, tmp_path / "bad.mp4", tmp_path / "gone.mp4", good2,
+    code, out, err = run_cli(capsys, "encode", good1, tmp_path / "bad.mp4", tmp_path / "gone.mp4", good2,
                          "--vision-tower", tiny.vision_path, "--json")
     assert code == 1
     status = {Path(r["input"]).name: r["status"] for r in records(out)}
@@ -224,7 +209,7 @@ def test_cli_takes_only_its_shard_under_a_launcher(tmp_path, tiny, capsys, monke
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    code, out, err = cli(capsys, "encode", tmp_path / "in", "--vision-tower", tiny.vision_path, "--device", "cpu",
+    code, out, err = run_cli(capsys, "encode", tmp_path / "in", "--vision-tower", tiny.vision_path, "--device", "cpu",
                          "-o", tmp_path / "out", "--json")
     assert code == 0, err
     assert [Path(r["input"]).name for r in records(out)] == ["b.mp4"]
@@ -266,7 +251,7 @@ def test_resume_after_interrupt_is_bit_identical_even_across_a_damaged_stretch(t
     assert not out.exists()  # never a half-written file under the final name
     chunks = sorted(p.name for p in partial_dir_for(out).iterdir() if p.name.startswith("chunk-"))
     assert len(chunks) == 2
-    code, _, err = cli(capsys, "info", out)  # the partial state is not taken for a .vidtok
+    code, _, err = run_cli(capsys, "info", out)  # the partial state is not taken for a .vidtok
     assert code == 1 and "unfinished encoding" in err
 
     again = encode_file(encoder, damaged, out, opts)
@@ -279,7 +264,7 @@ def test_resume_after_interrupt_is_bit_identical_even_across_a_damaged_stretch(t
 
 def test_kill_9_then_resume_through_the_cli(tmp_path, tiny):
     video = make_video(tmp_path / "long.mp4", seconds=30, fps=10)
-    args = [str(LLAMAVID), "encode", str(video), "--vision-tower", str(tiny.vision_path), "--fps", "10", "--json"]
+    args = [*LLAMAVID, "encode", str(video), "--vision-tower", str(tiny.vision_path), "--fps", "10", "--json"]
     env = dict(os.environ, LLAMAVID_CACHE=str(tmp_path / "cache"))
     partial = partial_dir_for(tmp_path / "long.vidtok")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -309,10 +294,10 @@ def test_kill_9_then_resume_through_the_cli(tmp_path, tiny):
 def test_another_vision_encoder_is_refused(tmp_path, tiny, encoder, other_tower, capsys):
     video = make_video(tmp_path / "v.mp4", seconds=9, fps=10)
     out = tmp_path / "v.vidtok"
-    code, _, err = cli(capsys, "encode", video, "--vision-tower", tiny.vision_path)
+    code, _, err = run_cli(capsys, "encode", video, "--vision-tower", tiny.vision_path)
     assert code == 0, err
     before = out.read_bytes()
-    code, _, err = cli(capsys, "encode", video, "--vision-tower", other_tower)
+    code, _, err = run_cli(capsys, "encode", video, "--vision-tower", other_tower)
     assert code == 1 and err.count("\n") == 1 and "another -o" in err and "--force" in err
     assert out.read_bytes() == before
 
@@ -329,7 +314,7 @@ def test_another_vision_encoder_is_refused(tmp_path, tiny, encoder, other_tower,
     with open_vidtok(tmp_path / "mixed.vidtok") as a, open_vidtok(tmp_path / "clean.vidtok") as b:
         assert torch.equal(a.features(dtype=torch.float16), b.features(dtype=torch.float16))
 
-    code, _, err = cli(capsys, "encode", video, "--vision-tower", other_tower, "--force")
+    code, _, err = run_cli(capsys, "encode", video, "--vision-tower", other_tower, "--force")
     assert code == 0, err
     with open_vidtok(out) as vt:
         assert vt.encoder["fingerprint"] == other.identity()["fingerprint"]
@@ -349,60 +334,60 @@ def _one_line_error(code: int, err: str, *names: str) -> None:
 
 def test_bad_inputs_fail_cleanly(tmp_path, tiny, capsys):
     tower = tiny.vision_path
-    code, _, err = cli(capsys, "encode", tmp_path / "missing.mp4", "--vision-tower", tower)
+    code, _, err = run_cli(capsys, "encode", tmp_path / "missing.mp4", "--vision-tower", tower)
     _one_line_error(code, err, "missing.mp4")
 
     (tmp_path / "text.mp4").write_text("hello\n" * 500)
-    code, _, err = cli(capsys, "encode", tmp_path / "text.mp4", "--vision-tower", tower)
+    code, _, err = run_cli(capsys, "encode", tmp_path / "text.mp4", "--vision-tower", tower)
     _one_line_error(code, err, "text.mp4")
 
     (tmp_path / "readme.txt").write_text("hello\n")
-    code, _, err = cli(capsys, "encode", tmp_path / "readme.txt", "--vision-tower", tower)
+    code, _, err = run_cli(capsys, "encode", tmp_path / "readme.txt", "--vision-tower", tower)
     _one_line_error(code, err, "readme.txt")
 
     # a container with a video stream and no frames
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=64x64:rate=10", "-t", "1",
                     "-frames:v", "0", "-c:v", "libx264", str(tmp_path / "empty.mp4")], check=True)
-    code, _, err = cli(capsys, "encode", tmp_path / "empty.mp4", "--vision-tower", tower)
+    code, _, err = run_cli(capsys, "encode", tmp_path / "empty.mp4", "--vision-tower", tower)
     _one_line_error(code, err, "empty.mp4")
     assert leftovers(tmp_path) == []
 
     video = make_video(tmp_path / "ok.mp4", seconds=1, fps=5)
     (tmp_path / "afile").write_text("x")
     for out in (tmp_path / "afile" / "ok.vidtok", Path("/proc/llamavid-test/ok.vidtok")):
-        code, _, err = cli(capsys, "encode", video, "--vision-tower", tower, "-o", out)
+        code, _, err = run_cli(capsys, "encode", video, "--vision-tower", tower, "-o", out)
         _one_line_error(code, err, str(out.parent))
     for out_dir in (tmp_path / "afile" / "sub", Path("/proc/llamavid-test")):
-        code, _, err = cli(capsys, "encode", video, "--vision-tower", tower, "-o", out_dir)
+        code, _, err = run_cli(capsys, "encode", video, "--vision-tower", tower, "-o", out_dir)
         _one_line_error(code, err, str(out_dir))
     assert leftovers(tmp_path) == []
 
 
 def test_info_verify_refuses_truncated_and_tampered_files(tmp_path, tiny, capsys):
     video = make_video(tmp_path / "v.mp4", seconds=3, fps=10)
-    code, _, err = cli(capsys, "encode", video, "--vision-tower", tiny.vision_path, "--fps", 10)
+    code, _, err = run_cli(capsys, "encode", video, "--vision-tower", tiny.vision_path, "--fps", 10)
     assert code == 0, err
     data = (tmp_path / "v.vidtok").read_bytes()
 
     (tmp_path / "cut.vidtok").write_bytes(data[: len(data) - 1000])
-    code, _, err = cli(capsys, "info", tmp_path / "cut.vidtok", "--verify")
+    code, _, err = run_cli(capsys, "info", tmp_path / "cut.vidtok", "--verify")
     _one_line_error(code, err, "cut.vidtok", "truncated")
 
     tampered = bytearray(data)
     tampered[len(data) - 5000] ^= 0x40  # a feature byte of the last block
     (tmp_path / "bad.vidtok").write_bytes(bytes(tampered))
-    code, _, _ = cli(capsys, "info", tmp_path / "bad.vidtok")
+    code, _, _ = run_cli(capsys, "info", tmp_path / "bad.vidtok")
     assert code == 0  # the header and timestamps are fine; features are checked when read
-    code, _, err = cli(capsys, "info", tmp_path / "bad.vidtok", "--verify")
+    code, _, err = run_cli(capsys, "info", tmp_path / "bad.vidtok", "--verify")
     _one_line_error(code, err, "bad.vidtok", "checksum")
 
-    code, _, err = cli(capsys, "info", tmp_path / "none.vidtok")
+    code, _, err = run_cli(capsys, "info", tmp_path / "none.vidtok")
     _one_line_error(code, err, "none.vidtok")
 
 
 def test_damaged_video_encodes_what_decodes_with_a_warning(tmp_path, tiny, damaged, capsys):
     out = tmp_path / "d.vidtok"
-    code, stdout, err = cli(capsys, "encode", damaged, "--vision-tower", tiny.vision_path, "--fps", 2, "-o", out,
+    code, stdout, err = run_cli(capsys, "encode", damaged, "--vision-tower", tiny.vision_path, "--fps", 2, "-o", out,
                             "--json")
     assert code == 0, err
     warnings = [line for line in err.splitlines() if "warning" in line]

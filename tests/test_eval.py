@@ -289,8 +289,9 @@ def test_resume_after_kill_with_torn_line(tmp_path):
 def test_corrupt_line_in_the_middle_is_an_error(tmp_path):
     out = tmp_path / "pred.jsonl"
     out.write_text('{"id": "q0"}\nnot json\n{"id": "q2"}\n')
-    with pytest.raises(InputError, match=r"pred\.jsonl: line 2"):
+    with pytest.raises(InputError, match=r"pred\.jsonl: already exists and is not an earlier output .*line 2"):
         run_predictions(open_items(3), lambda item: "x", out)
+    assert out.read_text() == '{"id": "q0"}\nnot json\n{"id": "q2"}\n'  # refused, and left as it was
 
 
 def test_duplicate_ids_are_refused(tmp_path):
@@ -319,7 +320,7 @@ def test_batch_mode_groups_by_video(tmp_path):
     # A's three items in two batches (batch_size=2), then B, then C; a2 moves up to its video's group.
     assert batches == [["a0", "a1"], ["a2"], ["b0"], ["c0"]]
     rows = read_jsonl(out)
-    assert [r["id"] for r in rows] == ["a0", "a1", "a2", "b0", "c0"]
+    assert [r["id"] for r in rows] == ["a0", "a1", "b0", "a2", "c0"]  # the file ends in input order
     assert rows[0]["pred"] == "a0!" and rows[4]["error"] == "RuntimeError: C is broken"
     assert stats.errors == 1
 

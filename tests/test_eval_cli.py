@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from llamavid.eval import read_jsonl
-from llamavid_cli.main import main
+from conftest import model_args as tiny_model_args
+from conftest import run_cli
 from media import make_video
 
 VERDICTS = {
@@ -50,18 +51,6 @@ VIDEOMME = [
 # Helpers
 
 
-def cli(capsys, *args: Any) -> tuple[int, str, str]:
-    """Run `llamavid ARGS` in this process; (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def last_json(out: str) -> dict[str, Any]:
     return json.loads(out.strip().splitlines()[-1])
 
@@ -79,8 +68,7 @@ def bench(tmp_path_factory) -> Path:
 
 
 def model_args(tiny) -> list[str]:
-    return ["--model", tiny.path, "--vision-tower", tiny.vision_path, "--device", "cpu", "--dtype", "float32",
-            "--temperature", "0", "--max-new-tokens", "3"]
+    return [*tiny_model_args(tiny, max_new=3), "--device", "cpu", "--dtype", "float32"]
 
 
 class VerdictServer:
@@ -130,7 +118,9 @@ def judge_server(monkeypatch) -> Iterator[VerdictServer]:
 def msvd_preds(bench, tiny, tmp_path_factory) -> Path:
     """One full prediction run over the MSVD-style file (shared: loading and encoding cost seconds)."""
     out = tmp_path_factory.mktemp("preds") / "msvd.pred.jsonl"
-    try:
+    from llamavid_cli.main import main
+
+    try:  # (not run_cli: a module fixture cannot use the function-scoped capsys)
         main(["eval", "predict", "msvd-qa", "--questions", str(bench / "test_qa.json"), "--videos",
               str(bench / "videos"), "-o", str(out), *map(str, model_args(tiny))])
     except SystemExit as exc:
@@ -154,12 +144,11 @@ def test_predict_writes_every_item_and_records_the_missing_video(msvd_preds, ben
         assert isinstance(record["pred"], str) and "error" not in record
 
     # Independent check: the same greedy answer as asking the library one question at a time.
-    from llamavid import SamplingOptions, qa
+    import llamavid
 
-    greedy = SamplingOptions(max_new_tokens=3, temperature=0.0, top_p=1.0)
     for item_id in ("1", "3"):
         record = by_id[item_id]
-        alone = qa.ask(tiny_model, record["video"], record["question"], sampling=greedy)
+        alone = llamavid.ask(tiny_model, record["video"], record["question"], max_new_tokens=3, temperature=0.0)
         assert record["pred"] == alone.answer
 
 
@@ -168,7 +157,7 @@ def test_predict_resumes_after_a_torn_line_without_duplicates(msvd_preds, bench,
     full = msvd_preds.read_bytes().split(b"\n")
     # What a kill during the third line's write leaves: two whole lines and half of the third.
     out.write_bytes(full[0] + b"\n" + full[1] + b"\n" + full[2][: len(full[2]) // 2])
-    code, stdout, stderr = cli(capsys, "eval", "predict", "msvd-qa", "-q", bench / "test_qa.json", "--videos",
+    code, stdout, stderr = run_cli(capsys, "eval", "predict", "msvd-qa", "-q", bench / "test_qa.json", "--videos",
                                bench / "videos", "-o", out, *model_args(tiny))
     assert code == 0, stderr
     stats = last_json(stdout)
@@ -183,13 +172,13 @@ def test_predict_resumes_after_a_torn_line_without_duplicates(msvd_preds, bench,
     out2 = tmp_path / "limited.pred.jsonl"
     args = ["eval", "predict", "msvd-qa", "-q", bench / "test_qa.json", "--videos", bench / "videos", "-o", out2,
             *model_args(tiny)]
-    assert cli(capsys, *args, "--limit", "2")[0] == 0
+    assert run_cli(capsys, *args, "--limit", "2")[0] == 0
     assert [r["id"] for r in read_jsonl(out2)] == ["1", "2"]
-    code, stdout, _ = cli(capsys, *args)
+    code, stdout, _ = run_cli(capsys, *args)
     assert (last_json(stdout)["skipped"], last_json(stdout)["written"]) == (2, 3)
     assert [r["id"] for r in read_jsonl(out2)] == ["1", "2", "3", "4", "5"]
     # Nothing left: no model is loaded at all.
-    code, stdout, stderr = cli(capsys, *args)
+    code, stdout, stderr = run_cli(capsys, *args)
     assert code == 0 and last_json(stdout)["written"] == 0 and "loading" not in stderr
 
 
@@ -199,7 +188,7 @@ def test_one_bad_question_does_not_fail_the_others_on_its_video(bench, tiny, tmp
              for i, q in enumerate(["what is the animal?", "what " * 5000, "what moves?"], 1)]
     (tmp_path / "qa.json").write_text(json.dumps(items))
     out = tmp_path / "p.jsonl"
-    code, stdout, stderr = cli(capsys, "eval", "predict", "msvd-qa", "-q", tmp_path / "qa.json", "--videos",
+    code, stdout, stderr = run_cli(capsys, "eval", "predict", "msvd-qa", "-q", tmp_path / "qa.json", "--videos",
                                bench / "videos", "-o", out, *model_args(tiny))
     assert code == 0, stderr
     by_id = {r["id"]: r for r in read_jsonl(out)}
@@ -211,7 +200,7 @@ def test_one_bad_question_does_not_fail_the_others_on_its_video(bench, tiny, tmp
 
 def test_multiple_choice_predict_then_exact_match_score(bench, tiny, tmp_path, capsys):
     out = tmp_path / "videomme.pred.jsonl"
-    code, stdout, stderr = cli(capsys, "eval", "predict", "videomme", "-q", bench / "videomme.json", "--videos",
+    code, stdout, stderr = run_cli(capsys, "eval", "predict", "videomme", "-q", bench / "videomme.json", "--videos",
                                bench / "videos", "-o", out, *model_args(tiny))
     assert code == 0, stderr
     records = read_jsonl(out)
@@ -223,7 +212,7 @@ def test_multiple_choice_predict_then_exact_match_score(bench, tiny, tmp_path, c
     replies = {"q1": "(B)", "q2": "The answer is C.", "q3": "There are three."}
     scripted = tmp_path / "scripted.pred.jsonl"
     scripted.write_text("".join(json.dumps(r | {"pred": replies[r["id"]]}) + "\n" for r in records))
-    code, stdout, stderr = cli(capsys, "eval", "score", "videomme", scripted, "-o", tmp_path / "vm.result.json")
+    code, stdout, stderr = run_cli(capsys, "eval", "score", "videomme", scripted, "-o", tmp_path / "vm.result.json")
     assert code == 0, stderr
     result = last_json(stdout)
     assert result["benchmark"] == "videomme"
@@ -232,7 +221,7 @@ def test_multiple_choice_predict_then_exact_match_score(bench, tiny, tmp_path, c
     assert json.loads((tmp_path / "vm.result.json").read_text()) == result
 
     # No judge for multiple choice: a clear one-line refusal.
-    code, _, stderr = cli(capsys, "eval", "judge", "videomme", scripted, "-o", tmp_path / "x.jsonl")
+    code, _, stderr = run_cli(capsys, "eval", "judge", "videomme", scripted, "-o", tmp_path / "x.jsonl")
     assert code == 1 and stderr.count("\n") == 1 and "exact match" in stderr
 
 
@@ -244,7 +233,7 @@ def test_judge_score_report_end_to_end(msvd_preds, judge_server, tmp_path, capsy
     judged = tmp_path / "msvd.judged.jsonl"
     judge_args = ["eval", "judge", "msvd-qa", msvd_preds, "-o", judged, "--base-url", judge_server.base_url,
                   "--judge-model", "judge-x", "--workers", "2"]
-    code, stdout, stderr = cli(capsys, *judge_args)
+    code, stdout, stderr = run_cli(capsys, *judge_args)
     assert code == 0, stderr
     stats = last_json(stdout)
     assert (stats["judged"], stats["unparsed"], stats["prediction_errors"], stats["requests"]) == (4, 1, 1, 4)
@@ -255,14 +244,14 @@ def test_judge_score_report_end_to_end(msvd_preds, judge_server, tmp_path, capsy
     assert (tmp_path / "judge-cache.jsonl").is_file()
 
     # Rerun: nothing left to judge. A fresh output with the same cache: no requests either.
-    code, stdout, _ = cli(capsys, *judge_args)
+    code, stdout, _ = run_cli(capsys, *judge_args)
     assert (last_json(stdout)["skipped"], last_json(stdout)["requests"]) == (5, 0)
     fresh = tmp_path / "again.judged.jsonl"
-    code, stdout, _ = cli(capsys, *judge_args[:4], "-o", fresh, *judge_args[6:])
+    code, stdout, _ = run_cli(capsys, *judge_args[:4], "-o", fresh, *judge_args[6:])
     assert (last_json(stdout)["requests"], last_json(stdout)["cache_hits"]) == (0, 4)
     assert len(judge_server.requests) == 4
 
-    code, stdout, stderr = cli(capsys, "eval", "score", "msvd-qa", judged, "-o", tmp_path / "msvd.result.json")
+    code, stdout, stderr = run_cli(capsys, "eval", "score", "msvd-qa", judged, "-o", tmp_path / "msvd.result.json")
     assert code == 0, stderr
     result = last_json(stdout)
     # yes: cat, dog; no: car; unparsed: tree; error: ghost. Scores 5, int(4.8) = 4, 1.
@@ -271,11 +260,11 @@ def test_judge_score_report_end_to_end(msvd_preds, judge_server, tmp_path, capsy
     counts = result["counts"]
     assert (counts["total"], counts["judged"], counts["unparsed"], counts["errors"], counts["yes"], counts["no"]) == (5, 3, 1, 1, 2, 1)
     assert "1 errors" in stderr and "1 unparsed" in stderr
-    code, stdout, _ = cli(capsys, "eval", "score", "msvd-qa", judged, "--raw-scores")
+    code, stdout, _ = run_cli(capsys, "eval", "score", "msvd-qa", judged, "--raw-scores")
     assert last_json(stdout)["metrics"]["score"] == pytest.approx((5 + 4.8 + 1) / 3)
 
     md, js = tmp_path / "report.md", tmp_path / "report.json"
-    code, _, stderr = cli(capsys, "eval", "report", tmp_path / "msvd.result.json", "--md", md, "--json", js)
+    code, _, stderr = run_cli(capsys, "eval", "report", tmp_path / "msvd.result.json", "--md", md, "--json", js)
     assert code == 0, stderr
     text = md.read_text()
     assert "| LLaMA-VID-7B (paper) | 69.7 | 3.7 |" in text
@@ -285,13 +274,13 @@ def test_judge_score_report_end_to_end(msvd_preds, judge_server, tmp_path, capsy
     assert report["results"][0]["metrics"]["accuracy"] == pytest.approx(2 / 3)
     assert report["results"][0]["counts"]["unparsed"] == 1
     # BENCH=FILE scores on the fly; without --md/--json the Markdown goes to stdout.
-    code, stdout, _ = cli(capsys, "eval", "report", f"msvd-qa={judged}")
+    code, stdout, _ = run_cli(capsys, "eval", "report", f"msvd-qa={judged}")
     assert code == 0 and "| This run | 66.7 | 3.33 |" in stdout
 
 
 def test_run_chains_predict_judge_score_report(bench, tiny, judge_server, tmp_path, capsys):
     out = tmp_path / "out"
-    code, stdout, stderr = cli(capsys, "eval", "run", "msvd-qa", "-q", bench / "test_qa.json", "--videos",
+    code, stdout, stderr = run_cli(capsys, "eval", "run", "msvd-qa", "-q", bench / "test_qa.json", "--videos",
                                bench / "videos", "--out-dir", out, "--base-url", judge_server.base_url,
                                *model_args(tiny))
     assert code == 0, stderr
@@ -303,7 +292,7 @@ def test_run_chains_predict_judge_score_report(bench, tiny, judge_server, tmp_pa
 
     # A multiple-choice benchmark run into the same folder: no judge call, and the report now has both.
     asked = len(judge_server.requests)
-    code, stdout, stderr = cli(capsys, "eval", "run", "videomme", "-q", bench / "videomme.json", "--videos",
+    code, stdout, stderr = run_cli(capsys, "eval", "run", "videomme", "-q", bench / "videomme.json", "--videos",
                                bench / "videos", "--out-dir", out, *model_args(tiny))
     assert code == 0, stderr
     assert last_json(stdout)["counts"]["total"] == 3 and len(judge_server.requests) == asked
@@ -318,16 +307,16 @@ def test_run_chains_predict_judge_score_report(bench, tiny, judge_server, tmp_pa
 
 
 def test_clear_errors(bench, tmp_path, capsys, judge_server):
-    code, _, err = cli(capsys, "eval", "predict", "msvd-qa", "-q", tmp_path / "nope.json", "-o", tmp_path / "p.jsonl")
+    code, _, err = run_cli(capsys, "eval", "predict", "msvd-qa", "-q", tmp_path / "nope.json", "-o", tmp_path / "p.jsonl")
     assert code == 1 and err == f"llamavid: error: {tmp_path / 'nope.json'}: file not found\n"
 
-    code, _, err = cli(capsys, "eval", "predict", "msvd-qb", "-q", bench / "test_qa.json", "-o", tmp_path / "p.jsonl")
+    code, _, err = run_cli(capsys, "eval", "predict", "msvd-qb", "-q", bench / "test_qa.json", "-o", tmp_path / "p.jsonl")
     assert code == 1 and err.startswith("llamavid: error: unknown benchmark 'msvd-qb'; known: msvd-qa") and err.count("\n") == 1
 
-    code, _, err = cli(capsys, "eval", "score", "nope", tmp_path / "p.jsonl")
+    code, _, err = run_cli(capsys, "eval", "score", "nope", tmp_path / "p.jsonl")
     assert code == 1 and "unknown benchmark 'nope'" in err and err.count("\n") == 1
 
-    code, _, err = cli(capsys, "eval", "score", "msvd-qa", tmp_path / "p.jsonl")
+    code, _, err = run_cli(capsys, "eval", "score", "msvd-qa", tmp_path / "p.jsonl")
     assert code == 1 and err == f"llamavid: error: {tmp_path / 'p.jsonl'}: file not found\n"
 
     preds = tmp_path / "p.jsonl"
@@ -335,11 +324,11 @@ def test_clear_errors(bench, tmp_path, capsys, judge_server):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code, _, err = cli(capsys, "eval", "judge", "msvd-qa", preds, "-o", tmp_path / "j.jsonl", "--base-url",
+    code, _, err = run_cli(capsys, "eval", "judge", "msvd-qa", preds, "-o", tmp_path / "j.jsonl", "--base-url",
                        f"http://127.0.0.1:{port}/v1", "--max-retries", "0")
     assert code == 1 and err.count("\n") == 2  # the "judging ... with" line, then the error
     assert err.splitlines()[-1].startswith(f"llamavid: error: judge endpoint http://127.0.0.1:{port}/v1/chat/completions failed 1 times")
     assert "cannot connect" in err
 
-    code, _, err = cli(capsys, "eval", "report", tmp_path / "missing.json")
+    code, _, err = run_cli(capsys, "eval", "report", tmp_path / "missing.json")
     assert code == 1 and err.startswith(f"llamavid: error: {tmp_path / 'missing.json'}: no such file") and err.count("\n") == 1

@@ -12,6 +12,7 @@ import torch
 
 import llamavid
 from checkpoint_fixture import build_tiny_checkpoint
+from conftest import run_process
 from llamavid.errors import CheckpointError, InputError, ModelNotFoundError
 
 
@@ -117,11 +118,6 @@ def test_safetensors_single_file_checkpoint(tmp_path, tiny):
 
 # --- the CLI turns every error into one line -------------------------------------------------------------------
 
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "llamavid_cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
-
-
 def assert_one_line_error(proc, *needles):
     assert proc.returncode == 1, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -133,35 +129,35 @@ def assert_one_line_error(proc, *needles):
 
 
 def test_cli_bad_checkpoints_give_one_line_errors(tmp_path):
-    assert_one_line_error(run_cli("info", str(tmp_path / "missing-model")), "missing-model")
+    assert_one_line_error(run_process("info", str(tmp_path / "missing-model")), "missing-model")
 
     fx = build_tiny_checkpoint(tmp_path / "a")
     cfg = json.loads((fx.path / "config.json").read_text())
     del cfg["mm_vision_tower"]
     (fx.path / "config.json").write_text(json.dumps(cfg))
-    assert_one_line_error(run_cli("info", str(fx.path)), "config.json", "not a LLaMA-VID config")
+    assert_one_line_error(run_process("info", str(fx.path)), "config.json", "not a LLaMA-VID config")
 
     fx = build_tiny_checkpoint(tmp_path / "b")
     shard = fx.path / "pytorch_model-00001-of-00002.bin"
     shard.write_bytes(shard.read_bytes()[:1000])
-    assert_one_line_error(run_cli("info", str(fx.path)), "pytorch_model-00001-of-00002.bin", "truncated")
+    assert_one_line_error(run_process("info", str(fx.path)), "pytorch_model-00001-of-00002.bin", "truncated")
 
     fx = build_tiny_checkpoint(tmp_path / "c")
     sd = torch.load(fx.vision_path, weights_only=True)
     sd["blocks.0.attn.qkv.weight"] = torch.zeros(5, 5)
     torch.save(sd, fx.vision_path)
-    assert_one_line_error(run_cli("info", str(fx.path), "--vision-tower", str(fx.vision_path)),
+    assert_one_line_error(run_process("info", str(fx.path), "--vision-tower", str(fx.vision_path)),
                           "eva_vit_g.pth", "blocks.0.attn.qkv.weight")
 
 
 def test_cli_debug_shows_the_traceback(tmp_path):
-    proc = run_cli("info", str(tmp_path / "missing-model"), "--debug")
+    proc = run_process("info", str(tmp_path / "missing-model"), "--debug")
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "ModelNotFoundError" in proc.stderr
 
 
 def test_cli_info_json(tiny):
-    proc = run_cli("info", str(tiny.path), "--vision-tower", str(tiny.vision_path), "--json")
+    proc = run_process("info", str(tiny.path), "--vision-tower", str(tiny.vision_path), "--json")
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
     assert record["tokens_per_frame"] == 2 and record["vision"]["tokens"] == 257
@@ -169,7 +165,7 @@ def test_cli_info_json(tiny):
 
 
 def test_cli_version():
-    proc = run_cli("--version")
+    proc = run_process("--version")
     assert proc.returncode == 0 and proc.stdout.strip() == f"llamavid {llamavid.__version__}"
 
 

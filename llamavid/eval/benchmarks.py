@@ -19,7 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, overload
 
-from llamavid.errors import InputError, describe_path
+from llamavid.errors import InputError
 
 ItemKind = Literal["open", "generative", "consistency", "choice", "exact"]
 
@@ -79,7 +79,7 @@ class _Record:
 
 
 def _fail(path: Path, where: str | None, problem: str) -> InputError:
-    place = f"{describe_path(path)}: {where}: " if where else f"{describe_path(path)}: "
+    place = f"{os.fspath(path)}: {where}: " if where else f"{os.fspath(path)}: "
     return InputError(place + problem)
 
 
@@ -290,7 +290,7 @@ def _load_activitynet(paths: list[Path], video_dir: Path | None) -> list[EvalIte
             by_id.setdefault(qid, record)
     positional = not by_id
     if positional and len(answers) != len(questions):
-        raise _fail(a_path, None, f"{len(answers)} answers for {len(questions)} questions in {describe_path(q_path)}")
+        raise _fail(a_path, None, f"{len(answers)} answers for {len(questions)} questions in {os.fspath(q_path)}")
     videos = _VideoResolver(video_dir, prefixes=("v_", ""))
     unique = _UniqueIds()
     items = []
@@ -299,7 +299,7 @@ def _load_activitynet(paths: list[Path], video_dir: Path | None) -> list[EvalIte
         qid = _text(q_path, record, "question_id")
         answer_record = answers[index] if positional else by_id.get(qid)
         if answer_record is None:
-            raise _fail(a_path, None, f"no answer for question_id {qid!r} ({record.where} of {describe_path(q_path)})")
+            raise _fail(a_path, None, f"no answer for question_id {qid!r} ({record.where} of {os.fspath(q_path)})")
         extra: dict[str, Any] = {"video_name": video}
         if "type" in answer_record.data:
             extra["type"] = answer_record.data["type"]
@@ -497,7 +497,7 @@ def _load_egoschema(paths: list[Path], video_dir: Path | None) -> list[EvalItem]
         if index is None and "answer" in record.data:
             index = record.data["answer"]
         if index is not None and not (isinstance(index, int) and 0 <= index < len(options)):
-            where = describe_path(paths[1]) if len(paths) > 1 else describe_path(q_path)
+            where = os.fspath(paths[1]) if len(paths) > 1 else os.fspath(q_path)
             raise InputError(f"{where}: answer for {q_uid!r} is {index!r}, not an option index 0-{len(options) - 1}")
         items.append(
             _choice_item(
@@ -647,10 +647,10 @@ def load_benchmark(
         raise InputError(f"{spec.name} reads {spec.files}; got {len(path_list)} file(s)")
     for path in path_list:
         if not path.exists():
-            raise InputError(f"{describe_path(path)}: file not found")
+            raise InputError(f"{os.fspath(path)}: file not found")
     if video_dir is not None and not Path(video_dir).is_dir():
-        raise InputError(f"{describe_path(video_dir)}: video directory not found")
+        raise InputError(f"{os.fspath(video_dir)}: video directory not found")
     items = spec.loader(path_list, Path(video_dir) if video_dir is not None else None)
     if not items:
-        raise InputError(f"{', '.join(describe_path(p) for p in path_list)}: no items")
+        raise InputError(f"{', '.join(os.fspath(p) for p in path_list)}: no items")
     return items

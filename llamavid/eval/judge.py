@@ -37,9 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llamavid.errors import InputError, LlamaVidError, describe_path
+from llamavid.errors import InputError, LlamaVidError
 from llamavid.eval.benchmarks import get_benchmark
-from llamavid.eval.predict import JsonlAppender, Progress, ProgressFn, read_jsonl
+from llamavid.eval.predict import Progress, ProgressFn
+from llamavid.fileio import JsonlLog, read_jsonl
 from llamavid.eval.prompts import PUBLISHED_PROMPTS, build_messages
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -281,12 +282,12 @@ class Judge:
         self.requests_sent = 0
         self.cache_hits = 0
         self._cache: dict[str, str] = {}
-        self._cache_file: JsonlAppender | None = None
+        self._cache_file: JsonlLog | None = None
         if cache_path is not None:
             for record in read_jsonl(cache_path, repair=True):
                 if isinstance(record.get("key"), str) and isinstance(record.get("reply"), str):
                     self._cache[record["key"]] = record["reply"]
-            self._cache_file = JsonlAppender(cache_path)
+            self._cache_file = JsonlLog(cache_path)
 
     # -- public ------------------------------------------------------------------------------------
 
@@ -437,7 +438,7 @@ def _normalize_prediction(record: dict[str, Any], fallback_id: str) -> dict[str,
 
 def _load_predictions(pred_path: Path, two_questions: bool) -> list[dict[str, Any]]:
     if not pred_path.is_file():
-        raise InputError(f"{describe_path(pred_path)}: prediction file not found")
+        raise InputError(f"{os.fspath(pred_path)}: prediction file not found")
     counts: dict[str, int] = {}
     used: set[str] = set()
     records = []
@@ -455,7 +456,7 @@ def _load_predictions(pred_path: Path, two_questions: bool) -> list[dict[str, An
         if "error" not in normalized:
             for needed in ("question", "answer", "pred") + (("question2", "pred2") if two_questions else ()):
                 if needed not in normalized:
-                    raise InputError(f"{describe_path(pred_path)}: line {index + 1}: missing field {needed!r}")
+                    raise InputError(f"{os.fspath(pred_path)}: line {index + 1}: missing field {needed!r}")
         records.append(normalized)
     return records
 
@@ -528,7 +529,7 @@ def judge_predictions(
     pending = [record for record in records if record["id"] not in done]
     counts = {"judged": 0, "unparsed": 0, "errors": 0, "judge_errors": 0}
 
-    with JsonlAppender(out_path) as out:
+    with JsonlLog(out_path) as out:
 
         def emit(result: dict[str, Any]) -> None:
             out.write(result)

@@ -2,11 +2,9 @@
 
 Why JSONL with one fsync'd line per item: evaluation runs take hours and get killed (preempted GPUs,
 OOM, Ctrl-C). Each finished item is durable the moment its line is written, so a rerun skips every id
-already in the file and redoes only the rest. A kill can leave at most one torn last line; it is cut off
-and its item redone. An item whose ``answer_fn`` raises is recorded as ``{"id", "error"}`` and the run
-goes on: one unreadable video must not cost the other 13,000 answers.
-
-The JSONL helpers here (``read_jsonl``, ``JsonlAppender``) are shared with the judge and its cache.
+already in the file and redoes only the rest (``llamavid.fileio.ResumableJsonl``, the writer ``ask
+--batch`` uses too). An item whose answer fails is recorded as ``{"id", "error"}`` and the run goes on:
+one unreadable video must not cost the other 13,000 answers.
 """
 
 from __future__ import annotations
@@ -20,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llamavid.errors import InputError, describe_path
+from llamavid.errors import InputError
+from llamavid.fileio import ResumableJsonl, read_jsonl
 from llamavid.eval.benchmarks import EvalItem
 
 AnswerFn = Callable[[EvalItem], str]
-AnswerBatchFn = Callable[[list[EvalItem]], Sequence[str]]
+AnswerBatchFn = Callable[[list[EvalItem]], Sequence["str | BaseException"]]
 
 
 @dataclass(frozen=True)
@@ -49,98 +48,6 @@ class PredictionStats:
     written: int
     errors: int
     elapsed_s: float
-
-
-# ----------------------------------------------------------------------------------------------------
-# JSONL that survives kills
-
-
-def read_jsonl(path: str | os.PathLike[str], *, repair: bool = False) -> list[dict[str, Any]]:
-    """The objects of a JSONL file written by this module, tolerating a torn last line.
-
-    A kill can only tear the last line, so an unparseable LAST line is dropped (and, with ``repair``,
-    cut from the file so that appending continues on a clean line). An unparseable line anywhere else
-    means the file is not ours or was edited: ``InputError`` naming the line. A missing file is empty.
-    """
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise InputError(f"{describe_path(p)}: cannot read ({exc})") from None
-    records: list[dict[str, Any]] = []
-    good_end = 0  # byte offset just after the last good line
-    offset = 0
-    lines = data.split(b"\n")
-    last_nonblank = max((i for i, line in enumerate(lines) if line.strip(b" \t\r\x00")), default=-1)
-    for index, line in enumerate(lines):
-        end = offset + len(line)
-        if line.strip(b" \t\r\x00"):
-            value = _parse_line(line)
-            if value is None:
-                if index == last_nonblank:
-                    break  # torn by a kill: dropped
-                raise InputError(f"{describe_path(p)}: line {index + 1}: not a valid JSON object")
-            records.append(value)
-            good_end = end
-        offset = end + 1
-    if repair:
-        _cut_after(p, data, good_end)
-    return records
-
-
-def _parse_line(line: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _cut_after(path: Path, data: bytes, good_end: int) -> None:
-    """Truncate to the last good line and make sure the file ends with a newline."""
-    keep = data[:good_end]
-    if keep and not keep.endswith(b"\n"):
-        keep += b"\n"
-    if keep != data:
-        with open(path, "r+b") as handle:
-            handle.truncate(good_end)
-            handle.seek(good_end)
-            if len(keep) > good_end:
-                handle.write(b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-class JsonlAppender:
-    """Appends one JSON object per line, each flushed and fsync'd before ``write`` returns.
-
-    Why fsync per line: after a crash, every line the caller was told about is on disk, so resume never
-    loses a paid-for answer (or judge call). Use ``read_jsonl(..., repair=True)`` first so a torn line
-    from an earlier kill does not get glued to the first new line.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
-        if self.path.parent and not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "ab")
-
-    def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
-        self._handle.write(line.encode("utf-8"))
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self) -> JsonlAppender:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -204,19 +111,24 @@ def _answer_one(item: EvalItem, answer_fn: AnswerFn) -> dict[str, Any]:
 
 
 def _answer_batch(batch: list[EvalItem], answer_batch_fn: AnswerBatchFn) -> list[dict[str, Any]]:
+    """Records for a batch; ``answer_batch_fn`` returns one result per query: its answer, or the
+    exception that stopped it (so one failing question fails only its own item)."""
     flat = [query for item in batch for query in queries(item)]
     try:
         answers = list(answer_batch_fn(flat))
     except Exception as exc:  # noqa: BLE001 - the whole batch failed: every item in it is an error
         return [error_record(item, exc) for item in batch]
-    problem = _check_answers(answers, len(flat))
-    if problem:
-        return [error_record(item, f"answer_batch_fn: {problem}") for item in batch]
+    if len(answers) != len(flat):
+        return [error_record(item, f"answer_batch_fn: expected {len(flat)} answers, got {len(answers)}") for item in batch]
     records, start = [], 0
     for item in batch:
         n = len(queries(item))
-        records.append(prediction_record(item, answers[start : start + n]))
+        mine = answers[start : start + n]
         start += n
+        failed = next((a for a in mine if isinstance(a, BaseException)), None)
+        problem = None if failed is not None else _check_answers(mine, n)
+        records.append(error_record(item, failed) if failed is not None else
+                       error_record(item, f"answer_batch_fn: {problem}") if problem else prediction_record(item, mine))
     return records
 
 
@@ -256,24 +168,26 @@ def run_predictions(
 ) -> PredictionStats:
     """Answer every item not yet in ``out_path``, appending one JSONL line per item.
 
-    Give either ``answer_fn(item) -> str`` or ``answer_batch_fn(items) -> list[str]``; the batch form gets
-    the items of one video at a time (at most ``batch_size``; see ``group_by_video`` for the order) so a
-    model can encode each video once. Consistency items are asked twice (``queries``); in batch mode both
+    Give either ``answer_fn(item) -> str`` or ``answer_batch_fn(items) -> list[str | exception]``; the
+    batch form gets the items of one video at a time (at most ``batch_size``; see ``group_by_video`` for
+    the order) so a model can encode each video once, and returns per query its answer or its error. Consistency items are asked twice (``queries``); in batch mode both
     questions travel in the same batch.
 
     Lines: ``{"id", "video", "question", "answer", "pred", "kind", ...}`` for answers, ``{"id", "video",
-    "kind", "error"}`` for items whose function raised. Each id is written at most once, ever.
+    "kind", "error"}`` for items whose answer failed. A rerun skips every id in the file (errors
+    included: delete an error line to retry it); the file ends up in input order, one line per id. A file
+    that is not an earlier output of these items is refused.
     """
     if (answer_fn is None) == (answer_batch_fn is None):
         raise ValueError("give exactly one of answer_fn and answer_batch_fn")
     started = time.monotonic()
     items = list(items)
     _check_unique_ids(items)
-    done_ids = {record.get("id") for record in read_jsonl(out_path, repair=True)}
-    pending = [item for item in items if item.id not in done_ids]
+    out = ResumableJsonl(out_path, [item.id for item in items], retry_errors=False)
+    pending = [item for item in items if not out.done(item.id)]
     skipped = len(items) - len(pending)
     written = errors = 0
-    with JsonlAppender(out_path) as out:
+    try:
 
         def emit(record: dict[str, Any]) -> None:
             nonlocal written, errors
@@ -291,4 +205,6 @@ def run_predictions(
             for batch in group_by_video(pending, batch_size):
                 for record in _answer_batch(batch, answer_batch_fn):
                     emit(record)
+    finally:
+        out.close()
     return PredictionStats(len(items), skipped, written, errors, time.monotonic() - started)

@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llamavid.errors import InputError, describe_path
+from llamavid.errors import InputError
 from llamavid.eval.benchmarks import OPTION_LETTERS, get_benchmark
-from llamavid.eval.predict import read_jsonl
+from llamavid.fileio import read_jsonl
 
 #: LLaMA-VID-7B as published (paper tables); accuracies as fractions.
 PAPER_LLAMA_VID_7B: dict[str, dict[str, float]] = {
@@ -70,7 +70,7 @@ def _score_value(score: float, truncate: bool) -> float:
 def _read(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{describe_path(p)}: file not found")
+        raise InputError(f"{os.fspath(p)}: file not found")
     return read_jsonl(p)
 
 
@@ -97,7 +97,7 @@ def _judged_counts(records: Iterable[dict[str, Any]], path: str | os.PathLike[st
     for index, record in enumerate(records):
         if not any(key in record for key in ("judgements", "error", "judge_error")):
             raise InputError(
-                f"{describe_path(path)}: line {index + 1}: no 'judgements' (pass the file judge_predictions wrote, not the predictions)"
+                f"{os.fspath(path)}: line {index + 1}: no 'judgements' (pass the file judge_predictions wrote, not the predictions)"
             )
         counts["total"] += 1
         counts["errors"] += "error" in record
@@ -229,7 +229,7 @@ def score_choice(pred_path: str | os.PathLike[str], benchmark: str = "videomme")
             continue
         options = record.get("options")
         if not isinstance(options, list):
-            raise InputError(f"{describe_path(pred_path)}: line {index + 1}: no 'options' (not a multiple-choice prediction file)")
+            raise InputError(f"{os.fspath(pred_path)}: line {index + 1}: no 'options' (not a multiple-choice prediction file)")
         letter = extract_option(str(record.get("pred", "")), options)
         counts["scored"] += 1
         counts["no_option"] += letter is None

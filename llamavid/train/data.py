@@ -24,7 +24,7 @@ from .. import subtitles as subs
 from ..encode import EncodeOptions, encode_file
 from ..errors import InputError
 from ..prompt import IMAGE_PLACEHOLDER
-from ..qa import uniform_indices
+from ..planning import uniform_indices
 from ..vidtok import content_hash, open_vidtok
 from ..vision import VisionEncoder
 

@@ -236,7 +236,7 @@ def run_stage(number: int, data: Path, start: str, out: Path, features: Path, se
 
 def export_demo(model_dir: str, dest: Path) -> Path:
     from ..export import save_checkpoint
-    from ..model import load_model
+    from ..loading import load_model
 
     model = load_model(model_dir, dtype="float32", device="cpu")
     save_checkpoint(model, dest, fmt="safetensors", dtype=torch.bfloat16, embed_vision=True)

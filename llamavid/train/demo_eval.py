@@ -18,7 +18,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from ..decoding import SamplingOptions
 
 SHORT_TYPES = ("color", "shape", "count", "first", "last")
 LONG_TYPES = ("subtitle", "needle")
@@ -30,26 +29,33 @@ def first_word(text: str) -> str:
 
 
 def run_items(model, items: list[dict], root: Path, *, progress: bool = True) -> list[dict]:
-    """Answer each item; returns records with the answer and whether it is right."""
-    from ..qa import answer_on, open_video_input
+    """Answer each item (greedily, the questions of a video together); records with the answer and
+    whether it is right."""
+    from ..batch import answer_video_questions
+    from ..options import AskOptions
+    from ..qa import Question
 
-    greedy = SamplingOptions(max_new_tokens=8, temperature=0.0)
     by_video: dict[str, list[dict]] = defaultdict(list)
     for item in items:
         by_video[item["video"]].append(item)
     records = []
     t0 = time.perf_counter()
     for n, (video, group) in enumerate(by_video.items()):
-        with open_video_input(model, root / video) as vin:
-            for item in group:
-                question = item["conversations"][0]["value"].replace("<image>", "").strip()
-                ans = answer_on(model, vin, question, long_video=bool(item.get("long")), sampling=greedy)
-                records.append({"id": item["id"], "type": item["question_type"], "question": question,
-                                "expected": item["answer"], "answer": ans.text, "frames": vin.num_frames,
-                                "correct": first_word(ans.text) == item["answer"]})
+        questions = [Question(_question(item), AskOptions(long=bool(item.get("long")), temperature=0.0, max_new_tokens=8))
+                     for item in group]
+        for item, q, outcome in zip(group, questions, answer_video_questions(model, root / video, questions)):
+            if isinstance(outcome, Exception):
+                raise outcome
+            records.append({"id": item["id"], "type": item["question_type"], "question": q.text,
+                            "expected": item["answer"], "answer": outcome["answer"], "frames": outcome["frames"],
+                            "correct": first_word(outcome["answer"]) == item["answer"]})
         if progress and (n + 1) % 25 == 0:
             sys.stderr.write(f"  {n + 1}/{len(by_video)} videos ({time.perf_counter() - t0:.0f} s)\n")
     return records
+
+
+def _question(item: dict) -> str:
+    return item["conversations"][0]["value"].replace("<image>", "").strip()
 
 
 def accuracy(records: list[dict]) -> dict[str, dict]:
@@ -62,7 +68,7 @@ def accuracy(records: list[dict]) -> dict[str, dict]:
 
 
 def evaluate(model_name: str, data: Path, *, ablation: dict[str, str] | None = None, output: Path | None = None) -> dict:
-    from ..model import load_model
+    from ..loading import load_model
 
     t0 = time.perf_counter()
     root = data / "test"

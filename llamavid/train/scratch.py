@@ -18,10 +18,9 @@ import torch
 
 from ..config import LlamaVidConfig
 from ..export import save_checkpoint
-from ..model import LlamaVid, build_llm
+from ..model import LlamaVid
 from ..prompt import TextTokenizer
-from ..qformer import QFormer, QFormerConfig, load_qformer_tokenizer
-from ..tokens import TokenGenerator
+from ..qformer import QFormerConfig, load_qformer_tokenizer
 from ..vision import VisionEncoder, VisionWeights, read_lavis_weights
 
 
@@ -42,15 +41,6 @@ class ModelSizes:
     conv_mode: str = "vicuna_v1"
     long_video: bool = False
     tie_word_embeddings: bool = True
-
-
-def _init_(module: torch.nn.Module, std: float = 0.02) -> None:
-    """BERT/LLaMA-style init: normal(0, std) for linear and embedding weights, zero biases."""
-    for m in module.modules():
-        if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
-            torch.nn.init.normal_(m.weight, std=std)
-            if getattr(m, "bias", None) is not None:
-                torch.nn.init.zeros_(m.bias)
 
 
 def init_checkpoint(destination: str | os.PathLike, *, sizes: ModelSizes, vision_tower: str | os.PathLike,
@@ -83,18 +73,8 @@ def init_checkpoint(destination: str | os.PathLike, *, sizes: ModelSizes, vision
                          intermediate=sizes.qformer_intermediate, encoder_width=vcfg.width, vocab_size=len(bert),
                          max_positions=512, num_query=sizes.num_query,
                          cross_attention_layers=tuple(range(0, sizes.qformer_layers, 2)))
-    qformer = QFormer(qcfg)
-    _init_(qformer)
-    torch.nn.init.normal_(qformer.query_tokens, std=0.02)
-    tokens = TokenGenerator(qcfg.hidden, vcfg.width, sizes.llm_hidden, sizes.projector, sizes.compress_type,
-                            sizes.token_types)
-    _init_(tokens)
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    llm_init = LlamaForCausalLM(LlamaConfig(**cfg.llm))  # transformers' own initialisation
-    llm = build_llm(cfg, dict(llm_init.state_dict()), source=str(dest), device=torch.device("cpu"), dtype=torch.float32)
-    model = LlamaVid(cfg, qformer=qformer, tokens=tokens, llm=llm, text_tokenizer=tok, qformer_tokenizer=bert,
-                     vision_encoder=VisionEncoder(weights), name=str(dest))
+    model = LlamaVid.from_config(cfg, qcfg, text_tokenizer=tok, qformer_tokenizer=bert,
+                                 vision_encoder=VisionEncoder(weights), name=str(dest), device="cpu")
     save_checkpoint(model, dest, fmt="bin")
     shutil.copyfile(vision_path, dest / "eva_vit_g.pth")
     (dest / "generation_config.json").write_text(json.dumps({"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id}) + "\n")

@@ -15,7 +15,6 @@ class Stage:
     batch_size: int
     learning_rate: float
     max_tokens: int
-    cpu_offload: bool = False  # stage 3 used ZeRO-2 with optimizer offload
 
 
 PROJECTORS = ("tokens.query_projector.", "tokens.key_projector.", "tokens.value_projector.", "tokens.content_projector.")
@@ -23,7 +22,7 @@ PROJECTORS = ("tokens.query_projector.", "tokens.key_projector.", "tokens.value_
 STAGES: dict[int, Stage] = {
     1: Stage(1, "alignment", PROJECTORS, batch_size=256, learning_rate=1e-3, max_tokens=2048),
     2: Stage(2, "instruction", PROJECTORS + ("qformer.", "llm."), batch_size=128, learning_rate=2e-5, max_tokens=2048),
-    3: Stage(3, "long video", PROJECTORS + ("llm.",), batch_size=8, learning_rate=2e-5, max_tokens=65536, cpu_offload=True),
+    3: Stage(3, "long video", PROJECTORS + ("llm.",), batch_size=8, learning_rate=2e-5, max_tokens=65536),
 }
 
 

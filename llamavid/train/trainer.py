@@ -93,7 +93,7 @@ def train(cfg: TrainConfig, *, on_log: Callable[[dict], None] | None = None) -> 
     from transformers import get_cosine_schedule_with_warmup
 
     from ..export import save_checkpoint
-    from ..model import load_model
+    from ..loading import load_model
 
     t0 = time.perf_counter()
     stage = get_stage(cfg.stage)

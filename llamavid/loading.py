@@ -1,0 +1,160 @@
+"""Loading a checkpoint as published: ``load_model`` (the whole model) and ``load_vision_encoder`` (only
+the vision encoder, for ``llamavid encode``).
+
+The modules are built through ``LlamaVid.from_config`` on the meta device and take the checkpoint's
+tensors as they are (``assign``), so loading never holds two copies of the weights. Every component is
+loaded strictly, with one-line errors naming the checkpoint keys that are missing, extra or mis-shaped.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from . import checkpoint as ckpt_io
+from .config import LlamaVidConfig
+from .devices import select_device, select_dtype
+from .errors import CheckpointError, InputError
+from .model import LlamaVid, finish_llm
+from .prompt import TextTokenizer
+from .qformer import QFormerConfig, load_qformer_tokenizer, load_strict
+from .quantize import quantize_llm
+from .vision import PUBLIC_WEIGHTS_URL, VisionEncoder, VisionWeights, read_lavis_weights
+
+
+def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
+    """A built-in name (the shipped demo), a local directory, or a Hugging Face id -> a local directory."""
+    from .builtin import resolve_builtin
+
+    return resolve_builtin(name_or_path) or ckpt_io.resolve_checkpoint(name_or_path)
+
+
+def resolve_vision_weights(
+    explicit: str | os.PathLike | None, cfg: LlamaVidConfig, ckpt: Path, embedded: Mapping[str, torch.Tensor]
+) -> VisionWeights:
+    """Explicit path, else an ``eva_vit_g.pth`` found where the config or the cache says, else the copy
+    embedded in the checkpoint, else the public URL (downloaded into the user cache on first use)."""
+    size = cfg.image_size
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"{explicit}: vision-tower weights file not found")
+        return _checked(VisionWeights(str(path), lambda: read_lavis_weights(path), size))
+    for path in ckpt_io.vision_tower_candidates(cfg.mm_vision_tower, ckpt):
+        if path.is_file():
+            return _checked(VisionWeights(str(path), lambda p=path: read_lavis_weights(p), size))
+    if embedded:
+        return _checked(VisionWeights(f"{ckpt} (embedded vision tower)", lambda: embedded, size))
+    dest = ckpt_io.user_cache_dir() / ckpt_io.VISION_TOWER_NAME
+    return VisionWeights(
+        str(dest), lambda: read_lavis_weights(ckpt_io.download_vision_tower(PUBLIC_WEIGHTS_URL, dest)), size
+    )
+
+
+def _checked(weights: VisionWeights) -> VisionWeights:
+    weights.validate()  # fail now, not at the first frame, when the file is wrong
+    return weights
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    vision_tower: str | os.PathLike | None = None,
+    qformer_tokenizer: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    load_in_8bit: bool = False,
+    load_in_4bit: bool = False,
+    attn_implementation: str = "sdpa",
+) -> LlamaVid:
+    """Load a LLaMA-VID checkpoint (a local directory, a Hugging Face id or a built-in name) exactly as published.
+
+    vision_tower: path to ``eva_vit_g.pth``; default: the config's path, the user cache, the copy embedded
+    in full checkpoints, else the public URL on first use. qformer_tokenizer: a folder or id of the
+    bert-base-uncased tokenizer; default: ``<checkpoint>/qformer_tokenizer``, else ``bert-base-uncased``.
+    device/dtype: see ``llamavid.devices``.
+    """
+    if load_in_8bit and load_in_4bit:
+        raise InputError("choose one of 8-bit and 4-bit loading")
+    ckpt = resolve_checkpoint_dir(name_or_path)
+    cfg = LlamaVidConfig.from_json(ckpt / "config.json")
+    dev = select_device(device)
+    dt = select_dtype(dtype, dev)
+    quantized = load_in_8bit or load_in_4bit
+    llm_dev = torch.device("cpu") if quantized else dev
+
+    groups = ckpt_io.route_checkpoint(ckpt)
+    source = str(ckpt)
+    qcfg = QFormerConfig.from_state_dict(groups["qformer"], source=source)
+    if qcfg.num_query != cfg.num_query:
+        raise CheckpointError(f"{source}: config num_query {cfg.num_query} but model.vlm_att_query holds {qcfg.num_query} queries")
+    model = LlamaVid.from_config(cfg, qcfg, name=os.fspath(name_or_path), device="meta",
+                                 attn_implementation=attn_implementation)
+    for what, module, group, dest in (("QFormer", model.qformer, "qformer", dev),
+                                      ("token-generator", model.tokens, "tokens", dev)):
+        load_strict(module, groups[group], source=source, what=what, device=dest, dtype=dt,
+                    display=lambda k, g=group: ckpt_io.to_checkpoint_key(f"{g}.{k}"))
+    if qcfg.encoder_width != cfg.mm_hidden_size:
+        raise CheckpointError(f"{source}: QFormer cross-attends to width {qcfg.encoder_width} but mm_hidden_size is {cfg.mm_hidden_size}")
+    llm_sd = groups["llm"]
+    if cfg.llm.get("tie_word_embeddings") and "lm_head.weight" not in llm_sd and "model.embed_tokens.weight" in llm_sd:
+        llm_sd = dict(llm_sd, **{"lm_head.weight": llm_sd["model.embed_tokens.weight"]})
+    load_strict(model.llm, llm_sd, source=source, what="LLM", device=llm_dev, dtype=dt,
+                display=lambda k: ckpt_io.to_checkpoint_key("llm." + k))
+    model.llm = finish_llm(model.llm, llm_dev)
+    if quantized:
+        model.llm = quantize_llm(model.llm, 8 if load_in_8bit else 4, dev, dt)
+
+    model.text_tokenizer = TextTokenizer.from_dir(ckpt, eos_id=_config_eos(cfg))
+    vocab_rows = model.llm.get_input_embeddings().weight.shape[0]
+    if model.text_tokenizer.vocab_size > vocab_rows:
+        raise CheckpointError(f"{source}: the tokenizer has {model.text_tokenizer.vocab_size} tokens but the LLM embeds only {vocab_rows}")
+    bert_tok = load_qformer_tokenizer(qformer_tokenizer, checkpoint_dir=ckpt)
+    if len(bert_tok) != qcfg.vocab_size:
+        raise CheckpointError(
+            f"{bert_tok.name_or_path}: the QFormer tokenizer has {len(bert_tok)} tokens but the QFormer embeds "
+            f"{qcfg.vocab_size} (expected bert-base-uncased plus [DEC]); pass the right --qformer-tokenizer"
+        )
+    model.qformer_tokenizer = bert_tok
+    vision_weights = resolve_vision_weights(vision_tower, cfg, ckpt, groups["vision"])
+    model.vision_encoder = VisionEncoder(vision_weights, device=dev, dtype=dt, pad_images=cfg.image_aspect_ratio == "pad")
+    return model.eval()
+
+
+def load_vision_encoder(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    vision_tower: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    image_size: int | None = None,
+) -> VisionEncoder:
+    """Only the vision encoder: from a weights file (``vision_tower``), or the one a model uses, found as
+    ``load_model`` finds it but without loading the LLM (only shards holding vision keys are opened)."""
+    dev = select_device(device)
+    dt = select_dtype(dtype, dev)
+    if name_or_path is None:
+        if vision_tower is None:
+            raise InputError("give a model or a vision-tower file")
+        path = Path(vision_tower).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"{vision_tower}: vision-tower weights file not found")
+        weights = _checked(VisionWeights(str(path), lambda: read_lavis_weights(path), image_size or 224))
+        return VisionEncoder(weights, device=dev, dtype=dt)
+    ckpt = resolve_checkpoint_dir(name_or_path)
+    cfg = LlamaVidConfig.from_json(ckpt / "config.json")
+    if image_size is not None:
+        cfg.image_size = image_size
+    embedded = ckpt_io.read_prefixed_tensors(ckpt, "model.vision_tower.vision_tower.") if vision_tower is None else {}
+    weights = resolve_vision_weights(vision_tower, cfg, ckpt, embedded)
+    return VisionEncoder(weights, device=dev, dtype=dt, pad_images=cfg.image_aspect_ratio == "pad")
+
+
+def _config_eos(cfg: LlamaVidConfig) -> int | None:
+    eos = cfg.llm.get("eos_token_id")
+    if isinstance(eos, list):
+        eos = eos[0] if eos else None
+    return eos

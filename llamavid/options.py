@@ -1,0 +1,196 @@
+"""What a question may set (``AskOptions``), validated once at the edge.
+
+The CLI builds one ``AskOptions`` from its flags and every batch line builds one from its JSON fields
+(over the CLI's as defaults); both go through the same checks here, so deeper code can trust every value:
+finite numbers in range, whole numbers where counts are meant, JSON booleans for switches, text that is
+valid UTF-8, subtitle files that exist. Errors name the option and the value in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import InputError
+
+MAX_FPS = 240.0
+
+
+class OptionError(InputError):
+    """An option with a value of the wrong type or out of range (``field`` names it, without dashes)."""
+
+    def __init__(self, field: str, value: Any, reason: str):
+        self.field, self.value, self.reason = field, value, reason
+        shown = value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else json.dumps(value)
+        super().__init__(f"--{field.replace('_', '-')} {shown}: {reason}")
+
+    def for_json(self, where: str) -> str:
+        """The same problem worded for a JSON field (a batch line)."""
+        return f"{where}: \"{self.field}\": {json.dumps(self.value, ensure_ascii=False)} {self.reason}"
+
+
+def check_text(text: Any, what: str = "the question") -> str:
+    """A non-empty string that is valid Unicode (no lone surrogates from undecodable bytes)."""
+    if not isinstance(text, str):
+        raise InputError(f"{what} must be text, not {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{what} is not valid UTF-8 text") from None
+    if not text.strip():
+        raise InputError(f"{what} is empty")
+    return text
+
+
+def _number(field: str, value: Any, *, low: float | None = None, high: float | None = None, low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise OptionError(field, value, "must be a number")
+    if not math.isfinite(value):
+        raise OptionError(field, value, "must be a finite number")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise OptionError(field, value, f"must be {'>' if low_open else '>='} {low:g}")
+    if high is not None and value > high:
+        raise OptionError(field, value, f"must be <= {high:g}")
+    return float(value)
+
+
+def _whole(field: str, value: Any, *, low: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionError(field, value, "must be a whole number")
+    if value < low:
+        raise OptionError(field, value, f"must be at least {low}")
+    return value
+
+
+def _switch(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise OptionError(field, value, "must be true or false (a JSON boolean)")
+    return value
+
+
+def _temperature(value: Any) -> float:
+    return _number("temperature", value, low=0)
+
+
+def _top_p(value: Any) -> float:
+    return _number("top_p", value, low=0, low_open=True, high=1)
+
+
+def _max_new_tokens(value: Any) -> int:
+    return _whole("max_new_tokens", value, low=1)
+
+
+def _seed(value: Any) -> int:
+    return _whole("seed", value, low=0)
+
+
+@dataclass
+class SamplingOptions:
+    """How to pick tokens. temperature 0 is greedy; a seed makes sampling repeatable."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.2
+    top_p: float = 0.7
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self.max_new_tokens = _max_new_tokens(self.max_new_tokens)
+        self.temperature = _temperature(self.temperature)
+        self.top_p = _top_p(self.top_p)
+        if self.seed is not None:
+            self.seed = _seed(self.seed)
+
+
+# Published generation defaults: the chat CLI, and the movie (long-video) script.
+CHAT_SAMPLING = SamplingOptions(max_new_tokens=512, temperature=0.2, top_p=0.7)
+MOVIE_SAMPLING = SamplingOptions(max_new_tokens=1024, temperature=0.6, top_p=0.9)
+
+
+@dataclass(frozen=True)
+class AskOptions:
+    """Everything one question may set. ``None`` means "the default" (for sampling: the published one
+    for the prompt style in use; for ``long``: as the model was trained)."""
+
+    fps: float = 1.0
+    max_frames: int | None = None
+    long: bool | None = None
+    strict_context: bool = False
+    subtitles: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+    seed: int | None = None
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
+        set_("fps", _number("fps", self.fps, low=0, low_open=True, high=MAX_FPS))
+        if self.max_frames is not None:
+            set_("max_frames", _whole("max_frames", self.max_frames, low=1))
+        if self.long is not None:
+            _switch("long", self.long)
+        _switch("strict_context", self.strict_context)
+        _switch("cache", self.cache)
+        if self.subtitles is not None:
+            if not isinstance(self.subtitles, (str, os.PathLike)) or not str(self.subtitles).strip():
+                raise OptionError("subtitles", self.subtitles, "must be the path of an .srt file")
+            path = Path(self.subtitles).expanduser()
+            if path.is_dir():
+                raise OptionError("subtitles", str(self.subtitles), "is a directory, not an .srt file")
+            if not path.is_file():
+                raise OptionError("subtitles", str(self.subtitles), "no such file")
+            if not os.access(path, os.R_OK):
+                raise OptionError("subtitles", str(self.subtitles), "cannot be read (permission denied)")
+            set_("subtitles", str(self.subtitles))
+        if self.temperature is not None:
+            set_("temperature", _temperature(self.temperature))
+        if self.top_p is not None:
+            set_("top_p", _top_p(self.top_p))
+        if self.max_new_tokens is not None:
+            set_("max_new_tokens", _max_new_tokens(self.max_new_tokens))
+        if self.seed is not None:
+            set_("seed", _seed(self.seed))
+
+    def replace(self, **changes: Any) -> "AskOptions":
+        return dataclasses.replace(self, **changes)
+
+    def sampling(self, long_video: bool) -> SamplingOptions:
+        """The sampling settings: the published defaults for the prompt style, with what was set on top."""
+        base = MOVIE_SAMPLING if long_video else CHAT_SAMPLING
+        return SamplingOptions(
+            max_new_tokens=base.max_new_tokens if self.max_new_tokens is None else self.max_new_tokens,
+            temperature=base.temperature if self.temperature is None else self.temperature,
+            top_p=base.top_p if self.top_p is None else self.top_p,
+            seed=self.seed,
+        )
+
+
+# Fields a batch line may set, and the AskOptions field each one is.
+BATCH_OPTION_FIELDS = ("fps", "max_frames", "long", "strict_context", "subtitles", "temperature", "top_p",
+                       "max_new_tokens", "seed")
+
+
+def options_from_json(record: Mapping[str, Any], defaults: AskOptions, *, base_dir: Path | None = None) -> AskOptions:
+    """The options of one batch line over ``defaults``; JSON ``null`` keeps the default.
+
+    Types are checked strictly (a string "no" is not a boolean, "2" is not a number); relative subtitle
+    paths are relative to the questions file, like the video paths.
+    """
+    changes: dict[str, Any] = {}
+    for name in BATCH_OPTION_FIELDS:
+        if name not in record:
+            continue
+        value = record[name]
+        if value is None:
+            continue
+        if name == "subtitles" and isinstance(value, str) and base_dir is not None and not os.path.isabs(value):
+            value = str(base_dir / value)
+        changes[name] = value
+    return defaults.replace(**changes)

@@ -1,0 +1,50 @@
+"""4- and 8-bit LLM weights through bitsandbytes (``--quantize 8bit|4bit``).
+
+Only the decoder layers' Linear modules are swapped; embeddings, norms and the output head stay in the
+compute dtype. The weights are quantized when a module moves to its device (CUDA, or the CPU with
+bitsandbytes >= 0.45).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .choices import QUANTIZE_CHOICES
+from .errors import InputError
+
+
+
+def parse_quantize(value: str | None) -> int | None:
+    """``--quantize`` -> bits (None: no quantization)."""
+    if value is None:
+        return None
+    if value not in QUANTIZE_CHOICES:
+        raise InputError(f"--quantize {value}: expected {' or '.join(QUANTIZE_CHOICES)}")
+    return int(value[0])
+
+
+def quantize_llm(llm: nn.Module, bits: int, device: torch.device, compute_dtype: torch.dtype) -> nn.Module:
+    """Swap the decoder layers' Linear modules for bitsandbytes 8-bit (LLM.int8) or 4-bit (NF4) ones."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise InputError(f"{bits}-bit loading needs bitsandbytes: pip install 'llamavid[quant]'") from None
+    for parent in list(llm.model.layers.modules()):
+        for child_name, child in list(parent.named_children()):
+            if not isinstance(child, nn.Linear):
+                continue
+            weight = child.weight.data.to("cpu")
+            has_bias = child.bias is not None
+            if bits == 8:
+                new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=has_bias,
+                                          has_fp16_weights=False, threshold=6.0)
+                new.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+            else:
+                new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=has_bias,
+                                        compute_dtype=compute_dtype, quant_type="nf4")
+                new.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4")
+            if has_bias:
+                new.bias = nn.Parameter(child.bias.data.to("cpu", compute_dtype), requires_grad=False)
+            setattr(parent, child_name, new.to(device))
+    return llm.to(device)
