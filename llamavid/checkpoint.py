@@ -235,17 +235,14 @@ def download_vision_tower(url: str, dest: Path) -> Path:
 
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise CheckpointError(f"{dest}: vision-tower weights not found and HF_HUB_OFFLINE is set; pass --vision-tower PATH to eva_vit_g.pth")
+    from .fileio import atomic_output
+
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + f".{os.getpid()}.partial")
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as f:
+        with urllib.request.urlopen(url, timeout=60) as resp, atomic_output(dest) as f:
             while chunk := resp.read(1 << 22):
                 f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise CheckpointError(f"{url}: could not download the vision-tower weights ({exc}); pass --vision-tower PATH to eva_vit_g.pth") from None
     return dest
 

@@ -129,3 +129,11 @@ class StreamDecoder:
             return ""
         piece, self.text = text[len(self.text):], text
         return piece
+
+    def finish(self) -> str:
+        """What is left once generation has ended (a character the last tokens never completed)."""
+        text = self.tokenizer.decode(self.ids)
+        if not text.startswith(self.text):
+            return ""
+        piece, self.text = text[len(self.text):], text
+        return piece

@@ -18,7 +18,8 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterable, Protocol
+from contextlib import contextmanager
+from typing import IO, Any, Iterable, Iterator, Protocol
 
 from .errors import InputError
 
@@ -37,23 +38,34 @@ def new_file_mode(path: Path) -> int:
         return 0o666 & ~_umask()
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file beside it, fsync, rename; the folder must exist."""
-    write_bytes_atomic(path, text.encode("utf-8"))
+class Closing:
+    """``with`` support for anything with a ``close()``: the object itself is the context."""
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+@contextmanager
+def atomic_output(path: str | os.PathLike[str], *, mode: int | None = None) -> Iterator[IO[bytes]]:
+    """A binary file to write that appears under ``path`` whole, or not at all (temp file beside it,
+    fsync, rename); a new file gets the umask's mode, a replaced one keeps its mode. The folder must exist."""
     path = Path(path)
     if not path.parent.is_dir():
         raise InputError(f"{path.parent}: no such directory (for {path})")
-    mode = new_file_mode(path)
+    mode = new_file_mode(path) if mode is None else mode
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
@@ -61,6 +73,16 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file beside it, fsync, rename; the folder must exist."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_output(path) as f:
+        f.write(data)
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
@@ -140,7 +162,7 @@ def dump_record(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, default=str) + "\n"
 
 
-class JsonlLog:
+class JsonlLog(Closing):
     """Appends one JSON object per line, each flushed and fsync'ed before ``write`` returns.
 
     Why fsync per line: after a crash every line the caller was told about is on disk, so resuming never
@@ -167,12 +189,6 @@ class JsonlLog:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-
-    def __enter__(self) -> "JsonlLog":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class RecordSink(Protocol):

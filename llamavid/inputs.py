@@ -26,6 +26,7 @@ from .callbacks import NO_CALLBACKS, Callbacks
 from .checkpoint import user_cache_dir
 from .encode import EncodeOptions, encode_file
 from .errors import InputError, VidtokError
+from .fileio import Closing
 from .options import AskOptions
 from .vidtok import Vidtok, content_hash, open_vidtok
 
@@ -33,7 +34,7 @@ CACHE_STORAGE = "float16"
 
 
 @dataclass
-class VideoInput:
+class VideoInput(Closing):
     """A video ready for questions: its features (a ``.vidtok``), and the subtitles to use."""
 
     source: str
@@ -61,12 +62,6 @@ class VideoInput:
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
-
-    def __enter__(self) -> "VideoInput":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @dataclass

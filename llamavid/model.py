@@ -386,6 +386,11 @@ class LlamaVid(nn.Module):
 
         outs = generate(self.llm, batch, mask if len(embeds) > 1 else None, stop_ids=[self.text_tokenizer.eos_id],
                         opts=opts, on_token=on_token)
+        if on_text is not None:
+            for row, decoder in enumerate(decoders):
+                rest = decoder.finish()
+                if rest:
+                    on_text(row, rest)
         stop_text = get_template(template).stop_string
         results = []
         for ids in outs:

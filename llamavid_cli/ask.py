@@ -8,13 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
+from llamavid.options import AskOptions
+
 from . import options as opt
-from .common import ask_options, expand_inputs, load
+from .common import expand_inputs
 from .main import app
-from .output import Reporter, is_terminal, message, print_json, write_out
+from .output import Reporter, is_terminal, message, print_result, write_out
 
 
 @app.command()
+@opt.with_groups(opt.MODEL, opt.QUESTION)
 def ask(
     input: Annotated[Optional[str], typer.Argument(help="A video, image, .vidtok file, a folder of videos, or - for paths on stdin.")] = None,
     question: Annotated[Optional[str], typer.Argument(help="The question.")] = None,
@@ -23,24 +26,11 @@ def ask(
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", help="Write JSONL answers here (a rerun resumes; only an earlier output of the same batch is replaced).")] = None,
     force: opt.Force = False,
-    model: opt.Model = None,
-    temperature: opt.Temperature = None,
-    top_p: opt.TopP = None,
-    max_new_tokens: opt.MaxNewTokens = None,
-    seed: opt.Seed = None,
-    fps: opt.Fps = 1.0,
-    max_frames: opt.MaxFrames = None,
-    subtitles: opt.Subtitles = None,
-    long: opt.Long = None,
-    strict_context: opt.StrictContext = False,
-    no_cache: opt.NoCache = False,
     batch_size: opt.QuestionsPerBatch = 8,
-    device: opt.Device = None,
-    dtype: opt.Dtype = None,
-    quantize: opt.Quantize = None,
-    vision_tower: opt.VisionTower = None,
-    qformer_tokenizer: opt.QFormerTokenizer = None,
     json_out: opt.Json = False,
+    *,
+    model: opt.ModelChoice,
+    options: AskOptions,
 ) -> None:
     """Answer a question about a video: llamavid ask movie.mp4 "Who is Murphy?" """
     from llamavid.errors import InputError
@@ -56,21 +46,15 @@ def ask(
         check_text(question)
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
-    options = ask_options(fps=fps, max_frames=max_frames, long=long, strict_context=strict_context, subtitles=subtitles,
-                          temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-                          no_cache=no_cache)
     many = batch is not None or input == "-" or Path(input).is_dir()
     if many:
         items = _batch_items(batch, input, question, options)
         sink = _sink(items, output, force=force, batch=batch)
-        m = load(model, vision_tower=vision_tower, qformer_tokenizer=qformer_tokenizer, device=device, dtype=dtype,
-                 quantize=quantize)
-        _run_batch(m, items, sink, batch_size)
+        _run_batch(model.load(), items, sink, batch_size)
         return
     if output is not None:
         raise InputError("-o/--output is for batches and folders; one answer goes to stdout")
-    m = load(model, vision_tower=vision_tower, qformer_tokenizer=qformer_tokenizer, device=device, dtype=dtype,
-             quantize=quantize)
+    m = model.load()
     from llamavid.qa import ask as ask_question
 
     streaming = not json_out and is_terminal(sys.stdout)
@@ -81,12 +65,7 @@ def ask(
 
         result = ask_question(m, input, question, options, stream=stream if streaming else None,
                               callbacks=reporter.callbacks())
-    if json_out:
-        print_json(result.to_json())
-    elif streaming:
-        write_out("\n")
-    else:
-        write_out(result.answer + "\n")
+    print_result(result.to_json(), result.answer, json_out=json_out, streamed=streaming)
 
 
 def _batch_items(batch: str | None, input: str | None, question: str | None, options):

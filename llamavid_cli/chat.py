@@ -8,62 +8,92 @@ from typing import Annotated
 
 import typer
 
+from llamavid.options import AskOptions
+
 from . import options as opt
-from .common import ask_options, load
 from .main import app
 from .output import Reporter, is_terminal, message, write_out
 
 
 @app.command()
+@opt.with_groups(opt.MODEL, opt.QUESTION)
 def chat(
     input: Annotated[str, typer.Argument(help="A video, image or .vidtok file.")],
-    model: opt.Model = None,
-    temperature: opt.Temperature = None,
-    top_p: opt.TopP = None,
-    max_new_tokens: opt.MaxNewTokens = None,
-    seed: opt.Seed = None,
-    fps: opt.Fps = 1.0,
-    max_frames: opt.MaxFrames = None,
-    subtitles: opt.Subtitles = None,
-    long: opt.Long = None,
-    strict_context: opt.StrictContext = False,
-    no_cache: opt.NoCache = False,
-    device: opt.Device = None,
-    dtype: opt.Dtype = None,
-    quantize: opt.Quantize = None,
-    vision_tower: opt.VisionTower = None,
-    qformer_tokenizer: opt.QFormerTokenizer = None,
+    *,
+    model: opt.ModelChoice,
+    options: AskOptions,
 ) -> None:
     """Talk about a video. On a terminal: line editing and history; piped: one question a line in, one
     answer a line out. /reset, /save FILE.json and /quit work in both."""
     from llamavid.chat import ChatSession
     from llamavid.inputs import open_input
 
-    options = ask_options(fps=fps, max_frames=max_frames, long=long, strict_context=strict_context, subtitles=subtitles,
-                          temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-                          no_cache=no_cache)
-    m = load(model, vision_tower=vision_tower, qformer_tokenizer=qformer_tokenizer, device=device, dtype=dtype,
-             quantize=quantize)
+    m = model.load()
     with Reporter(f"encoding {Path(input).name}") as reporter:
         vin = open_input(m, input, options, callbacks=reporter.callbacks())
     with vin:
         session = ChatSession(m, vin, options, callbacks=reporter.callbacks())
-        if is_terminal(sys.stdin) and is_terminal(sys.stdout):
-            _interactive(session)
-        else:
-            _piped(session)
+        interactive = is_terminal(sys.stdin) and is_terminal(sys.stdout)
+        if interactive:
+            from llamavid.chat import COMMANDS_HELP
+
+            _enable_line_editing()
+            message(f"llamavid: chatting about {vin.source} ({vin.num_frames} frames). {COMMANDS_HELP}")
+        _converse(session, _prompted_lines() if interactive else sys.stdin, interactive=interactive)
+
+
+def _prompted_lines():
+    """Lines typed at the ``you>`` prompt, until Ctrl-D or Ctrl-C."""
+    while True:
+        try:
+            yield input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            write_out("\n")
+            return
+
+
+def _converse(session, lines, *, interactive: bool) -> None:
+    """Questions in, answers out; slash commands are carried out, never sent to the model.
+
+    On a terminal the answer streams after ``assistant>``; piped, each answer is one line (an empty line
+    for a question that failed), so answers and questions stay paired line by line.
+    """
+    from llamavid.errors import LlamaVidError
+
+    for raw in lines:
+        line = raw.strip()
+        if not line:
+            continue
+        done = _command(session, line)
+        if done == "quit":
+            return
+        if done is not None:
+            continue
+        if interactive:
+            write_out("assistant> ")
+        try:
+            answer = session.ask(line, stream=write_out if interactive else None)
+        except KeyboardInterrupt:
+            message("\nllamavid: answer interrupted")
+            continue
+        except LlamaVidError as exc:
+            message(f"llamavid: error: {exc}")
+            if not interactive:
+                write_out("\n")
+            continue
+        write_out("\n" if interactive else " ".join(answer.text.splitlines()) + "\n")
 
 
 def _command(session, line: str) -> str | None:
-    """Carry out a slash command; returns "quit" to end the chat, None otherwise (or when not a command)."""
-    from llamavid.chat import parse_command
+    """Carry out a slash command: "quit" ends the chat, "done" means it was a command; None: not a command."""
+    from llamavid.chat import COMMANDS_HELP, parse_command
     from llamavid.errors import LlamaVidError
 
     try:
         command = parse_command(line)
     except LlamaVidError as exc:
         message(f"llamavid: {exc}")
-        return "handled"
+        return "done"
     if command is None:
         return None
     if command.name == "quit":
@@ -77,63 +107,8 @@ def _command(session, line: str) -> str | None:
         except (LlamaVidError, OSError) as exc:
             message(f"llamavid: error: {exc}")
     else:
-        from llamavid.chat import COMMANDS_HELP
-
         message(f"llamavid: {COMMANDS_HELP}")
-    return "handled"
-
-
-def _piped(session) -> None:
-    """One question a line in, one answer a line out (an empty line for a failed question); commands work."""
-    from llamavid.errors import LlamaVidError
-
-    for line in sys.stdin:
-        question = line.strip()
-        if not question:
-            continue
-        done = _command(session, question)
-        if done == "quit":
-            return
-        if done is not None:
-            continue
-        try:
-            answer = session.ask(question)
-        except LlamaVidError as exc:
-            message(f"llamavid: error: {exc}")
-            write_out("\n")
-            continue
-        write_out(" ".join(answer.text.splitlines()) + "\n")  # one line per answer, whatever it holds
-
-
-def _interactive(session) -> None:
-    from llamavid.chat import COMMANDS_HELP
-    from llamavid.errors import LlamaVidError
-
-    _enable_line_editing()
-    message(f"llamavid: chatting about {session.video.source} ({session.video.num_frames} frames). {COMMANDS_HELP}")
-    while True:
-        try:
-            line = input("you> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            write_out("\n")
-            return
-        if not line:
-            continue
-        done = _command(session, line)
-        if done == "quit":
-            return
-        if done is not None:
-            continue
-        write_out("assistant> ")
-        try:
-            session.ask(line, stream=write_out)
-        except KeyboardInterrupt:
-            message("\nllamavid: answer interrupted")
-            continue
-        except LlamaVidError as exc:
-            message(f"llamavid: error: {exc}")
-            continue
-        write_out("\n")
+    return "done"
 
 
 def _enable_line_editing() -> None:

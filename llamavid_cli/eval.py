@@ -14,16 +14,16 @@ import the model; the other steps run on any machine that has the files. See doc
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, List, Optional
 
 import typer
 
 from llamavid.eval.benchmarks import BENCHMARKS
+from llamavid.options import AskOptions
 
 from . import options as opt
-from .common import ask_options, load
 from .main import app
 from .output import Reporter, message, print_json, warn
 
@@ -58,24 +58,6 @@ Timeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait for o
 MaxRetries = Annotated[int, typer.Option("--max-retries", help="Judge retries after timeouts, 429 and 5xx (exponential backoff).")]
 
 
-@dataclass
-class ModelArgs:
-    """The model and question options of `predict` and `run` (one place that turns them into library calls)."""
-
-    model: Optional[str]
-    device: Optional[str]
-    dtype: Optional[str]
-    quantize: Optional[str]
-    vision_tower: Optional[Path]
-    qformer_tokenizer: Optional[str]
-    options: Any
-    batch_size: int
-
-    def load(self):
-        return load(self.model, vision_tower=self.vision_tower, qformer_tokenizer=self.qformer_tokenizer,
-                    device=self.device, dtype=self.dtype, quantize=self.quantize)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # predict
 
@@ -106,7 +88,7 @@ def _load_items(benchmark: str, questions: list[Path], answers: Optional[Path], 
     return spec, items
 
 
-def _predict(spec, items, output: Path, args: ModelArgs) -> dict[str, Any]:
+def _predict(spec, items, output: Path, model: opt.ModelChoice, options, batch_size: int) -> dict[str, Any]:
     from llamavid.batch import video_answerer
     from llamavid.eval import run_predictions
     from llamavid.fileio import ResumableJsonl
@@ -119,13 +101,13 @@ def _predict(spec, items, output: Path, args: ModelArgs) -> dict[str, Any]:
         message(f"llamavid: all {len(items)} items already in {output}")
         stats = run_predictions(items, lambda item: "", output)  # nothing to do; returns the counts
         return asdict(stats) | {"output": str(output)}
-    m = args.load()
+    m = model.load()
     with Reporter(f"{spec.name}: predicting", unit="items", status=False) as reporter:
         from llamavid.callbacks import Callbacks
 
         # the bar counts items; encoding a video reports only its warnings
-        answer = video_answerer(m, args.options, callbacks=Callbacks(warning=reporter.warning),
-                                questions_per_batch=args.batch_size)
+        answer = video_answerer(m, options, callbacks=Callbacks(warning=reporter.warning),
+                                questions_per_batch=batch_size)
         stats = run_predictions(items, None, output, answer_batch_fn=answer,
                                 on_progress=lambda p: reporter.bar.set(p.done, p.total))
     message(f"llamavid: {spec.name}: {stats.written - stats.errors} answered, {stats.errors} failed, "
@@ -135,15 +117,15 @@ def _predict(spec, items, output: Path, args: ModelArgs) -> dict[str, Any]:
     return asdict(stats) | {"output": str(output)}
 
 
-def _model_args(*, model, device, dtype, quantize, vision_tower, qformer_tokenizer, batch_size, **question) -> ModelArgs:
+def _check_batch_size(batch_size: int) -> None:
     from llamavid.errors import InputError
 
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
-    return ModelArgs(model, device, dtype, quantize, vision_tower, qformer_tokenizer, ask_options(**question), batch_size)
 
 
 @eval_app.command()
+@opt.with_groups(opt.MODEL, opt.QUESTION)
 def predict(
     benchmark: Benchmark,
     output: Annotated[Path, typer.Option("-o", "--output", help="Predictions JSONL (a rerun skips the items already there).")],
@@ -151,30 +133,15 @@ def predict(
     answers: Answers = None,
     videos: Videos = None,
     limit: Limit = None,
-    model: opt.Model = None,
-    fps: opt.Fps = 1.0,
-    max_frames: opt.MaxFrames = None,
-    temperature: opt.Temperature = None,
-    top_p: opt.TopP = None,
-    max_new_tokens: opt.MaxNewTokens = None,
-    seed: opt.Seed = None,
-    long: opt.Long = None,
-    strict_context: opt.StrictContext = False,
     batch_size: opt.QuestionsPerBatch = 8,
-    no_cache: opt.NoCache = False,
-    device: opt.Device = None,
-    dtype: opt.Dtype = None,
-    quantize: opt.Quantize = None,
-    vision_tower: opt.VisionTower = None,
-    qformer_tokenizer: opt.QFormerTokenizer = None,
+    *,
+    model: opt.ModelChoice,
+    options: AskOptions,
 ) -> None:
     """Answer a benchmark's questions into a JSONL file; prints the run's counts as JSON."""
-    args = _model_args(model=model, device=device, dtype=dtype, quantize=quantize, vision_tower=vision_tower,
-                       qformer_tokenizer=qformer_tokenizer, batch_size=batch_size, fps=fps, max_frames=max_frames,
-                       long=long, strict_context=strict_context, temperature=temperature, top_p=top_p,
-                       max_new_tokens=max_new_tokens, seed=seed, no_cache=no_cache)
+    _check_batch_size(batch_size)
     spec, items = _load_items(benchmark, questions, answers, videos, limit)
-    print_json(_predict(spec, items, output, args))
+    print_json(_predict(spec, items, output, model, options, batch_size))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -356,6 +323,7 @@ def report(
 
 
 @eval_app.command()
+@opt.with_groups(opt.MODEL, opt.QUESTION)
 def run(
     benchmark: Benchmark,
     out_dir: Annotated[Path, typer.Option(
@@ -364,40 +332,25 @@ def run(
     answers: Answers = None,
     videos: Videos = None,
     limit: Limit = None,
-    model: opt.Model = None,
-    fps: opt.Fps = 1.0,
-    max_frames: opt.MaxFrames = None,
-    temperature: opt.Temperature = None,
-    top_p: opt.TopP = None,
-    max_new_tokens: opt.MaxNewTokens = None,
-    seed: opt.Seed = None,
-    long: opt.Long = None,
-    strict_context: opt.StrictContext = False,
     batch_size: opt.QuestionsPerBatch = 8,
-    no_cache: opt.NoCache = False,
-    device: opt.Device = None,
-    dtype: opt.Dtype = None,
-    quantize: opt.Quantize = None,
-    vision_tower: opt.VisionTower = None,
-    qformer_tokenizer: opt.QFormerTokenizer = None,
     base_url: BaseUrl = None,
     judge_model: JudgeModel = None,
     api_key: ApiKey = None,
     workers: Workers = 4,
     timeout: Timeout = 60.0,
     max_retries: MaxRetries = 6,
+    *,
+    model: opt.ModelChoice,
+    options: AskOptions,
 ) -> None:
     """Predict, judge (when the benchmark needs it), score and report in one go; prints the result as JSON."""
     from llamavid.eval import write_report
 
-    args = _model_args(model=model, device=device, dtype=dtype, quantize=quantize, vision_tower=vision_tower,
-                       qformer_tokenizer=qformer_tokenizer, batch_size=batch_size, fps=fps, max_frames=max_frames,
-                       long=long, strict_context=strict_context, temperature=temperature, top_p=top_p,
-                       max_new_tokens=max_new_tokens, seed=seed, no_cache=no_cache)
+    _check_batch_size(batch_size)
     spec, items = _load_items(benchmark, questions, answers, videos, limit)
     out_dir.mkdir(parents=True, exist_ok=True)
     pred_path = out_dir / f"{spec.name}.pred.jsonl"
-    _predict(spec, items, pred_path, args)
+    _predict(spec, items, pred_path, model, options, batch_size)
     scored_path = pred_path
     if spec.judge_dimensions:
         scored_path = out_dir / f"{spec.name}.judged.jsonl"

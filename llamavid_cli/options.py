@@ -6,8 +6,11 @@ everywhere. Values are validated by the library (``llamavid.options.AskOptions``
 
 from __future__ import annotations
 
+import functools
+import inspect
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -57,3 +60,84 @@ Json = Annotated[bool, typer.Option("--json", help="Machine-readable output on s
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an output file that holds something else.")]
 QuestionsPerBatch = Annotated[int, typer.Option(
     "--batch-size", help="Questions about one video answered together (one pass through the model).")]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Option groups: a command declares `model: ModelChoice` or `options: AskOptions` and receives one object
+# built from the group's options, which are added to its command line (declared above, once).
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model to load, and how (the --model/--device/--dtype/--quantize/... group)."""
+
+    model: Optional[str] = None
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+    quantize: Optional[str] = None
+    vision_tower: Optional[Path] = None
+    qformer_tokenizer: Optional[str] = None
+
+    def load(self):
+        from .common import load
+
+        return load(self.model, vision_tower=self.vision_tower, qformer_tokenizer=self.qformer_tokenizer,
+                    device=self.device, dtype=self.dtype, quantize=self.quantize)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Options that travel together; ``build`` turns their values into the one object the command gets."""
+
+    parameter: str
+    options: tuple[inspect.Parameter, ...]
+    build: Callable[..., Any]
+
+    def without(self, *names: str) -> "Group":
+        return Group(self.parameter, tuple(p for p in self.options if p.name not in names), self.build)
+
+
+def _options(**declared: tuple[Any, Any]) -> tuple[inspect.Parameter, ...]:
+    return tuple(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+                 for name, (annotation, default) in declared.items())
+
+
+def _ask_options(**values: Any):
+    from .common import ask_options
+
+    return ask_options(**values)
+
+
+MODEL = Group("model", _options(model=(Model, None), device=(Device, None), dtype=(Dtype, None),
+                                quantize=(Quantize, None), vision_tower=(VisionTower, None),
+                                qformer_tokenizer=(QFormerTokenizer, None)), lambda **v: ModelChoice(**v))
+QUESTION = Group("options", _options(
+    temperature=(Temperature, None), top_p=(TopP, None), max_new_tokens=(MaxNewTokens, None), seed=(Seed, None),
+    fps=(Fps, 1.0), max_frames=(MaxFrames, None), subtitles=(Subtitles, None), long=(Long, None),
+    strict_context=(StrictContext, False), no_cache=(NoCache, False)), _ask_options)
+
+
+def with_groups(*groups: Group) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add each group's options to a command and hand the command one built object per group.
+
+    The options are validated (built) before the command body runs, so a bad value fails before a
+    model is loaded.
+    """
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values()
+               if p.name not in {g.parameter for g in groups}]
+        params = own + [p for g in groups for p in g.options]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            for g in groups:
+                kwargs[g.parameter] = g.build(**{p.name: kwargs.pop(p.name) for p in g.options})
+            return command(**kwargs)
+
+        wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        del wrapper.__wrapped__  # Typer must see the new signature, not the command's
+        return wrapper
+
+    return decorate

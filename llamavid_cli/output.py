@@ -35,6 +35,14 @@ def print_json(record: Any) -> None:
     sys.stdout.flush()
 
 
+def print_result(record: dict, text: str, *, json_out: bool, streamed: bool) -> None:
+    """A command's result on stdout: its JSON record, or its text (only a newline if it was streamed)."""
+    if json_out:
+        print_json(record)
+    else:
+        write_out("\n" if streamed else text + "\n")
+
+
 def write_out(text: str) -> None:
     """Answer text on stdout, flushed (streamed answers arrive piece by piece)."""
     sys.stdout.write(text)

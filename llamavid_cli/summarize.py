@@ -8,32 +8,23 @@ from typing import Annotated
 
 import typer
 
+from llamavid.options import AskOptions
+
 from . import options as opt
-from .common import ask_options, load
 from .main import app
-from .output import Reporter, is_terminal, message, print_json, write_out
+from .output import Reporter, is_terminal, message, print_result, write_out
 
 
 @app.command()
+@opt.with_groups(opt.MODEL, opt.QUESTION.without("max_frames", "strict_context"))
 def summarize(
     input: Annotated[str, typer.Argument(help="A video, image or .vidtok file.")],
     style: opt.Style = "brief",
-    model: opt.Model = None,
-    temperature: opt.Temperature = None,
-    top_p: opt.TopP = None,
-    max_new_tokens: opt.MaxNewTokens = None,
-    seed: opt.Seed = None,
-    fps: opt.Fps = 1.0,
-    subtitles: opt.Subtitles = None,
-    long: opt.Long = None,
-    no_cache: opt.NoCache = False,
-    device: opt.Device = None,
-    dtype: opt.Dtype = None,
-    quantize: opt.Quantize = None,
-    vision_tower: opt.VisionTower = None,
-    qformer_tokenizer: opt.QFormerTokenizer = None,
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print {summary, segments: [{start, end, frames, summary}], ...} as one JSON object.")] = False,
+    *,
+    model: opt.ModelChoice,
+    options: AskOptions,
 ) -> None:
     """Summarize a whole video; videos too long for the context are summarized segment by segment, then merged."""
     from llamavid.choices import SUMMARY_STYLES
@@ -43,10 +34,7 @@ def summarize(
 
     if style not in SUMMARY_STYLES:
         raise InputError(f"--style {style}: expected one of {', '.join(SUMMARY_STYLES)}")
-    options = ask_options(fps=fps, long=long, subtitles=subtitles, temperature=temperature, top_p=top_p,
-                          max_new_tokens=max_new_tokens, seed=seed, no_cache=no_cache)
-    m = load(model, vision_tower=vision_tower, qformer_tokenizer=qformer_tokenizer, device=device, dtype=dtype,
-             quantize=quantize)
+    m = model.load()
     with Reporter(f"encoding {Path(input).name}") as reporter:
         vin = open_input(m, input, options, callbacks=reporter.callbacks())
     with vin:
@@ -54,9 +42,4 @@ def summarize(
         on_segment = None if json_out else (lambda s: message(f"[{fmt_time(s.start)}-{fmt_time(s.end)}] {s.summary}"))
         result = summarize_video(m, vin, options, style=style, stream=write_out if streaming else None,
                                  on_segment=on_segment, callbacks=reporter.callbacks())
-    if json_out:
-        print_json(result.to_json())
-    elif streaming:
-        write_out("\n")
-    else:
-        write_out(result.summary + "\n")
+    print_result(result.to_json(), result.summary, json_out=json_out, streamed=streaming)

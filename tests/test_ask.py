@@ -295,3 +295,38 @@ def test_python_api_is_what_the_cli_wraps(tiny, tiny_model, media, capsys):
         assert chat.to_json()["turns"] == []
         summary = llamavid.summarize(tiny_model, vin, options, style="brief")
         assert summary.frames == 1 and len(summary.segments) == 1
+
+
+def test_a_cached_ask_probes_nothing_hashes_once_opens_once_and_builds_one_prompt(tiny, media, capsys, monkeypatch):
+    from llamavid import inputs, video
+    from llamavid.vidtok import Vidtok
+
+    counts = {"probe": 0, "hash": 0, "open": 0, "prompt": 0}
+
+    def counted(name, fn):
+        def wrapper(*a, **k):
+            counts[name] += 1
+            return fn(*a, **k)
+        return wrapper
+
+    monkeypatch.setattr(video, "probe", counted("probe", video.probe))
+    monkeypatch.setattr(inputs, "content_hash", counted("hash", inputs.content_hash))
+    monkeypatch.setattr(inputs, "open_vidtok", counted("open", inputs.open_vidtok))
+    monkeypatch.setattr(LlamaVid, "build_prompt", counted("prompt", LlamaVid.build_prompt))
+    code, _, err = run_cli(capsys, "ask", media["video"], "what?", *model_args(tiny))
+    assert code == 0, err
+    assert counts == {"probe": 1, "hash": 1, "open": 1, "prompt": 1}, "a new video: probed, hashed, opened once"
+    counts.update(probe=0, hash=0, open=0, prompt=0)
+    code, _, err = run_cli(capsys, "ask", media["video"], "what?", *model_args(tiny))
+    assert code == 0, err
+    assert counts == {"probe": 0, "hash": 1, "open": 1, "prompt": 1}, "a cached video is not demuxed again"
+
+    # features are read straight into the model's dtype
+    import torch
+
+    model = llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, device="cpu", dtype="bfloat16")
+    dtypes = []
+    original = Vidtok.features
+    monkeypatch.setattr(Vidtok, "features", lambda self, *a, **k: dtypes.append(k.get("dtype")) or original(self, *a, **k))
+    llamavid.ask(model, media["video"], "what?", temperature=0.0, max_new_tokens=2)
+    assert dtypes and set(dtypes) == {torch.bfloat16}

@@ -74,7 +74,7 @@ def test_chat_ctrl_d_and_ctrl_c_leave_cleanly(tiny, clip, tmp_path, key):
         # a user would press Ctrl-C again, and so does this test.
         for _ in range(10):
             child.sendintr()
-            if child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=3) == 0:
+            if child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=10) == 0:  # long enough to exit, even on a busy machine
                 break
         else:
             raise AssertionError("chat did not leave on Ctrl-C")
@@ -107,3 +107,26 @@ def test_chat_piped_one_answer_line_per_question_line(tiny, clip, capsys, monkey
     # the same piped session again: the same answers (temperature 0, history included)
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(questions) + "\n"))
     assert run_cli(capsys, "chat", clip, *model_args(tiny, max_new=16))[1] == out
+
+
+def test_piped_chat_carries_out_slash_commands_and_stops_at_quit(tiny, clip, tmp_path, capsys, monkeypatch):
+    from llamavid.model import LlamaVid
+
+    asked = []
+    original = LlamaVid.answer_prompts
+    monkeypatch.setattr(LlamaVid, "answer_prompts",
+                        lambda self, f, ps, **k: asked.extend(p.question for p in ps) or original(self, f, ps, **k))
+    saved = tmp_path / "chat.json"
+    lines = ["what color is the shape?", f"/save {saved}", "/reset", "/bogus", "how many shapes?", "/quit",
+             "never asked?"]
+    code, out, err = run_cli(capsys, "chat", clip, *model_args(tiny), stdin="\n".join(lines) + "\n", monkeypatch=monkeypatch)
+    assert code == 0, err
+    assert asked == ["what color is the shape?", "how many shapes?"]  # commands are not questions; /quit stops
+    assert len(out.splitlines()) == 2  # one answer line per question, none for commands
+    assert [t["question"] for t in json.loads(saved.read_text())["turns"]] == ["what color is the shape?"]
+    assert "conversation reset" in err and "unknown command /bogus" in err
+    # /save never replaces a file that is not a saved chat
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    code, out, err = run_cli(capsys, "chat", clip, *model_args(tiny), stdin=f"/save {notes}\n", monkeypatch=monkeypatch)
+    assert code == 0 and notes.read_text() == "mine" and "not a saved chat" in err

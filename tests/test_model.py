@@ -393,7 +393,7 @@ def test_greedy_generation_equals_naive_decoding_and_stops_at_eos(tmp_path):
                           stream=streamed.append)
     assert answer.new_tokens == len(expected)
     assert answer.text == model.text_tokenizer.decode(expected).strip()
-    assert "".join(streamed).strip() == answer.text or "\ufffd" in answer.text
+    assert "".join(streamed).strip() == answer.text  # the stream holds back partial characters, then flushes
 
 
 def test_sampling_is_repeatable_with_a_seed(tiny_model):
@@ -466,10 +466,9 @@ def test_missing_shard_named(tmp_path):
 
 
 def test_errors_are_one_line(tmp_path):
-    try:
+    with pytest.raises(llamavid.LlamaVidError) as caught:
         llamavid.load_model(tmp_path / "x\ny")
-    except llamavid.LlamaVidError as exc:
-        assert "\n" not in str(exc)
+    assert "\n" not in str(caught.value) and "x y" in str(caught.value)
 
 
 def test_key_map_covers_every_published_prefix():

@@ -322,39 +322,31 @@ def _load_activitynet(paths: list[Path], video_dir: Path | None) -> list[EvalIte
 
 def _load_videochatgpt_qa(paths: list[Path], video_dir: Path | None) -> list[EvalItem]:
     """``generic_qa.json`` / ``temporal_qa.json``: [{"video_name", "Q", "A"}]; ids ``<video_name>_<k>``."""
-    (path,) = paths
-    videos, ids = _VideoResolver(video_dir), _PerVideoIds()
-    items = []
-    for record in _read_records(path):
-        video = _text(path, record, "video_name")
-        items.append(
-            EvalItem(
-                id=ids(video),
-                video=videos(video),
-                question=_text(path, record, "Q"),
-                answer=_text(path, record, "A"),
-                kind="generative",
-                extra={"video_name": video},
-            )
-        )
-    return items
+    return _load_videochatgpt(paths, video_dir, consistency=False)
 
 
 def _load_videochatgpt_consistency(paths: list[Path], video_dir: Path | None) -> list[EvalItem]:
     """``consistency_qa.json``: [{"video_name", "Q1", "Q2", "A"}]; both questions share the answer."""
+    return _load_videochatgpt(paths, video_dir, consistency=True)
+
+
+def _load_videochatgpt(paths: list[Path], video_dir: Path | None, *, consistency: bool) -> list[EvalItem]:
     (path,) = paths
     videos, ids = _VideoResolver(video_dir), _PerVideoIds()
     items = []
     for record in _read_records(path):
         video = _text(path, record, "video_name")
+        extra = {"video_name": video}
+        if consistency:
+            extra["question2"] = _text(path, record, "Q2")
         items.append(
             EvalItem(
                 id=ids(video),
                 video=videos(video),
-                question=_text(path, record, "Q1"),
+                question=_text(path, record, "Q1" if consistency else "Q"),
                 answer=_text(path, record, "A"),
-                kind="consistency",
-                extra={"video_name": video, "question2": _text(path, record, "Q2")},
+                kind="consistency" if consistency else "generative",
+                extra=extra,
             )
         )
     return items
