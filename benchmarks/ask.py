@@ -1,21 +1,22 @@
-"""Asking benchmark: what tokenizing a video once saves, and what batching questions on one video saves.
+"""Asking benchmark: what the ask path costs on top of the model, measured side by side in one run.
 
-Everything compared is measured side by side in this one run with the same mid-size random model
-(written in the published layout by ``llamavid.train.scratch.init_checkpoint`` and loaded through the
-real loader) on a generated 10-minute video at low resolution; no downloads.
+    python benchmarks/ask.py                       # 1-hour 25 fps video, 3 repeats (about 15 minutes on 2 cores)
+    python benchmarks/ask.py --minutes 10 --repeats 5
 
-    .venv/bin/python benchmarks/ask.py              # about 10 minutes on 2 busy CPU cores
-    .venv/bin/python benchmarks/ask.py --questions 8 --separate inprocess   # quicker
+One process, one mid-size random model in the published layout (``llamavid.train.scratch.init_checkpoint``,
+loaded through the real loader), one generated video (ffmpeg testsrc2, H.264), sampled at 1 frame/s.
+Greedy answers with a fixed room of new tokens, so every side generates the same text. Each repeat runs
+the sides one after the other (interleaved), and the table gives medians of wall time and of this
+process's CPU time (the cost of the work, robust to other jobs sharing the machine):
 
-(a) time to answer one question on the video's ``.vidtok`` vs on the raw video (encode + answer), both
-    through ``llamavid.qa.ask`` in one process with the model already loaded (``--no-cache`` for the raw
-    video, so it is encoded every time);
-(b) N questions on that video: one ``llamavid ask --batch`` process vs N separate ``llamavid ask
-    VIDEO.vidtok Q`` processes (``--separate subprocess``, the default: each pays Python start-up and
-    model loading, as a shell loop would) or N separate load + answer calls in this process
-    (``--separate inprocess``: loading only).
-All answers are greedy (temperature 0) with a fixed number of new tokens' room, so both sides of each
-comparison generate the same text.
+(a) ``llamavid.ask`` on the VIDEO whose features are in the cache (hash, cache lookup, plan, answer)
+(b) ``llamavid.ask`` on its ``.vidtok`` file
+(c) the bare ``model.answer`` on the same features (the opened ``.vidtok``), no planning, no records
+(d) the bare ``model.answer`` on the same features already in memory (a tensor: no file reading at all)
+
+Goals (issue "One straight path"): (a)/(b) <= 1.05 and (b)/(c) <= 1.10.
+With ``--questions N`` it also compares N questions in one ``ask --batch`` process with N separate
+``llamavid ask FILE.vidtok Q`` processes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,16 +39,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import llamavid  # noqa: E402
-from llamavid import qa  # noqa: E402
-from llamavid.decoding import SamplingOptions  # noqa: E402
 from llamavid.train.scratch import ModelSizes, init_checkpoint  # noqa: E402
+from llamavid.vidtok import open_vidtok  # noqa: E402
 
 from checkpoint_fixture import make_eva_state_dict, train_sentencepiece, write_bert_vocab  # noqa: E402
-from media import make_video  # noqa: E402
 
-LLAMAVID = ROOT / ".venv" / "bin" / "llamavid"
-QUESTIONS = [f"What happens {when}?" for when in ("first", "last", "in the middle", "after the dog appears")] + [
-    f"What color is shape number {i}?" for i in range(1, 29)]
+LLAMAVID = [sys.executable, "-m", "llamavid_cli"]
+QUESTION = "What happens in the middle of the video?"
 
 
 def build_model(root: Path, args) -> Path:
@@ -57,9 +56,16 @@ def build_model(root: Path, args) -> Path:
     train_sentencepiece(root / "tokenizer.model")
     write_bert_vocab(root / "bert")
     sizes = ModelSizes(llm_hidden=args.llm_hidden, llm_layers=args.llm_layers, llm_heads=args.llm_hidden // 64,
-                       llm_intermediate=args.llm_hidden * 11 // 4, max_positions=4096)
+                       llm_intermediate=args.llm_hidden * 11 // 4, max_positions=args.context)
     return init_checkpoint(root / "model", sizes=sizes, vision_tower=tower, text_tokenizer=root / "tokenizer.model",
                            qformer_tokenizer=root / "bert")
+
+
+def make_clip(path: Path, minutes: float, fps: int) -> Path:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size=96x64:rate={fps}",
+                    "-t", str(minutes * 60), "-c:v", "libx264", "-preset", "ultrafast", "-g", str(fps * 10),
+                    "-pix_fmt", "yuv420p", str(path)], check=True)
+    return path
 
 
 def timed(fn):
@@ -68,75 +74,110 @@ def timed(fn):
     return time.perf_counter() - t0, out
 
 
+def timed_both(fn):
+    """(wall seconds, CPU seconds of this process, result): CPU time is what the work costs, and it stays
+    meaningful on a machine other jobs share, where wall time is inflated by waiting for a core."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - w0, time.process_time() - c0, out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--minutes", type=float, default=10.0)
-    ap.add_argument("--fps", type=float, default=0.5, help="frames sampled per second (0.5: 300 frames for 10 min)")
-    ap.add_argument("--questions", type=int, default=32)
-    ap.add_argument("--separate", choices=["subprocess", "inprocess"], default="subprocess")
-    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--minutes", type=float, default=60.0)
+    ap.add_argument("--native-fps", type=int, default=25)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--llm-hidden", type=int, default=384)
     ap.add_argument("--llm-layers", type=int, default=6)
+    ap.add_argument("--context", type=int, default=8192)
+    ap.add_argument("--questions", type=int, default=0, help="also compare N questions: one batch vs N processes")
     args = ap.parse_args()
     torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory(prefix="llamavid-bench-ask-") as tmp:
         root = Path(tmp)
-        cache = root / "cache"
-        os.environ["LLAMAVID_CACHE"] = str(cache)
+        os.environ["LLAMAVID_CACHE"] = str(root / "cache")
         t, ckpt = timed(lambda: build_model(root, args))
         print(f"model: {ckpt} (built in {t:.1f} s)", flush=True)
-        t, clip = timed(lambda: make_video(root / "ten_minutes.mp4", seconds=args.minutes * 60, fps=2, width=96, height=64))
-        print(f"video: {args.minutes:g} min, 96x64, 2 fps, sampled at {args.fps:g} frame/s ({clip.stat().st_size / 1e6:.1f} MB, made in {t:.1f} s)", flush=True)
-        load = lambda: llamavid.load_model(ckpt, device="cpu", dtype="float32")  # noqa: E731
-        t_load, model = timed(load)
-        sampling = SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=0.0)
-        question = QUESTIONS[0]
+        t, clip = timed(lambda: make_clip(root / "clip.mp4", args.minutes, args.native_fps))
+        print(f"video: {args.minutes:g} min at {args.native_fps} fps, 96x64 H.264, {clip.stat().st_size / 1e6:.1f} MB "
+              f"(made in {t:.1f} s)", flush=True)
+        model = llamavid.load_model(ckpt, device="cpu", dtype="float32")
+        greedy = llamavid.AskOptions(temperature=0.0, max_new_tokens=args.max_new_tokens)
+        t_encode, first = timed(lambda: llamavid.ask(model, clip, QUESTION, greedy))  # encodes into the cache
+        [vidtok] = (root / "cache" / "vidtok").glob("*.vidtok")
+        print(f"encoded {first.frames} frames in {t_encode:.1f} s; {first.prompt_tokens} prompt tokens", flush=True)
+        sampling = greedy.sampling(model.config.long_video)
+        in_memory = open_vidtok(vidtok).features(dtype=model.dtype)
 
-        # (a) raw video (encode + answer, nothing cached) vs its .vidtok
-        t_raw, raw = timed(lambda: qa.ask(model, clip, question, fps=args.fps, sampling=sampling, cache=False))
-        t_first, _ = timed(lambda: qa.ask(model, clip, question, fps=args.fps, sampling=sampling, cache=True))  # fills the cache
-        [vidtok] = (cache / "vidtok").glob("*.vidtok")
-        t_tok, tok = timed(lambda: qa.ask(model, vidtok, question, sampling=sampling))
-        t_cached, cached = timed(lambda: qa.ask(model, clip, question, fps=args.fps, sampling=sampling, cache=True))
-        assert raw.answer == tok.answer == cached.answer, "the same tokens must give the same greedy answer"
+        def bare_file():
+            with open_vidtok(vidtok) as features:
+                return model.answer(features, QUESTION, sampling=sampling).text
 
-        # (b) N questions on one video: one batch vs N separate invocations
-        n = args.questions
-        questions = [QUESTIONS[i % len(QUESTIONS)] + ("" if i < len(QUESTIONS) else f" ({i})") for i in range(n)]
-        qfile = root / "questions.jsonl"
-        qfile.write_text("".join(json.dumps({"id": str(i), "video": str(vidtok), "question": q}) + "\n"
-                                 for i, q in enumerate(questions)))
-        common = ["--model", str(ckpt), "--temperature", "0", "--max-new-tokens", str(args.max_new_tokens)]
-        env = dict(os.environ, HF_HUB_OFFLINE="1")
-        t_batch, proc = timed(lambda: subprocess.run([str(LLAMAVID), "ask", "--batch", str(qfile), *common],
-                                                     env=env, capture_output=True, text=True, check=True))
-        batch_answers = [json.loads(line)["answer"] for line in proc.stdout.splitlines()]
-        if args.separate == "subprocess":
-            def separate():
-                return [subprocess.run([str(LLAMAVID), "ask", str(vidtok), q, *common], env=env, capture_output=True,
-                                       text=True, check=True).stdout.rstrip("\n") for q in questions]
-        else:
-            def separate():
-                return [qa.ask(load(), vidtok, q, sampling=sampling).answer for q in questions]
-        t_sep, sep_answers = timed(separate)
-        same = sum(a == b for a, b in zip(batch_answers, sep_answers))
+        sides = {
+            "(a) ask: the video, features cached": lambda: llamavid.ask(model, clip, QUESTION, greedy).answer,
+            "(b) ask: its .vidtok": lambda: llamavid.ask(model, vidtok, QUESTION, greedy).answer,
+            "(c) model.answer on the opened .vidtok": bare_file,
+            "(d) model.answer on features in memory": lambda: model.answer(in_memory, QUESTION, sampling=sampling).text,
+        }
+        times: dict[str, list[float]] = {name: [] for name in sides}
+        cpu: dict[str, list[float]] = {name: [] for name in sides}
+        answers: dict[str, set[str]] = {name: set() for name in sides}
+        for r in range(args.repeats):
+            for name, fn in sides.items():
+                wall, used, answer = timed_both(fn)
+                times[name].append(wall)
+                cpu[name].append(used)
+                answers[name].add(answer)
+            print(f"repeat {r + 1}: " + ", ".join(f"{times[n][-1]:.2f}/{cpu[n][-1]:.2f}" for n in sides), flush=True)
+        assert len(set().union(*answers.values())) == 1, f"the sides answered differently: {answers}"
+        med = {name: statistics.median(v) for name, v in times.items()}
+        med_cpu = {name: statistics.median(v) for name, v in cpu.items()}
 
-    frames = raw.frames
+        batch_line = None
+        if args.questions:
+            batch_line = compare_batch(root, ckpt, vidtok, args)
+
+    a, b, c, d = (med[n] for n in sides)
+    ca, cb, cc, cd = (med_cpu[n] for n in sides)
     print()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; model LLaMA {args.llm_layers} x {args.llm_hidden}, EVA 4 x 264; "
-          f"load {t_load:.2f} s")
-    print(f"(a) one question, {frames} frames ({frames * model.tokens_per_frame} visual tokens, "
-          f"{raw.prompt_tokens} prompt tokens):")
-    print(f"    raw video, encode + answer   {t_raw:8.2f} s")
-    print(f"    .vidtok, answer only         {t_tok:8.2f} s    raw / .vidtok = {t_raw / t_tok:.1f}x")
-    print(f"    same video again (cache hit) {t_cached:8.2f} s    raw / cached  = {t_raw / t_cached:.1f}x")
-    print(f"(b) {n} questions on the .vidtok ({args.separate} for the separate side):")
-    print(f"    one --batch process          {t_batch:8.2f} s   ({t_batch / n:.2f} s a question)")
-    print(f"    {n} separate invocations     {t_sep:8.2f} s   ({t_sep / n:.2f} s a question)   "
-          f"separate / batch = {t_sep / t_batch:.1f}x")
-    print(f"    identical answers: {same}/{n}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} "
+          f"threads; model LLaMA {args.llm_layers} x {args.llm_hidden}, EVA 4 x 264")
+    print(f"video: {args.minutes:g} min at {args.native_fps} fps -> {first.frames} frames, {first.prompt_tokens} prompt "
+          f"tokens; greedy, {args.max_new_tokens} new tokens; medians of {args.repeats} interleaved repeats")
+    print()
+    print("| side | wall s (median) | CPU s (median) | wall runs |")
+    print("|---|---:|---:|---|")
+    for name in sides:
+        print(f"| {name} | {med[name]:.3f} | {med_cpu[name]:.3f} | {', '.join(f'{t:.3f}' for t in times[name])} |")
+    print()
+    print("ratio        wall   CPU")
+    print(f"(a)/(b)   {a / b:7.3f} {ca / cb:6.3f}   goal <= 1.05: asking about a cached video costs what asking its .vidtok does")
+    print(f"(b)/(c)   {b / c:7.3f} {cb / cc:6.3f}   goal <= 1.10: the ask path adds little to the model's own work")
+    print(f"(c)/(d)   {c / d:7.3f} {cc / cd:6.3f}   reading and checking the features from the file")
+    if batch_line:
+        print(batch_line)
+
+
+def compare_batch(root: Path, ckpt: Path, vidtok: Path, args) -> str:
+    """N questions: one ``ask --batch`` process vs N separate ``ask`` processes (each loads the model)."""
+    n = args.questions
+    questions = [f"What color is shape number {i}?" for i in range(n)]
+    qfile = root / "questions.jsonl"
+    qfile.write_text("".join(json.dumps({"id": str(i), "video": str(vidtok), "question": q}) + "\n"
+                             for i, q in enumerate(questions)))
+    common = ["--model", str(ckpt), "--temperature", "0", "--max-new-tokens", str(args.max_new_tokens)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    t_batch, proc = timed(lambda: subprocess.run([*LLAMAVID, "ask", "--batch", str(qfile), *common], env=env,
+                                                 capture_output=True, text=True, check=True))
+    batch = [json.loads(line)["answer"] for line in proc.stdout.splitlines()]
+    t_sep, separate = timed(lambda: [subprocess.run([*LLAMAVID, "ask", str(vidtok), q, *common], env=env,
+                                                    capture_output=True, text=True, check=True).stdout.rstrip("\n")
+                                     for q in questions])
+    same = sum(x == y for x, y in zip(batch, separate))
+    return (f"{n} questions on the .vidtok: one --batch process {t_batch:.1f} s, {n} separate processes {t_sep:.1f} s, "
+            f"separate / batch = {t_sep / t_batch:.1f}x; identical answers {same}/{n}")
 
 
 if __name__ == "__main__":
