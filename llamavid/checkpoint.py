@@ -98,7 +98,7 @@ def _download(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError
 
-    hint = (f"download it elsewhere (huggingface-cli download {repo_id} --local-dir DIR) "
+    hint = (f"download it elsewhere (hf download {repo_id} --local-dir DIR) "
             "and pass --model DIR, or set LLAMAVID_MODEL=DIR")
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))

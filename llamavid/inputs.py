@@ -28,7 +28,7 @@ from .encode import EncodeOptions, encode_file
 from .errors import InputError, VidtokError
 from .fileio import Closing
 from .options import AskOptions
-from .vidtok import Vidtok, content_hash, open_vidtok
+from .vidtok import Vidtok, content_hash, looks_like_vidtok, open_vidtok
 
 CACHE_STORAGE = "float16"
 
@@ -102,7 +102,7 @@ def open_input(
     if path.is_dir():
         raise InputError(f"{source}: is a directory")
     explicit = subs.load_srt(options.subtitles, callbacks.warning) if options.subtitles is not None else None
-    if path.suffix.lower() == ".vidtok":
+    if path.suffix.lower() == ".vidtok" or looks_like_vidtok(path):
         features = open_vidtok(path)
         try:
             features.check_encoder(model.vision_identity()["fingerprint"])

@@ -7,6 +7,8 @@ bitsandbytes >= 0.45).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn as nn
 
@@ -24,8 +26,37 @@ def parse_quantize(value: str | None) -> int | None:
     return int(value[0])
 
 
+class _OncePerKind(logging.Filter):
+    """Lets each kind of library log line through once (bitsandbytes logs one warning per matmul call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, object]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.msg)
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def _route_library_log() -> None:
+    """bitsandbytes' log lines reach stderr once per kind, marked as warnings from it, not per call."""
+    logger = logging.getLogger("bitsandbytes")
+    if any(getattr(h, "_llamavid", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler._llamavid = True  # type: ignore[attr-defined]
+    handler.addFilter(_OncePerKind())
+    handler.setFormatter(logging.Formatter("llamavid: warning: bitsandbytes: %(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
 def quantize_llm(llm: nn.Module, bits: int, device: torch.device, compute_dtype: torch.dtype) -> nn.Module:
     """Swap the decoder layers' Linear modules for bitsandbytes 8-bit (LLM.int8) or 4-bit (NF4) ones."""
+    _route_library_log()
     try:
         import bitsandbytes as bnb
     except ImportError:

@@ -1022,6 +1022,16 @@ class Vidtok:
                 f"storage={self._storage!r})")
 
 
+def looks_like_vidtok(path: str | os.PathLike) -> bool:
+    """Whether a file is a .vidtok whatever its name (its safetensors header names our format first)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8 + 256)
+    except OSError:
+        return False
+    return len(head) > 8 and head[8:].lstrip().startswith(b'{"__metadata__":{"format":"' + FORMAT_NAME.encode() + b'"')
+
+
 def open_vidtok(path: str | os.PathLike) -> Vidtok:
     """Open a ``.vidtok`` for reading (metadata and timestamps now, features lazily)."""
     return Vidtok(path)
@@ -1029,5 +1039,5 @@ def open_vidtok(path: str | os.PathLike) -> Vidtok:
 
 __all__ = [
     "BLOCK_FRAMES", "FORMAT_NAME", "FORMAT_VERSION", "STORAGE_MODES", "Vidtok", "VidtokWriter", "content_hash",
-    "content_hash_spans", "dequantize_int8", "open_vidtok", "partial_dir_for", "quantize_int8", "write_vidtok",
+    "content_hash_spans", "dequantize_int8", "looks_like_vidtok", "open_vidtok", "partial_dir_for", "quantize_int8", "write_vidtok",
 ]

@@ -19,7 +19,9 @@ def info(
     vision_tower: opt.VisionTower = None,
 ) -> None:
     """Show what a .vidtok features file or a model checkpoint holds."""
-    if target.endswith(".vidtok"):
+    from llamavid.vidtok import looks_like_vidtok
+
+    if target.endswith(".vidtok") or looks_like_vidtok(target):
         record = vidtok_info(Path(target), verify=verify)
     else:
         record = model_info(target, vision_tower=str(vision_tower) if vision_tower else None)

@@ -34,8 +34,8 @@ def train(
     long: Optional[bool] = typer.Option(None, "--long/--short", help="Use the movie prompt for every sample (default: per sample's \"long\")."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order and dropout (a rerun is repeatable)."),
     save_steps: int = typer.Option(500, "--save-steps", help="Write a resumable checkpoint every N optimizer steps."),
-    save_format: str = typer.Option("bin", "--save-format", help="bin (published shards) or safetensors."),
-    embed_vision: bool = typer.Option(False, "--embed-vision", help="Store a bf16 copy of the vision encoder in the checkpoint."),
+    save_format: str = typer.Option("safetensors", "--save-format", help="safetensors (default; no pickle), or bin: the published pickled shards (loaded with weights_only)."),
+    embed_vision: bool = typer.Option(False, "--embed-vision", help="Store a bf16 copy of the vision encoder in the checkpoint (always done when the starting model carried one); otherwise eva_vit_g.pth is linked beside it."),
     device: opt.Device = None,
     json_out: bool = typer.Option(False, "--json", help="Log records as JSON lines on stdout."),
 ) -> None:

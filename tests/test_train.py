@@ -130,3 +130,47 @@ def test_bad_training_data_is_one_clear_error(tiny, tmp_path):
         load_samples([bad])
     with pytest.raises(InputError, match="--stage 4"):
         train(TrainConfig(stage=4, data=[str(bad)], model=str(tiny.path), output=str(tmp_path / "o")))
+
+
+def test_a_model_trained_from_the_demo_is_self_contained(tmp_path, capsys):
+    """`train --model demo` then `ask --model run/model`, after moving the run folder: the output carries the
+    vision encoder the demo embeds, is written as safetensors under the published key names, and saving warns
+    about nothing."""
+    from conftest import run_cli
+    from safetensors import safe_open
+
+    make_video(tmp_path / "v.mp4", seconds=2, fps=4)
+    (tmp_path / "d.json").write_text(json.dumps([{"id": "a", "video": "v.mp4", "conversations": [
+        {"from": "human", "value": "<image>\nWhat color?"}, {"from": "gpt", "value": "red"}]}]))
+    code, out, err = run_cli(capsys, "train", "--stage", "2", "--data", tmp_path / "d.json", "--model", "demo",
+                             "-o", tmp_path / "run", "--batch-size", "1", "--micro-batch-size", "1")
+    assert code == 0, err
+    assert "warning" not in err.lower() and "Removed shared tensor" not in err
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "run").rename(moved)
+    files = sorted(p.name for p in (moved / "model").iterdir())
+    assert "model.safetensors" in files and not any(f.endswith((".bin", ".pth", ".pkl")) for f in files), files
+    with safe_open(moved / "model" / "model.safetensors", framework="pt") as f:
+        keys = set(f.keys())
+    assert "model.vlm_att_query" in keys and "model.mm_projector.0.weight" in keys
+    assert any(k.startswith("model.vision_tower.vision_tower.") for k in keys)  # the encoder travels with it
+    code, out, err = run_cli(capsys, "ask", tmp_path / "v.mp4", "What color is the shape?", "--model", moved / "model",
+                             "--temperature", "0", "--max-new-tokens", "4")
+    assert code == 0, err
+    assert out.strip()
+
+
+def test_a_model_trained_from_a_vision_file_links_it_beside_itself(tiny, dataset, tmp_path, capsys):
+    from conftest import run_cli
+
+    code, out, err = run_cli(capsys, "train", "--stage", "1", "--data", dataset, "--model", tiny.path,
+                             "--vision-tower", tiny.vision_path, "-o", tmp_path / "run", "--batch-size", "2",
+                             "--micro-batch-size", "2", "--epochs", "0.5")
+    assert code == 0, err
+    model_dir = tmp_path / "run" / "model"
+    assert (model_dir / "eva_vit_g.pth").read_bytes() == tiny.vision_path.read_bytes()
+    assert json.loads((model_dir / "config.json").read_text())["mm_vision_tower"] == "eva_vit_g.pth"
+    moved = tmp_path / "moved"
+    (tmp_path / "run").rename(moved)
+    model = llamavid.load_model(moved / "model", device="cpu", dtype="float32")  # no --vision-tower needed
+    assert model.vision_weights.description == str(moved / "model" / "eva_vit_g.pth")

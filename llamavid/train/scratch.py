@@ -75,7 +75,7 @@ def init_checkpoint(destination: str | os.PathLike, *, sizes: ModelSizes, vision
                          cross_attention_layers=tuple(range(0, sizes.qformer_layers, 2)))
     model = LlamaVid.from_config(cfg, qcfg, text_tokenizer=tok, qformer_tokenizer=bert,
                                  vision_encoder=VisionEncoder(weights), name=str(dest), device="cpu")
-    save_checkpoint(model, dest, fmt="bin")
+    save_checkpoint(model, dest, fmt="safetensors")
     shutil.copyfile(vision_path, dest / "eva_vit_g.pth")
     (dest / "generation_config.json").write_text(json.dumps({"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id}) + "\n")
     return dest

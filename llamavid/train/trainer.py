@@ -11,6 +11,7 @@ of the same command resumes from the newest one. The final model is ``output/mod
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -21,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from ..checkpoint import VISION_TOWER_NAME
 from ..errors import InputError
 from .data import ConversationDataset, FeatureStore, collate, load_samples
 from .objective import TrainingModule
@@ -54,7 +56,7 @@ class TrainConfig:
     save_total_limit: int = 2
     long_video: bool | None = None
     device: str | None = None
-    save_format: str = "bin"
+    save_format: str = "safetensors"
     embed_vision: bool = False
     log_every: int = 10
 
@@ -204,19 +206,33 @@ def train(cfg: TrainConfig, *, on_log: Callable[[dict], None] | None = None) -> 
     return TrainResult(str(output), str(model_dir), step, resumed_from, losses, time.perf_counter() - t0, len(trained))
 
 
+class _TiedWeightsNote(logging.Filter):
+    """Drops accelerate's note that a shared tensor was saved once: the LLM's output head is tied to its
+    embeddings (one tensor under two names), and tying restores it on load (the resume test checks)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
 def _save(accelerator, module, output: Path, step: int, epoch: int, batch_in_epoch: int, cfg: TrainConfig,
           save_checkpoint) -> None:
     """Accelerate state + the published-layout model into checkpoint-N; the state file last marks it whole."""
     ckpt = output / f"checkpoint-{step}"
-    accelerator.save_state(str(ckpt))
+    note = _TiedWeightsNote()
+    logging.getLogger("accelerate.utils.other").addFilter(note)
+    try:
+        accelerator.save_state(str(ckpt))
+    finally:
+        logging.getLogger("accelerate.utils.other").removeFilter(note)
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(module).model
-        extra = {}
-        vision_file = Path(model.vision_encoder.weights.description) if model.vision_encoder is not None else None
-        if not cfg.embed_vision and vision_file is not None and vision_file.is_file():
-            # the trained model needs the same frozen encoder: point its config at the file it came from
-            extra["mm_vision_tower"] = str(vision_file.resolve())
-        save_checkpoint(model, ckpt / "model", fmt=cfg.save_format, embed_vision=cfg.embed_vision, extra_config=extra)
+        model_dir = ckpt / "model"
+        vision_file = _vision_file(model)
+        embed = cfg.embed_vision or vision_file is None
+        save_checkpoint(model, model_dir, fmt=cfg.save_format, embed_vision=embed,
+                        extra_config={} if embed else {"mm_vision_tower": VISION_TOWER_NAME})
+        if not embed:
+            _link_or_copy(vision_file, model_dir / VISION_TOWER_NAME)
         tmp = ckpt / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps({"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch}))
         os.replace(tmp, ckpt / STATE_FILE)
@@ -224,3 +240,20 @@ def _save(accelerator, module, output: Path, step: int, epoch: int, batch_in_epo
         for _, d in old[: max(0, len(old) - cfg.save_total_limit)]:
             shutil.rmtree(d, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def _vision_file(model) -> Path | None:
+    """The eva_vit_g.pth the model's frozen encoder came from (None: it came embedded in the checkpoint)."""
+    if model.vision_encoder is None:
+        return None
+    path = Path(model.vision_encoder.weights.description)
+    return path if path.is_file() else None
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    """The trained model carries its frozen vision encoder beside it, so the folder works wherever it is
+    moved: a hard link (no space) where the file system allows, else a copy."""
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
