@@ -74,8 +74,7 @@ def _parse_record(record: Any, number: int, where: str, seen: set[str], defaults
         return BatchItem(f"{item_id}#dup{number}", error=f"{where}: duplicate id {item_id!r}")
     seen.add(item_id)
     video, question = record.get("video"), record.get("question")
-    shown_video = video if isinstance(video, str) else None
-    shown_question = question if isinstance(question, str) else None
+    shown_video, shown_question = _shown(video), _shown(question)
     missing = [k for k in ("video", "question") if not isinstance(record.get(k), str) or not record[k].strip()]
     unknown = sorted(set(record) - set(BATCH_FIELDS))
     if missing or unknown:
@@ -92,6 +91,13 @@ def _parse_record(record: Any, number: int, where: str, seen: set[str], defaults
     if base_dir is not None and not os.path.isabs(video):
         video = str(base_dir / video)
     return BatchItem(item_id, video, question, options)
+
+
+def _shown(value: Any) -> str | None:
+    """A line's text as its error record may repeat it: strings only, undecodable characters escaped."""
+    if not isinstance(value, str):
+        return None
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def folder_items(videos: Sequence[str | os.PathLike], question: str, defaults: AskOptions) -> list[BatchItem]:

@@ -108,8 +108,8 @@ def _parse_line(line: bytes) -> dict[str, Any] | None:
 def read_jsonl(path: str | os.PathLike[str], *, repair: bool = False) -> list[dict[str, Any]]:
     """The objects of a JSONL file written by ``JsonlLog``, tolerating a torn last line.
 
-    A kill can only tear the last line, so an unparseable LAST line is dropped (and, with ``repair``, cut
-    from the file so that appending continues on a clean line). An unparseable line anywhere else means
+    A kill can only tear the last line, so an unparseable LAST line that begins like a record (``{``) is
+    dropped (and, with ``repair``, cut from the file so that appending continues on a clean line). An unparseable line anywhere else means
     the file is not ours or was edited: ``InputError`` naming the line. A missing file is empty.
     """
     p = Path(path)
@@ -131,8 +131,8 @@ def read_jsonl(path: str | os.PathLike[str], *, repair: bool = False) -> list[di
         if line.strip(b" \t\r\x00"):
             value = _parse_line(line)
             if value is None:
-                if index == last_nonblank:
-                    break  # torn by a kill: dropped
+                if index == last_nonblank and line.lstrip().startswith(b"{"):
+                    break  # a record torn by a kill (every record starts with "{"): dropped
                 raise InputError(f"{p}: line {index + 1}: not a JSON object (not a JSONL file written by llamavid)")
             records.append(value)
             good_end = end

@@ -40,18 +40,34 @@ def _register() -> None:
     from . import ask, chat, encode, eval, info, summarize, train  # noqa: F401  (commands register themselves on `app`)
 
 
+def _parser_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, other command-line errors, aborts) of click and of the copy newer Typer carries."""
+    import click
+
+    usage, errors, aborts = [click.UsageError], [click.ClickException], [click.Abort]
+    try:
+        from typer._click.exceptions import ClickException, UsageError
+        from typer.exceptions import Abort
+    except ImportError:  # older Typer: plain click only
+        pass
+    else:
+        usage.append(UsageError)
+        errors.append(ClickException)
+        aborts.append(Abort)
+    return tuple(usage), tuple(errors), tuple(aborts)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("LLAMAVID_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     _register()
-    import click
-
+    usage_errors, cli_errors, aborts = _parser_exceptions()
     try:
         code = app(args=argv, prog_name="llamavid", standalone_mode=False)
     except SystemExit:
         raise
-    except click.exceptions.UsageError as exc:  # a mistyped command line: one line, like every other error
+    except usage_errors as exc:  # a mistyped command line: one line, like every other error
         if debug:
             raise
         if type(exc).__name__ == "NoArgsIsHelpError":  # `llamavid` or `llamavid eval` alone: the help
@@ -60,12 +76,12 @@ def main(argv: list[str] | None = None) -> None:
         where = exc.ctx.command_path if exc.ctx is not None else "llamavid"
         sys.stderr.write(f"llamavid: error: {' '.join(exc.format_message().split())} (see {where} --help)\n")
         sys.exit(2)
-    except click.exceptions.ClickException as exc:
+    except cli_errors as exc:
         if debug:
             raise
         sys.stderr.write(f"llamavid: error: {' '.join(exc.format_message().split())}\n")
         sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (*aborts, KeyboardInterrupt):
         if debug:
             raise
         sys.stderr.write("llamavid: interrupted\n")

@@ -330,3 +330,26 @@ def test_a_cached_ask_probes_nothing_hashes_once_opens_once_and_builds_one_promp
     monkeypatch.setattr(Vidtok, "features", lambda self, *a, **k: dtypes.append(k.get("dtype")) or original(self, *a, **k))
     llamavid.ask(model, media["video"], "what?", temperature=0.0, max_new_tokens=2)
     assert dtypes and set(dtypes) == {torch.bfloat16}
+
+
+def test_subtitles_given_at_ask_time_are_used_even_when_the_video_is_cached(tiny, media, tmp_path, capsys, monkeypatch):
+    prompts = []
+    original = LlamaVid.build_prompt
+    monkeypatch.setattr(LlamaVid, "build_prompt", lambda self, *a, **k: prompts.append(original(self, *a, **k)) or prompts[-1])
+    video = shutil.copy(media["video"], tmp_path / "v.mp4")
+    code, first, err = run_cli(capsys, "ask", video, "Who speaks?", "--long", "--json", *model_args(tiny))
+    assert code == 0, err
+    assert "encoded" in err and "hello there" not in prompts[-1]
+    srt = write_srt(tmp_path / "given.srt", [(0.5, 1.5, "hello there")])
+    code, cached, err = run_cli(capsys, "ask", video, "Who speaks?", "--long", "--subtitles", srt, "--json", *model_args(tiny))
+    assert code == 0 and "using cached features" in err
+    with_cache = prompts[-1]
+    code, fresh, err = run_cli(capsys, "ask", video, "Who speaks?", "--long", "--subtitles", srt, "--no-cache", "--json",
+                               *model_args(tiny))
+    assert code == 0 and "encoded" in err
+    assert "hello there" in with_cache and prompts[-1] == with_cache  # the cache changes nothing
+    assert json.loads(cached)["answer"] == json.loads(fresh)["answer"]
+    # a sidecar .srt added after the video was cached is used too (it is read at ask time)
+    write_srt(tmp_path / "v.srt", [(2.2, 2.8, "bye now")])
+    code, _, err = run_cli(capsys, "ask", video, "Who speaks?", "--long", *model_args(tiny))
+    assert code == 0 and "using cached features" in err and "bye now" in prompts[-1]

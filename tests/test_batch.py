@@ -219,3 +219,22 @@ def test_shell_pipeline(tiny, videos, tmp_path):
     got = records(proc.stdout)
     assert [Path(r["video"]).name for r in got] == ["v0.mp4", "v1.mp4"]
     assert "\x1b[" not in proc.stderr  # no progress bar escapes when piped
+
+
+def test_answer_files_and_saved_chats_get_the_umask_mode(tiny, videos, tmp_path, capsys, monkeypatch):
+    q = write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "video": str(videos / "v0.mp4"), "question": "what?"}])
+    old = os.umask(0o027)
+    try:
+        code, _, err = run_cli(capsys, "ask", "--batch", q, "-o", tmp_path / "answers.jsonl", *model_args(tiny))
+        assert code == 0, err
+        code, _, err = run_cli(capsys, "chat", videos / "v0.mp4", *model_args(tiny), stdin=f"/save {tmp_path / 'chat.json'}\n",
+                               monkeypatch=monkeypatch)
+        assert code == 0, err
+    finally:
+        os.umask(old)
+    for name in ("answers.jsonl", "chat.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
+    # an existing answers file keeps its own mode when a rerun rewrites it
+    os.chmod(tmp_path / "answers.jsonl", 0o600)
+    code, _, err = run_cli(capsys, "ask", "--batch", q, "-o", tmp_path / "answers.jsonl", *model_args(tiny))
+    assert code == 0 and (tmp_path / "answers.jsonl").stat().st_mode & 0o777 == 0o600
