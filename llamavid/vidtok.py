@@ -260,8 +260,10 @@ def _encode_frames(arr: np.ndarray, ts: np.ndarray, storage: str, label: str) ->
     return _Frames(half, None, ts)
 
 
-def _check_destination(path: Path, label: str) -> None:
-    """Fail before any work if the .vidtok could not be written where asked."""
+def check_destination(path: str | os.PathLike, label: str | None = None) -> None:
+    """Fail before any work if the .vidtok could not be written where asked (InputError naming the folder)."""
+    path = Path(path)
+    label = describe_path(path) if label is None else label
     parent = path.parent
     if path.is_dir():
         raise InputError(f"{label}: is a directory; give a file name for the .vidtok")
@@ -304,7 +306,7 @@ class VidtokWriter:
         self._storage = storage
         self._chunk_frames = chunk_frames
         self._shape: tuple[int, int] | None = tuple(int(v) for v in feature_shape) if feature_shape else None
-        _check_destination(self._path, self._label)
+        check_destination(self._path, self._label)
         self._partial = partial_dir_for(self._path)
         self._buffer: list[_Frames] = []
         self._buffered = 0
@@ -539,6 +541,10 @@ class VidtokWriter:
         except OSError as e:
             assembly.unlink(missing_ok=True)
             raise VidtokError(f"{self._label}: cannot write the file ({e.strerror or e})") from None
+        except VidtokError as e:  # an unreadable chunk: resuming from it again would fail again
+            self.abort()
+            raise VidtokError(f"{e}; the unfinished encoding was discarded, so running the same command again "
+                              f"encodes from frame 0") from None
         _fsync_dir(self._path.parent)
         self._discard_partial()
         self._closed = True
@@ -665,8 +671,8 @@ def _read_chunk_tensor(chunk: Path, name: str, label: str) -> np.ndarray:
         with safe_open(chunk, framework="numpy") as f:
             return f.get_tensor(name)
     except Exception as e:  # noqa: BLE001 - a damaged chunk must not surface as a raw library error
-        raise VidtokError(f"{label}: the unfinished encoding's {chunk.name} is unreadable ({type(e).__name__}); "
-                          f"run the encoding again without resume") from None
+        raise VidtokError(f"{label}: the unfinished encoding's {chunk.name} is unreadable "
+                          f"({type(e).__name__})") from None
 
 
 def _check_opens(path: Path, label: str) -> None:
