@@ -1,6 +1,6 @@
 """Crash test: `llamavid encode` and `llamavid ask --batch` killed with SIGKILL at evenly spaced points, then rerun.
 
-    .venv/bin/python benchmarks/crash.py                     # 20 kill points per command (about 5 minutes on 2 cores)
+    .venv/bin/python benchmarks/crash.py                     # 20 kill points per command (10-35 minutes on 2 cores)
     .venv/bin/python benchmarks/crash.py --points 5 --commands encode
     .venv/bin/python benchmarks/crash.py --quick --json      # what the test suite runs (3 encode kills, ~20 s)
 
