@@ -45,7 +45,7 @@ from llamavid import __version__
 from llamavid.errors import InputError, VidtokError, describe_path
 
 FORMAT_NAME = "llamavid.vidtok"
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 FORMAT_MAJOR = 1
 STORAGE_MODES = ("float16", "int8")
 BLOCK_FRAMES = 64
@@ -260,8 +260,10 @@ def _encode_frames(arr: np.ndarray, ts: np.ndarray, storage: str, label: str) ->
     return _Frames(half, None, ts)
 
 
-def _check_destination(path: Path, label: str) -> None:
-    """Fail before any work if the .vidtok could not be written where asked."""
+def check_destination(path: str | os.PathLike, label: str | None = None) -> None:
+    """Fail before any work if the .vidtok could not be written where asked (InputError naming the folder)."""
+    path = Path(path)
+    label = describe_path(path) if label is None else label
     parent = path.parent
     if path.is_dir():
         raise InputError(f"{label}: is a directory; give a file name for the .vidtok")
@@ -304,7 +306,7 @@ class VidtokWriter:
         self._storage = storage
         self._chunk_frames = chunk_frames
         self._shape: tuple[int, int] | None = tuple(int(v) for v in feature_shape) if feature_shape else None
-        _check_destination(self._path, self._label)
+        check_destination(self._path, self._label)
         self._partial = partial_dir_for(self._path)
         self._buffer: list[_Frames] = []
         self._buffered = 0
@@ -539,6 +541,10 @@ class VidtokWriter:
         except OSError as e:
             assembly.unlink(missing_ok=True)
             raise VidtokError(f"{self._label}: cannot write the file ({e.strerror or e})") from None
+        except VidtokError as e:  # an unreadable chunk: resuming from it again would fail again
+            self.abort()
+            raise VidtokError(f"{e}; the unfinished encoding was discarded, so running the same command again "
+                              f"encodes from frame 0") from None
         _fsync_dir(self._path.parent)
         self._discard_partial()
         self._closed = True
@@ -610,8 +616,10 @@ def _tensor_entries(num_frames: int, shape: tuple[int, int], storage: str) -> di
 
 def _file_metadata(meta: dict, checksums: dict) -> dict[str, str]:
     inner = dict(meta, checksums=checksums)
-    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-            "llamavid": json.dumps(inner, separators=(",", ":"), ensure_ascii=True, allow_nan=False)}
+    metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+                "llamavid": json.dumps(inner, separators=(",", ":"), ensure_ascii=True, allow_nan=False)}
+    metadata["llamavid_checksum"] = metadata_checksum(metadata)
+    return metadata
 
 
 def _assemble(target: Path, chunks: list[Path], meta: dict, label: str) -> None:
@@ -665,8 +673,8 @@ def _read_chunk_tensor(chunk: Path, name: str, label: str) -> np.ndarray:
         with safe_open(chunk, framework="numpy") as f:
             return f.get_tensor(name)
     except Exception as e:  # noqa: BLE001 - a damaged chunk must not surface as a raw library error
-        raise VidtokError(f"{label}: the unfinished encoding's {chunk.name} is unreadable ({type(e).__name__}); "
-                          f"run the encoding again without resume") from None
+        raise VidtokError(f"{label}: the unfinished encoding's {chunk.name} is unreadable "
+                          f"({type(e).__name__})") from None
 
 
 def _check_opens(path: Path, label: str) -> None:
@@ -699,10 +707,49 @@ def write_vidtok(path: str | os.PathLike, features: torch.Tensor | np.ndarray, t
 
 @dataclass(frozen=True)
 class _Header:
-    entries: dict[str, dict]
+    entries: dict[str, Any]
     metadata: dict[str, str]
     size: int  # of the whole file
     data_start: int  # 8 + header length
+
+
+class _Duplicate(ValueError):
+    """A JSON object with the same key twice: parsers disagree on which one counts, so it is refused."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise _Duplicate(key)
+    return out
+
+
+def _not_a_number(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _strict_json(text: str | bytes) -> Any:
+    """json.loads that refuses duplicate keys and NaN/Infinity (which stock safetensors would not read alike)."""
+    return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_not_a_number)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """A value for an error message: repr, ASCII only, cut short (file contents can be anything)."""
+    text = ascii(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _sniff(prefix: bytes) -> str | None:
+    """What a non-safetensors file most likely is, from its first bytes."""
+    if prefix.startswith(b"PK\x03\x04"):
+        return "a zip archive (e.g. a torch.save checkpoint)"
+    if prefix[:1] == b"\x80" and prefix[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle (llamavid never unpickles)"
+    if prefix.startswith(b"\x93NUMPY"):
+        return "a NumPy .npy file"
+    return None
 
 
 def _read_header(path: Path, label: str) -> _Header:
@@ -715,6 +762,9 @@ def _read_header(path: Path, label: str) -> _Header:
             if len(prefix) < 8:
                 raise VidtokError(f"{label}: file is empty or truncated ({size} bytes); not a .vidtok file")
             (length,) = struct.unpack("<Q", prefix)
+            kind = _sniff(prefix) if length == 0 or 8 + length > size else None  # a real length wins
+            if kind:
+                raise VidtokError(f"{label}: is {kind}, not a .vidtok file")
             if length == 0 or length > _MAX_HEADER_BYTES:
                 raise VidtokError(f"{label}: not a .vidtok file (no safetensors header; the length field is garbage)")
             if 8 + length > size:
@@ -723,16 +773,22 @@ def _read_header(path: Path, label: str) -> _Header:
             raw = f.read(length)
     except OSError as e:
         raise InputError(f"{label}: cannot read the file ({e.strerror or e})") from None
+    if len(raw) != length:
+        raise VidtokError(f"{label}: file is truncated (it changed while being read)")
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        header = _strict_json(raw.decode("utf-8"))
+    except _Duplicate as e:
+        raise VidtokError(f"{label}: the safetensors header names {_short(str(e))} twice; the file is damaged") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
         header = None
     if not isinstance(header, dict):
         raise VidtokError(f"{label}: the safetensors header is garbage (not a JSON object); the file is damaged "
                           f"or not a .vidtok file")
     metadata = header.pop("__metadata__", None)
-    if not isinstance(metadata, dict):
+    if metadata is None:
         metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise VidtokError(f"{label}: the safetensors metadata is not a string map; the file is damaged")
     return _Header(entries=header, metadata=metadata, size=size, data_start=8 + length)
 
 
@@ -748,26 +804,40 @@ def _check_is_file(path: Path, label: str) -> None:
     raise InputError(f"{label}: file not found")
 
 
+def metadata_checksum(metadata: dict[str, str]) -> str:
+    """The ``llamavid_checksum`` of a file's ``__metadata__`` (format 1.1; see docs/vidtok.md, section 4).
+
+    BLAKE2b-128 over ``format + "\\n" + format_version + "\\n" + llamavid`` (the three strings, UTF-8).
+    """
+    text = "\n".join(str(metadata.get(key, "")) for key in ("format", "format_version", "llamavid"))
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=_DIGEST_BYTES).hexdigest()
+
+
 def _check_format(metadata: dict[str, str], label: str) -> dict:
-    """Format name and version, then the JSON metadata; returns the inner dict."""
+    """Format name, version and metadata checksum, then the JSON metadata; returns the inner dict."""
     fmt = metadata.get("format")
     if fmt == _CHUNK_FORMAT:
         raise VidtokError(f"{label}: is one chunk of an unfinished encoding, not a .vidtok file")
     if fmt != FORMAT_NAME:
-        raise VidtokError(f"{label}: is a safetensors file but not a .vidtok file (format {fmt!r})")
+        raise VidtokError(f"{label}: is a safetensors file but not a .vidtok file (format {_short(fmt)})")
     version = metadata.get("format_version", "")
-    match = re.fullmatch(r"(\d+)\.(\d+)", version)
+    match = re.fullmatch(r"([0-9]{1,6})\.([0-9]{1,6})", version)
     if not match:
-        raise VidtokError(f"{label}: unreadable .vidtok format version {version!r}")
-    major = int(match.group(1))
+        raise VidtokError(f"{label}: unreadable .vidtok format version {_short(version)}")
+    major, minor = int(match.group(1)), int(match.group(2))
     if major > FORMAT_MAJOR:
         raise VidtokError(f"{label}: .vidtok format version {version} is newer than this llamavid "
                           f"({__version__}) reads ({FORMAT_MAJOR}.x); upgrade llamavid")
     if major < FORMAT_MAJOR:
         raise VidtokError(f"{label}: .vidtok format version {version} is not supported")
+    stored = metadata.get("llamavid_checksum")
+    if stored is None and minor >= 1:  # 1.0 files predate the metadata checksum
+        raise VidtokError(f"{label}: the .vidtok metadata lacks its checksum; the file is damaged")
+    if stored is not None and stored != metadata_checksum(metadata):
+        raise VidtokError(f"{label}: the .vidtok metadata fails its checksum; the file is damaged or was modified")
     try:
-        inner = json.loads(metadata.get("llamavid", ""))
-    except ValueError:
+        inner = _strict_json(metadata.get("llamavid", ""))
+    except (ValueError, RecursionError):
         inner = None
     if not isinstance(inner, dict):
         raise VidtokError(f"{label}: the .vidtok metadata is not valid JSON; the file is damaged")
@@ -779,6 +849,20 @@ def _require(meta: dict, key: str, kind: type | tuple[type, ...], label: str) ->
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         raise VidtokError(f"{label}: the .vidtok metadata lacks a valid {key!r}; the file is damaged")
     return value
+
+
+def _finite(value: Any) -> bool:
+    """A JSON number that fits a float and is finite (bools are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+_HEX_DIGEST = re.compile(r"[0-9a-f]{32}")
+_QUANTIZATION = {"scheme": "symmetric-per-row", "qmax": INT8_QMAX, "scale_dtype": "float32"}
 
 
 class Vidtok:
@@ -806,43 +890,95 @@ class Vidtok:
     # -- opening ---------------------------------------------------------------------------------------
 
     def _parse_meta(self) -> None:
+        """Every key the reader uses, with its type and range (docs/vidtok.md, section 3)."""
         meta, label = self._meta, self._label
+
+        def bad(key: str) -> VidtokError:
+            return VidtokError(f"{label}: the .vidtok metadata has an invalid {key!r}; the file is damaged")
+
         self._num_frames = _require(meta, "num_frames", int, label)
+        if self._num_frames < 1:
+            raise bad("num_frames")
         shape = _require(meta, "feature_shape", list, label)
-        if len(shape) != 2 or not all(isinstance(v, int) and v > 0 for v in shape):
-            raise VidtokError(f"{label}: the .vidtok metadata has an invalid feature_shape {shape}")
+        if len(shape) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+            raise VidtokError(f"{label}: the .vidtok metadata has an invalid feature_shape {_short(shape)}")
         self._shape = (shape[0], shape[1])
         self._storage = _require(meta, "storage", str, label)
         if self._storage not in STORAGE_MODES:
-            raise VidtokError(f"{label}: unknown storage {self._storage!r} in the .vidtok metadata")
-        self._fps = float(_require(meta, "fps", (int, float), label))
-        _require(meta, "encoder", dict, label)
-        _require(meta, "source", dict, label)
+            raise VidtokError(f"{label}: unknown storage {_short(self._storage)} in the .vidtok metadata")
+        if meta.get("quantization") != (_QUANTIZATION if self._storage == "int8" else None):
+            raise bad("quantization")
+        fps = meta.get("fps")
+        if not _finite(fps) or fps <= 0:
+            raise bad("fps")
+        self._fps = float(fps)
+        encoder = _require(meta, "encoder", dict, label)
+        if not isinstance(encoder.get("fingerprint"), str) or not encoder["fingerprint"]:
+            raise bad("encoder")
+        source = _require(meta, "source", dict, label)
+        if not isinstance(source.get("content_hash"), str):
+            raise bad("source")
+        subtitles = meta.get("subtitles", [])
+        if not isinstance(subtitles, list) or not all(
+                isinstance(item, list) and len(item) == 3 and _finite(item[0]) and _finite(item[1])
+                and isinstance(item[2], str) for item in subtitles):
+            raise bad("subtitles")
+        warnings = meta.get("warnings", [])
+        if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+            raise bad("warnings")
+        if not isinstance(meta.get("extra", {}), dict):
+            raise bad("extra")
+        for key in ("created_by", "llamavid_version", "created_at"):
+            if not isinstance(meta.get(key, ""), str):
+                raise bad(key)
         checksums = _require(meta, "checksums", dict, label)
         blocks = _require(checksums, "blocks", list, label)
         self._block_frames = _require(checksums, "block_frames", int, label)
         if checksums.get("algorithm") != CHECKSUM_ALGORITHM or self._block_frames < 1 or \
-                len(blocks) != -(-self._num_frames // self._block_frames):
+                len(blocks) != -(-self._num_frames // self._block_frames) or \
+                not all(isinstance(b, str) and _HEX_DIGEST.fullmatch(b) for b in blocks) or \
+                not (isinstance(checksums.get("timestamps"), str) and _HEX_DIGEST.fullmatch(checksums["timestamps"])):
             raise VidtokError(f"{label}: the .vidtok checksum table is inconsistent; the file is damaged")
-        self._block_digests = [str(b) for b in blocks]
+        self._block_digests = list(blocks)
+        # A block size above the frame count means one block of all frames; cap it so that index arithmetic
+        # stays within int64 (numpy) for any stored value.
+        self._block_frames = min(self._block_frames, self._num_frames)
 
     def _check_layout(self, header: _Header) -> None:
-        """Tensors, dtypes, shapes and total size must be exactly what the metadata says."""
+        """Tensors, dtypes, shapes, offsets and total size must be exactly what the metadata and the spec say.
+
+        The reader then trusts the data section to hold what the header says; stock safetensors re-checks
+        the same header when it maps the file, so the two never disagree about where a tensor lies.
+        """
+        label = self._label
         want = _tensor_entries(self._num_frames, self._shape, self._storage)
-        got = {name: {k: e.get(k) for k in ("dtype", "shape")} for name, e in header.entries.items()
-               if isinstance(e, dict)}
-        if got != {name: {k: e[k] for k in ("dtype", "shape")} for name, e in want.items()}:
-            raise VidtokError(f"{self._label}: the tensors do not match the .vidtok metadata; the file is damaged")
-        try:
-            data_len = max(int(e["data_offsets"][1]) for e in header.entries.values())
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise VidtokError(f"{self._label}: the safetensors header is damaged (bad data offsets)") from None
-        expected = header.data_start + data_len
+        entries = header.entries
+        if set(entries) != set(want) or not all(isinstance(e, dict) and set(e) == {"dtype", "shape", "data_offsets"}
+                                                for e in entries.values()):
+            raise VidtokError(f"{label}: the tensors do not match the .vidtok metadata; the file is damaged")
+        if any(entries[n]["dtype"] != want[n]["dtype"] or entries[n]["shape"] != want[n]["shape"] for n in want) or \
+                any(type(d) is not int for n in want for d in entries[n]["shape"]):
+            raise VidtokError(f"{label}: the tensors do not match the .vidtok metadata; the file is damaged")
+        spans = []
+        for name, entry in entries.items():
+            offsets = entry["data_offsets"]
+            if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(v) is int for v in offsets)
+                    and 0 <= offsets[0] <= offsets[1]
+                    and offsets[1] - offsets[0] == want[name]["data_offsets"][1] - want[name]["data_offsets"][0]):
+                raise VidtokError(f"{label}: the safetensors header is damaged (bad data offsets of {name})")
+            spans.append((offsets[0], offsets[1]))
+        spans.sort()
+        end = 0
+        for begin, stop in spans:
+            if begin != end:
+                raise VidtokError(f"{label}: the safetensors header is damaged (tensors overlap or leave gaps)")
+            end = stop
+        expected = header.data_start + end
         if header.size < expected:
-            raise VidtokError(f"{self._label}: file is truncated ({header.size} of {expected} bytes); "
+            raise VidtokError(f"{label}: file is truncated ({header.size} of {expected} bytes); "
                               f"it was cut short while copying or writing")
         if header.size > expected:
-            raise VidtokError(f"{self._label}: file has {header.size - expected} unexpected bytes at the end; "
+            raise VidtokError(f"{label}: file has {header.size - expected} unexpected bytes at the end; "
                               f"the file is damaged")
 
     def _read_timestamps(self) -> np.ndarray:
@@ -885,11 +1021,11 @@ class Vidtok:
 
     @property
     def subtitles(self) -> list[tuple[float, float, str]]:
-        return [(float(s), float(e), str(t)) for s, e, t in self._meta.get("subtitles") or []]
+        return [(float(s), float(e), str(t)) for s, e, t in self._meta.get("subtitles", [])]
 
     @property
     def warnings(self) -> list[str]:
-        return list(self._meta.get("warnings") or [])
+        return list(self._meta.get("warnings", []))
 
     @property
     def storage(self) -> str:
@@ -1039,5 +1175,6 @@ def open_vidtok(path: str | os.PathLike) -> Vidtok:
 
 __all__ = [
     "BLOCK_FRAMES", "FORMAT_NAME", "FORMAT_VERSION", "STORAGE_MODES", "Vidtok", "VidtokWriter", "content_hash",
-    "content_hash_spans", "dequantize_int8", "looks_like_vidtok", "open_vidtok", "partial_dir_for", "quantize_int8", "write_vidtok",
+    "content_hash_spans", "check_destination", "dequantize_int8", "looks_like_vidtok", "metadata_checksum",
+    "open_vidtok", "partial_dir_for", "quantize_int8", "write_vidtok",
 ]

@@ -77,7 +77,8 @@ def encode(
                 raise InputError(f"{src}: another input also maps to {dst}; use -o with one input at a time")
             with Reporter(src.name, status=False) as reporter:
                 cb = reporter.callbacks()
-                result = encode_file(encoder, src, dst, opts, on_progress=cb.progress, on_warning=cb.warning)
+                result = encode_file(encoder, src, dst, opts, on_progress=cb.progress, on_warning=cb.warning,
+                                     on_wait=reporter.status)
         except KeyboardInterrupt:
             message(f"llamavid: interrupted; run the same command again to resume {src}")
             raise SystemExit(130)

@@ -88,7 +88,7 @@ def test_round_trip_float16(tmp_path):
         assert np.array_equal(full.numpy(), x.astype(np.float16).astype(np.float32))
         assert vt.features(dtype=torch.float16).dtype == torch.float16
         meta = vt.meta
-    assert meta["format"] == "llamavid.vidtok" and meta["format_version"] == "1.0"
+    assert meta["format"] == "llamavid.vidtok" and meta["format_version"] == "1.1"
     assert meta["llamavid_version"] == __version__ and meta["created_by"] == f"llamavid {__version__}"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", meta["created_at"])
     assert meta["num_frames"] == 150 and meta["warnings"] == ["decode gap at 3.0s"]
@@ -130,7 +130,7 @@ def test_plain_safetensors_and_the_spec_snippet_read_the_same(tmp_path):
     (length,) = struct.unpack("<Q", raw[:8])
     assert (8 + length) % 8 == 0  # data section 8-byte aligned
     header = json.loads(raw[8:8 + length])
-    assert set(header["__metadata__"]) == {"format", "format_version", "llamavid"}
+    assert set(header["__metadata__"]) == {"format", "format_version", "llamavid", "llamavid_checksum"}
     spec = (Path(__file__).parent.parent / "docs" / "vidtok.md").read_text()
     snippet = re.search(r"```python\n(.*?)```", spec, re.S).group(1)
     namespace: dict = {}
@@ -415,17 +415,35 @@ def test_other_safetensors_and_newer_versions_are_refused(tmp_path, good_file):
     tensors = load_file(good_file)
     with safe_open(good_file, framework="numpy") as f:
         metadata = f.metadata()
+    def sealed(**changes) -> dict:
+        """The metadata with changes, its checksum recomputed (as the writer of such a file would)."""
+        md = dict(metadata, **changes)
+        md["llamavid_checksum"] = vidtok.metadata_checksum(md)
+        return md
+
     for version, expected in [("2.0", "newer than this llamavid"), ("banana", "unreadable .vidtok format version")]:
-        save_file(tensors, good_file, metadata=dict(metadata, format_version=version))
+        save_file(tensors, good_file, metadata=sealed(format_version=version))
         with pytest.raises(VidtokError, match=expected) as err:
             open_vidtok(good_file)
         assert_one_line_naming(err, good_file)
-    save_file(tensors, good_file, metadata=dict(metadata, format_version="1.7"))  # newer minor: readable
+    save_file(tensors, good_file, metadata=sealed(format_version="1.7"))  # newer minor: readable
     with open_vidtok(good_file) as vt:
         assert vt.format_version == "1.7"
-    save_file(tensors, good_file, metadata=dict(metadata, llamavid="{not json"))
+    save_file(tensors, good_file, metadata=dict(metadata, format_version="1.7"))  # edited, not resealed
+    with pytest.raises(VidtokError, match="metadata fails its checksum") as err:
+        open_vidtok(good_file)
+    assert_one_line_naming(err, good_file)
+    save_file(tensors, good_file, metadata=sealed(llamavid="{not json"))
     with pytest.raises(VidtokError, match="not valid JSON"):
         open_vidtok(good_file)
+    unsealed = {k: v for k, v in metadata.items() if k != "llamavid_checksum"}
+    save_file(tensors, good_file, metadata=unsealed)  # 1.1 requires the checksum...
+    with pytest.raises(VidtokError, match="lacks its checksum"):
+        open_vidtok(good_file)
+    save_file(tensors, good_file, metadata=dict(unsealed, format_version="1.0"))  # ...files of 1.0 had none
+    with open_vidtok(good_file) as vt:
+        assert vt.format_version == "1.0" and vt.num_frames == 150
+        vt.verify()
 
 
 @pytest.mark.parametrize("tensor, frame, expected", [
