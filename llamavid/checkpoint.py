@@ -236,12 +236,16 @@ def download_vision_tower(url: str, dest: Path) -> Path:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise CheckpointError(f"{dest}: vision-tower weights not found and HF_HUB_OFFLINE is set; pass --vision-tower PATH to eva_vit_g.pth")
     from .fileio import atomic_output
+    from .locking import exclusive
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp, atomic_output(dest) as f:
-            while chunk := resp.read(1 << 22):
-                f.write(chunk)
+        with exclusive(dest, on_wait=lambda _: None):  # a shared cache entry: one download, others wait for it
+            if dest.is_file():
+                return dest
+            with urllib.request.urlopen(url, timeout=60) as resp, atomic_output(dest) as f:
+                while chunk := resp.read(1 << 22):
+                    f.write(chunk)
     except OSError as exc:
         raise CheckpointError(f"{url}: could not download the vision-tower weights ({exc}); pass --vision-tower PATH to eva_vit_g.pth") from None
     return dest

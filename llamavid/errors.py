@@ -8,8 +8,6 @@ traceback. Anything else that escapes is a bug in llamavid.
 
 from __future__ import annotations
 
-import os
-
 
 class LlamaVidError(Exception):
     """Base class: a problem with what the user passed in, explained in one line."""
@@ -43,8 +41,3 @@ class VidtokError(LlamaVidError):
 
 class ContextOverflowError(LlamaVidError):
     """A prompt that needs more tokens than the model's context window holds."""
-
-
-def describe_path(path: str | os.PathLike) -> str:
-    """The path as users typed it, for error messages."""
-    return os.fspath(path)

@@ -3,8 +3,9 @@
 A video's features are kept in the user cache under its content hash, the vision encoder and the frame
 rate, so the next question about the same file starts at once: the file is hashed (sampled bytes, fast)
 and the cache entry opened and checked, and nothing else is read. Only a video that is not cached yet is
-probed (once) and encoded, under the encoder's lock on the entry, so two processes asking about the same
-new video encode it once. A cache entry that fails its checksums is encoded again, never used.
+probed (once) and encoded, under the encoder's lock on the entry (``llamavid.locking``), so two processes
+asking about the same new video encode it once. A cache entry that fails its checksums is encoded again,
+with a warning, never used.
 
 Subtitles are what they are now, not when the video was cached: ``--subtitles FILE`` if given, else a
 sidecar ``NAME.srt`` beside the video, else the stream embedded in the video (stored at encode time).
@@ -116,12 +117,9 @@ def open_input(
     source_hash = content_hash(path)
     tmpdir = None
     features = None
-    damaged = False
     if options.cache:
         entry = cache_path_for(source_hash, fingerprint, options.fps)
-        features, damaged = _open_cache_entry(entry, source_hash, fingerprint, options.fps)
-        if damaged:
-            callbacks.warn(f"the cached features of {source} ({entry}) are damaged; encoding the video again")
+        features = _open_cache_entry(entry, source_hash, fingerprint, options.fps)  # None: encode (again)
     else:
         tmpdir = tempfile.TemporaryDirectory(prefix="llamavid-")
         entry = Path(tmpdir.name) / (path.stem + ".vidtok")
@@ -134,11 +132,12 @@ def open_input(
                 now = explicit if explicit is not None else _sidecar_lines(path, callbacks)
                 check(PlannedTimeline(str(source), planned, now or []))
             entry.parent.mkdir(parents=True, exist_ok=True)
+            # under the entry's lock: a damaged entry is encoded again (with a warning), a concurrent
+            # encoding of the same video is waited for and reused
             result = encode_file(model.vision_encoder, path, entry,
-                                 EncodeOptions(fps=options.fps, subtitles=options.subtitles, storage=CACHE_STORAGE,
-                                               force=damaged),
-                                 on_progress=callbacks.progress, on_warning=callbacks.warning, info=info,
-                                 source_hash=source_hash)
+                                 EncodeOptions(fps=options.fps, subtitles=options.subtitles, storage=CACHE_STORAGE),
+                                 on_progress=callbacks.progress, on_warning=callbacks.warning, on_wait=callbacks.status,
+                                 info=info, source_hash=source_hash)
             encoded = result.status != "skipped"
             features = open_vidtok(entry)
         where = entry if options.cache else "a temporary file"
@@ -154,25 +153,24 @@ def open_input(
                       _tmpdir=tmpdir)
 
 
-def _open_cache_entry(entry: Path, source_hash: str, fingerprint: str, fps: float) -> tuple[Vidtok | None, bool]:
-    """(the entry, opened and verified, or None; whether an entry exists but is damaged)."""
+def _open_cache_entry(entry: Path, source_hash: str, fingerprint: str, fps: float) -> Vidtok | None:
+    """The cache entry, opened and verified, when it is whole and made for this job; else None."""
     if not entry.is_file():
-        return None, False
+        return None
     try:
         features = open_vidtok(entry)
     except VidtokError:
-        return None, True
+        return None
     try:
         same = (features.source.get("content_hash") == source_hash and features.encoder.get("fingerprint") == fingerprint
                 and abs(features.fps - fps) < 1e-9 and features.storage == CACHE_STORAGE)
-        if not same:
-            features.close()
-            return None, False
-        features.verify()  # blocks stay verified: answering reads them without hashing again
-        return features, False
+        if same:
+            features.verify()  # blocks stay verified: answering reads them without hashing again
+            return features
     except VidtokError:
-        features.close()
-        return None, True
+        pass
+    features.close()
+    return None
 
 
 def _sidecar_lines(path: Path, callbacks: Callbacks) -> list[subs.SubtitleLine] | None:

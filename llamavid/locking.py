@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import LlamaVidError, describe_path
+from .errors import LlamaVidError
 
 try:  # POSIX
     import fcntl
@@ -91,7 +91,7 @@ def _remaining(deadline: float | None) -> float | None:
 
 
 def _timeout_error(target: str | os.PathLike, timeout: float) -> LockTimeoutError:
-    return LockTimeoutError(f"{describe_path(target)}: another llamavid process has been writing it for over "
+    return LockTimeoutError(f"{os.fspath(target)}: another llamavid process has been writing it for over "
                             f"{timeout:g} s; try again when it has finished")
 
 
@@ -154,7 +154,7 @@ def _open_lock_file(path: Path) -> int:
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
     except OSError as e:
-        raise LockError(f"{describe_path(path.parent)}: cannot create the lock file {path.name} there "
+        raise LockError(f"{os.fspath(path.parent)}: cannot create the lock file {path.name} there "
                         f"({e.strerror or e})") from None
 
 
@@ -219,7 +219,7 @@ def exclusive(target: str | os.PathLike, *, on_wait: Callable[[str], None] | Non
         if not told[0]:
             told[0] = True
             if on_wait is not None:
-                on_wait(f"another llamavid process is writing {describe_path(target)}; waiting")
+                on_wait(f"another llamavid process is writing {os.fspath(target)}; waiting")
 
     entry = _local_for(key)
     try:

@@ -42,7 +42,7 @@ from safetensors import safe_open
 from safetensors.numpy import save as _safetensors_bytes
 
 from llamavid import __version__
-from llamavid.errors import InputError, VidtokError, describe_path
+from llamavid.errors import InputError, VidtokError
 
 FORMAT_NAME = "llamavid.vidtok"
 FORMAT_VERSION = "1.1"
@@ -84,7 +84,7 @@ def content_hash(path: str | os.PathLike) -> str:
     Files of at most 16 MiB are hashed whole. The ``s1`` prefix names the sampling scheme so that it can
     change later without old keys matching new ones.
     """
-    label = describe_path(path)
+    label = os.fspath(path)
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -263,20 +263,20 @@ def _encode_frames(arr: np.ndarray, ts: np.ndarray, storage: str, label: str) ->
 def check_destination(path: str | os.PathLike, label: str | None = None) -> None:
     """Fail before any work if the .vidtok could not be written where asked (InputError naming the folder)."""
     path = Path(path)
-    label = describe_path(path) if label is None else label
+    label = os.fspath(path) if label is None else label
     parent = path.parent
     if path.is_dir():
         raise InputError(f"{label}: is a directory; give a file name for the .vidtok")
     if parent.exists() and not parent.is_dir():
-        raise InputError(f"{describe_path(parent)}: is not a directory, so {label} cannot be written there")
+        raise InputError(f"{os.fspath(parent)}: is not a directory, so {label} cannot be written there")
     if not parent.is_dir():
-        raise InputError(f"{describe_path(parent)}: output directory does not exist (for {label})")
+        raise InputError(f"{os.fspath(parent)}: output directory does not exist (for {label})")
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise InputError(f"{describe_path(parent)}: cannot write to the output directory ({e.strerror or e})") from None
+        raise InputError(f"{os.fspath(parent)}: cannot write to the output directory ({e.strerror or e})") from None
 
 
 class VidtokWriter:
@@ -295,7 +295,7 @@ class VidtokWriter:
                  storage: str = "float16", chunk_frames: int = 64, resume: bool = True,
                  feature_shape: tuple[int, int] | None = None):
         self._path = Path(path)
-        self._label = describe_path(path)
+        self._label = os.fspath(path)
         self._encoder = self._check_encoder(encoder)
         self._fps = self._check_fps(fps)
         self._source = self._check_source(source)
@@ -870,7 +870,7 @@ class Vidtok:
 
     def __init__(self, path: str | os.PathLike):
         self._path = Path(path)
-        self._label = describe_path(path)
+        self._label = os.fspath(path)
         header = _read_header(self._path, self._label)
         self._meta = _check_format(header.metadata, self._label)
         self._format_version = header.metadata["format_version"]
@@ -882,10 +882,6 @@ class Vidtok:
             raise VidtokError(f"{self._label}: cannot be read as safetensors ({' '.join(str(e).split())})") from None
         self._verified: set[int] = set()
         self._timestamps = self._read_timestamps()
-
-    @classmethod
-    def open(cls, path: str | os.PathLike) -> Vidtok:
-        return cls(path)
 
     # -- opening ---------------------------------------------------------------------------------------
 

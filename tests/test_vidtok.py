@@ -485,7 +485,7 @@ def test_a_partial_directory_is_never_a_vidtok(tmp_path):
         open_vidtok(target)
     assert_one_line_naming(err, target)
     with pytest.raises(InputError, match="is a directory"):
-        Vidtok.open(partial)
+        open_vidtok(partial)
     chunk = partial / "chunk-000000.safetensors"
     with pytest.raises(VidtokError, match="chunk of an unfinished encoding") as err:
         open_vidtok(chunk)
