@@ -490,3 +490,28 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(servers, media, tiny)
     assert bare.proc.wait(60) == 0
     log = bare.stderr()
     assert "stopped (SIGTERM)" in log and "Traceback" not in log
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the streaming relay, alone
+
+
+@pytest.mark.parametrize("pieces, final", [
+    ([" ", " Hello", " wor", "ld", " <", "/s", ">", " \n"], "Hello world"),  # stop string and spaces dropped at the end
+    (["a", "<", "b", "  ", "c  "], "a<b  c"),  # a held-back "<" that turns out to stay
+    (["\n", "x", "\n\n", "y"], "x\n\ny"),  # inner newlines kept, the leading one dropped
+    (["abc"], "abc"),
+    ([], ""),
+])
+def test_streamed_pieces_add_up_to_the_finished_answer(pieces, final):
+    from llamavid.service import TextStream
+
+    sent = []
+    stream = TextStream(sent.append, "</s>")
+    prefixes = []
+    for piece in pieces:
+        stream.push(piece)
+        prefixes.append("".join(sent))
+    assert all(final.startswith(p) for p in prefixes), prefixes  # nothing is ever sent that the answer lacks
+    stream.finish(final)
+    assert "".join(sent) == final
