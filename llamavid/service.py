@@ -42,7 +42,7 @@ from .qa import QUESTIONS_PER_BATCH, Answered, Question, answer_questions
 
 log = logging.getLogger("llamavid.service")
 
-GATHER_SECONDS = 0.01
+GATHER_SECONDS = 0.02  # how long a first question waits for others about the same input
 MAX_BATCH = 32  # questions taken from one input's queue per answer_questions call
 KEEP_OPEN = 8  # inputs kept open between questions
 
