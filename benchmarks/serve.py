@@ -12,6 +12,8 @@ with the video's features already in the (shared, temporary) cache for both side
 
     .venv/bin/python benchmarks/serve.py                 # the shipped demo model on examples/three-shapes.mp4
     .venv/bin/python benchmarks/serve.py --requests 200  # a quicker memory check
+    .venv/bin/python benchmarks/serve.py --mid --minutes 2 --requests 100   # benchmarks/ask.py's mid-size model
+                                                         # (random weights, LLaMA 6 x 384) on a generated video
 
 All answers are greedy (temperature 0) with at most --max-tokens new tokens.
 """
@@ -109,6 +111,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="rounds of all the questions sent to the server (median)")
     ap.add_argument("--requests", type=int, default=1000, help="requests for the memory check")
     ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--fps", type=float, default=1.0, help="frames sampled per second, both sides")
+    ap.add_argument("--mid", action="store_true", help="benchmarks/ask.py's mid-size random model (built here) "
+                                                       "on a generated --minutes video, instead of --model/--video")
+    ap.add_argument("--minutes", type=float, default=2.0)
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     import httpx
@@ -117,17 +123,26 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="llamavid-serve-bench-"))
     media = work / "media"
     media.mkdir()
-    video = media / Path(args.video).name
-    shutil.copy(args.video, video)
+    if args.mid:
+        sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
+        from ask import build_model  # noqa: E402 - benchmarks/ask.py: the same mid-size model
+        from media import make_video  # noqa: E402
+
+        args.llm_hidden, args.llm_layers = 384, 6
+        args.model = str(build_model(work, args))
+        video = make_video(media / "generated.mp4", seconds=args.minutes * 60, fps=2, width=96, height=64)
+    else:
+        video = media / Path(args.video).name
+        shutil.copy(args.video, video)
     png = work / "frame.png"  # an inline image for the memory mix: the video's first frame
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(video), "-frames:v", "1", str(png)], check=True)
     image_url = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
     env = dict(os.environ, LLAMAVID_CACHE=str(work / "cache"), HF_HUB_OFFLINE="1")
     questions = [QUESTIONS[i % len(QUESTIONS)] + ("" if i < len(QUESTIONS) else f" (#{i // len(QUESTIONS) + 1})")
                  for i in range(args.questions)]
-    sampling = ["--temperature", "0", "--max-new-tokens", str(args.max_tokens)]
+    sampling = ["--temperature", "0", "--max-new-tokens", str(args.max_tokens), "--fps", f"{args.fps:g}"]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
-          f"model {args.model}; video {video.name}; {args.questions} questions; work dir {work}", file=sys.stderr)
+          f"model {args.model}; video {video.name} at {args.fps:g} frame/s; {args.questions} questions; work dir {work}", file=sys.stderr)
 
     # warm the shared cache: both sides then read the same features (encoding is not what is compared)
     subprocess.run([*LLAMAVID, "ask", str(video), questions[0], "--model", args.model, *sampling],
@@ -157,7 +172,7 @@ def main() -> None:
                 else {"type": "video_url", "video_url": {"url": video.name}})
         messages = [{"role": "user", "content": [part, {"type": "text", "text": question}]}]
         reply = client.chat.completions.create(model=model_id, messages=messages, temperature=0,
-                                               max_tokens=args.max_tokens, stream=stream)
+                                               max_tokens=args.max_tokens, stream=stream, extra_body={"fps": args.fps})
         if stream:
             return "".join(c.choices[0].delta.content or "" for c in reply if c.choices)
         return reply.choices[0].message.content
