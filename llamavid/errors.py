@@ -41,3 +41,12 @@ class VidtokError(LlamaVidError):
 
 class ContextOverflowError(LlamaVidError):
     """A prompt that needs more tokens than the model's context window holds."""
+
+
+class RequestError(InputError):
+    """A request to ``llamavid serve`` that is refused: the HTTP ``status`` (a 4xx), the request field at
+    fault (``param``, e.g. ``"messages[0].content[1].video_url.url"``) and a short machine-readable ``code``."""
+
+    def __init__(self, message: str, *, status: int = 400, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.param, self.code = status, param, code

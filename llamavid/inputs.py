@@ -84,6 +84,11 @@ def cache_path_for(source_hash: str, encoder_fingerprint: str, fps: float) -> Pa
     return user_cache_dir() / "vidtok" / f"{key}.vidtok"
 
 
+def input_key(options: AskOptions) -> tuple:
+    """The options ``open_input`` reads: inputs opened with equal keys are the same (a server shares them)."""
+    return (options.fps, options.subtitles, options.cache)
+
+
 def open_input(
     model,
     source: str | os.PathLike,

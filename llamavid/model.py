@@ -26,7 +26,7 @@ from .config import LlamaVidConfig
 from .decoding import SamplingOptions, StreamDecoder, generate
 from .errors import CheckpointError, InputError
 from .planning import answer_room
-from .prompt import IMAGE_SLOT, TextTokenizer, get_template, image_message, movie_message, tokenize_prompt
+from .prompt import IMAGE_PLACEHOLDER, IMAGE_SLOT, TextTokenizer, get_template, image_message, movie_message, tokenize_prompt
 from .qformer import QFormer, QFormerConfig, encode_questions
 from .tokens import TokenGenerator
 from .vision import EvaVisionTransformer, VisionEncoder, VisionWeights
@@ -53,6 +53,7 @@ class Answer:
     frames: int
     seconds: float
     question: str = ""
+    truncated: bool = False  # generation stopped at the token limit, not at the end of the answer
 
 
 @dataclass(frozen=True)
@@ -286,6 +287,7 @@ class LlamaVid(nn.Module):
                      template: str | None = None) -> str:
         """The prompt text for a question (and earlier text-only turns) about a video of n_frames frames."""
         long_video = self.config.long_video if long_video is None else long_video
+        _refuse_placeholder(question, history, frame_subtitles)
         if long_video:
             subs = list(frame_subtitles) if frame_subtitles is not None else [""] * n_frames
             if len(subs) != n_frames:
@@ -369,7 +371,7 @@ class LlamaVid(nn.Module):
         texts = self._generate(embeds, sampling, max_new, on_text, prompts[0].template)
         seconds = time.perf_counter() - t0
         return [Answer(text=text, prompt_tokens=p.tokens, new_tokens=n, frames=n_frames, seconds=seconds,
-                       question=p.question) for p, (text, n) in zip(prompts, texts)]
+                       question=p.question, truncated=n >= max_new) for p, (text, n) in zip(prompts, texts)]
 
     def _generate(self, embeds: Sequence[torch.Tensor], sampling: SamplingOptions, max_new: int,
                   on_text: Callable[[int, str], None] | None, template: str) -> list[tuple[str, int]]:
@@ -446,7 +448,17 @@ class LlamaVid(nn.Module):
         [(reply, n)] = self._generate([self.embed_prompt(ids, [])], sampling, max_new, on_text,
                                       template or self.config.conv_mode)
         return Answer(text=reply, prompt_tokens=len(ids), new_tokens=n, frames=0, seconds=time.perf_counter() - t0,
-                      question=text)
+                      question=text, truncated=n >= max_new)
+
+
+def _refuse_placeholder(question: str, history: Sequence[tuple[str, str]], frame_subtitles: Sequence[str] | None) -> None:
+    """Text may not contain ``<image>``: the prompt marks the places of visual tokens with it."""
+    texts = [("the question", question)] + [("an earlier turn", t) for turn in history for t in turn]
+    texts += [("a subtitle", t) for t in frame_subtitles or ()]
+    for what, text in texts:
+        if IMAGE_PLACEHOLDER in text:
+            raise InputError(f"{what} contains {IMAGE_PLACEHOLDER}, which marks where the video goes in the prompt; "
+                             "leave it out")
 
 
 def _left_pad(embeds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

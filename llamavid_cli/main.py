@@ -37,7 +37,7 @@ def root(
 
 
 def _register() -> None:
-    from . import ask, chat, encode, eval, info, summarize, train  # noqa: F401  (commands register themselves on `app`)
+    from . import ask, chat, encode, eval, info, serve, summarize, train  # noqa: F401  (commands register themselves on `app`)
 
 
 def _parser_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
