@@ -23,7 +23,7 @@ _EXPORTS = {
     "ChatSession": "chat", "summarize": "summary",
     "read_batch": "batch", "run_batch": "batch",
     "LlamaVidError": "errors", "InputError": "errors", "CheckpointError": "errors", "ModelNotFoundError": "errors",
-    "VideoError": "errors", "VidtokError": "errors", "ContextOverflowError": "errors",
+    "VideoError": "errors", "VidtokError": "errors", "ContextOverflowError": "errors", "MemoryLimitError": "errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -45,6 +45,10 @@ class ContextOverflowError(LlamaVidError):
     """A prompt that needs more tokens than the model's context window holds."""
 
 
+class MemoryLimitError(LlamaVidError):
+    """Weights or a prompt's KV cache that would not fit the memory available: refused before any work."""
+
+
 def describe_path(path: str | os.PathLike) -> str:
     """The path as users typed it, for error messages."""
     return os.fspath(path)

@@ -22,8 +22,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .callbacks import NO_CALLBACKS
 from .config import LlamaVidConfig
-from .decoding import SamplingOptions, StreamDecoder, generate
+from .decoding import PREFILL_CHUNK, SamplingOptions, StreamDecoder, generate
+from .memory import SYSTEM
 from .errors import CheckpointError, InputError
 from .planning import answer_room
 from .prompt import IMAGE_SLOT, TextTokenizer, get_template, image_message, movie_message, tokenize_prompt
@@ -125,6 +127,12 @@ class LlamaVid(nn.Module):
         self.qformer_tokenizer = qformer_tokenizer
         self.vision_encoder = vision_encoder  # not a submodule: frozen, built lazily, saved separately
         self.name = name
+        # Set by load_model: the KV-cache mode, how to look at the machine, where notes go, and the memory
+        # left after the weights were loaded (None: unknown).
+        self.kv_cache = "auto"
+        self.probes = SYSTEM
+        self.callbacks = NO_CALLBACKS
+        self.memory_left: int | None = None
 
     @classmethod
     def from_config(
@@ -366,17 +374,48 @@ class LlamaVid(nn.Module):
         embeds = [self.embed_prompt(p.ids, self.visual_blocks(tokens[qi], long_video=long_video))
                   for qi, p in enumerate(prompts)]
         del tokens
-        texts = self._generate(embeds, sampling, max_new, on_text, prompts[0].template)
+        text_tokens = max(p.tokens - p.n_frames * self.tokens_per_frame for p in prompts)
+        texts = self._generate(embeds, sampling, max_new, on_text, prompts[0].template, text_tokens)
         seconds = time.perf_counter() - t0
         return [Answer(text=text, prompt_tokens=p.tokens, new_tokens=n, frames=n_frames, seconds=seconds,
                        question=p.question) for p, (text, n) in zip(prompts, texts)]
 
+    def kv_cache_mode(self, tokens: int, batch: int = 1, *, new_tokens: int = 0, text_tokens: int | None = None) -> str:
+        """The KV-cache mode for ``batch`` prompts of up to ``tokens`` tokens plus ``new_tokens`` answer tokens, as
+        ``self.kv_cache`` asks (``llamavid.kvcache.plan_cache``); a note goes to ``self.callbacks`` when
+        auto picks a quantized cache. A prompt that fits no mode is refused with a ``--max-frames`` that fits
+        (``text_tokens``: the prompt's tokens that are not frames)."""
+        from .errors import MemoryLimitError
+        from .kvcache import CacheShape, plan_cache
+
+        known = [x for x in (self.memory_left, self.probes.available(self.device)) if x is not None]
+        host = self.probes.available(torch.device("cpu")) if self.device.type == "cuda" else None
+        try:
+            mode, note = plan_cache(CacheShape.of(self.llm.config, self.dtype), self.kv_cache, tokens=tokens + new_tokens,
+                                    batch=batch,
+                                    chunk=PREFILL_CHUNK, device=self.device, available=min(known) if known else None,
+                                    host_available=host)
+        except MemoryLimitError as exc:
+            fit = getattr(exc, "fit_tokens", 0)
+            if text_tokens is None:
+                raise
+            frames = max(0, (fit - new_tokens - text_tokens) // self.tokens_per_frame)
+            advice = f"use --max-frames {frames}" if frames else "nothing with frames fits: free memory"
+            if self.kv_cache in ("full", "int8"):
+                advice += " or --kv-cache auto"
+            raise MemoryLimitError(f"{exc}; {advice}") from None
+        if note:
+            self.callbacks.say(note)
+        return mode
+
     def _generate(self, embeds: Sequence[torch.Tensor], sampling: SamplingOptions, max_new: int,
-                  on_text: Callable[[int, str], None] | None, template: str) -> list[tuple[str, int]]:
+                  on_text: Callable[[int, str], None] | None, template: str,
+                  text_tokens: int | None = None) -> list[tuple[str, int]]:
         """Left-padded batch generation -> (answer text without the stop string, new tokens) per row."""
         opts = SamplingOptions(max_new_tokens=max_new, temperature=sampling.temperature, top_p=sampling.top_p,
                                seed=sampling.seed)
         batch, mask = _left_pad(embeds)
+        cache_mode = self.kv_cache_mode(batch.shape[1], batch.shape[0], new_tokens=max_new, text_tokens=text_tokens)
         decoders = [StreamDecoder(self.text_tokenizer) for _ in embeds]
 
         def on_token(row: int, tok: int) -> None:
@@ -385,7 +424,7 @@ class LlamaVid(nn.Module):
                 on_text(row, piece)
 
         outs = generate(self.llm, batch, mask if len(embeds) > 1 else None, stop_ids=[self.text_tokenizer.eos_id],
-                        opts=opts, on_token=on_token)
+                        opts=opts, on_token=on_token, cache_mode=cache_mode)
         stop_text = get_template(template).stop_string
         results = []
         for ids in outs:

@@ -38,6 +38,7 @@ def ask(
     device: opt.Device = None,
     dtype: opt.Dtype = None,
     quantize: opt.Quantize = None,
+    kv_cache: opt.KVCache = None,
     vision_tower: opt.VisionTower = None,
     qformer_tokenizer: opt.QFormerTokenizer = None,
     json_out: opt.Json = False,
@@ -64,13 +65,13 @@ def ask(
         items = _batch_items(batch, input, question, options)
         sink = _sink(items, output, force=force, batch=batch)
         m = load(model, vision_tower=vision_tower, qformer_tokenizer=qformer_tokenizer, device=device, dtype=dtype,
-                 quantize=quantize)
+                 quantize=quantize, kv_cache=kv_cache)
         _run_batch(m, items, sink, batch_size)
         return
     if output is not None:
         raise InputError("-o/--output is for batches and folders; one answer goes to stdout")
     m = load(model, vision_tower=vision_tower, qformer_tokenizer=qformer_tokenizer, device=device, dtype=dtype,
-             quantize=quantize)
+             quantize=quantize, kv_cache=kv_cache)
     from llamavid.qa import ask as ask_question
 
     streaming = not json_out and is_terminal(sys.stdout)

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llamavid.choices import DTYPE_CHOICES, QUANTIZE_CHOICES, SUMMARY_STYLES
+from llamavid.choices import DTYPE_CHOICES, KV_CACHE_CHOICES, QUANTIZE_CHOICES, SUMMARY_STYLES
 
 # -- the model ------------------------------------------------------------------------------------------------
 Model = Annotated[Optional[str], typer.Option(
@@ -20,9 +20,13 @@ Model = Annotated[Optional[str], typer.Option(
 Device = Annotated[Optional[str], typer.Option(
     "--device", help="cpu, cuda, cuda:N or mps (default: the first GPU when there is one, else the CPU).")]
 Dtype = Annotated[Optional[str], typer.Option(
-    "--dtype", help=f"One of {', '.join(DTYPE_CHOICES)} (auto: bf16 on GPUs, fp16 where bf16 is missing, float32 on the CPU).")]
+    "--dtype", help=f"One of {', '.join(DTYPE_CHOICES)} (auto: bf16 on GPUs, fp16 where bf16 is missing; on the CPU "
+                    "bf16 where it computes bf16 natively or float32 would not fit the memory, else float32).")]
 Quantize = Annotated[Optional[str], typer.Option(
     "--quantize", help=f"Load the LLM in {' or '.join(QUANTIZE_CHOICES)} through bitsandbytes.")]
+KVCache = Annotated[Optional[str], typer.Option(
+    "--kv-cache", help=f"How the prompt's keys and values are kept: {', '.join(KV_CACHE_CHOICES)} (auto: full precision "
+                       "when it fits the memory left, else int8, then int4; offload: host memory, GPUs only).")]
 VisionTower = Annotated[Optional[Path], typer.Option(
     "--vision-tower", help="Path to eva_vit_g.pth (default: the config's path, the checkpoint, the cache, the embedded copy).")]
 QFormerTokenizer = Annotated[Optional[str], typer.Option(

@@ -30,6 +30,7 @@ def summarize(
     device: opt.Device = None,
     dtype: opt.Dtype = None,
     quantize: opt.Quantize = None,
+    kv_cache: opt.KVCache = None,
     vision_tower: opt.VisionTower = None,
     qformer_tokenizer: opt.QFormerTokenizer = None,
     json_out: Annotated[bool, typer.Option(
@@ -46,7 +47,7 @@ def summarize(
     options = ask_options(fps=fps, long=long, subtitles=subtitles, temperature=temperature, top_p=top_p,
                           max_new_tokens=max_new_tokens, seed=seed, no_cache=no_cache)
     m = load(model, vision_tower=vision_tower, qformer_tokenizer=qformer_tokenizer, device=device, dtype=dtype,
-             quantize=quantize)
+             quantize=quantize, kv_cache=kv_cache)
     with Reporter(f"encoding {Path(input).name}") as reporter:
         vin = open_input(m, input, options, callbacks=reporter.callbacks())
     with vin:

@@ -72,6 +72,8 @@ def run_process(*args, **kwargs):
 
 
 def model_args(ckpt, max_new: int = 8) -> list[str]:
-    """CLI options for a tiny checkpoint, answering greedily and briefly."""
+    """CLI options for a tiny checkpoint, answering greedily and briefly, in float32: tests compare greedy
+    answers across batch sizes and processes, which a random tiny model keeps only in float32 (the default
+    is bfloat16 on CPUs that compute it natively; tests of that rule live in test_memory.py)."""
     return ["--model", str(ckpt.path), "--vision-tower", str(ckpt.vision_path), "--temperature", "0",
-            "--max-new-tokens", str(max_new)]
+            "--max-new-tokens", str(max_new), "--dtype", "float32"]
