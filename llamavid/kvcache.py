@@ -21,7 +21,6 @@ values. Measured agreement with the full cache: docs/RESULTS.md ("Quantized KV c
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,8 +78,7 @@ class CacheShape:
         """Transient memory beside the stored cache while a prompt of ``tokens`` is prefilled in chunks of
         ``chunk``: one layer's keys and values in the compute dtype (the concatenation, or the dequantized
         copy), the attention mask of a chunk, and one layer's activations on a chunk."""
-        layer_full = 2 * tokens * self.kv_heads * self.head_dim * self.element * batch
-        transient = layer_full * (2 if mode in ("int8", "int4") else 1)
+        transient = 2 * tokens * self.kv_heads * self.head_dim * self.element * batch
         step = min(chunk, tokens)
         mask = step * tokens * batch  # one byte per (query, key) of a chunk
         activations = PREFILL_ACTIVATION_FACTOR * step * max(self.hidden, self.intermediate) * batch
@@ -137,15 +135,9 @@ def plan_cache(shape: CacheShape, mode: str, *, tokens: int, batch: int, chunk: 
 
 
 def _torchao():
-    """torchao's affine quantization primitives (imported on first use, its start-up chatter silenced)."""
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    """torchao's affine quantization primitives (imported on first use; llamavid/__init__ quiets its start-up logs)."""
     try:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from torchao.quantization import quant_primitives as qp
+        from torchao.quantization import quant_primitives as qp
     except ImportError:
         raise InputError("a quantized KV cache needs torchao: pip install torchao") from None
     return qp

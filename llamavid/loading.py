@@ -142,6 +142,7 @@ def load_model(
     model.kv_cache = kv_mode
     model.probes = probes
     model.callbacks = callbacks
+    model.weight_bits = bits
     if available is not None:  # mapped weights still count as "available" (page cache): subtract them here
         model.memory_left = max(0, available - model_weight_bytes(groups, dt, bits) - RUNTIME_OVERHEAD)
     return model.eval()

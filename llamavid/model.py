@@ -133,6 +133,7 @@ class LlamaVid(nn.Module):
         self.probes = SYSTEM
         self.callbacks = NO_CALLBACKS
         self.memory_left: int | None = None
+        self.weight_bits: int | None = None  # 8 or 4 when the LLM's layers were quantized (--quantize)
 
     @classmethod
     def from_config(
@@ -400,9 +401,11 @@ class LlamaVid(nn.Module):
             if text_tokens is None:
                 raise
             frames = max(0, (fit - new_tokens - text_tokens) // self.tokens_per_frame)
-            advice = f"use --max-frames {frames}" if frames else "nothing with frames fits: free memory"
+            advice = f"use --max-frames {frames}" if frames else "no frame fits beside the text"
             if self.kv_cache in ("full", "int8"):
-                advice += " or --kv-cache auto"
+                advice += ", or --kv-cache auto"
+            if not self.weight_bits:
+                advice += ", or --quantize 8bit / 4bit to leave more memory to the cache"
             raise MemoryLimitError(f"{exc}; {advice}") from None
         if note:
             self.callbacks.say(note)
