@@ -17,7 +17,7 @@ writing never holds more than one shard in memory:
 What it measures, each figure in a fresh subprocess (peak = VmHWM of that process; /proc/self/clear_refs
 resets it where a phase is measured alone):
   load    load_model with default settings: seconds, peak RSS / weight bytes
-  encode  ``llamavid encode`` with default settings on a 30 s clip at 1 frame/s: frames/s and peak
+  encode  ``llamavid encode`` with default settings on a 16 s clip at 1 frame/s: frames/s and peak
   ask     ``llamavid ask FILE.vidtok`` with default settings: seconds, peak / checkpoint bytes, whether the
           vision encoder was built (it must not be)
   llm     prefill tokens/s (512-token prompt) and decode tokens/s (32 tokens) of the 7B LLM, default dtype
@@ -255,6 +255,8 @@ def _cli(argv: list[str]) -> int:
 def child_encode(args: dict) -> dict:
     t0 = time.perf_counter()
     argv = ["encode", args["video"], "--vision-tower", args["tower"], "-o", args["out"], "--force"]
+    if args.get("dtype"):
+        argv += ["--dtype", args["dtype"]]
     if args["device"] != "cpu":
         argv += ["--device", args["device"]]
     code = _cli(argv)
@@ -353,11 +355,25 @@ def child_kv(args: dict) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
+    first = 0
+    if args.get("fill"):
+        # Fill the cache up to the last chunk with random keys and values (no compute), then prefill only the
+        # last chunk: the memory of a chunk attending to the whole prompt, without hours of CPU prefill.
+        first = (tokens - 1) // chunk * chunk
+        heads = llm.config.num_key_value_heads
+        head_dim = llm.config.hidden_size // llm.config.num_attention_heads
+        with torch.inference_mode():
+            for layer in range(cfg.llm["num_hidden_layers"]):
+                for start in range(0, first, chunk):
+                    n = min(chunk, first - start)
+                    k = torch.randn(1, heads, n, head_dim, generator=gen).to(dev, dtype)
+                    cache.update(k, torch.randn(1, heads, n, head_dim, generator=gen).to(dev, dtype), layer)
+                    del k
     before_rss = vm("VmRSS")
     reset_peak()
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for start in range(0, tokens, chunk):
+        for start in range(first, tokens, chunk):
             end = min(tokens, start + chunk)
             emb = torch.randn(1, end - start, cfg.llm_hidden_size, generator=gen).mul_(0.02).to(dev, dtype)
             mask = torch.ones(1, end, dtype=torch.long, device=dev)
@@ -372,6 +388,7 @@ def child_kv(args: dict) -> dict:
                 use_cache=True, logits_to_keep=1, **{kw: cache})
         decode = (time.perf_counter() - t1) / max(1, args.get("new", 4))
     out = {"depth": args["depth"], "tokens": tokens, "mode": args["mode"], "chunk": chunk, "prefill_s": prefill,
+           "prefilled_from": first,
            "decode_s_per_token": decode, "cache_bytes": cache_bytes(cache), "rss_before": before_rss,
            "peak": vm("VmHWM"), "weights": sum(p.numel() * p.element_size() for p in llm.parameters())}
     if dev.type == "cuda":
@@ -475,6 +492,8 @@ def main() -> None:
     parser.add_argument("--kv-tokens", default="16384", help="prompt lengths for the KV measurements")
     parser.add_argument("--kv-long", type=int, default=65536, help="one int4 run at this length, depth 1 (0: skip)")
     parser.add_argument("--kv-modes", default="full,int8,int4")
+    parser.add_argument("--kv-compute-all", action="store_true",
+                        help="prefill every chunk (default: fill the cache with random keys/values and prefill the last chunk)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per measurement")
     parser.add_argument("--output", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--figures", type=Path, default=None, help="an earlier --output to build the fits table from")
@@ -508,18 +527,28 @@ def main() -> None:
                   f"{r['peak'] / ckpt_bytes:.3f} x the weights ({gb(ckpt_bytes)}); notes: {r['notes']}", flush=True)
         else:
             print(f"load: {r['error']}", flush=True)
-    clip = make_clip(work / "clip30.mp4", 30)
-    vidtok = work / "clip30.vidtok"
+    clip = make_clip(work / "clip16.mp4", 16)
+    vidtok = work / "clip16.vidtok"
     if "encode" in parts or ("ask" in parts and not vidtok.exists()):
         r = run_child("encode", {"video": str(clip), "tower": str(tower), "out": str(vidtok), "device": dev}, args.timeout)
         figures["encode"] = r
         if "error" not in r:
-            print(f"encode (defaults, 30 s clip at 1 frame/s): {r['frames']} frames in {r['seconds']:.1f} s "
+            print(f"encode (defaults, 16 s clip at 1 frame/s): {r['frames']} frames in {r['seconds']:.1f} s "
                   f"({r['frames'] / r['seconds']:.2f} frames/s incl. start-up), peak RSS {r['peak'] / 1e6:,.0f} MB = "
                   f"{r['peak'] / 1e6 / PUBLISHED_ENCODE_PEAK_MB:.3f} x the published code's {PUBLISHED_ENCODE_PEAK_MB:,} MB; "
                   f"notes: {r['stderr_notes']}", flush=True)
         else:
             print(f"encode: {r['error']}", flush=True)
+        if dev == "cpu":  # the float32 path too: the default on CPUs without native bf16 (when it fits)
+            r = run_child("encode", {"video": str(clip), "tower": str(tower), "out": str(work / "clip16-fp32.vidtok"),
+                                     "device": dev, "dtype": "float32"}, args.timeout)
+            figures["encode_float32"] = r
+            if "error" not in r:
+                print(f"encode --dtype float32: {r['frames']} frames in {r['seconds']:.1f} s, peak RSS "
+                      f"{r['peak'] / 1e6:,.0f} MB = {r['peak'] / 1e6 / PUBLISHED_ENCODE_PEAK_MB:.3f} x the published "
+                      f"code's", flush=True)
+            else:
+                print(f"encode float32: {r['error']}", flush=True)
     if "ask" in parts:
         r = run_child("ask", {"vidtok": str(vidtok), "ckpt": str(short), "tower": str(tower), "device": dev}, args.timeout)
         figures["ask"] = r
@@ -582,28 +611,43 @@ def kv_part(long: Path, dev: str, args, ckpt_bytes: int, load: dict) -> dict:
         for mode in args.kv_modes.split(","):
             for depth in (1, 2):
                 r = run_child("kv", {"config": str(long / "config.json"), "depth": depth, "tokens": tokens, "mode": mode,
-                                     "device": dev}, args.timeout)
+                                     "device": dev, "fill": not args.kv_compute_all}, args.timeout)
                 runs.append(r)
                 if "error" in r:
                     print(f"kv {mode} depth {depth} {tokens}: {r['error']}", flush=True)
     if args.kv_long:
         r = run_child("kv", {"config": str(long / "config.json"), "depth": 1, "tokens": args.kv_long, "mode": "int4",
-                             "device": dev, "new": 2}, args.timeout)
+                             "device": dev, "new": 2, "fill": not args.kv_compute_all}, args.timeout)
         runs.append(r)
         if "error" in r:
             print(f"kv int4 depth 1 {args.kv_long}: {r['error']}", flush=True)
     ok = [r for r in runs if "error" not in r]
     print("KV cache, long-video config at real width (4096 wide, 32 heads of 128, rope linear x16), bf16, "
           "prompt prefilled in chunks, measured at depth 1 and 2:", flush=True)
-    print("| mode | prompt tokens | depth | KV bytes/token (measured) | prefill peak above start | prefill s | decode s/token |")
+    print("(each run: the cache filled up to the last 4,096-token chunk with random keys and values, then that chunk "
+          "prefilled through the model and a few tokens decoded; peak = VmHWM during those, above the RSS before them)")
+    print("| mode | prompt tokens | depth | KV bytes/token (measured) | peak above start (last chunk + decode) | last chunk s | decode s/token |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in ok:
         print(f"| {r['mode']} | {r['tokens']:,} | {r['depth']} | {r['cache_bytes'] / r['tokens']:,.0f} | "
               f"{gb(r['peak'] - r['rss_before'])} | {r['prefill_s']:.1f} | {r['decode_s_per_token']:.2f} |")
     extrap = {}
     weights_rss = load.get("rss") or ckpt_bytes
-    print(f"Extrapolated to 32 layers per layer: KV(32) = 32 x (bytes/token at depth 2 - at depth 1) x tokens; "
-          f"working = (peak - start - KV) at depth 1; total = weights resident after load ({gb(weights_rss)}) + KV(32) + working:")
+
+    def working_of(r: dict) -> float:  # peak above the start, less what the cache grew by during the measured part
+        grown = r["cache_bytes"] * (r["tokens"] - r.get("prefilled_from", 0)) / r["tokens"]
+        return (r["peak"] - r["rss_before"]) - grown
+
+    long_runs = [r for r in ok if r["tokens"] == args.kv_long and r["depth"] == 1]
+    for r in long_runs:
+        print(f"measured at {r['tokens']:,} tokens, {r['mode']}, depth 1: cache {gb(r['cache_bytes'])}, working memory "
+              f"{gb(working_of(r))} (attention mask, one layer's keys and values in bf16, activations of a chunk), last "
+              f"chunk {r['prefill_s']:.0f} s, decode {r['decode_s_per_token']:.2f} s/token", flush=True)
+        extrap[f"measured_long/{r['tokens']}"] = {"working": working_of(r), "cache": r["cache_bytes"]}
+    long_working = working_of(long_runs[0]) if long_runs else None
+    print(f"Extrapolated to 32 layers, per layer: KV(32) = 32 x (cache bytes at depth 2 - at depth 1) / tokens x prompt "
+          f"tokens; working = the depth-1 run's (at {args.kv_long:,} tokens: the measured long run's); total = weights "
+          f"resident after load ({gb(weights_rss)}) + KV(32) + working:")
     print("| mode | prompt tokens | KV bytes/token, 32 layers | KV cache | working | total |")
     print("|---|---:|---:|---:|---:|---:|")
     by = {(r["mode"], r["tokens"], r["depth"]): r for r in ok}
@@ -611,24 +655,13 @@ def kv_part(long: Path, dev: str, args, ckpt_bytes: int, load: dict) -> dict:
         if depth != 1 or (mode, tokens, 2) not in by:
             continue
         r2 = by[(mode, tokens, 2)]
-        per_layer = (r2["cache_bytes"] - r1["cache_bytes"]) / tokens
-        kv32 = 32 * per_layer * tokens
-        working = (r1["peak"] - r1["rss_before"]) - r1["cache_bytes"]
-        for target in sorted({tokens, 65536}):
-            scale = target / tokens
-            total = weights_rss + kv32 * scale + working * scale
-            extrap[f"{mode}/{target}"] = {"per_token": 32 * per_layer, "kv": kv32 * scale, "working": working * scale,
+        per_token = 32 * (r2["cache_bytes"] - r1["cache_bytes"]) / tokens
+        for target in sorted({tokens, args.kv_long} - {0}):
+            working = working_of(r1) if target == tokens or long_working is None else long_working
+            total = weights_rss + per_token * target + working
+            extrap[f"{mode}/{target}"] = {"per_token": per_token, "kv": per_token * target, "working": working,
                                           "total": total, "measured_at": tokens}
-            note = "" if target == tokens else f" (scaled from {tokens:,})"
-            print(f"| {mode} | {target:,}{note} | {32 * per_layer:,.0f} | {gb(kv32 * scale)} | {gb(working * scale)} | "
-                  f"{gb(total)} |")
-    long_runs = [r for r in ok if r["tokens"] == args.kv_long and r["depth"] == 1]
-    for r in long_runs:
-        working = (r["peak"] - r["rss_before"]) - r["cache_bytes"]
-        print(f"measured at {r['tokens']:,} tokens, int4, depth 1: cache {gb(r['cache_bytes'])}, working memory "
-              f"{gb(working)} (attention mask, one layer's keys and values in bf16, activations of a chunk), prefill "
-              f"{r['prefill_s']:.0f} s, decode {r['decode_s_per_token']:.2f} s/token", flush=True)
-        extrap[f"measured_long/{r['tokens']}"] = {"working": working, "cache": r["cache_bytes"]}
+            print(f"| {mode} | {target:,} | {per_token:,.0f} | {gb(per_token * target)} | {gb(working)} | {gb(total)} |")
     return {"runs": runs, "extrapolated": extrap}
 
 
