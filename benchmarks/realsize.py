@@ -108,7 +108,7 @@ def write_checkpoint(work: Path, *, shard_bytes: int = 4 * GiB) -> tuple[Path, P
     """The short- and long-video checkpoints under ``work`` (written once; long/ hard-links short/'s shards)."""
     import torch
 
-    from checkpoint_fixture import published_config, train_sentencepiece
+    from checkpoint_fixture import published_config
 
     short, long = work / "short", work / "long"
     done = short / ".complete"
@@ -139,16 +139,12 @@ def write_checkpoint(work: Path, *, shard_bytes: int = 4 * GiB) -> tuple[Path, P
             print(f"  wrote {name} ({(short / name).stat().st_size / 1e9:.2f} GB, {time.perf_counter() - t0:.0f} s)", flush=True)
         (short / "pytorch_model.bin.index.json").write_text(json.dumps(
             {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
-        train_sentencepiece(short / "tokenizer.model")
+        write_llama_tokenizer(short / "tokenizer.model")
         (short / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>",
                                                                  "eos_token": "</s>", "unk_token": "<unk>"}))
         qt = short / "qformer_tokenizer"
         qt.mkdir()
-        words = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        words += list("abcdefghijklmnopqrstuvwxyz") + "what who is the a of in video movie color".split()
-        words += [f"w{i}" for i in range(QF["vocab"] - 1 - len(words))]
-        (qt / "vocab.txt").write_text("\n".join(words) + "\n")
-        (qt / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "tokenizer_class": "BertTokenizer"}))
+        write_bert_vocab(qt)
         base = dict(hidden_size=LLM["hidden"], intermediate_size=LLM["inter"], num_hidden_layers=LLM["layers"],
                     num_attention_heads=LLM["heads"], num_key_value_heads=LLM["heads"], vocab_size=LLM["vocab"],
                     mm_hidden_size=EVA["width"], torch_dtype="bfloat16", mm_vision_tower="../eva_vit_g.pth")
@@ -173,6 +169,32 @@ def write_checkpoint(work: Path, *, shard_bytes: int = 4 * GiB) -> tuple[Path, P
         (long / "config.json").write_text(json.dumps(cfg, indent=1))
         (long / ".complete").write_text("ok\n")
     return short, long
+
+
+def write_llama_tokenizer(path: Path) -> None:
+    """A sentencepiece model with LLaMA's 32,000 ids: trained here on the test fixture's corpus, then padded with
+    unused pieces, so that every id the random LLM can produce decodes (as with the real tokenizer)."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    from checkpoint_fixture import train_sentencepiece
+
+    train_sentencepiece(path)
+    model = pb.ModelProto()
+    model.ParseFromString(path.read_bytes())
+    for i in range(LLM["vocab"] - len(model.pieces)):
+        piece = model.pieces.add()
+        piece.piece, piece.score, piece.type = f"\u2581unused{i}", -1000.0 - i, pb.ModelProto.SentencePiece.NORMAL
+    path.write_bytes(model.SerializeToString())
+
+
+def write_bert_vocab(folder: Path) -> None:
+    """A WordPiece vocabulary of bert-base-uncased's size (30,522 entries; the loader adds [DEC])."""
+    words = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words += list("abcdefghijklmnopqrstuvwxyz") + "what who is the of in video movie color happens".split()
+    words = list(dict.fromkeys(words))
+    words += [f"w{i}" for i in range(QF["vocab"] - 1 - len(words))]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "tokenizer_class": "BertTokenizer"}))
 
 
 def write_eva(path: Path) -> Path:
@@ -283,6 +305,19 @@ def child_ask(args: dict) -> dict:
     return {"code": code, "seconds": time.perf_counter() - t0, "peak": vm("VmHWM"), "vision_built": len(built)}
 
 
+def _fix_vocab(work: Path) -> None:
+    import sentencepiece as spm
+
+    for sub in ("short", "long"):
+        tok = work / sub / "tokenizer.model"
+        if tok.is_file() and spm.SentencePieceProcessor(model_file=str(tok)).get_piece_size() != LLM["vocab"]:
+            tok.unlink()  # a hard link shared with short/: write a new file
+            write_llama_tokenizer(tok)
+        folder = work / sub / "qformer_tokenizer"
+        if folder.is_dir() and len(set((folder / "vocab.txt").read_text().splitlines())) != QF["vocab"] - 1:
+            write_bert_vocab(folder)
+
+
 def child_llm(args: dict) -> dict:
     import torch
 
@@ -316,7 +351,8 @@ def child_llm(args: dict) -> dict:
                 tok = res.logits[:, -1].argmax(-1)
             sync()
             t2 = time.perf_counter()
-            out = {"prefill_tokens_per_s": args["prompt"] / (t1 - t0), "decode_tokens_per_s": args["new"] / (t2 - t1),
+            out = {"prompt": args["prompt"], "new": args["new"],
+                   "prefill_tokens_per_s": args["prompt"] / (t1 - t0), "decode_tokens_per_s": args["new"] / (t2 - t1),
                    "prefill_s": t1 - t0, "decode_s": t2 - t1, "dtype": str(model.dtype), "peak": vm("VmHWM")}
             if run == 0 and args.get("quick"):
                 break
@@ -511,6 +547,7 @@ def main() -> None:
     print(f"machine: {machine()}; device {args.device}; work {work}", flush=True)
     t0 = time.perf_counter()
     short, long = write_checkpoint(work)
+    _fix_vocab(work)
     tower = write_eva(work / "eva_vit_g.pth")
     ckpt_bytes = dir_bytes(short)
     print(f"checkpoint: {gb(ckpt_bytes)} in {len(list(short.glob('pytorch_model-*.bin')))} shards; eva_vit_g.pth "
@@ -552,6 +589,8 @@ def main() -> None:
     if "ask" in parts:
         r = run_child("ask", {"vidtok": str(vidtok), "ckpt": str(short), "tower": str(tower), "device": dev}, args.timeout)
         figures["ask"] = r
+        if "error" not in r and r["code"]:
+            r["error"] = f"exit {r['code']}"
         if "error" not in r:
             print(f"ask FILE.vidtok (defaults): exit {r['code']}, {r['seconds']:.1f} s, peak RSS {gb(r['peak'])} = "
                   f"{r['peak'] / ckpt_bytes:.3f} x the checkpoint's bytes; vision encoder built {r['vision_built']} times",
@@ -559,12 +598,14 @@ def main() -> None:
         else:
             print(f"ask: {r['error']}", flush=True)
     if "llm" in parts:
-        r = run_child("llm", {"ckpt": str(short), "device": dev, "prompt": 512, "new": 32}, args.timeout)
+        # CPU: one timed run (a second, warmed-up run doubles minutes of 7B compute for little); GPU: warm-up first
+        r = run_child("llm", {"ckpt": str(short), "device": dev, "prompt": 256 if dev == "cpu" else 2048,
+                              "new": 16 if dev == "cpu" else 64, "quick": dev == "cpu"}, args.timeout)
         figures["llm"] = r
         if "error" not in r:
-            print(f"LLM 7B ({r['dtype']}): prefill {r['prefill_tokens_per_s']:.1f} tokens/s (512 tokens in "
-                  f"{r['prefill_s']:.1f} s), decode {r['decode_tokens_per_s']:.2f} tokens/s (32 tokens in "
-                  f"{r['decode_s']:.1f} s)", flush=True)
+            print(f"LLM 7B ({r['dtype']}): prefill {r['prefill_tokens_per_s']:.1f} tokens/s ({r['prompt']} tokens in "
+                  f"{r['prefill_s']:.1f} s), decode {r['decode_tokens_per_s']:.2f} tokens/s ({r['new']} tokens in "
+                  f"{r['decode_s']:.1f} s), peak RSS {gb(r['peak'])}", flush=True)
         else:
             print(f"llm: {r['error']}", flush=True)
     if "kv" in parts:

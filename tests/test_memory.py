@@ -235,7 +235,7 @@ def test_answers_use_the_chosen_cache_and_a_prompt_that_fits_nothing_names_max_f
         llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, kv_cache="fast")
 
 
-def test_kv_cache_option_reaches_the_model(tiny, tmp_path, capsys, monkeypatch):
+def test_kv_cache_option_reaches_the_model_and_a_vidtok_never_builds_the_encoder(tiny, tmp_path, capsys, monkeypatch):
     from conftest import model_args, run_cli
 
     seen = []
@@ -249,6 +249,9 @@ def test_kv_cache_option_reaches_the_model(tiny, tmp_path, capsys, monkeypatch):
                      source={"name": "v.mp4", "content_hash": "s1:test"})
     w.append(torch.randn(3, 257, 176), np.arange(3, dtype=np.float64))
     w.finalize()
+    import llamavid.vision as vision
+
+    monkeypatch.setattr(vision, "build_vision_tower", lambda *a, **k: pytest.fail("ask on a .vidtok built the encoder"))
     code, out, err = run_cli(capsys, "ask", feats, "what color?", "--json", "--kv-cache", "int4", *model_args(tiny))
     assert code == 0, err
     assert seen == ["int4"] and json.loads(out)["answer"] is not None
