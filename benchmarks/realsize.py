@@ -301,6 +301,8 @@ def child_ask(args: dict) -> dict:
             args["tower"], "--temperature", "0", "--max-new-tokens", "8", "--json"]
     if args["device"] != "cpu":
         argv += ["--device", args["device"]]
+    if args.get("quantize"):
+        argv += ["--quantize", args["quantize"]]
     code = _cli(argv)
     return {"code": code, "seconds": time.perf_counter() - t0, "peak": vm("VmHWM"), "vision_built": len(built)}
 
@@ -524,7 +526,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("LLAMAVID_REALSIZE_DIR", "runs/realsize")))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--parts", default="load,encode,ask,llm,kv")
+    parser.add_argument("--parts", default="load,encode,ask,llm,kv,fits",
+                        help="comma-separated: load, encode, ask, ask4bit, llm, kv, fits")
     parser.add_argument("--kv-tokens", default="16384", help="prompt lengths for the KV measurements")
     parser.add_argument("--kv-long", type=int, default=65536, help="one int4 run at this length, depth 1 (0: skip)")
     parser.add_argument("--kv-modes", default="full,int8,int4")
@@ -597,6 +600,15 @@ def main() -> None:
                   flush=True)
         else:
             print(f"ask: {r['error']}", flush=True)
+    if "ask4bit" in parts:
+        r = run_child("ask", {"vidtok": str(vidtok), "ckpt": str(short), "tower": str(tower), "device": dev,
+                              "quantize": "4bit"}, args.timeout)
+        if "error" not in r and r["code"]:
+            r["error"] = f"exit {r['code']}"
+        figures["ask4bit"] = r
+        print("ask FILE.vidtok --quantize 4bit: " + (r["error"] if "error" in r else
+              f"{r['seconds']:.1f} s, peak RSS {gb(r['peak'])} = {r['peak'] / ckpt_bytes:.3f} x the checkpoint's bytes"),
+              flush=True)
     if "llm" in parts:
         # CPU: one timed run (a second, warmed-up run doubles minutes of 7B compute for little); GPU: warm-up first
         r = run_child("llm", {"ckpt": str(short), "device": dev, "prompt": 256 if dev == "cpu" else 2048,
@@ -611,20 +623,20 @@ def main() -> None:
     if "kv" in parts:
         figures["kv"] = kv_part(long, dev, args, ckpt_bytes, figures.get("load", {}))
     if "fits" in parts:
-        figures["fits"] = fits_part(args, ckpt_bytes)
+        figures["fits"] = fits_part(args, ckpt_bytes, figures)
     if args.output:
         args.output.write_text(json.dumps(figures, indent=1) + "\n")
     print(f"total {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def fits_part(args, ckpt_bytes: int) -> str:
-    """The "what fits where" table from the measured weights and KV figures (--figures: an earlier --output)."""
+def fits_part(args, ckpt_bytes: int, current: dict | None = None) -> str:
+    """The "what fits where" table from the measured KV figures: this run's, or an earlier --output (--figures)."""
     from llamavid.kvcache import CacheShape
     from llamavid.loading import QUANTIZED_BYTES_PER_WEIGHT
 
     import torch
 
-    measured = json.loads(Path(args.figures).read_text()) if args.figures else {}
+    measured = json.loads(Path(args.figures).read_text()) if args.figures else (current or {})
     shape = CacheShape(layers=32, kv_heads=32, head_dim=128, dtype=torch.bfloat16, hidden=4096, intermediate=11008)
     per_token = {m: shape.bytes_per_token(m) for m in ("full", "int8", "int4")}
     source = "computed"
