@@ -648,6 +648,12 @@ def fits_part(args, ckpt_bytes: int, current: dict | None = None) -> str:
     weights = {"bf16": float(ckpt_bytes),
                "--quantize 8bit": ckpt_bytes - 2 * linear + QUANTIZED_BYTES_PER_WEIGHT[8] * linear,
                "--quantize 4bit": ckpt_bytes - 2 * linear + QUANTIZED_BYTES_PER_WEIGHT[4] * linear}
+    from llamavid.memory import RUNTIME_OVERHEAD
+
+    for key, flag in (("ask", "bf16"), ("ask4bit", "--quantize 4bit")):  # a measured peak, when larger, wins
+        run = measured.get(key) or {}
+        if "peak" in run and "error" not in run:
+            weights[flag] = max(weights[flag], run["peak"] - RUNTIME_OVERHEAD)
     working_per_token = 2 * 32 * 128 * 2 + 4096  # one layer's keys and values in bf16, the chunk mask
     working_fixed = 14 * 4096 * 11008  # one layer's activations on a 4,096-token chunk
     table = fits_table(weights, per_token, working_per_token, working_fixed)

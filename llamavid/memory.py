@@ -141,8 +141,9 @@ def cpu_bf16_support() -> str | None:
 class Probes:
     """How llamavid looks at the machine; replace a field to pretend to be another one."""
 
-    available: Callable[[torch.device], int | None] = field(default=available_memory)
-    cpu_bf16: Callable[[], str | None] = field(default=cpu_bf16_support)
+    # looked up when called, so that patching this module's functions reaches the default probes too
+    available: Callable[[torch.device], int | None] = field(default=lambda device: available_memory(device))
+    cpu_bf16: Callable[[], str | None] = field(default=lambda: cpu_bf16_support())
 
 
 SYSTEM = Probes()

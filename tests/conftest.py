@@ -32,6 +32,16 @@ def tiny_model(tiny):
 
 
 @pytest.fixture(autouse=True)
+def _float32_cpu_default(monkeypatch):
+    """In this process the suite runs as on a CPU without native bfloat16, whatever the machine: loading
+    without a dtype gives float32 everywhere, as the numeric tests expect. The dtype rule itself is tested
+    with injected probes (test_memory.py)."""
+    import llamavid.memory
+
+    monkeypatch.setattr(llamavid.memory, "cpu_bf16_support", lambda: None)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own llamavid cache directory (no test sees another's cached files)."""
     monkeypatch.setenv("LLAMAVID_CACHE", str(tmp_path / "llamavid-cache"))
