@@ -25,8 +25,8 @@ import torch.nn as nn
 from .callbacks import NO_CALLBACKS
 from .config import LlamaVidConfig
 from .decoding import PREFILL_CHUNK, SamplingOptions, StreamDecoder, generate
-from .memory import SYSTEM
 from .errors import CheckpointError, InputError
+from .memory import SYSTEM
 from .planning import answer_room
 from .prompt import IMAGE_SLOT, TextTokenizer, get_template, image_message, movie_message, tokenize_prompt
 from .qformer import QFormer, QFormerConfig, encode_questions
@@ -370,13 +370,14 @@ class LlamaVid(nn.Module):
             raise ValueError("every prompt of a batch must be built for the same frames and prompt style")
         max_new = answer_room(self.context_length, max(p.tokens for p in prompts), sampling.max_new_tokens,
                               n_frames=n_frames, tokens_per_frame=self.tokens_per_frame)  # before any work
+        cache_mode = self.kv_cache_mode(max(p.tokens for p in prompts), len(prompts), new_tokens=max_new,
+                                        text_tokens=max(p.tokens - p.n_frames * self.tokens_per_frame for p in prompts))
         tokens = self.video_tokens_batch(features, [p.question for p in prompts], long_video=long_video,
                                          chunk_frames=chunk_frames, frame_indices=frame_indices)  # (Q, T, k, H)
         embeds = [self.embed_prompt(p.ids, self.visual_blocks(tokens[qi], long_video=long_video))
                   for qi, p in enumerate(prompts)]
         del tokens
-        text_tokens = max(p.tokens - p.n_frames * self.tokens_per_frame for p in prompts)
-        texts = self._generate(embeds, sampling, max_new, on_text, prompts[0].template, text_tokens)
+        texts = self._generate(embeds, sampling, max_new, on_text, prompts[0].template, cache_mode)
         seconds = time.perf_counter() - t0
         return [Answer(text=text, prompt_tokens=p.tokens, new_tokens=n, frames=n_frames, seconds=seconds,
                        question=p.question) for p, (text, n) in zip(prompts, texts)]
@@ -413,12 +414,11 @@ class LlamaVid(nn.Module):
 
     def _generate(self, embeds: Sequence[torch.Tensor], sampling: SamplingOptions, max_new: int,
                   on_text: Callable[[int, str], None] | None, template: str,
-                  text_tokens: int | None = None) -> list[tuple[str, int]]:
+                  cache_mode: str = "full") -> list[tuple[str, int]]:
         """Left-padded batch generation -> (answer text without the stop string, new tokens) per row."""
         opts = SamplingOptions(max_new_tokens=max_new, temperature=sampling.temperature, top_p=sampling.top_p,
                                seed=sampling.seed)
         batch, mask = _left_pad(embeds)
-        cache_mode = self.kv_cache_mode(batch.shape[1], batch.shape[0], new_tokens=max_new, text_tokens=text_tokens)
         decoders = [StreamDecoder(self.text_tokenizer) for _ in embeds]
 
         def on_token(row: int, tok: int) -> None:
@@ -480,8 +480,9 @@ class LlamaVid(nn.Module):
         max_new = answer_room(self.context_length, len(ids), sampling.max_new_tokens, n_frames=0,
                               tokens_per_frame=self.tokens_per_frame)
         on_text = None if stream is None else (lambda _row, piece: stream(piece))
+        cache_mode = self.kv_cache_mode(len(ids), 1, new_tokens=max_new)
         [(reply, n)] = self._generate([self.embed_prompt(ids, [])], sampling, max_new, on_text,
-                                      template or self.config.conv_mode)
+                                      template or self.config.conv_mode, cache_mode)
         return Answer(text=reply, prompt_tokens=len(ids), new_tokens=n, frames=0, seconds=time.perf_counter() - t0,
                       question=text)
 

@@ -225,9 +225,12 @@ def test_answers_use_the_chosen_cache_and_a_prompt_that_fits_nothing_names_max_f
     assert used[-1] == "int8" and len(lines) == 1 and lines[0].startswith("KV cache in int8")
     assert small.text == full.text
     model.memory_left = int(sum(shape.need("int4", tokens - 3 * model.tokens_per_frame, 4096, 1)))
+    qformer_runs = []
+    monkeypatch.setattr(model, "video_tokens_batch", lambda *a, **k: qformer_runs.append(1))
     with pytest.raises(MemoryLimitError, match=r"use --max-frames [1-3]\b") as info:
         model.answer(feats, "What color?", sampling=greedy)
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "--quantize 8bit" in str(info.value)
+    assert qformer_runs == []  # refused before any work
     model.kv_cache = "full"
     with pytest.raises(MemoryLimitError, match="--kv-cache auto"):
         model.answer(feats, "What color?", sampling=greedy)
