@@ -23,10 +23,22 @@ _EXPORTS = {
     "ChatSession": "chat", "summarize": "summary",
     "read_batch": "batch", "run_batch": "batch",
     "LlamaVidError": "errors", "InputError": "errors", "CheckpointError": "errors", "ModelNotFoundError": "errors",
-    "VideoError": "errors", "VidtokError": "errors", "ContextOverflowError": "errors",
+    "VideoError": "errors", "VidtokError": "errors", "ContextOverflowError": "errors", "MemoryLimitError": "errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
+
+
+def _quiet_import_chatter() -> None:
+    """torchao (imported by transformers whenever it is installed) logs a warning for each CUDA kernel library a
+    CPU build cannot load, and torch's pytree one per enum it registers: noise on every start, not news."""
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+_quiet_import_chatter()
 
 
 def __getattr__(name: str) -> Any:

@@ -148,6 +148,57 @@ def read_weight_file(path: Path) -> Mapping[str, torch.Tensor]:
         raise CheckpointError(f"{path}: cannot be read (truncated, corrupt, or not a weights file: {text})") from None
 
 
+_MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim these pages (file pages are read again if touched; nothing is lost)
+
+
+def release_file_pages(tensor: torch.Tensor) -> None:
+    """Tell the kernel this process is done with the memory-mapped pages under ``tensor`` (after it was
+    converted to another dtype), so that they stop counting against the process while the rest loads.
+
+    MADV_PAGEOUT never loses data: file-backed pages are read again if touched, anonymous ones are left
+    alone (or swapped). A no-op off Linux or where the call is not supported.
+    """
+    import ctypes
+    import mmap
+    import sys
+
+    if not sys.platform.startswith("linux") or tensor.device.type != "cpu" or tensor.numel() == 0:
+        return
+    global _madvise
+    if _madvise is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            _madvise = libc.madvise
+        except (OSError, AttributeError):
+            _madvise = False
+    if not _madvise:
+        return
+    page = mmap.PAGESIZE
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    first, last = -(-start // page) * page, end // page * page  # whole pages inside the tensor only
+    if last > first:
+        _madvise(first, last - first, _MADV_PAGEOUT)
+
+
+_madvise = None
+
+
+def convert_tensors(sd: Mapping[str, torch.Tensor], device: torch.device | str,
+                    dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """Each tensor moved to ``device``/``dtype`` one at a time, the memory-mapped source pages of each one
+    released as soon as its copy exists: loading never holds the file and a full copy at once.
+    Tensors already in the right place and dtype are kept as they are (no copy)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, src in sd.items():
+        dst = src.to(device=device, dtype=dtype or src.dtype)
+        if dst.data_ptr() != src.data_ptr():
+            release_file_pages(src)
+        out[key] = dst
+    return out
+
+
 def iter_checkpoint_tensors(ckpt: Path) -> Iterator[tuple[str, torch.Tensor, Path]]:
     """(checkpoint key, tensor, file) for every tensor of every shard; shards are memory-mapped."""
     for path in weight_files(ckpt):

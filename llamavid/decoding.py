@@ -14,6 +14,10 @@ import torch
 
 from .options import SamplingOptions  # re-exported: the sampler's settings live with the other options
 
+# Prompt tokens per forward call while prefilling. CPU attention (sdpa's flash kernel) never materializes the
+# scores; what grows with the chunk is the (chunk x prompt) mask and one layer's activations on the chunk.
+PREFILL_CHUNK = 4096
+
 
 def pick_tokens(logits: torch.Tensor, opts: SamplingOptions, generator: torch.Generator | None) -> torch.Tensor:
     """(B, V) logits -> (B,) token ids: argmax at temperature 0, else top-p sampling at that temperature."""
@@ -51,15 +55,16 @@ def generate(
     stop_ids: Sequence[int],
     opts: SamplingOptions,
     on_token: Callable[[int, int], None] | None = None,
-    prefill_chunk: int = 4096,
+    prefill_chunk: int = PREFILL_CHUNK,
+    cache_mode: str = "full",
 ) -> list[list[int]]:
     """Generate continuations of left-padded prompts.
 
     inputs_embeds (B, L, H); attention_mask (B, L) with zeros on the left padding (None: no padding).
     Returns the new token ids per row, without the stop token. ``on_token(row, id)`` is called for
-    every kept token as soon as it is chosen.
+    every kept token as soon as it is chosen. ``cache_mode``: how the KV cache is kept (``llamavid.kvcache``).
     """
-    from transformers import DynamicCache
+    from .kvcache import make_cache
 
     b, length, _ = inputs_embeds.shape
     device = inputs_embeds.device
@@ -67,7 +72,7 @@ def generate(
         attention_mask = torch.ones(b, length, dtype=torch.long, device=device)
     attention_mask = attention_mask.to(device=device, dtype=torch.long)
     positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    cache = DynamicCache(config=llm.config)  # filled in place by every forward call
+    cache = make_cache(llm, cache_mode)  # filled in place by every forward call
     cache_kw = cache_argument(llm)
     generator = make_generator(opts, device)
     stops = torch.tensor(sorted(set(int(s) for s in stop_ids)), device=device)

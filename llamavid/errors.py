@@ -50,3 +50,7 @@ class RequestError(InputError):
     def __init__(self, message: str, *, status: int = 400, param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.status, self.param, self.code = status, param, code
+
+
+class MemoryLimitError(LlamaVidError):
+    """Weights or a prompt's KV cache that would not fit the memory available: refused before any work."""

@@ -15,9 +15,11 @@ from typing import Mapping
 import torch
 
 from . import checkpoint as ckpt_io
+from .callbacks import NO_CALLBACKS, Callbacks
 from .config import LlamaVidConfig
-from .devices import select_device, select_dtype
+from .devices import choose_dtype, select_device
 from .errors import CheckpointError, InputError
+from .memory import RUNTIME_OVERHEAD, SYSTEM, Probes, require_memory, tensor_bytes
 from .model import LlamaVid, finish_llm
 from .prompt import TextTokenizer
 from .qformer import QFormerConfig, load_qformer_tokenizer, load_strict
@@ -69,25 +71,41 @@ def load_model(
     load_in_8bit: bool = False,
     load_in_4bit: bool = False,
     attn_implementation: str = "sdpa",
+    kv_cache: str = "auto",
+    callbacks: Callbacks = NO_CALLBACKS,
+    probes: Probes = SYSTEM,
 ) -> LlamaVid:
     """Load a LLaMA-VID checkpoint (a local directory, a Hugging Face id or a built-in name) exactly as published.
 
     vision_tower: path to ``eva_vit_g.pth``; default: the config's path, the user cache, the copy embedded
     in full checkpoints, else the public URL on first use. qformer_tokenizer: a folder or id of the
     bert-base-uncased tokenizer; default: ``<checkpoint>/qformer_tokenizer``, else ``bert-base-uncased``.
-    device/dtype: see ``llamavid.devices``.
+    device/dtype: see ``llamavid.devices`` (no dtype on the CPU: bfloat16 where the CPU computes it natively
+    or where float32 would not fit; the choice is reported through ``callbacks.say``). Weights that would
+    not fit the memory available (``probes``) are refused before loading starts (``MemoryLimitError``).
+    kv_cache: how generation keeps keys and values (``llamavid.kvcache``: auto, full, int8, int4, offload).
     """
+    from .kvcache import parse_kv_cache
+
     if load_in_8bit and load_in_4bit:
         raise InputError("choose one of 8-bit and 4-bit loading")
+    kv_mode = parse_kv_cache(kv_cache)
     ckpt = resolve_checkpoint_dir(name_or_path)
     cfg = LlamaVidConfig.from_json(ckpt / "config.json")
     dev = select_device(device)
-    dt = select_dtype(dtype, dev)
     quantized = load_in_8bit or load_in_4bit
     llm_dev = torch.device("cpu") if quantized else dev
 
     groups = ckpt_io.route_checkpoint(ckpt)
     source = str(ckpt)
+    bits = 8 if load_in_8bit else 4 if load_in_4bit else None
+    choice = choose_dtype(dtype, dev, weight_bytes=lambda d: model_weight_bytes(groups, d, bits), probes=probes)
+    dt = choice.dtype
+    if choice.note:
+        callbacks.say(choice.note)
+    available = probes.available(dev)
+    if dt is not None:
+        check_weights_fit(source, groups, dt, bits, available)
     qcfg = QFormerConfig.from_state_dict(groups["qformer"], source=source)
     if qcfg.num_query != cfg.num_query:
         raise CheckpointError(f"{source}: config num_query {cfg.num_query} but model.vlm_att_query holds {qcfg.num_query} queries")
@@ -121,7 +139,49 @@ def load_model(
     model.qformer_tokenizer = bert_tok
     vision_weights = resolve_vision_weights(vision_tower, cfg, ckpt, groups["vision"])
     model.vision_encoder = VisionEncoder(vision_weights, device=dev, dtype=dt, pad_images=cfg.image_aspect_ratio == "pad")
+    model.kv_cache = kv_mode
+    model.probes = probes
+    model.callbacks = callbacks
+    model.weight_bits = bits
+    if available is not None:  # mapped weights still count as "available" (page cache): subtract them here
+        model.memory_left = max(0, available - model_weight_bytes(groups, dt, bits) - RUNTIME_OVERHEAD)
     return model.eval()
+
+
+_QUANTIZED_LINEAR = ("self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.", "self_attn.o_proj.",
+                     "mlp.gate_proj.", "mlp.up_proj.", "mlp.down_proj.")
+QUANTIZED_BYTES_PER_WEIGHT = {8: 1.0 + 4 / 4096, 4: 0.5 + 4 / 64}  # bitsandbytes int8 row scales; NF4 blocks of 64
+
+
+def model_weight_bytes(groups: Mapping[str, Mapping[str, torch.Tensor]], dtype: torch.dtype | None,
+                       bits: int | None = None) -> int:
+    """Bytes the loaded model's weights take (QFormer, token generator, LLM; not the lazily built vision
+    encoder) in ``dtype``, with the decoder layers' Linear weights at ``bits`` when quantized."""
+    total = 0
+    for name in ("qformer", "tokens", "llm"):
+        for key, t in groups[name].items():
+            if bits and name == "llm" and key.startswith("model.layers.") and key.endswith(".weight") \
+                    and any(part in key for part in _QUANTIZED_LINEAR):
+                total += int(t.numel() * QUANTIZED_BYTES_PER_WEIGHT[bits])
+            else:
+                total += tensor_bytes([t], dtype)
+    return total
+
+
+def check_weights_fit(source: str, groups: Mapping[str, Mapping[str, torch.Tensor]], dtype: torch.dtype,
+                      bits: int | None, available: int | None) -> None:
+    """Refuse weights that would not fit ``available`` bytes, naming the settings that would."""
+    name = str(dtype).replace("torch.", "")
+    need = model_weight_bytes(groups, dtype, bits) + RUNTIME_OVERHEAD
+    alternatives = []
+    if dtype == torch.float32:
+        alternatives.append(("--dtype bfloat16", model_weight_bytes(groups, torch.bfloat16, bits) + RUNTIME_OVERHEAD))
+    if bits != 4:
+        half = torch.bfloat16 if dtype == torch.float32 else dtype
+        alternatives.append(("--quantize 4bit" + (" --dtype bfloat16" if dtype == torch.float32 else ""),
+                             model_weight_bytes(groups, half, 4) + RUNTIME_OVERHEAD))
+    what = f"the weights in {name}" + (f" with {bits}-bit layers" if bits else "") + " (and room to run)"
+    require_memory(source, what, need, available, alternatives)
 
 
 def load_vision_encoder(
@@ -131,11 +191,13 @@ def load_vision_encoder(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     image_size: int | None = None,
+    callbacks: Callbacks = NO_CALLBACKS,
+    probes: Probes = SYSTEM,
 ) -> VisionEncoder:
     """Only the vision encoder: from a weights file (``vision_tower``), or the one a model uses, found as
-    ``load_model`` finds it but without loading the LLM (only shards holding vision keys are opened)."""
+    ``load_model`` finds it but without loading the LLM (only shards holding vision keys are opened).
+    The dtype rule and the memory check are ``load_model``'s."""
     dev = select_device(device)
-    dt = select_dtype(dtype, dev)
     if name_or_path is None:
         if vision_tower is None:
             raise InputError("give a model or a vision-tower file")
@@ -143,14 +205,25 @@ def load_vision_encoder(
         if not path.is_file():
             raise CheckpointError(f"{vision_tower}: vision-tower weights file not found")
         weights = _checked(VisionWeights(str(path), lambda: read_lavis_weights(path), image_size or 224))
-        return VisionEncoder(weights, device=dev, dtype=dt)
-    ckpt = resolve_checkpoint_dir(name_or_path)
-    cfg = LlamaVidConfig.from_json(ckpt / "config.json")
-    if image_size is not None:
-        cfg.image_size = image_size
-    embedded = ckpt_io.read_prefixed_tensors(ckpt, "model.vision_tower.vision_tower.") if vision_tower is None else {}
-    weights = resolve_vision_weights(vision_tower, cfg, ckpt, embedded)
-    return VisionEncoder(weights, device=dev, dtype=dt, pad_images=cfg.image_aspect_ratio == "pad")
+        pad = True
+    else:
+        ckpt = resolve_checkpoint_dir(name_or_path)
+        cfg = LlamaVidConfig.from_json(ckpt / "config.json")
+        if image_size is not None:
+            cfg.image_size = image_size
+        embedded = ckpt_io.read_prefixed_tensors(ckpt, "model.vision_tower.vision_tower.") if vision_tower is None else {}
+        weights = resolve_vision_weights(vision_tower, cfg, ckpt, embedded)
+        pad = cfg.image_aspect_ratio == "pad"
+    choice = choose_dtype(dtype, dev, weight_bytes=weights.weight_bytes, probes=probes, what="vision weights")
+    if choice.note:
+        callbacks.say(choice.note)
+    if choice.dtype is not None:
+        alternatives = [("--dtype bfloat16", weights.weight_bytes(torch.bfloat16) + RUNTIME_OVERHEAD)] \
+            if choice.dtype == torch.float32 else []
+        require_memory(weights.description, f"the vision encoder's weights in {str(choice.dtype).replace('torch.', '')} "
+                       "(and room to run)", weights.weight_bytes(choice.dtype) + RUNTIME_OVERHEAD,
+                       probes.available(dev), alternatives)
+    return VisionEncoder(weights, device=dev, dtype=choice.dtype, pad_images=pad)
 
 
 def _config_eos(cfg: LlamaVidConfig) -> int | None:

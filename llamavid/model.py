@@ -22,9 +22,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .callbacks import NO_CALLBACKS
 from .config import LlamaVidConfig
-from .decoding import SamplingOptions, StreamDecoder, generate
+from .decoding import PREFILL_CHUNK, SamplingOptions, StreamDecoder, generate
 from .errors import CheckpointError, InputError
+from .memory import SYSTEM
 from .planning import answer_room
 from .prompt import IMAGE_PLACEHOLDER, IMAGE_SLOT, TextTokenizer, get_template, image_message, movie_message, tokenize_prompt
 from .qformer import QFormer, QFormerConfig, encode_questions
@@ -126,6 +128,13 @@ class LlamaVid(nn.Module):
         self.qformer_tokenizer = qformer_tokenizer
         self.vision_encoder = vision_encoder  # not a submodule: frozen, built lazily, saved separately
         self.name = name
+        # Set by load_model: the KV-cache mode, how to look at the machine, where notes go, and the memory
+        # left after the weights were loaded (None: unknown).
+        self.kv_cache = "auto"
+        self.probes = SYSTEM
+        self.callbacks = NO_CALLBACKS
+        self.memory_left: int | None = None
+        self.weight_bits: int | None = None  # 8 or 4 when the LLM's layers were quantized (--quantize)
 
     @classmethod
     def from_config(
@@ -363,18 +372,51 @@ class LlamaVid(nn.Module):
             raise ValueError("every prompt of a batch must be built for the same frames and prompt style")
         max_new = answer_room(self.context_length, max(p.tokens for p in prompts), sampling.max_new_tokens,
                               n_frames=n_frames, tokens_per_frame=self.tokens_per_frame)  # before any work
+        cache_mode = self.kv_cache_mode(max(p.tokens for p in prompts), len(prompts), new_tokens=max_new,
+                                        text_tokens=max(p.tokens - p.n_frames * self.tokens_per_frame for p in prompts))
         tokens = self.video_tokens_batch(features, [p.question for p in prompts], long_video=long_video,
                                          chunk_frames=chunk_frames, frame_indices=frame_indices)  # (Q, T, k, H)
         embeds = [self.embed_prompt(p.ids, self.visual_blocks(tokens[qi], long_video=long_video))
                   for qi, p in enumerate(prompts)]
         del tokens
-        texts = self._generate(embeds, sampling, max_new, on_text, prompts[0].template)
+        texts = self._generate(embeds, sampling, max_new, on_text, prompts[0].template, cache_mode)
         seconds = time.perf_counter() - t0
         return [Answer(text=text, prompt_tokens=p.tokens, new_tokens=n, frames=n_frames, seconds=seconds,
                        question=p.question, truncated=n >= max_new) for p, (text, n) in zip(prompts, texts)]
 
+    def kv_cache_mode(self, tokens: int, batch: int = 1, *, new_tokens: int = 0, text_tokens: int | None = None) -> str:
+        """The KV-cache mode for ``batch`` prompts of up to ``tokens`` tokens plus ``new_tokens`` answer tokens, as
+        ``self.kv_cache`` asks (``llamavid.kvcache.plan_cache``); a note goes to ``self.callbacks`` when
+        auto picks a quantized cache. A prompt that fits no mode is refused with a ``--max-frames`` that fits
+        (``text_tokens``: the prompt's tokens that are not frames)."""
+        from .errors import MemoryLimitError
+        from .kvcache import CacheShape, plan_cache
+
+        known = [x for x in (self.memory_left, self.probes.available(self.device)) if x is not None]
+        host = self.probes.available(torch.device("cpu")) if self.device.type == "cuda" else None
+        try:
+            mode, note = plan_cache(CacheShape.of(self.llm.config, self.dtype), self.kv_cache, tokens=tokens + new_tokens,
+                                    batch=batch,
+                                    chunk=PREFILL_CHUNK, device=self.device, available=min(known) if known else None,
+                                    host_available=host)
+        except MemoryLimitError as exc:
+            fit = getattr(exc, "fit_tokens", 0)
+            if text_tokens is None:
+                raise
+            frames = max(0, (fit - new_tokens - text_tokens) // self.tokens_per_frame)
+            advice = f"use --max-frames {frames}" if frames else "no frame fits beside the text"
+            if self.kv_cache in ("full", "int8"):
+                advice += ", or --kv-cache auto"
+            if not self.weight_bits:
+                advice += ", or --quantize 8bit / 4bit to leave more memory to the cache"
+            raise MemoryLimitError(f"{exc}; {advice}") from None
+        if note:
+            self.callbacks.say(note)
+        return mode
+
     def _generate(self, embeds: Sequence[torch.Tensor], sampling: SamplingOptions, max_new: int,
-                  on_text: Callable[[int, str], None] | None, template: str) -> list[tuple[str, int]]:
+                  on_text: Callable[[int, str], None] | None, template: str,
+                  cache_mode: str = "full") -> list[tuple[str, int]]:
         """Left-padded batch generation -> (answer text without the stop string, new tokens) per row."""
         opts = SamplingOptions(max_new_tokens=max_new, temperature=sampling.temperature, top_p=sampling.top_p,
                                seed=sampling.seed)
@@ -387,7 +429,7 @@ class LlamaVid(nn.Module):
                 on_text(row, piece)
 
         outs = generate(self.llm, batch, mask if len(embeds) > 1 else None, stop_ids=[self.text_tokenizer.eos_id],
-                        opts=opts, on_token=on_token)
+                        opts=opts, on_token=on_token, cache_mode=cache_mode)
         if on_text is not None:
             for row, decoder in enumerate(decoders):
                 rest = decoder.finish()
@@ -445,8 +487,9 @@ class LlamaVid(nn.Module):
         max_new = answer_room(self.context_length, len(ids), sampling.max_new_tokens, n_frames=0,
                               tokens_per_frame=self.tokens_per_frame)
         on_text = None if stream is None else (lambda _row, piece: stream(piece))
+        cache_mode = self.kv_cache_mode(len(ids), 1, new_tokens=max_new)
         [(reply, n)] = self._generate([self.embed_prompt(ids, [])], sampling, max_new, on_text,
-                                      template or self.config.conv_mode)
+                                      template or self.config.conv_mode, cache_mode)
         return Answer(text=reply, prompt_tokens=len(ids), new_tokens=n, frames=0, seconds=time.perf_counter() - t0,
                       question=text, truncated=n >= max_new)
 

@@ -230,7 +230,9 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, source: st
         problems.append("wrong shapes " + _few(wrong))
     if problems:
         raise CheckpointError(f"{source}: {what} weights do not match: " + "; ".join(problems))
-    module.load_state_dict({k: v.to(device=device, dtype=dtype or v.dtype) for k, v in sd.items()}, strict=True, assign=True)
+    from .checkpoint import convert_tensors
+
+    module.load_state_dict(convert_tensors(sd, device, dtype), strict=True, assign=True)
 
 
 def _few(items: Sequence[str], n: int = 6) -> str:

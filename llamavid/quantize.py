@@ -12,6 +12,7 @@ import logging
 import torch
 import torch.nn as nn
 
+from .checkpoint import release_file_pages
 from .choices import QUANTIZE_CHOICES
 from .errors import InputError
 
@@ -78,4 +79,5 @@ def quantize_llm(llm: nn.Module, bits: int, device: torch.device, compute_dtype:
             if has_bias:
                 new.bias = nn.Parameter(child.bias.data.to("cpu", compute_dtype), requires_grad=False)
             setattr(parent, child_name, new.to(device))
+            release_file_pages(child.weight.data)  # the mapped checkpoint pages of this weight are no longer needed
     return llm.to(device)

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from .checkpoint import tensor_fingerprint
+from .checkpoint import convert_tensors, tensor_fingerprint
 from .errors import CheckpointError
 
 MAX_DEPTH = 39  # BLIP-2 / LLaMA-VID drop the 40th block of EVA ViT-g (use the penultimate layer's output)
@@ -279,10 +279,10 @@ def build_vision_tower(
     weights = vision_state_dict_for(cfg, sd, source)
     with torch.device("meta"):
         model = EvaVisionTransformer(cfg)
-    weights = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in weights.items()}
-    model.load_state_dict(weights, strict=True, assign=True)
+    model.load_state_dict(convert_tensors(weights, device, dtype), strict=True, assign=True)
     model.requires_grad_(False)
     return model.eval()
+
 
 
 class VisionWeights:
@@ -309,6 +309,12 @@ class VisionWeights:
     def validate(self) -> None:
         """Check every tensor's presence and shape now (cheap: the file is memory-mapped)."""
         vision_state_dict_for(self.config(), self.state_dict(), self.description)
+
+    def weight_bytes(self, dtype: torch.dtype | None) -> int:
+        """Bytes the encoder's weights take in ``dtype`` (only the blocks it uses)."""
+        from .memory import tensor_bytes
+
+        return tensor_bytes(vision_state_dict_for(self.config(), self.state_dict(), self.description), dtype)
 
     def fingerprint(self) -> str:
         cfg = self.config()

@@ -17,8 +17,10 @@ def model_name(option: str | None) -> str:
 
 
 def load(option: str | None, *, vision_tower: Path | str | None = None, qformer_tokenizer: str | None = None,
-         device: str | None = None, dtype: str | None = None, quantize: str | None = None):
-    """Load the model the user asked for, saying so on stderr (it can take a while)."""
+         device: str | None = None, dtype: str | None = None, quantize: str | None = None,
+         kv_cache: str | None = None):
+    """Load the model the user asked for, saying so on stderr (it can take a while), with the library's
+    notes (the dtype it chose, the KV cache a long prompt gets) as stderr lines."""
     import llamavid
     from llamavid.quantize import parse_quantize
 
@@ -27,7 +29,17 @@ def load(option: str | None, *, vision_tower: Path | str | None = None, qformer_
     message(f"llamavid: loading {name}")
     return llamavid.load_model(name, vision_tower=str(vision_tower) if vision_tower else None,
                                qformer_tokenizer=qformer_tokenizer, device=device, dtype=dtype,
-                               load_in_8bit=bits == 8, load_in_4bit=bits == 4)
+                               load_in_8bit=bits == 8, load_in_4bit=bits == 4, kv_cache=kv_cache or "auto",
+                               callbacks=status_callbacks())
+
+
+def status_callbacks():
+    """Library notes as "llamavid: ..." lines on stderr, warnings as warnings."""
+    from llamavid.callbacks import Callbacks
+
+    from .output import warn
+
+    return Callbacks(status=lambda text: message(f"llamavid: {text}"), warning=warn)
 
 
 def ask_options(*, fps: float = 1.0, max_frames: int | None = None, long: bool | None = None,

@@ -8,7 +8,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from . import options as opt
-from .common import expand_inputs
+from .common import expand_inputs, status_callbacks
 from .main import app
 from .output import Reporter, message, print_json
 
@@ -65,9 +65,11 @@ def encode(
         except OSError as exc:
             raise InputError(f"{output}: cannot create the output directory ({exc.strerror or exc})") from None
     if vision_tower is not None:
-        encoder = llamavid.load_vision_encoder(vision_tower=vision_tower, device=device, dtype=dtype)
+        encoder = llamavid.load_vision_encoder(vision_tower=vision_tower, device=device, dtype=dtype,
+                                               callbacks=status_callbacks())
     else:
-        encoder = llamavid.load_vision_encoder(model or default_model_name(), device=device, dtype=dtype)
+        encoder = llamavid.load_vision_encoder(model or default_model_name(), device=device, dtype=dtype,
+                                               callbacks=status_callbacks())
     opts = EncodeOptions(fps=fps, storage="int8" if compact else "float16", batch_size=batch_size,
                          subtitles=subtitles, force=force)
     failures = 0

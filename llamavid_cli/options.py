@@ -14,7 +14,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from llamavid.choices import DTYPE_CHOICES, QUANTIZE_CHOICES, SUMMARY_STYLES
+from llamavid.choices import DTYPE_CHOICES, KV_CACHE_CHOICES, QUANTIZE_CHOICES, SUMMARY_STYLES
 
 # -- the model ------------------------------------------------------------------------------------------------
 Model = Annotated[Optional[str], typer.Option(
@@ -23,9 +23,13 @@ Model = Annotated[Optional[str], typer.Option(
 Device = Annotated[Optional[str], typer.Option(
     "--device", help="cpu, cuda, cuda:N or mps (default: the first GPU when there is one, else the CPU).")]
 Dtype = Annotated[Optional[str], typer.Option(
-    "--dtype", help=f"One of {', '.join(DTYPE_CHOICES)} (auto: bf16 on GPUs, fp16 where bf16 is missing, float32 on the CPU).")]
+    "--dtype", help=f"One of {', '.join(DTYPE_CHOICES)} (auto: bf16 on GPUs, fp16 where bf16 is missing; on the CPU "
+                    "bf16 where it computes bf16 natively or float32 would not fit the memory, else float32).")]
 Quantize = Annotated[Optional[str], typer.Option(
     "--quantize", help=f"Load the LLM in {' or '.join(QUANTIZE_CHOICES)} through bitsandbytes.")]
+KVCache = Annotated[Optional[str], typer.Option(
+    "--kv-cache", help=f"How the prompt's keys and values are kept: {', '.join(KV_CACHE_CHOICES)} (auto: full precision "
+                       "when it fits the memory left, else int8, then int4; offload: host memory, GPUs only).")]
 VisionTower = Annotated[Optional[Path], typer.Option(
     "--vision-tower", help="Path to eva_vit_g.pth (default: the config's path, the checkpoint, the cache, the embedded copy).")]
 QFormerTokenizer = Annotated[Optional[str], typer.Option(
@@ -75,6 +79,7 @@ class ModelChoice:
     device: Optional[str] = None
     dtype: Optional[str] = None
     quantize: Optional[str] = None
+    kv_cache: Optional[str] = None
     vision_tower: Optional[Path] = None
     qformer_tokenizer: Optional[str] = None
 
@@ -82,7 +87,7 @@ class ModelChoice:
         from .common import load
 
         return load(self.model, vision_tower=self.vision_tower, qformer_tokenizer=self.qformer_tokenizer,
-                    device=self.device, dtype=self.dtype, quantize=self.quantize)
+                    device=self.device, dtype=self.dtype, quantize=self.quantize, kv_cache=self.kv_cache)
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,7 @@ def _ask_options(**values: Any):
 
 
 MODEL = Group("model", _options(model=(Model, None), device=(Device, None), dtype=(Dtype, None),
-                                quantize=(Quantize, None), vision_tower=(VisionTower, None),
+                                quantize=(Quantize, None), kv_cache=(KVCache, None), vision_tower=(VisionTower, None),
                                 qformer_tokenizer=(QFormerTokenizer, None)), lambda **v: ModelChoice(**v))
 QUESTION = Group("options", _options(
     temperature=(Temperature, None), top_p=(TopP, None), max_new_tokens=(MaxNewTokens, None), seed=(Seed, None),

@@ -32,6 +32,16 @@ def tiny_model(tiny):
 
 
 @pytest.fixture(autouse=True)
+def _float32_cpu_default(monkeypatch):
+    """In this process the suite runs as on a CPU without native bfloat16, whatever the machine: loading
+    without a dtype gives float32 everywhere, as the numeric tests expect. The dtype rule itself is tested
+    with injected probes (test_memory.py)."""
+    import llamavid.memory
+
+    monkeypatch.setattr(llamavid.memory, "cpu_bf16_support", lambda: None)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own llamavid cache directory (no test sees another's cached files)."""
     monkeypatch.setenv("LLAMAVID_CACHE", str(tmp_path / "llamavid-cache"))
@@ -72,6 +82,8 @@ def run_process(*args, **kwargs):
 
 
 def model_args(ckpt, max_new: int = 8) -> list[str]:
-    """CLI options for a tiny checkpoint, answering greedily and briefly."""
+    """CLI options for a tiny checkpoint, answering greedily and briefly, in float32: tests compare greedy
+    answers across batch sizes and processes, which a random tiny model keeps only in float32 (the default
+    is bfloat16 on CPUs that compute it natively; tests of that rule live in test_memory.py)."""
     return ["--model", str(ckpt.path), "--vision-tower", str(ckpt.vision_path), "--temperature", "0",
-            "--max-new-tokens", str(max_new)]
+            "--max-new-tokens", str(max_new), "--dtype", "float32"]

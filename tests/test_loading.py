@@ -86,7 +86,7 @@ def test_quantized_loading_answers_close_to_full_precision(tiny, tiny_model, bit
     import bitsandbytes as bnb
 
     kw = {"load_in_8bit": True} if bits == 8 else {"load_in_4bit": True}
-    model = llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, device="cpu", **kw)
+    model = llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, device="cpu", dtype="float32", **kw)
     kind = bnb.nn.Linear8bitLt if bits == 8 else bnb.nn.Linear4bit
     assert isinstance(model.llm.model.layers[0].self_attn.q_proj, kind)
     emb = torch.randn(1, 12, 64, generator=torch.Generator().manual_seed(0))
