@@ -62,7 +62,7 @@ BACKENDS = ("pyav", "decord", "ffmpeg")
 # are not sampled cannot change any sampled pixel (in HEVC, "sub-layer non-reference" frames may still be
 # referenced by higher temporal layers, so HEVC is not on the list).
 NONREF_SKIP_CODECS = frozenset({"h264"})
-SEGMENT_BYTES = 96 << 20  # raw RGB frames one parallel segment may hold (a segment is at least one frame)
+SEGMENT_BYTES = 48 << 20  # raw RGB frames a parallel segment aims at (it ends at the next keyframe after that)
 MIN_PARALLEL_SECONDS = 120.0  # shorter videos decode in one worker: a parallel start-up costs more than it saves
 
 Warn = Callable[[str], None]
@@ -525,9 +525,8 @@ class _Problems:
 
     def lines(self, gaps: Sequence[tuple[float, float]], fps: float, duration: float) -> list[str]:
         out = []
-        if gaps:
-            lost = sum(1 for k in range(int(math.ceil(duration * fps)) + 1)
-                       for a, b in gaps if a + 1e-6 < k / fps < b - 1e-6)
+        if gaps:  # sampled frames lost: sample times k / fps strictly inside a gap
+            lost = sum(max(0, math.ceil((b - 1e-6) * fps) - math.floor((a + 1e-6) * fps) - 1) for a, b in gaps)
             where = "" if len(gaps) == 1 else f" in {len(gaps)} stretches"
             out.append(f"{self.name}: damaged data{where}: {_frames(lost)} could not be decoded "
                        f"{_span([gaps[0][0], gaps[-1][1]])}; skipped")
@@ -787,25 +786,33 @@ def _select_tree(times: Sequence[float]) -> str:
     return f"if(lt(t\\,{split:.6f})\\,{_select_tree(times[:mid])}\\,{_select_tree(times[mid:])})"
 
 
-def _ffmpeg_frames(cmd: list[str], size: int, stop: threading.Event) -> Iterator[tuple[bytes, int | None]]:
-    """Run ffmpeg, yield (raw frame, pts in microseconds from showinfo or None); stderr never reaches the terminal."""
+def _ffmpeg_frames(cmd: list[str], size: int, stop: threading.Event, failures: list[str]) -> Iterator[tuple[bytes, int | None]]:
+    """Run ffmpeg, yield (raw frame, pts in microseconds from showinfo or None); its stderr never reaches
+    the terminal. When it fails without giving any frame, its last line goes to ``failures``."""
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stamps: queue.Queue = queue.Queue()
+    last: list[str] = []
 
     def read_stderr() -> None:  # always drained, so ffmpeg never blocks on a full pipe
         for line in proc.stderr:  # type: ignore[union-attr]
             m = _SHOWINFO.search(line)
             if m and b"showinfo" in line:
                 stamps.put(int(m.group(1)))
+            elif line.strip():
+                last[:] = [line.decode(errors="replace").strip()]
         stamps.put(None)
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
     ended = False
+    got = 0
     try:
         while not stop.is_set():
             buf = proc.stdout.read(size)  # type: ignore[union-attr]
             if len(buf) < size:
+                if got == 0 and proc.wait() != 0:
+                    reader.join(timeout=5)
+                    failures.append(re.sub(r"^\[[^]]*\]\s*", "", last[0]) if last else f"exit status {proc.returncode}")
                 break
             pts = None
             if not ended:
@@ -814,6 +821,7 @@ def _ffmpeg_frames(cmd: list[str], size: int, stop: threading.Event) -> Iterator
                 except queue.Empty:
                     pts = None
                 ended = pts is None
+            got += 1
             yield buf, pts
     finally:
         proc.kill()
@@ -833,6 +841,7 @@ def _decode_ffmpeg(path: Path, info: VideoInfo, plan: Plan, threads: int, proble
     if shutil.which("ffmpeg") is None:
         raise VideoError(f"{path}: no decoder available (install ffmpeg, or PyAV)")
     size = info.width * info.height * 3
+    failures: list[str] = []
     common = ["ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-threads", str(threads)]
     out = ["-map", "0:v:0", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     if info.frame_times is None:  # nominal times: every step-th frame by number
@@ -841,9 +850,11 @@ def _decode_ffmpeg(path: Path, info: VideoInfo, plan: Plan, threads: int, proble
         expr = f"between(n\\,{first}\\,{last})*not(mod(n-{first}\\,{step}))"
         cmd = common + ["-v", "error", "-i", str(path), "-vf", f"select='{expr}'"] + out
         got = 0
-        for (k, _, _), (buf, _) in zip(plan, _ffmpeg_frames(cmd, size, stop)):
+        for (k, _, _), (buf, _) in zip(plan, _ffmpeg_frames(cmd, size, stop, failures)):
             yield k, np.frombuffer(buf, np.uint8).reshape(info.height, info.width, 3)
             got += 1
+        if not got and failures:
+            raise VideoError(f"{path}: ffmpeg could not decode it ({failures[0][:160]})")
         for _, _, t in plan[got:]:
             problems.failed(t)
         return
@@ -855,7 +866,7 @@ def _decode_ffmpeg(path: Path, info: VideoInfo, plan: Plan, threads: int, proble
         chain = f"trim=end={absolute[-1] + 0.5:.6f},select='{_select_tree(absolute)}',settb=AVTB,showinfo"
         cmd = common + ["-v", "info", "-copyts", "-noaccurate_seek", "-ss", f"{seek:.6f}", "-i", str(path), "-vf", chain] + out
         delivered = set()
-        for buf, pts in _ffmpeg_frames(cmd, size, stop):
+        for buf, pts in _ffmpeg_frames(cmd, size, stop, failures):
             if pts is None:  # no timestamp printed (an ffmpeg that words showinfo otherwise): by order
                 k = next((k for k, _, _ in batch if k not in delivered), None)
             else:
@@ -870,6 +881,8 @@ def _decode_ffmpeg(path: Path, info: VideoInfo, plan: Plan, threads: int, proble
                 break
         if stop.is_set():
             return
+        if failures and not os.access(path, os.R_OK):  # not damage: the file is gone or unreadable
+            raise VideoError(f"{path}: ffmpeg could not decode it ({failures[-1][:160]})")
         for k, _, t in batch:
             if k not in delivered:
                 problems.failed(t)
@@ -1036,7 +1049,17 @@ def sample_frames(path: str | os.PathLike, fps: float = 1.0, *, chunk_size: int 
         n = min(n, len(segments))
         threads = 0 if n == 1 else max(1, available_cpus() // n)
         decoder = _DECODERS[info.backend]
-        frames = _in_order(lambda seg, th, stop: decoder(path, info, seg, th, problems, stop), segments, n, threads)
+
+        def decode(seg: Plan, th: int, stop: threading.Event) -> Iterator[tuple[int, np.ndarray]]:
+            try:
+                yield from decoder(path, info, seg, th, problems, stop)
+            except LlamaVidError:
+                raise
+            except Exception as exc:  # a decoder library's own error: one line that names the file
+                raise VideoError(f"{path}: {info.backend} could not decode it ({type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())[:160]})") from exc
+
+        frames = _in_order(decode, segments, n, threads)
         buf: list[np.ndarray] = []
         idx: list[int] = []
         try:

@@ -474,6 +474,18 @@ def test_bad_options_are_one_line_input_errors(tmp_path, monkeypatch):
         video.probe(path, "decord")
 
 
+def test_a_decoder_library_error_is_a_one_line_video_error(tmp_path):
+    path = media.make_video(tmp_path / "gone.mp4", seconds=1, fps=10)
+    for backend in BACKENDS:
+        info = video.probe(path, backend)
+        path.rename(tmp_path / "moved.mp4")  # the file vanishes between probing and decoding
+        try:
+            message = _one_line_error(VideoError, path, lambda: list(video.sample_frames(path, 2, info=info)))
+            assert backend in message, message
+        finally:
+            (tmp_path / "moved.mp4").rename(path)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the native decoders stay quiet
 
