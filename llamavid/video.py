@@ -338,12 +338,12 @@ def probe(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
         times, keys, fps, size = scan.times, scan.keys, scan.rate or avg, (scan.width, scan.height)
     index_ok = pyav_ok
     if backend == "decord" and rotation in (90, 270):
-        raise VideoError(f"{path}: decord cannot decode video rotated by {rotation} degrees (use --backend pyav)")
+        raise VideoError(f"{path}: decord cannot decode video rotated by {rotation} degrees (backend='pyav' can)")
     decord_times = None
     if backend == "decord" or (backend == "auto" and not (pyav_ok and times) and rotation == 0):
         decord_times = _frame_times_decord(path)
         if backend == "decord" and decord_times is None:
-            raise VideoError(f"{path}: decord cannot open this file (use --backend pyav)")
+            raise VideoError(f"{path}: decord cannot open this file (try backend='pyav')")
     if backend == "auto":
         chosen = "pyav" if pyav_ok and times else "decord" if decord_times is not None else "ffmpeg"
     else:
@@ -673,15 +673,14 @@ def _decode_pyav(path: Path, info: VideoInfo, plan: Plan, threads: int, problems
                 return  # damaged data: the decoder goes on with the next packet
             yield from take(frames)
 
-        def seek(seconds: float) -> None:
-            container.seek(max(0, int(math.floor((info.start_time + seconds) / base))), stream=stream,
-                           backward=True, any_frame=False)
+        def seek(pts: int) -> None:  # to the keyframe at or before pts (stream time base)
+            container.seek(max(0, int(pts)), stream=stream, backward=True, any_frame=False)
 
         if runs is None:
             if plan[0][2] > 1.0:
-                seek(plan[0][2] - 1.0)
+                seek(math.floor((info.start_time + plan[0][2] - 1.0) / base))
         elif runs[0][0] > 0:
-            seek(float(index.pts[runs[0][0]] * base) - info.start_time)
+            seek(int(index.pts[runs[0][0]]))
         run = 0
         sent_last = -1  # file position of the packet sent last (-1: none yet)
         reseeks = 0
@@ -708,7 +707,7 @@ def _decode_pyav(path: Path, info: VideoInfo, plan: Plan, threads: int, problems
                 else:
                     if sent_last < 0 and at > runs[0][0] and reseeks < 3:  # the seek landed past the keyframe
                         reseeks += 1
-                        seek(float(index.pts[runs[0][0]] * base) - info.start_time - (2.0, 10.0, 1e9)[reseeks - 1])
+                        seek(int(index.pts[runs[0][0]]) - math.ceil((2.0, 10.0, 1e9)[reseeks - 1] / base))
                         demux = container.demux(stream)
                         continue
                     while run < len(runs) and at > runs[run][1]:
