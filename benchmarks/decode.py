@@ -224,9 +224,13 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "llamavid-decode-bench")
     ap.add_argument("--no-bframes", action="store_true", help="also a 1080p clip without B-frames")
     ap.add_argument("--skip-360p", action="store_true")
+    ap.add_argument("--sections", default="abc", help="which of (a), (b), (c) to run, e.g. 'a' or 'bc'")
+    ap.add_argument("--decoders", default="", help="comma-separated name prefixes for (a) and (c), e.g. 'anchor,pyav ('")
     args = ap.parse_args()
     if args.repeats < 1 or args.seconds < 10:
         ap.error("--repeats must be >= 1 and --seconds >= 10")
+    if not set(args.sections) <= set("abc") or not args.sections:
+        ap.error("--sections takes letters among a, b, c")
     torch.set_num_threads(1)  # preprocessing is PIL work per frame; torch threads would only contend
     args.workdir.mkdir(parents=True, exist_ok=True)
     clips = {"1080p": make_clip(args.workdir / f"testsrc2-1080p-{args.seconds}s.mp4", "1920x1080", args.seconds)}
@@ -259,21 +263,41 @@ def main() -> None:
         contenders["torchcodec"] = torchcodec_run
     else:
         print(f"# torchcodec unavailable: {why_not}")
+    if args.decoders:
+        prefixes = [p.strip() for p in args.decoders.split(",") if p.strip()]
+        contenders = {n: f for n, f in contenders.items() if n.startswith("anchor") or any(n.startswith(p) for p in prefixes)}
 
+    if "a" in args.sections:
+        run_a(args, clips, contenders)
+    if "b" in args.sections:
+        run_b(args, clips)
+    if "c" in args.sections:
+        run_c(clips, contenders)
+    print(f"\n# load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+def run_a(args, clips, contenders) -> None:
     print(f"\n## (a) sampling at {FPS:g} frame/s + preprocessing to 224x224, medians of {args.repeats} interleaved runs\n")
-    print("| clip | decoder | seconds | ratio to anchor | CPU seconds |")
-    print("|---|---|---|---|---|")
+    print("ratio to anchor: of the medians; paired: the median over rounds of (this run / the anchor's run in the"
+          " same round), less sensitive to the load drifting between rounds.\n")
+    print("| clip | decoder | seconds | ratio to anchor | paired ratio | CPU seconds | CPU ratio |")
+    print("|---|---|---|---|---|---|---|")
     results = {}
     for label, path in clips.items():
         results[label] = times = interleaved(contenders, path, args.repeats)
-        base = median(w for w, _ in times["anchor (ffmpeg -vf fps,scale)"])
+        ref = times["anchor (ffmpeg -vf fps,scale)"]
+        base, base_cpu = median(w for w, _ in ref), median(c for _, c in ref)
         for name, runs in times.items():
-            wall = median(w for w, _ in runs)
-            print(f"| {label} | {name} | {wall:.2f} | {wall / base:.3f} | {median(c for _, c in runs):.2f} |", flush=True)
+            wall, cpu = median(w for w, _ in runs), median(c for _, c in runs)
+            paired = median(w / a for (w, _), (a, _) in zip(runs, ref))
+            print(f"| {label} | {name} | {wall:.2f} | {wall / base:.3f} | {paired:.3f} | {cpu:.2f} | {cpu / base_cpu:.3f} |",
+                  flush=True)
     for label, path in clips.items():
         print(f"\n{label}: {clip_facts(path)}; runs (wall s): " + "; ".join(
             f"{name}: {', '.join(f'{w:.2f}' for w, _ in runs)}" for name, runs in results[label].items()))
 
+
+def run_b(args, clips) -> None:
     print(f"\n## (b) parallel segments, sample_frames alone, medians of {args.repeats} interleaved runs\n")
     print("Per-worker CPU: the CPU seconds each decoding thread spent (1 decoder thread per worker, so that is all"
           " its work); the critical path is the busiest worker's, i.e. the wall time with one free core per worker.\n")
@@ -309,6 +333,9 @@ def main() -> None:
         print(f"| {label} | speed-up, 2 workers over 1 worker with decoder threads: wall | "
               f"{walls['1 worker, decoder threads (default)'] / walls['2 workers (auto threads)']:.2f}x | | |", flush=True)
 
+
+
+def run_c(clips, contenders) -> None:
     print("\n## (c) fidelity: normalized pixels, max / mean absolute difference from the published preprocessing "
           "of a full PyAV decode\n")
     print("| clip | decoder | max / mean abs diff |")
@@ -319,7 +346,6 @@ def main() -> None:
             if name.startswith("pyav-full"):
                 continue
             print(f"| {label} | {name} | {fidelity(ref, fn(path))} |", flush=True)
-    print(f"\n# load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
