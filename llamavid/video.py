@@ -97,7 +97,6 @@ class VideoInfo:
     # (packets without timestamps, duplicate timestamps); decoding then goes forward from a seek.
     packet_pts: np.ndarray | None = field(default=None, repr=False, compare=False)
     packet_keys: np.ndarray | None = field(default=None, repr=False, compare=False)
-    time_base: Fraction | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -256,7 +255,6 @@ class _Scan:
     width: int
     height: int
     codec: str = ""
-    time_base: Fraction | None = None
     packet_pts: np.ndarray | None = None  # in file order
     packet_keys: np.ndarray | None = None
 
@@ -284,7 +282,7 @@ def _scan_pyav(path: Path, variable_hint: bool) -> _Scan | None:
             if path.stat().st_size > FULL_SCAN_BYTES and not variable_hint and rate and stream.frames:
                 start = float(stream.start_time * base) if stream.start_time is not None else 0.0
                 return _Scan([start + i / rate for i in range(stream.frames)], [True] * stream.frames, rate, width,
-                             height, codec, base)
+                             height, codec)
             pts: list[int] = []
             keys: list[bool] = []
             usable = True
@@ -301,7 +299,7 @@ def _scan_pyav(path: Path, variable_hint: bool) -> _Scan | None:
             packet_pts = np.asarray(pts, dtype=np.int64)
             if usable and len(pts) > 1 and np.any(np.diff(packet_pts[order]) == 0):
                 usable = False  # two packets with one timestamp: which frame is which is ambiguous
-            return _Scan(times, [keys[i] for i in order], rate, width, height, codec, base,
+            return _Scan(times, [keys[i] for i in order], rate, width, height, codec,
                          packet_pts if usable and pts else None, np.asarray(keys, dtype=bool) if usable and pts else None)
     except Exception:  # any container PyAV cannot parse
         return None
@@ -386,7 +384,7 @@ def probe(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
     info = VideoInfo(str(path), False, chosen, float(fps), count, float(duration), width, height, rotation, vfr, times, gaps,
                      start_time=t0)
     if scan is not None:
-        info.codec, info.time_base = scan.codec, scan.time_base
+        info.codec = scan.codec
         if index_ok and scan.packet_pts is not None and len(scan.packet_pts) == count:
             info.packet_pts, info.packet_keys = scan.packet_pts, scan.packet_keys
     return info

@@ -414,6 +414,20 @@ def test_parallel_workers_give_the_same_frames_and_timestamps(three_minutes, tmp
     assert results[0] == results[1] and len(results[0][2]) == 1
 
 
+def test_without_a_packet_index_decoding_goes_forward_from_a_seek(three_minutes, monkeypatch):
+    """Files over FULL_SCAN_BYTES get nominal times and no packet index: no skipping, one worker, same frames."""
+    indexed = video.probe(three_minutes)
+    monkeypatch.setattr(video, "FULL_SCAN_BYTES", 1000)
+    nominal = video.probe(three_minutes)
+    assert nominal.packet_pts is None and indexed.packet_pts is not None
+    assert nominal.frame_times == pytest.approx(indexed.frame_times, abs=1e-6)
+    a = _collect(three_minutes, 1, chunk_size=16, start=100, info=indexed)
+    b = _collect(three_minutes, 1, chunk_size=16, start=100, info=nominal, workers=2)
+    assert [media.read_index(f, bits=13) for f in b[2]] == list(range(2400, 4320, 24))
+    assert a[0] == pytest.approx(b[0], abs=1e-9) and len(a[2]) == len(b[2])
+    assert all(np.array_equal(x, y) for x, y in zip(a[2], b[2]))
+
+
 def test_segments_start_at_keyframes_and_hold_a_bounded_number_of_frames(three_minutes, monkeypatch):
     info = video.probe(three_minutes)
     index = video._Index.of(info)
