@@ -2,6 +2,7 @@
 
 Each frame of a generated video carries its own frame number in 12 black/white columns (bit 11 on the
 left), big enough to survive lossy compression, so a test can tell which source frame a decoder gave.
+Videos of more than 4096 frames use more columns (``bits``; 13 hold 8192 frames, minutes at 24 fps).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ WIDTH, HEIGHT = 96, 64
 BITS = 12
 
 
-def frame_image(index: int, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
-    """An RGB frame (H, W, 3) uint8 whose top half encodes ``index`` in binary columns."""
+def frame_image(index: int, width: int = WIDTH, height: int = HEIGHT, bits: int = BITS) -> np.ndarray:
+    """An RGB frame (H, W, 3) uint8 whose top half encodes ``index`` in ``bits`` binary columns."""
+    if not 0 <= index < 1 << bits:
+        raise ValueError(f"frame {index} does not fit in {bits} bits")
     img = np.full((height, width, 3), 64, dtype=np.uint8)
-    col = width // BITS
-    for bit in range(BITS):
-        if (index >> (BITS - 1 - bit)) & 1:
+    col = width // bits
+    for bit in range(bits):
+        if (index >> (bits - 1 - bit)) & 1:
             img[: height // 2, bit * col : (bit + 1) * col] = 255
         else:
             img[: height // 2, bit * col : (bit + 1) * col] = 0
@@ -29,13 +32,13 @@ def frame_image(index: int, width: int = WIDTH, height: int = HEIGHT) -> np.ndar
     return img
 
 
-def read_index(frame: np.ndarray) -> int:
+def read_index(frame: np.ndarray, bits: int = BITS) -> int:
     """The frame number a ``frame_image`` carries (frame given as decoded, (H, W, 3))."""
     height, width = frame.shape[:2]
-    col = width // BITS
+    col = width // bits
     top = frame[: height // 2].astype(np.float32).mean(axis=2)
     value = 0
-    for bit in range(BITS):
+    for bit in range(bits):
         block = top[:, bit * col + 1 : (bit + 1) * col - 1]
         value = (value << 1) | int(block.mean() > 128)
     return value
@@ -61,21 +64,26 @@ def make_video(
     codec: str = "libx264",
     gop: int | None = None,
     extra_args: list[str] | None = None,
+    bits: int = BITS,
+    bframes: int = 0,
 ) -> Path:
     """A constant-frame-rate video whose frame i shows ``frame_image(i)``.
 
-    ``fps`` may be a string fraction such as "30000/1001" (29.97). Returns the path.
+    ``fps`` may be a string fraction such as "30000/1001" (29.97). ``bframes``: H.264 B-frames between
+    reference frames (with a B-pyramid, so some frames are non-reference ones). Returns the path.
     """
     path = Path(path)
     rate = Fraction(str(fps))
     n = int(round(seconds * rate))
-    data = b"".join(frame_image(i, width, height).tobytes() for i in range(n))
+    data = b"".join(frame_image(i, width, height, bits).tobytes() for i in range(n))
     args = [
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(rate), "-i", "-",
         "-c:v", codec, "-pix_fmt", "yuv420p",
     ]
     if codec == "libx264":
         args += ["-preset", "ultrafast", "-crf", "18", "-g", str(gop or max(1, int(rate)))]
+        if bframes:
+            args += ["-bf", str(bframes), "-x264-params", "b-pyramid=normal"]
     args += list(extra_args or []) + [str(path)]
     _ffmpeg(args, stdin=data)
     return path
@@ -105,6 +113,33 @@ def make_vfr_video(path: str | Path, times: list[float], *, width: int = WIDTH, 
             frame = av.VideoFrame.from_ndarray(frame_image(i, width, height), format="rgb24")
             frame.pts, frame.time_base = pts, base
             for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def make_video_with_bad_frames(path: str | Path, bad: set[int], *, seconds: float = 30.0, fps: int = 10,
+                               width: int = WIDTH, height: int = HEIGHT) -> Path:
+    """An MJPEG video (MKV) whose frame i shows ``frame_image(i)``, except that the frames in ``bad`` are
+    random bytes: every packet is there with its timestamp (no gap for a prober to see), and exactly
+    those frames fail to decode (each MJPEG frame stands alone)."""
+    import av
+
+    path = Path(path)
+    rng = np.random.default_rng(0)
+    base = Fraction(1, fps)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuvj420p"
+        for i in range(int(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(frame_image(i, width, height), format="rgb24")
+            frame.pts, frame.time_base = i, base
+            for packet in stream.encode(frame):
+                if i in bad:
+                    junk = av.Packet(rng.integers(0, 256, packet.size, dtype=np.uint8).tobytes())
+                    junk.stream, junk.pts, junk.dts, junk.time_base = stream, packet.pts, packet.dts, packet.time_base
+                    packet = junk
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

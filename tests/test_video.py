@@ -9,6 +9,8 @@ import json
 import math
 import re
 import subprocess
+import sys
+import threading
 from fractions import Fraction
 
 import numpy as np
@@ -17,6 +19,9 @@ import pytest
 import media
 from llamavid import video
 from llamavid.errors import InputError, LlamaVidError, VideoError
+
+# decord is optional (llamavid[decord]); where it is installed it is tested like the others
+BACKENDS = ("pyav", "ffmpeg", "decord") if video.decord_available() else ("pyav", "ffmpeg")
 
 
 def _collect(path, fps, **kwargs):
@@ -48,7 +53,7 @@ def test_cfr_timestamps_and_frame_identity(tmp_path, native):
     path = media.make_video(tmp_path / "v.mp4", seconds=2.5, fps=native)
     n = int(round(Fraction(5, 2) * rate))
     info = video.probe(path)
-    assert info.backend == "decord" and not info.variable_frame_rate and not info.gaps
+    assert info.backend == "pyav" and not info.variable_frame_rate and not info.gaps
     assert info.frame_count == n
     assert info.native_fps == pytest.approx(float(rate), rel=1e-6)
     for fps in (1, 2, 0.5):
@@ -82,11 +87,11 @@ def test_chunks_never_exceed_chunk_size_and_resume_gives_the_same_tail(tmp_path)
 def test_all_backends_agree_and_are_recorded(tmp_path):
     path = media.make_video(tmp_path / "v.mp4", seconds=2, fps="30000/1001")
     runs = {}
-    for backend in ("auto", "decord", "pyav", "ffmpeg"):
+    for backend in ("auto", *BACKENDS):
         info = video.probe(path, backend)
-        assert info.backend == ("decord" if backend == "auto" else backend)
+        assert info.backend == ("pyav" if backend == "auto" else backend)
         runs[backend] = _collect(path, 2, chunk_size=5, info=info)
-    ref_t, ref_n, ref_f, _ = runs["decord"]
+    ref_t, ref_n, ref_f, _ = runs["pyav"]
     assert ref_n == list(range(0, 60, 15))
     for backend, (stamps, numbers, frames, _) in runs.items():
         assert numbers == ref_n and stamps == pytest.approx(ref_t, abs=1e-9), backend
@@ -234,24 +239,304 @@ def test_errors_name_the_file_in_one_line(tmp_path):
     _one_line_error(InputError, tmp_path, lambda: video.probe(tmp_path))  # a folder
 
 
-def test_video_damaged_in_the_middle_decodes_what_it_can_and_names_the_gap(tmp_path):
+def _damaged_ts(tmp_path):
     clean = media.make_video(tmp_path / "clean.ts", seconds=6, fps=10, extra_args=["-f", "mpegts"])
     data = bytearray(clean.read_bytes())
     a = len(data) * 2 // 5
     data[a : a + len(data) // 6] = np.random.default_rng(0).integers(0, 256, len(data) // 6, dtype=np.uint8).tobytes()
     damaged = tmp_path / "damaged.ts"
     damaged.write_bytes(bytes(data))
+    return damaged
 
-    for backend in ("auto", "pyav", "ffmpeg"):
+
+COUNTED = re.compile(r"^(\S+): (damaged data|decoding failed for)\D*?(\d+) frames? .*?between ([\d.]+) s and ([\d.]+) s; skipped$")
+
+
+def test_video_damaged_in_the_middle_decodes_what_it_can_and_names_the_gap_once(tmp_path):
+    damaged = _damaged_ts(tmp_path)
+    for backend in ("auto", *BACKENDS):
         warnings: list[str] = []
         stamps, numbers, _, _ = _collect(damaged, 2, backend=backend, on_warning=warnings.append)
-        gap_messages = [w for w in warnings if "between" in w]
-        assert len(gap_messages) == 1 and "damaged.ts" in gap_messages[0], (backend, warnings)
-        lo, hi = (float(x) for x in re.search(r"between ([\d.]+) s and ([\d.]+) s", gap_messages[0]).groups())
+        # ONE line for the damage, with the count of sampled frames lost and the time range
+        assert len(warnings) == 1, (backend, warnings)
+        m = COUNTED.match(warnings[0])
+        assert m and m.group(1) == "damaged.ts" and m.group(2) == "damaged data", (backend, warnings)
+        lost, lo, hi = int(m.group(3)), float(m.group(4)), float(m.group(5))
         assert 0.5 < lo < hi < 5.5
+        assert lost == sum(1 for k in range(13) if lo + 1e-6 < k / 2 < hi - 1e-6) > 0
         # every frame that came out is the picture of its own time: no stale, made-up pictures
         assert numbers == [round(t * 10) for t in stamps], backend
         assert not any(lo + 1e-6 < t < hi - 1e-6 for t in stamps)
         assert stamps[0] == 0.0 and stamps[-1] >= 5.0 and len(stamps) >= 8
         # the frames before the gap follow the published rule
         assert numbers[: int(lo * 2) + 1] == list(range(0, int(lo * 10) + 1, 5))
+
+
+def test_frames_that_fail_to_decode_are_one_counted_line(tmp_path):
+    """140 frames (10.0 s - 23.9 s) are garbage with intact timestamps; at 2 fps 28 planned frames fail.
+    Before: one warning per frame (or none); now one line with the count and the range."""
+    bad = set(range(100, 240))
+    path = media.make_video_with_bad_frames(tmp_path / "bad.mkv", bad, seconds=30, fps=10)
+    want = [i for i in range(0, 300, 5) if i not in bad]
+    for backend in BACKENDS:
+        warnings: list[str] = []
+        stamps, numbers, _, _ = _collect(path, 2, backend=backend, on_warning=warnings.append)
+        assert numbers == [round(t * 10) for t in stamps], backend  # what came out is the right picture
+        assert len(warnings) == 1, (backend, warnings)
+        m = COUNTED.match(warnings[0])
+        assert m and m.group(1) == "bad.mkv" and m.group(2) == "decoding failed for", (backend, warnings)
+        if backend == "decord":  # decord loses good frames near damage, and not the same ones every run
+            assert set(want) >= set(numbers) and int(m.group(3)) == 60 - len(numbers), warnings
+            continue
+        assert numbers == want, backend
+        assert (int(m.group(3)), m.group(4), m.group(5)) == (28, "10.0", "23.5"), warnings
+
+
+# ---------------------------------------------------------------------------------------------------------
+# long videos, every backend
+
+
+@pytest.fixture(scope="module")
+def three_minutes(tmp_path_factory):
+    """3 minutes at 24 fps (4,320 frames, 96x64): frame numbers need 13 bits."""
+    return media.make_video(tmp_path_factory.mktemp("long") / "long.mp4", seconds=180, fps=24, bits=13)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_backend_samples_a_three_minute_video_completely(three_minutes, backend):
+    warnings: list[str] = []
+    stamps, chunks = [], []
+    numbers = []
+    for chunk in video.sample_frames(three_minutes, 1, chunk_size=32, backend=backend, on_warning=warnings.append):
+        stamps += chunk.timestamps
+        numbers += [media.read_index(f, bits=13) for f in chunk.frames]
+        chunks.append(chunk.indices)
+    assert numbers == list(range(0, 4320, 24)), backend  # all 180, each the right picture, in order
+    assert stamps == pytest.approx([i / 24 for i in range(0, 4320, 24)], abs=1e-6)
+    assert [i for c in chunks for i in c] == list(range(180)) and warnings == []
+
+
+def _on_screen_plan(times, fps, duration):
+    chosen = []
+    for k in range(int(math.ceil(duration * fps))):
+        j = int(np.searchsorted(times, k / fps + 1e-9, side="right")) - 1
+        if not chosen or j != chosen[-1]:
+            chosen.append(j)
+    return chosen
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "decord"])  # decord is not used for VFR files
+def test_a_long_variable_rate_video_is_sampled_by_time_completely(tmp_path, backend):
+    """3 minutes of frames 0.1 - 0.8 s apart: the plan is irregular, so no frame-number formula can pick it
+    (the ffmpeg pipe used one above 200 frames)."""
+    gaps = np.random.default_rng(3).uniform(0.1, 0.8, 400)
+    times = [round(float(t), 3) for t in np.concatenate([[0.0], np.cumsum(gaps)]) if t < 180]
+    path = media.make_vfr_video(tmp_path / "vfr.mkv", times)
+    info = video.probe(path, backend)
+    assert info.variable_frame_rate
+    want = _on_screen_plan(np.asarray(times), 1, info.duration)
+    assert len(want) > 150
+    stamps, numbers, _, _ = _collect(path, 1, chunk_size=64, info=info)
+    assert numbers == want
+    assert stamps == pytest.approx([times[i] for i in want], abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# decoding only what the plan needs, and in parallel
+
+
+def _full_decode(path, stamps):
+    """Independent reference: every frame decoded by PyAV with no skipping, the planned ones kept."""
+    import av
+
+    keep = {round(t, 6) for t in stamps}
+    out = {}
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        t0 = None
+        frames = list(container.decode(stream))
+        t0 = min(float(f.pts * stream.time_base) for f in frames)
+        for f in frames:
+            t = round(float(f.pts * stream.time_base) - t0, 6)
+            if t in keep:
+                out[t] = f.to_ndarray(format="rgb24")
+    return [out[round(t, 6)] for t in stamps]
+
+
+@pytest.mark.parametrize("open_gop", [False, True])
+def test_skipped_decoding_gives_exactly_the_pixels_of_a_full_decode(tmp_path, open_gop):
+    """H.264 with B-pyramids, GOP 48 at 24 fps: sampling at 1 fps leaves whole group tails and non-reference
+    frames undecoded; the sampled pixels must be bit-identical to decoding everything."""
+    path = media.make_video(tmp_path / "bf.mp4", seconds=20, fps=24, gop=48, bframes=3)
+    if open_gop:  # x264 open GOP in Matroska: keyframes whose group shows frames before them
+        reenc = tmp_path / "og.mkv"
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(path), "-c:v", "libx264", "-preset", "ultrafast", "-bf", "3",
+                        "-g", "48", "-x264-params", "open-gop=1:b-pyramid=normal:scenecut=0", str(reenc)], check=True)
+        path = reenc
+    info = video.probe(path)
+    index = video._Index.of(info)
+    assert info.backend == "pyav" and info.codec in video.NONREF_SKIP_CODECS and index is not None
+    assert bool(index.open_gop[1:].all()) == open_gop
+    plan = [i for i, _ in video._plan(info, 1)]
+    runs = index.runs(plan)
+    if open_gop:  # each group refers to the one before: all decoded, up to the last sampled frame
+        assert len(runs) == 1 and runs[0][0] == 0 and runs[0][1] >= index.starts[-1]
+    else:  # closed groups: their tails after the last sampled frame are never decoded
+        assert len(runs) == len(index.starts) == 10
+        assert sum(b - a + 1 for a, b in runs) < 0.6 * len(index.pts)
+    for workers in (1, 2):
+        stamps, numbers, frames, _ = _collect(path, 1, chunk_size=4, info=info, workers=workers)
+        assert numbers == list(range(0, 480, 24)) and len(frames) == 20
+        for got, ref in zip(frames, _full_decode(path, stamps)):
+            assert np.array_equal(got, ref)
+
+
+def test_parallel_workers_give_the_same_frames_and_timestamps(three_minutes, tmp_path):
+    info = video.probe(three_minutes)
+    runs = {}
+    for workers in (1, 2, 3):
+        chunks = list(video.sample_frames(three_minutes, 2, chunk_size=7, start=5, info=info, workers=workers))
+        runs[workers] = chunks
+        assert all(len(c.frames) <= 7 for c in chunks)
+    ref = runs[1]
+    assert [i for c in ref for i in c.indices] == list(range(5, 360))
+    for workers in (2, 3):
+        assert [c.indices for c in runs[workers]] == [c.indices for c in ref]
+        assert [c.timestamps for c in runs[workers]] == [c.timestamps for c in ref]
+        assert all(np.array_equal(a.frames, b.frames) for a, b in zip(runs[workers], ref))
+    # a damaged file: the same frames and the same one warning with any number of workers
+    damaged = _damaged_ts(tmp_path)
+    results = []
+    for workers in (1, 2):
+        warnings: list[str] = []
+        stamps, numbers, frames, _ = _collect(damaged, 5, chunk_size=3, workers=workers, on_warning=warnings.append)
+        results.append((stamps, numbers, warnings))
+    assert results[0] == results[1] and len(results[0][2]) == 1
+
+
+def test_without_a_packet_index_decoding_goes_forward_from_a_seek(three_minutes, monkeypatch):
+    """Files over FULL_SCAN_BYTES get nominal times and no packet index: no skipping, one worker, same frames."""
+    indexed = video.probe(three_minutes)
+    monkeypatch.setattr(video, "FULL_SCAN_BYTES", 1000)
+    nominal = video.probe(three_minutes)
+    assert nominal.packet_pts is None and indexed.packet_pts is not None
+    assert nominal.frame_times == pytest.approx(indexed.frame_times, abs=1e-6)
+    a = _collect(three_minutes, 1, chunk_size=16, start=100, info=indexed)
+    b = _collect(three_minutes, 1, chunk_size=16, start=100, info=nominal, workers=2)
+    assert [media.read_index(f, bits=13) for f in b[2]] == list(range(2400, 4320, 24))
+    assert a[0] == pytest.approx(b[0], abs=1e-9) and len(a[2]) == len(b[2])
+    assert all(np.array_equal(x, y) for x, y in zip(a[2], b[2]))
+
+
+def test_segments_start_at_keyframes_and_hold_a_bounded_number_of_frames(three_minutes, monkeypatch):
+    info = video.probe(three_minutes)
+    index = video._Index.of(info)
+    todo = [(k, i, t) for k, (i, t) in enumerate(video._plan(info, 2))]
+    monkeypatch.setattr(video, "SEGMENT_BYTES", 10 * info.width * info.height * 3)  # 10 frames a segment
+    pieces = video._segments(info, todo, 2)
+    assert [x for p in pieces for x in p] == todo and len(pieces) > 10
+    assert all(10 <= len(p) <= 12 for p in pieces[:-1])
+    for p in pieces:  # each piece's packets start at a keyframe that no earlier piece needs
+        first = index.runs([i for _, i, _ in p])[0][0]
+        assert info.packet_keys[first]
+    # at most workers + 1 segments are decoded ahead of the consumer
+    live = []
+    real = video._decode_pyav
+
+    def counting(path, info, seg, threads, problems, stop):
+        live.append(seg[0][0])
+        yield from real(path, info, seg, threads, problems, stop)
+
+    monkeypatch.setitem(video._DECODERS, "pyav", counting)
+    frames = video.sample_frames(three_minutes, 2, chunk_size=1, info=info, workers=2)
+    next(frames)
+    import time
+
+    time.sleep(0.5)  # let the workers run ahead as far as they may
+    assert len(live) == 3  # segments 0, 1 and 2: two decoding, one more waiting, none beyond
+    frames.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("llamavid-decode")]
+
+
+def test_auto_workers_rule(three_minutes, tmp_path):
+    info = video.probe(three_minutes)
+    assert video.auto_workers(info, 180, cpus=2) == 1
+    assert video.auto_workers(info, 180, cpus=8) == 4
+    assert video.auto_workers(info, 180, cpus=64) == 8
+    assert video.auto_workers(info, 40, cpus=8) == 2  # at least 16 planned frames a worker
+    short = video.probe(media.make_video(tmp_path / "short.mp4", seconds=10, fps=24))
+    assert video.auto_workers(short, 10, cpus=8) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# options checked at the edge
+
+
+def test_bad_options_are_one_line_input_errors(tmp_path, monkeypatch):
+    path = media.make_video(tmp_path / "v.mp4", seconds=1, fps=10)
+    for fps in (0, -1, float("nan"), float("inf"), "abc"):
+        with pytest.raises(InputError, match="fps"):
+            next(video.sample_frames(path, fps))
+    for kwargs in ({"chunk_size": 0}, {"chunk_size": True}, {"chunk_size": 2.5}, {"start": -1}, {"workers": 0},
+                   {"workers": True}, {"workers": "2"}):
+        with pytest.raises(InputError):
+            next(video.sample_frames(path, 1, **kwargs))
+    with pytest.raises(InputError, match="expected auto, pyav, decord or ffmpeg"):
+        video.probe(path, "opencv")
+    monkeypatch.setattr(video, "decord_available", lambda: False)
+    with pytest.raises(InputError, match=r"llamavid\[decord\]"):
+        video.probe(path, "decord")
+
+
+def test_a_decoder_library_error_is_a_one_line_video_error(tmp_path):
+    path = media.make_video(tmp_path / "gone.mp4", seconds=1, fps=10)
+    for backend in BACKENDS:
+        info = video.probe(path, backend)
+        path.rename(tmp_path / "moved.mp4")  # the file vanishes between probing and decoding
+        try:
+            message = _one_line_error(VideoError, path, lambda: list(video.sample_frames(path, 2, info=info)))
+            assert backend in message, message
+        finally:
+            (tmp_path / "moved.mp4").rename(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the native decoders stay quiet
+
+QUIET_CHILD = """
+import sys
+from llamavid import video
+from llamavid.errors import LlamaVidError
+for path in sys.argv[2:]:
+    for backend in sys.argv[1].split(","):
+        try:
+            for chunk in video.sample_frames(path, 2, backend=backend, on_warning=lambda w: print("warning:", w)):
+                pass
+            print("ok", backend, path)
+        except LlamaVidError as exc:
+            print("error:", exc)
+"""
+
+
+def test_native_decoder_output_never_reaches_stderr(tmp_path, tiny):
+    damaged = _damaged_ts(tmp_path)
+    bad = media.make_video_with_bad_frames(tmp_path / "bad.mkv", set(range(100, 240)), seconds=30, fps=10)
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("this is not a video\n" * 20)
+    files = [str(damaged), str(bad), str(notes)]
+    proc = subprocess.run([sys.executable, "-c", QUIET_CHILD, ",".join(BACKENDS), *files], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    out = proc.stdout.splitlines()
+    assert sum(line.startswith("ok") for line in out) == 2 * len(BACKENDS)
+    assert sum(line.startswith("error:") and "notes.mp4" in line for line in out) == len(BACKENDS)
+    assert sum(line.startswith("warning:") for line in out) == 2 * len(BACKENDS)  # one per damaged file
+    # the CLI: only our own lines, one per problem
+    proc = subprocess.run([sys.executable, "-m", "llamavid_cli", "encode", str(damaged), str(bad), str(notes), "-o",
+                           str(tmp_path / "out"), "--vision-tower", str(tiny.vision_path), "--fps", "2"],
+                          capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.splitlines()
+    ours = re.compile(r"^(llamavid: |\S+: \d+ frames -> \S+\.vidtok \()")  # our messages and per-file status lines
+    assert proc.returncode == 1 and lines and all(ours.match(line) for line in lines), proc.stderr[-2000:]
+    assert sum(line.startswith("llamavid: warning: ") for line in lines) == 2, lines
+    assert sum(line.startswith("llamavid: error: ") and "notes.mp4" in line for line in lines) == 1, lines
