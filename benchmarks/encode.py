@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -27,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import describe as describe_machine  # benchmarks/machine.py (this script's folder)
 
 import numpy as np
 import torch
@@ -198,18 +199,6 @@ def long_vidtok(work: Path, frames: int, shape: tuple[int, int]) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -226,7 +215,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="llamavid-bench-encode-"))
     t_start = time.perf_counter()
     try:
-        print(f"machine: {machine()}; device {args.device}; load average "
+        print(f"machine: {describe_machine()}; device {args.device}; load average "
               f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
         mid = make_tower(work / "mid" / "eva_vit_g.pth", width=args.width, blocks=args.blocks, mlp=4 * args.width)
         small = make_tower(work / "small" / "eva_vit_g.pth", width=88, blocks=2, mlp=352, seed=1)

@@ -31,12 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine import describe as describe_machine  # benchmarks/machine.py (this script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -503,21 +504,6 @@ def run_child(name: str, args: dict, timeout: float | None = None) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
-
-
 def gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
 
@@ -547,7 +533,7 @@ def main() -> None:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
-    print(f"machine: {machine()}; device {args.device}; work {work}", flush=True)
+    print(f"machine: {describe_machine()}; device {args.device}; work {work}", flush=True)
     t0 = time.perf_counter()
     short, long = write_checkpoint(work)
     _fix_vocab(work)
@@ -555,7 +541,7 @@ def main() -> None:
     ckpt_bytes = dir_bytes(short)
     print(f"checkpoint: {gb(ckpt_bytes)} in {len(list(short.glob('pytorch_model-*.bin')))} shards; eva_vit_g.pth "
           f"{gb(tower.stat().st_size)} (fp16); ready in {time.perf_counter() - t0:.0f} s", flush=True)
-    figures: dict = {"machine": machine(), "device": args.device, "checkpoint_bytes": ckpt_bytes,
+    figures: dict = {"machine": describe_machine(), "device": args.device, "checkpoint_bytes": ckpt_bytes,
                      "eva_bytes": tower.stat().st_size}
     dev = args.device
 
@@ -569,45 +555,29 @@ def main() -> None:
             print(f"load: {r['error']}", flush=True)
     clip = make_clip(work / "clip16.mp4", 16)
     vidtok = work / "clip16.vidtok"
+    encodes = [("encode", vidtok, {}, "defaults")]
+    if dev == "cpu":  # the float32 path too: the default on CPUs without native bf16 (when it fits)
+        encodes.append(("encode_float32", work / "clip16-fp32.vidtok", {"dtype": "float32"}, "--dtype float32"))
     if "encode" in parts or ("ask" in parts and not vidtok.exists()):
-        r = run_child("encode", {"video": str(clip), "tower": str(tower), "out": str(vidtok), "device": dev}, args.timeout)
-        figures["encode"] = r
-        if "error" not in r:
-            print(f"encode (defaults, 16 s clip at 1 frame/s): {r['frames']} frames in {r['seconds']:.1f} s "
-                  f"({r['frames'] / r['seconds']:.2f} frames/s incl. start-up), peak RSS {r['peak'] / 1e6:,.0f} MB = "
-                  f"{r['peak'] / 1e6 / PUBLISHED_ENCODE_PEAK_MB:.3f} x the published code's {PUBLISHED_ENCODE_PEAK_MB:,} MB; "
-                  f"notes: {r['stderr_notes']}", flush=True)
-        else:
-            print(f"encode: {r['error']}", flush=True)
-        if dev == "cpu":  # the float32 path too: the default on CPUs without native bf16 (when it fits)
-            r = run_child("encode", {"video": str(clip), "tower": str(tower), "out": str(work / "clip16-fp32.vidtok"),
-                                     "device": dev, "dtype": "float32"}, args.timeout)
-            figures["encode_float32"] = r
-            if "error" not in r:
-                print(f"encode --dtype float32: {r['frames']} frames in {r['seconds']:.1f} s, peak RSS "
-                      f"{r['peak'] / 1e6:,.0f} MB = {r['peak'] / 1e6 / PUBLISHED_ENCODE_PEAK_MB:.3f} x the published "
-                      f"code's", flush=True)
-            else:
-                print(f"encode float32: {r['error']}", flush=True)
-    if "ask" in parts:
-        r = run_child("ask", {"vidtok": str(vidtok), "ckpt": str(short), "tower": str(tower), "device": dev}, args.timeout)
-        figures["ask"] = r
+        for part, out, extra, label in encodes:
+            r = run_child("encode", {"video": str(clip), "tower": str(tower), "out": str(out), "device": dev, **extra},
+                          args.timeout)
+            figures[part] = r
+            print(f"encode ({label}, 16 s clip at 1 frame/s): " + (r["error"] if "error" in r else
+                  f"{r['frames']} frames in {r['seconds']:.1f} s ({r['frames'] / r['seconds']:.2f} frames/s incl. start-up), "
+                  f"peak RSS {r['peak'] / 1e6:,.0f} MB = {r['peak'] / 1e6 / PUBLISHED_ENCODE_PEAK_MB:.3f} x the published "
+                  f"code's {PUBLISHED_ENCODE_PEAK_MB:,} MB; notes: {r.get('stderr_notes')}"), flush=True)
+    for part, extra, label in (("ask", {}, "(defaults)"), ("ask4bit", {"quantize": "4bit"}, "--quantize 4bit")):
+        if part not in parts:
+            continue
+        r = run_child("ask", {"vidtok": str(vidtok), "ckpt": str(short), "tower": str(tower), "device": dev, **extra},
+                      args.timeout)
         if "error" not in r and r["code"]:
             r["error"] = f"exit {r['code']}"
-        if "error" not in r:
-            print(f"ask FILE.vidtok (defaults): exit {r['code']}, {r['seconds']:.1f} s, peak RSS {gb(r['peak'])} = "
-                  f"{r['peak'] / ckpt_bytes:.3f} x the checkpoint's bytes; vision encoder built {r['vision_built']} times",
-                  flush=True)
-        else:
-            print(f"ask: {r['error']}", flush=True)
-    if "ask4bit" in parts:
-        r = run_child("ask", {"vidtok": str(vidtok), "ckpt": str(short), "tower": str(tower), "device": dev,
-                              "quantize": "4bit"}, args.timeout)
-        if "error" not in r and r["code"]:
-            r["error"] = f"exit {r['code']}"
-        figures["ask4bit"] = r
-        print("ask FILE.vidtok --quantize 4bit: " + (r["error"] if "error" in r else
-              f"{r['seconds']:.1f} s, peak RSS {gb(r['peak'])} = {r['peak'] / ckpt_bytes:.3f} x the checkpoint's bytes"),
+        figures[part] = r
+        built = f"; vision encoder built {r['vision_built']} times" if "vision_built" in r else ""
+        print(f"ask FILE.vidtok {label}: " + (r["error"] if "error" in r else
+              f"{r['seconds']:.1f} s, peak RSS {gb(r['peak'])} = {r['peak'] / ckpt_bytes:.3f} x the checkpoint's bytes{built}"),
               flush=True)
     if "llm" in parts:
         # CPU: one timed run (a second, warmed-up run doubles minutes of 7B compute for little); GPU: warm-up first

@@ -35,29 +35,6 @@ eval_app = typer.Typer(
 )
 app.add_typer(eval_app, name="eval")
 
-BENCHMARK_NAMES = ", ".join(BENCHMARKS)
-
-# Options of these commands only (the model, sampling and frame options are shared with ask: see options.py).
-Benchmark = Annotated[str, typer.Argument(help=f"Benchmark name: {BENCHMARK_NAMES}.")]
-Questions = Annotated[List[Path], typer.Option(
-    "--questions", "-q", help="The benchmark's question file (repeat for benchmarks with several files, e.g. "
-                              "ActivityNet-QA's test_q.json and test_a.json, or MVBench tasks).")]
-Answers = Annotated[Optional[Path], typer.Option(
-    "--answers", help="A separate answers file (ActivityNet-QA's test_a.json, EgoSchema's subset_answers.json).")]
-Videos = Annotated[Optional[Path], typer.Option(
-    "--videos", help="Folder holding the benchmark's videos (names from the file, trying .mp4 .mkv .avi .mov .webm).")]
-Limit = Annotated[Optional[int], typer.Option("--limit", help="Only the first N items (a quick trial run).")]
-BaseUrl = Annotated[Optional[str], typer.Option(
-    "--base-url", help="Judge: OpenAI-compatible API base (.../v1); default $LLAMAVID_JUDGE_BASE_URL, $OPENAI_BASE_URL, then OpenAI.")]
-JudgeModel = Annotated[Optional[str], typer.Option(
-    "--judge-model", help="Judge model; default $LLAMAVID_JUDGE_MODEL, else gpt-3.5-turbo (as published).")]
-ApiKey = Annotated[Optional[str], typer.Option(
-    "--api-key", help="Judge bearer token; default $LLAMAVID_JUDGE_API_KEY, then $OPENAI_API_KEY (none: no header).")]
-Workers = Annotated[int, typer.Option("--workers", help="Judge requests in parallel.")]
-Timeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait for one judge reply.")]
-MaxRetries = Annotated[int, typer.Option("--max-retries", help="Judge retries after timeouts, 429 and 5xx (exponential backoff).")]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # predict
 
@@ -70,29 +47,35 @@ def _paths(questions: list[Path], answers: Optional[Path]) -> list[Path]:
     return list(questions) + ([answers] if answers is not None else [])
 
 
-def _load_items(benchmark: str, questions: list[Path], answers: Optional[Path], videos: Optional[Path],
-                limit: Optional[int]):
+def _load_items(benchmark: str, files: opt.BenchmarkFiles):
     from llamavid.errors import InputError
     from llamavid.eval import get_benchmark, load_benchmark, missing_videos
 
     spec = get_benchmark(benchmark)  # an unknown name fails before anything is read
-    if limit is not None and limit < 0:
-        raise InputError(f"--limit {limit}: must be at least 0")
-    items = load_benchmark(spec.name, _paths(questions, answers), videos)
-    if limit is not None:
-        items = items[:limit]
-    missing = missing_videos(items) if videos is not None else []
+    if files.limit is not None and files.limit < 0:
+        raise InputError(f"--limit {files.limit}: must be at least 0")
+    items = load_benchmark(spec.name, _paths(list(files.questions), files.answers), files.videos)
+    if files.limit is not None:
+        items = items[:files.limit]
+    missing = missing_videos(items) if files.videos is not None else []
     if missing:
-        warn(f"{len(missing)} of {len(items)} items have no video in {videos} (first: {missing[0].video}); "
+        warn(f"{len(missing)} of {len(items)} items have no video in {files.videos} (first: {missing[0].video}); "
              "they will be recorded as errors")
     return spec, items
 
 
-def _predict(spec, items, output: Path, model: opt.ModelChoice, options, batch_size: int) -> dict[str, Any]:
+def _predict(benchmark: str, files: opt.BenchmarkFiles, output_for, model: opt.ModelChoice, options,
+             batch_size: int) -> tuple[Any, dict[str, Any]]:
+    """Predict a benchmark's items into ``output_for(spec)``: (the benchmark, the run's counts)."""
     from llamavid.batch import video_answerer
+    from llamavid.errors import InputError
     from llamavid.eval import run_predictions
     from llamavid.fileio import ResumableJsonl
 
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be at least 1")
+    spec, items = _load_items(benchmark, files)
+    output = output_for(spec)
     output.parent.mkdir(parents=True, exist_ok=True)
     probe = ResumableJsonl(output, [item.id for item in items], retry_errors=False)  # refuses a foreign file
     pending = [item for item in items if not probe.done(item.id)]
@@ -100,7 +83,7 @@ def _predict(spec, items, output: Path, model: opt.ModelChoice, options, batch_s
     if not pending:
         message(f"llamavid: all {len(items)} items already in {output}")
         stats = run_predictions(items, lambda item: "", output)  # nothing to do; returns the counts
-        return asdict(stats) | {"output": str(output)}
+        return spec, asdict(stats) | {"output": str(output)}
     m = model.load()
     with Reporter(f"{spec.name}: predicting", unit="items", status=False) as reporter:
         from llamavid.callbacks import Callbacks
@@ -114,34 +97,22 @@ def _predict(spec, items, output: Path, model: opt.ModelChoice, options, batch_s
             f"{stats.skipped} already done -> {output}")
     if stats.errors:
         warn(f"{stats.errors} items failed (lines with \"error\" in {output}); delete those lines and rerun to retry them")
-    return asdict(stats) | {"output": str(output)}
-
-
-def _check_batch_size(batch_size: int) -> None:
-    from llamavid.errors import InputError
-
-    if batch_size < 1:
-        raise InputError(f"--batch-size {batch_size}: must be at least 1")
+    return spec, asdict(stats) | {"output": str(output)}
 
 
 @eval_app.command()
-@opt.with_groups(opt.MODEL, opt.QUESTION)
+@opt.with_groups(opt.BENCHMARK_FILES, opt.MODEL, opt.QUESTION)
 def predict(
-    benchmark: Benchmark,
+    benchmark: opt.Benchmark,
     output: Annotated[Path, typer.Option("-o", "--output", help="Predictions JSONL (a rerun skips the items already there).")],
-    questions: Questions = [],
-    answers: Answers = None,
-    videos: Videos = None,
-    limit: Limit = None,
     batch_size: opt.QuestionsPerBatch = 8,
     *,
+    files: opt.BenchmarkFiles,
     model: opt.ModelChoice,
     options: AskOptions,
 ) -> None:
     """Answer a benchmark's questions into a JSONL file; prints the run's counts as JSON."""
-    _check_batch_size(batch_size)
-    spec, items = _load_items(benchmark, questions, answers, videos, limit)
-    print_json(_predict(spec, items, output, model, options, batch_size))
+    print_json(_predict(benchmark, files, lambda spec: output, model, options, batch_size)[1])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -204,15 +175,15 @@ def judge(
     benchmark: Annotated[str, typer.Argument(help=f"Benchmark name (judged ones: {', '.join(JUDGED)}).")],
     predictions: Annotated[Path, typer.Argument(help="Predictions JSONL from `llamavid eval predict` (or a published prediction file).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Judged JSONL (a rerun judges only what is missing).")],
-    base_url: BaseUrl = None,
-    judge_model: JudgeModel = None,
-    api_key: ApiKey = None,
+    base_url: opt.BaseUrl = None,
+    judge_model: opt.JudgeModel = None,
+    api_key: opt.ApiKey = None,
     cache: Annotated[Optional[Path], typer.Option(
         "--cache", help="Cache of judge replies (default: judge-cache.jsonl beside the output).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Keep no cache of judge replies.")] = False,
-    workers: Workers = 4,
-    timeout: Timeout = 60.0,
-    max_retries: MaxRetries = 6,
+    workers: opt.Workers = 4,
+    timeout: opt.Timeout = 60.0,
+    max_retries: opt.MaxRetries = 6,
     temperature: Annotated[Optional[float], typer.Option(
         "--judge-temperature", help="Send a temperature (the published scripts send none).")] = None,
     consistency_q2: Annotated[str, typer.Option(
@@ -253,7 +224,7 @@ def _write_json(path: Path, value: Any) -> None:
 
 @eval_app.command()
 def score(
-    benchmark: Benchmark,
+    benchmark: opt.Benchmark,
     path: Annotated[Path, typer.Argument(help="The judged JSONL (judged benchmarks) or the predictions JSONL (multiple choice, synthetic).")],
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", help="Also write the result JSON here (input for `eval report`).")] = None,
@@ -323,34 +294,28 @@ def report(
 
 
 @eval_app.command()
-@opt.with_groups(opt.MODEL, opt.QUESTION)
+@opt.with_groups(opt.BENCHMARK_FILES, opt.MODEL, opt.QUESTION)
 def run(
-    benchmark: Benchmark,
+    benchmark: opt.Benchmark,
     out_dir: Annotated[Path, typer.Option(
         "--out-dir", help="Folder for BENCH.pred.jsonl, BENCH.judged.jsonl, BENCH.result.json and report.md/.json (a rerun resumes).")],
-    questions: Questions = [],
-    answers: Answers = None,
-    videos: Videos = None,
-    limit: Limit = None,
     batch_size: opt.QuestionsPerBatch = 8,
-    base_url: BaseUrl = None,
-    judge_model: JudgeModel = None,
-    api_key: ApiKey = None,
-    workers: Workers = 4,
-    timeout: Timeout = 60.0,
-    max_retries: MaxRetries = 6,
+    base_url: opt.BaseUrl = None,
+    judge_model: opt.JudgeModel = None,
+    api_key: opt.ApiKey = None,
+    workers: opt.Workers = 4,
+    timeout: opt.Timeout = 60.0,
+    max_retries: opt.MaxRetries = 6,
     *,
+    files: opt.BenchmarkFiles,
     model: opt.ModelChoice,
     options: AskOptions,
 ) -> None:
     """Predict, judge (when the benchmark needs it), score and report in one go; prints the result as JSON."""
     from llamavid.eval import write_report
 
-    _check_batch_size(batch_size)
-    spec, items = _load_items(benchmark, questions, answers, videos, limit)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    spec, _ = _predict(benchmark, files, lambda spec: out_dir / f"{spec.name}.pred.jsonl", model, options, batch_size)
     pred_path = out_dir / f"{spec.name}.pred.jsonl"
-    _predict(spec, items, pred_path, model, options, batch_size)
     scored_path = pred_path
     if spec.judge_dimensions:
         scored_path = out_dir / f"{spec.name}.judged.jsonl"

@@ -10,11 +10,12 @@ import functools
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, List, Optional
 
 import typer
 
 from llamavid.choices import DTYPE_CHOICES, KV_CACHE_CHOICES, QUANTIZE_CHOICES, SUMMARY_STYLES
+from llamavid.eval.benchmarks import BENCHMARKS
 
 # -- the model ------------------------------------------------------------------------------------------------
 Model = Annotated[Optional[str], typer.Option(
@@ -64,6 +65,29 @@ Json = Annotated[bool, typer.Option("--json", help="Machine-readable output on s
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an output file that holds something else.")]
 QuestionsPerBatch = Annotated[int, typer.Option(
     "--batch-size", help="Questions about one video answered together (one pass through the model).")]
+
+
+# -- benchmarks and the judge (llamavid eval) ------------------------------------------------------------
+BENCHMARK_NAMES = ", ".join(BENCHMARKS)
+
+Benchmark = Annotated[str, typer.Argument(help=f"Benchmark name: {BENCHMARK_NAMES}.")]
+Questions = Annotated[List[Path], typer.Option(
+    "--questions", "-q", help="The benchmark's question file (repeat for benchmarks with several files, e.g. "
+                              "ActivityNet-QA's test_q.json and test_a.json, or MVBench tasks).")]
+Answers = Annotated[Optional[Path], typer.Option(
+    "--answers", help="A separate answers file (ActivityNet-QA's test_a.json, EgoSchema's subset_answers.json).")]
+Videos = Annotated[Optional[Path], typer.Option(
+    "--videos", help="Folder holding the benchmark's videos (names from the file, trying .mp4 .mkv .avi .mov .webm).")]
+Limit = Annotated[Optional[int], typer.Option("--limit", help="Only the first N items (a quick trial run).")]
+BaseUrl = Annotated[Optional[str], typer.Option(
+    "--base-url", help="Judge: OpenAI-compatible API base (.../v1); default $LLAMAVID_JUDGE_BASE_URL, $OPENAI_BASE_URL, then OpenAI.")]
+JudgeModel = Annotated[Optional[str], typer.Option(
+    "--judge-model", help="Judge model; default $LLAMAVID_JUDGE_MODEL, else gpt-3.5-turbo (as published).")]
+ApiKey = Annotated[Optional[str], typer.Option(
+    "--api-key", help="Judge bearer token; default $LLAMAVID_JUDGE_API_KEY, then $OPENAI_API_KEY (none: no header).")]
+Workers = Annotated[int, typer.Option("--workers", help="Judge requests in parallel.")]
+Timeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait for one judge reply.")]
+MaxRetries = Annotated[int, typer.Option("--max-retries", help="Judge retries after timeouts, 429 and 5xx (exponential backoff).")]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -120,6 +144,21 @@ QUESTION = Group("options", _options(
     temperature=(Temperature, None), top_p=(TopP, None), max_new_tokens=(MaxNewTokens, None), seed=(Seed, None),
     fps=(Fps, 1.0), max_frames=(MaxFrames, None), subtitles=(Subtitles, None), long=(Long, None),
     strict_context=(StrictContext, False), no_cache=(NoCache, False)), _ask_options)
+
+
+@dataclass(frozen=True)
+class BenchmarkFiles:
+    """A benchmark's files and how much of it to run (the --questions/--answers/--videos/--limit group)."""
+
+    questions: tuple[Path, ...] = ()
+    answers: Optional[Path] = None
+    videos: Optional[Path] = None
+    limit: Optional[int] = None
+
+
+BENCHMARK_FILES = Group("files", _options(questions=(Questions, []), answers=(Answers, None), videos=(Videos, None),
+                                          limit=(Limit, None)),
+                        lambda questions, **v: BenchmarkFiles(tuple(questions), **v))
 
 
 def with_groups(*groups: Group) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -228,30 +228,40 @@ def test_stream_ends_with_done(main, model_id):
     assert json.loads(events[-2][6:])["choices"][0]["finish_reason"] in ("stop", "length")
 
 
-def test_sixteen_concurrent_clients_all_answered_in_batches(main, model_id, expected):
-    before = main.health()
-    barrier = threading.Barrier(16)
-    results: dict[int, str] = {}
+def run_together(n: int, work) -> list[BaseException]:
+    """``work(i)`` in n threads released at the same moment; the exceptions they raised."""
+    barrier = threading.Barrier(n)
     errors: list[BaseException] = []
 
-    def client_thread(i: int) -> None:
-        client = main.client()
-        question = QUESTIONS[i % len(QUESTIONS)]
+    def thread(i: int) -> None:
         try:
             barrier.wait(30)
-            if i % 2:
-                results[i] = "".join(c.choices[0].delta.content or "" for c in
-                                     ask(client, model_id, "clip.mp4", question, stream=True) if c.choices)
-            else:
-                results[i] = ask(client, model_id, "clip.mp4", question).choices[0].message.content
-        except BaseException as exc:  # noqa: BLE001 - reported below
+            work(i)
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
             errors.append(exc)
 
-    threads = [threading.Thread(target=client_thread, args=(i,)) for i in range(16)]
+    threads = [threading.Thread(target=thread, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
+    return errors
+
+
+def test_sixteen_concurrent_clients_all_answered_in_batches(main, model_id, expected):
+    before = main.health()
+    clients = [main.client() for _ in range(16)]
+    results: dict[int, str] = {}
+
+    def client_work(i: int) -> None:
+        question = QUESTIONS[i % len(QUESTIONS)]
+        if i % 2:
+            results[i] = "".join(c.choices[0].delta.content or "" for c in
+                                 ask(clients[i], model_id, "clip.mp4", question, stream=True) if c.choices)
+        else:
+            results[i] = ask(clients[i], model_id, "clip.mp4", question).choices[0].message.content
+
+    errors = run_together(16, client_work)
     assert not errors, errors
     assert sorted(results) == list(range(16))
     for i, answer in results.items():
@@ -264,22 +274,10 @@ def test_sixteen_concurrent_clients_all_answered_in_batches(main, model_id, expe
 
 def test_a_video_is_encoded_once_when_ten_ask_at_the_same_moment(main, model_id):
     before = main.health()
-    barrier = threading.Barrier(10)
-    answers, errors = [], []
-
-    def client_thread(i: int) -> None:
-        try:
-            client = main.client()
-            barrier.wait(30)
-            answers.append(ask(client, model_id, "fresh.mp4", QUESTIONS[i % 2]).choices[0].message.content)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    threads = [threading.Thread(target=client_thread, args=(i,)) for i in range(10)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    clients = [main.client() for _ in range(10)]
+    answers: list[str] = []
+    errors = run_together(10, lambda i: answers.append(
+        ask(clients[i], model_id, "fresh.mp4", QUESTIONS[i % 2]).choices[0].message.content))
     assert not errors and len(answers) == 10
     after = main.health()
     assert after["encoded"] - before["encoded"] == 1 and after["opened"] - before["opened"] == 1

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from llamavid.errors import InputError, LlamaVidError
 from llamavid.eval.benchmarks import get_benchmark
@@ -50,6 +50,11 @@ SCORE_RANGE = (0.0, 5.0)
 #: HTTP statuses that mean the judge is misconfigured: stop the run instead of failing item after item.
 FATAL_STATUSES = frozenset({401, 402, 403, 404, 405})
 RETRY_STATUSES = frozenset({408, 409, 425, 429})
+
+
+# How long to wait for one reply, and how to back off between tries (timeouts, 429 and 5xx are retried).
+RetryPolicy = NamedTuple("RetryPolicy", [("timeout", float), ("max_retries", int), ("backoff", float),
+                                         ("max_backoff", float), ("max_retry_after", float)])
 
 
 class JudgeError(LlamaVidError):
@@ -268,11 +273,7 @@ class Judge:
         ).rstrip("/")
         self.model = model or env.get("LLAMAVID_JUDGE_MODEL") or DEFAULT_MODEL
         self.api_key = api_key if api_key is not None else (env.get("LLAMAVID_JUDGE_API_KEY") or env.get("OPENAI_API_KEY"))
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.max_retry_after = max_retry_after
+        self.retry = RetryPolicy(timeout, max_retries, backoff, max_backoff, max_retry_after)
         self.temperature = temperature
         self.url = f"{self.base_url}/chat/completions"
         self._sleep = sleep
@@ -332,20 +333,20 @@ class Judge:
     def _request_with_retries(self, messages: list[dict[str, str]]) -> str:
         data = self._payload(messages)
         last = ""
-        for attempt in range(self.max_retries + 1):
+        for attempt in range(self.retry.max_retries + 1):
             try:
                 return self._request_once(data)
             except _Retry as retry:
                 last = retry.reason
-                if attempt == self.max_retries:
+                if attempt == self.retry.max_retries:
                     break
                 self._sleep(self._delay(attempt, retry.delay))
-        raise JudgeError(f"judge endpoint {self.url} failed {self.max_retries + 1} times; last: {last}", fatal=True)
+        raise JudgeError(f"judge endpoint {self.url} failed {self.retry.max_retries + 1} times; last: {last}", fatal=True)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
-            return min(retry_after, self.max_retry_after)
-        base = min(self.max_backoff, self.backoff * (2**attempt))
+            return min(retry_after, self.retry.max_retry_after)
+        base = min(self.retry.max_backoff, self.retry.backoff * (2**attempt))
         return base / 2 + self._rng.uniform(0, base / 2)
 
     def _request_once(self, data: bytes) -> str:
@@ -356,15 +357,15 @@ class Judge:
         with self._lock:
             self.requests_sent += 1
         try:
-            with self._opener.open(request, timeout=self.timeout) as response:
+            with self._opener.open(request, timeout=self.retry.timeout) as response:
                 body = response.read()
         except urllib.error.HTTPError as exc:
             self._raise_for_status(exc)
         except (TimeoutError, socket.timeout) as exc:
-            raise _Retry(f"timed out after {self.timeout:g} s ({exc})") from None
+            raise _Retry(f"timed out after {self.retry.timeout:g} s ({exc})") from None
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, (TimeoutError, socket.timeout)):
-                raise _Retry(f"timed out after {self.timeout:g} s") from None
+                raise _Retry(f"timed out after {self.retry.timeout:g} s") from None
             raise _Retry(f"cannot connect ({exc.reason})") from None
         except (ConnectionError, http.client.HTTPException, OSError) as exc:
             raise _Retry(f"connection failed ({type(exc).__name__}: {exc})") from None
