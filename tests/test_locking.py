@@ -245,7 +245,7 @@ def same_features(a: Path, b: Path) -> bool:
 
 def encode_cmd(tiny, clip: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "llamavid_cli", "encode", str(clip), "--vision-tower", str(tiny.vision_path),
-            "--fps", "10", "-o", str(out), "--json"]
+            "--dtype", "float32", "--fps", "10", "-o", str(out), "--json"]  # float32 as the in-process reference
 
 
 @pytest.mark.skipif(not POSIX, reason="two CLI processes at once")
