@@ -53,6 +53,8 @@ class Answer:
     frames: int
     seconds: float
     question: str = ""
+    evidence: list | None = None  # EvidenceRange, best first, when asked for (llamavid.evidence)
+    choices: list | None = None  # ChoiceScore per option, in the order given, when the answer was chosen
 
 
 @dataclass(frozen=True)
@@ -341,6 +343,52 @@ class LlamaVid(nn.Module):
             return list(tokens.unbind(0))
         return [tokens.flatten(0, 1)]
 
+    @torch.inference_mode()
+    def prompt_embeddings(self, features: Features, prompts: Sequence[Prompt], *,
+                          frame_indices: Sequence[int] | None = None, chunk_frames: int = 64) -> list[torch.Tensor]:
+        """Each prompt embedded with its question's visual tokens spliced in -> one (L, H) tensor per prompt.
+
+        All prompts must be for the same frames and prompt style (the QFormer runs once for all of them).
+        """
+        if not prompts:
+            raise InputError("no questions given")
+        n_frames = len(frame_indices) if frame_indices is not None else _num_frames(features)
+        long_video = prompts[0].long_video
+        if any(p.n_frames != n_frames or p.long_video != long_video for p in prompts):
+            raise ValueError("every prompt of a batch must be built for the same frames and prompt style")
+        tokens = self.video_tokens_batch(features, [p.question for p in prompts], long_video=long_video,
+                                         chunk_frames=chunk_frames, frame_indices=frame_indices)  # (Q, T, k, H)
+        return [self.embed_prompt(p.ids, self.visual_blocks(tokens[qi], long_video=long_video))
+                for qi, p in enumerate(prompts)]
+
+    def frame_spans(self, prompt: Prompt, frame_subtitles: Sequence[str] | None = None) -> list[tuple[int, int]]:
+        """Where each frame sits in the embedded prompt: [start, end) positions of its visual tokens.
+
+        With the long-video prompt a frame's subtitle text follows its tokens; given ``frame_subtitles``
+        (as the prompt was built with), that text is counted as part of the frame.
+        """
+        ids = np.asarray(prompt.ids, dtype=np.int64)
+        slots = np.nonzero(ids == IMAGE_SLOT)[0]
+        per = self.tokens_per_frame
+        pos = slots + np.arange(len(slots)) * (per * (prompt.n_frames if not prompt.long_video else 1) - 1)
+        if not prompt.long_video:
+            if len(slots) != 1:
+                raise ValueError(f"a short-video prompt has one <image> slot, not {len(slots)}")
+            start = int(pos[0])
+            return [(start + i * per, start + (i + 1) * per) for i in range(prompt.n_frames)]
+        if len(slots) != prompt.n_frames:
+            raise ValueError(f"a long-video prompt has one <image> slot per frame: {len(slots)} for {prompt.n_frames}")
+        spans = []
+        for i, start in enumerate(pos.tolist()):
+            end = start + per
+            if frame_subtitles is not None and frame_subtitles[i]:
+                text = len(self.text_tokenizer.encode(frame_subtitles[i]))
+                if i + 1 < len(slots):
+                    text = min(text, int(slots[i + 1] - slots[i] - 1))  # exactly the text between the slots
+                end += text
+            spans.append((int(start), int(end)))
+        return spans
+
     # -- prompt -> answer ---------------------------------------------------------------------------------------
     @torch.inference_mode()
     def answer_prompts(self, features: Features, prompts: Sequence[Prompt], *, sampling: SamplingOptions | None = None,
@@ -361,14 +409,22 @@ class LlamaVid(nn.Module):
             raise ValueError("every prompt of a batch must be built for the same frames and prompt style")
         max_new = answer_room(self.context_length, max(p.tokens for p in prompts), sampling.max_new_tokens,
                               n_frames=n_frames, tokens_per_frame=self.tokens_per_frame)  # before any work
-        tokens = self.video_tokens_batch(features, [p.question for p in prompts], long_video=long_video,
-                                         chunk_frames=chunk_frames, frame_indices=frame_indices)  # (Q, T, k, H)
-        embeds = [self.embed_prompt(p.ids, self.visual_blocks(tokens[qi], long_video=long_video))
-                  for qi, p in enumerate(prompts)]
-        del tokens
+        embeds = self.prompt_embeddings(features, prompts, frame_indices=frame_indices, chunk_frames=chunk_frames)
+        return self.generate_answers(embeds, prompts, sampling=sampling, on_text=on_text, max_new=max_new, t0=t0)
+
+    @torch.inference_mode()
+    def generate_answers(self, embeds: Sequence[torch.Tensor], prompts: Sequence[Prompt], *,
+                         sampling: SamplingOptions | None = None, on_text: Callable[[int, str], None] | None = None,
+                         max_new: int | None = None, t0: float | None = None) -> list[Answer]:
+        """Generate the answers of prompts already embedded (``prompt_embeddings``), in one batch."""
+        t0 = time.perf_counter() if t0 is None else t0
+        sampling = sampling or SamplingOptions()
+        if max_new is None:
+            max_new = answer_room(self.context_length, max(p.tokens for p in prompts), sampling.max_new_tokens,
+                                  n_frames=prompts[0].n_frames, tokens_per_frame=self.tokens_per_frame)
         texts = self._generate(embeds, sampling, max_new, on_text, prompts[0].template)
         seconds = time.perf_counter() - t0
-        return [Answer(text=text, prompt_tokens=p.tokens, new_tokens=n, frames=n_frames, seconds=seconds,
+        return [Answer(text=text, prompt_tokens=p.tokens, new_tokens=n, frames=p.n_frames, seconds=seconds,
                        question=p.question) for p, (text, n) in zip(prompts, texts)]
 
     def _generate(self, embeds: Sequence[torch.Tensor], sampling: SamplingOptions, max_new: int,
