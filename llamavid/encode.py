@@ -28,6 +28,7 @@ import torch
 from . import subtitles as subs
 from . import video
 from .errors import InputError, LlamaVidError, VideoError, VidtokError
+from .planning import frames_in_range
 from .vidtok import VidtokWriter, content_hash, open_vidtok
 from .vision import VisionEncoder, preprocess_frames
 
@@ -43,6 +44,7 @@ class EncodeOptions:
     batch_size: int | None = None  # None: 32 on a GPU, 8 on the CPU
     subtitles: str | os.PathLike | None = None
     force: bool = False
+    time_range: tuple[float, float] | None = None  # only frames at start <= t < end (seconds; end may be inf)
 
 
 @dataclass
@@ -91,14 +93,24 @@ def output_path_for(input_path: Path, out: Path | None, *, many: bool) -> Path:
     return out / name
 
 
-def is_up_to_date(output: Path, source_hash: str, encoder: dict, fps: float, storage: str) -> bool:
-    """A complete token file from the same source bytes, encoder, frame rate and storage already exists."""
+def range_record(time_range: tuple[float, float] | None) -> list[float | None] | None:
+    """How a time range is stored in a token file's source description (JSON has no infinity)."""
+    if time_range is None:
+        return None
+    start, end = time_range
+    return [float(start), None if end == float("inf") else float(end)]
+
+
+def is_up_to_date(output: Path, source_hash: str, encoder: dict, fps: float, storage: str,
+                  time_range: tuple[float, float] | None = None) -> bool:
+    """A complete token file from the same source bytes, encoder, frame rate, storage and range exists."""
     if not output.is_file():
         return False
     try:
         with open_vidtok(output) as vt:
             return (vt.source.get("content_hash") == source_hash and vt.encoder.get("fingerprint") == encoder["fingerprint"]
-                    and abs(float(vt.fps) - float(fps)) < 1e-9 and vt.storage == storage)
+                    and abs(float(vt.fps) - float(fps)) < 1e-9 and vt.storage == storage
+                    and vt.source.get("range") == range_record(time_range))
     except LlamaVidError:
         return False  # damaged or foreign: encode again
 
@@ -150,12 +162,13 @@ def resume_position(plan_times: list[float], last_timestamp: float) -> int:
 
 
 def _batches(path: Path, info: video.VideoInfo, fps: float, start: int, batch: int, image_size: int,
-             warnings: list[str]) -> Iterator[tuple[torch.Tensor, list[float]]]:
-    """(pixels, timestamps) batches of exactly ``batch`` frames (the last may be shorter), from frame ``start``."""
+             warnings: list[str], stop: int | None = None) -> Iterator[tuple[torch.Tensor, list[float]]]:
+    """(pixels, timestamps) batches of exactly ``batch`` frames (the last may be shorter), from frame
+    ``start`` up to ``stop`` (positions in the sampling plan)."""
     pending: list[torch.Tensor] = []
     times: list[float] = []
-    for chunk in video.sample_frames(path, fps, chunk_size=min(batch, 16), start=start, on_warning=warnings.append,
-                                     info=info):
+    for chunk in video.sample_frames(path, fps, chunk_size=min(batch, 16), start=start, stop=stop,
+                                     on_warning=warnings.append, info=info):
         pending.append(preprocess_frames(chunk.frames, image_size, pad_to_square=info.is_image))
         times.extend(chunk.timestamps)
         while sum(p.shape[0] for p in pending) >= batch:
@@ -242,7 +255,7 @@ def encode_file(
     source_hash = source_hash or content_hash(src)
     if not opts.force:
         _refuse_foreign(out, identity)
-        if is_up_to_date(out, source_hash, identity, opts.fps, opts.storage):
+        if is_up_to_date(out, source_hash, identity, opts.fps, opts.storage, opts.time_range):
             with open_vidtok(out) as vt:
                 return EncodeResult(str(src), str(out), "skipped", frames=vt.num_frames, backend=info.backend,
                                     seconds=time.perf_counter() - t0)
@@ -253,32 +266,40 @@ def encode_file(
     elif opts.subtitles:
         raise InputError(f"{src}: a still image takes no subtitles")
     plan_times = video.sample_times(info, opts.fps)
+    first, stop = 0, len(plan_times)  # the part of the sampling plan to encode
+    if opts.time_range is not None:
+        inside = frames_in_range(plan_times, opts.time_range)
+        if not inside:
+            raise InputError(f"{src}: no sampled frame lies in the range asked for; widen it or raise --fps")
+        first, stop = inside[0], inside[-1] + 1
     source = {
         "name": src.name, "size": src.stat().st_size, "duration": info.duration, "content_hash": source_hash,
         "native_fps": info.native_fps, "width": info.width, "height": info.height, "backend": info.backend,
         "rotation": info.rotation, "is_image": info.is_image, "subtitles": subtitle_source,
     }
+    if opts.time_range is not None:
+        source["range"] = range_record(opts.time_range)
     make_writer = lambda resume: VidtokWriter(  # noqa: E731
         out, encoder=identity, fps=opts.fps, source=source, storage=opts.storage, chunk_frames=CHUNK_FRAMES,
         resume=resume)
     writer = make_writer(not opts.force)
-    start = 0
+    start = first
     if writer.frames_done:
         last = last_stored_timestamp(writer)
         if last is None:  # cannot tell where the stored frames end: start over rather than guess
             writer.abort()
             writer = make_writer(False)
         else:
-            start = resume_position(plan_times, last)
+            start = max(first, resume_position(plan_times, last))
     resumed = writer.frames_done
     warnings: list[str] = []
     batch = batch_size_for(opts.batch_size, encoder.device)
     done = resumed
-    planned = max(len(plan_times) - start + resumed, resumed)
+    planned = max(stop - start + resumed, resumed)
     if on_progress:
         on_progress(done, planned)
     try:
-        batches = _batches(src, info, opts.fps, start, batch, encoder.image_size, warnings)
+        batches = _batches(src, info, opts.fps, start, batch, encoder.image_size, warnings, stop=stop)
         for pixels, times in _prefetch(batches, pin=encoder.device.type == "cuda"):
             feats = encoder.encode_pixels(pixels, batch_size=batch)
             writer.append(feats.to("cpu", torch.float32), times)

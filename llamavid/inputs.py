@@ -8,6 +8,11 @@ new video encode it once. A cache entry that fails its checksums is encoded agai
 
 Subtitles are what they are now, not when the video was cached: ``--subtitles FILE`` if given, else a
 sidecar ``NAME.srt`` beside the video, else the stream embedded in the video (stored at encode time).
+
+A question about part of a video (``--start``/``--end``) uses the whole video's cache entry when there
+is one, and a ``.vidtok`` as it is: both are sliced by the planner, nothing is encoded again. A video
+not cached yet is encoded for that range only, into its own cache entry (keyed by the range). Frame
+times are always seconds from the start of the whole video.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from . import subtitles as subs
 from . import video
 from .callbacks import NO_CALLBACKS, Callbacks
 from .checkpoint import user_cache_dir
-from .encode import EncodeOptions, encode_file
+from .encode import EncodeOptions, encode_file, range_record
 from .errors import InputError, VidtokError
 from .options import AskOptions
+from .planning import frames_in_range
+from .timecode import format_clock
 from .vidtok import Vidtok, content_hash, open_vidtok
 
 CACHE_STORAGE = "float16"
@@ -50,6 +57,20 @@ class VideoInput:
     @property
     def num_frames(self) -> int:
         return len(self.features)
+
+    @property
+    def step(self) -> float:
+        """Seconds between sampled frames (1 / the sampling rate)."""
+        return 1.0 / float(self.features.fps)
+
+    @property
+    def is_image(self) -> bool:
+        return bool(self.features.source.get("is_image"))
+
+    @property
+    def duration(self) -> float:
+        """The whole video's length in seconds (as probed when it was encoded, else up to its last frame)."""
+        return video_duration(self.features)
 
     def frame_subtitles(self, indices: Sequence[int] | None = None) -> list[str]:
         """Per-frame subtitle text for the chosen frames (all by default), by the published rule."""
@@ -82,10 +103,35 @@ class PlannedTimeline:
         return subs.attach_to_frames(self.subtitle_lines, times.tolist())
 
 
-def cache_path_for(source_hash: str, encoder_fingerprint: str, fps: float) -> Path:
-    """Where the features of a video live in the user cache."""
+def cache_path_for(source_hash: str, encoder_fingerprint: str, fps: float,
+                   time_range: tuple[float, float] | None = None) -> Path:
+    """Where the features of a video (or of the part ``time_range`` of it) live in the user cache."""
     key = f"{source_hash.split(':')[-1][:24]}-{encoder_fingerprint.split(':')[-1][:12]}-fps{fps:g}"
+    if time_range is not None:
+        start, end = time_range
+        key += f"-from{start:g}" + ("" if end == float("inf") else f"-to{end:g}")
     return user_cache_dir() / "vidtok" / f"{key}.vidtok"
+
+
+def video_duration(features: Vidtok) -> float:
+    """A token file's video length: the probed duration, else its last frame's time plus one step."""
+    duration = features.source.get("duration")
+    if isinstance(duration, (int, float)) and not isinstance(duration, bool) and duration > 0:
+        return float(duration)
+    stamps = features.timestamps
+    return float(stamps[-1]) + 1.0 / float(features.fps) if len(stamps) else 0.0
+
+
+def check_range(source: str | os.PathLike, options: AskOptions, *, duration: float | None, is_image: bool) -> None:
+    """A range must start inside the video (it may run past the end), and a still image has no times."""
+    if options.time_range is None:
+        return
+    if is_image:
+        raise InputError(f"{source}: is a still image; --start/--end apply to videos")
+    start, _ = options.time_range
+    if duration is not None and start >= duration:
+        raise InputError(f"{source}: --start {format_clock(start)} is past the end of the video "
+                         f"({format_clock(duration, up=True)} long)")
 
 
 def open_input(
@@ -111,6 +157,8 @@ def open_input(
         features = open_vidtok(path)
         try:
             features.check_encoder(model.vision_identity()["fingerprint"])
+            check_range(source, options, duration=video_duration(features),
+                        is_image=bool(features.source.get("is_image")))
         except BaseException:
             features.close()
             raise
@@ -122,26 +170,39 @@ def open_input(
     tmpdir = None
     features = None
     damaged = False
+    part = options.time_range
     if options.cache:
         entry = cache_path_for(source_hash, fingerprint, options.fps)
         features, damaged = _open_cache_entry(entry, source_hash, fingerprint, options.fps)
         if damaged:
             callbacks.warn(f"the cached features of {source} ({entry}) are damaged; encoding the video again")
+        if features is not None or damaged:
+            part = None  # the whole video is (about to be) cached: slice it rather than encode a part
+        else:
+            entry = cache_path_for(source_hash, fingerprint, options.fps, part)
+            if part is not None:
+                features, damaged = _open_cache_entry(entry, source_hash, fingerprint, options.fps, part)
     else:
         tmpdir = tempfile.TemporaryDirectory(prefix="llamavid-")
         entry = Path(tmpdir.name) / (path.stem + ".vidtok")
     encoded = False
     try:
-        if features is None:
+        if features is not None:
+            check_range(source, options, duration=video_duration(features),
+                        is_image=bool(features.source.get("is_image")))
+        else:
             info = video.probe(path)
+            check_range(source, options, duration=info.duration, is_image=info.is_image)
             if check is not None:
                 planned = np.asarray(video.sample_times(info, options.fps), dtype=np.float64)
+                if part is not None:
+                    planned = planned[frames_in_range(planned, part)]
                 now = explicit if explicit is not None else _sidecar_lines(path, callbacks)
                 check(PlannedTimeline(str(source), planned, now or []))
             entry.parent.mkdir(parents=True, exist_ok=True)
             result = encode_file(model.vision_encoder, path, entry,
                                  EncodeOptions(fps=options.fps, subtitles=options.subtitles, storage=CACHE_STORAGE,
-                                               force=damaged),
+                                               force=damaged, time_range=part),
                                  on_progress=callbacks.progress, on_warning=callbacks.warning, info=info,
                                  source_hash=source_hash)
             encoded = result.status != "skipped"
@@ -159,7 +220,8 @@ def open_input(
                       _tmpdir=tmpdir)
 
 
-def _open_cache_entry(entry: Path, source_hash: str, fingerprint: str, fps: float) -> tuple[Vidtok | None, bool]:
+def _open_cache_entry(entry: Path, source_hash: str, fingerprint: str, fps: float,
+                      time_range: tuple[float, float] | None = None) -> tuple[Vidtok | None, bool]:
     """(the entry, opened and verified, or None; whether an entry exists but is damaged)."""
     if not entry.is_file():
         return None, False
@@ -169,7 +231,8 @@ def _open_cache_entry(entry: Path, source_hash: str, fingerprint: str, fps: floa
         return None, True
     try:
         same = (features.source.get("content_hash") == source_hash and features.encoder.get("fingerprint") == fingerprint
-                and abs(features.fps - fps) < 1e-9 and features.storage == CACHE_STORAGE)
+                and abs(features.fps - fps) < 1e-9 and features.storage == CACHE_STORAGE
+                and features.source.get("range") == range_record(time_range))
         if not same:
             features.close()
             return None, False

@@ -441,9 +441,10 @@ def _decode_ffmpeg(path: Path, info: VideoInfo, plan: list[tuple[int, float]], w
 
 
 def sample_frames(path: str | os.PathLike, fps: float = 1.0, *, chunk_size: int = 32, start: int = 0,
-                  backend: str = "auto", on_warning: Warn | None = None,
+                  stop: int | None = None, backend: str = "auto", on_warning: Warn | None = None,
                   info: VideoInfo | None = None) -> Iterator[FrameChunk]:
-    """Sampled frames from ``start`` on (a position in the sampled sequence), ``chunk_size`` at a time."""
+    """Sampled frames from ``start`` up to ``stop`` (positions in the sampled sequence; ``stop`` None: to
+    the end), ``chunk_size`` at a time."""
     path = Path(path)
     warn = on_warning or (lambda _msg: None)
     info = info or probe(path, backend)
@@ -456,7 +457,7 @@ def sample_frames(path: str | os.PathLike, fps: float = 1.0, *, chunk_size: int 
     plan = _plan(info, fps)
     for a, b in info.gaps:
         warn(f"{path.name}: could not decode frames between {a:.1f} s and {b:.1f} s; skipped")
-    todo = plan[start:]
+    todo = plan[start:stop]
     if not todo:
         return
     if info.backend == "decord":
