@@ -4,3 +4,4 @@ can list them without loading torch."""
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZE_CHOICES = ("8bit", "4bit")
 SUMMARY_STYLES = ("brief", "detailed")
+MCQ_MODES = ("generate", "likelihood")  # how `llamavid eval` answers multiple-choice items
