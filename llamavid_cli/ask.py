@@ -34,6 +34,10 @@ def ask(
     long: opt.Long = None,
     strict_context: opt.StrictContext = False,
     no_cache: opt.NoCache = False,
+    start: opt.Start = None,
+    end: opt.End = None,
+    evidence: opt.Evidence = False,
+    choice: opt.Choice = None,
     batch_size: opt.QuestionsPerBatch = 8,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
@@ -58,7 +62,7 @@ def ask(
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
     options = ask_options(fps=fps, max_frames=max_frames, long=long, strict_context=strict_context, subtitles=subtitles,
                           temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-                          no_cache=no_cache)
+                          no_cache=no_cache, start=start, end=end, evidence=evidence, choices=choice)
     many = batch is not None or input == "-" or Path(input).is_dir()
     if many:
         items = _batch_items(batch, input, question, options)
@@ -83,10 +87,12 @@ def ask(
                               callbacks=reporter.callbacks())
     if json_out:
         print_json(result.to_json())
-    elif streaming:
-        write_out("\n")
-    else:
-        write_out(result.answer + "\n")
+        return
+    write_out("\n" if streaming else result.answer + "\n")
+    if result.evidence is not None:
+        from llamavid.evidence import format_ranges
+
+        write_out(f"evidence: {format_ranges(result.evidence)}\n")
 
 
 def _batch_items(batch: str | None, input: str | None, question: str | None, options):

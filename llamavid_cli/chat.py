@@ -28,6 +28,9 @@ def chat(
     long: opt.Long = None,
     strict_context: opt.StrictContext = False,
     no_cache: opt.NoCache = False,
+    start: opt.Start = None,
+    end: opt.End = None,
+    evidence: opt.Evidence = False,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
     quantize: opt.Quantize = None,
@@ -35,13 +38,14 @@ def chat(
     qformer_tokenizer: opt.QFormerTokenizer = None,
 ) -> None:
     """Talk about a video. On a terminal: line editing and history; piped: one question a line in, one
-    answer a line out. /reset, /save FILE.json and /quit work in both."""
+    answer a line out (with --evidence, each answer line is followed by an 'evidence: ...' line).
+    /reset, /save FILE.json and /quit work in both."""
     from llamavid.chat import ChatSession
     from llamavid.inputs import open_input
 
     options = ask_options(fps=fps, max_frames=max_frames, long=long, strict_context=strict_context, subtitles=subtitles,
                           temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-                          no_cache=no_cache)
+                          no_cache=no_cache, start=start, end=end, evidence=evidence)
     m = load(model, vision_tower=vision_tower, qformer_tokenizer=qformer_tokenizer, device=device, dtype=dtype,
              quantize=quantize)
     with Reporter(f"encoding {Path(input).name}") as reporter:
@@ -103,6 +107,15 @@ def _piped(session) -> None:
             write_out("\n")
             continue
         write_out(" ".join(answer.text.splitlines()) + "\n")  # one line per answer, whatever it holds
+        _write_evidence(answer)
+
+
+def _write_evidence(answer) -> None:
+    """The evidence line after an answer, when the chat was started with --evidence."""
+    if answer.evidence is not None:
+        from llamavid.evidence import format_ranges
+
+        write_out(f"evidence: {format_ranges(answer.evidence)}\n")
 
 
 def _interactive(session) -> None:
@@ -126,7 +139,7 @@ def _interactive(session) -> None:
             continue
         write_out("assistant> ")
         try:
-            session.ask(line, stream=write_out)
+            answer = session.ask(line, stream=write_out)
         except KeyboardInterrupt:
             message("\nllamavid: answer interrupted")
             continue
@@ -134,6 +147,7 @@ def _interactive(session) -> None:
             message(f"llamavid: error: {exc}")
             continue
         write_out("\n")
+        _write_evidence(answer)
 
 
 def _enable_line_editing() -> None:

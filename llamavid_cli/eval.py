@@ -70,6 +70,7 @@ class ModelArgs:
     qformer_tokenizer: Optional[str]
     options: Any
     batch_size: int
+    mcq: str = "generate"
 
     def load(self):
         return load(self.model, vision_tower=self.vision_tower, qformer_tokenizer=self.qformer_tokenizer,
@@ -125,7 +126,7 @@ def _predict(spec, items, output: Path, args: ModelArgs) -> dict[str, Any]:
 
         # the bar counts items; encoding a video reports only its warnings
         answer = video_answerer(m, args.options, callbacks=Callbacks(warning=reporter.warning),
-                                questions_per_batch=args.batch_size)
+                                questions_per_batch=args.batch_size, mcq=args.mcq)
         stats = run_predictions(items, None, output, answer_batch_fn=answer,
                                 on_progress=lambda p: reporter.bar.set(p.done, p.total))
     message(f"llamavid: {spec.name}: {stats.written - stats.errors} answered, {stats.errors} failed, "
@@ -135,12 +136,17 @@ def _predict(spec, items, output: Path, args: ModelArgs) -> dict[str, Any]:
     return asdict(stats) | {"output": str(output)}
 
 
-def _model_args(*, model, device, dtype, quantize, vision_tower, qformer_tokenizer, batch_size, **question) -> ModelArgs:
+def _model_args(*, model, device, dtype, quantize, vision_tower, qformer_tokenizer, batch_size, mcq,
+                **question) -> ModelArgs:
+    from llamavid.choices import MCQ_MODES
     from llamavid.errors import InputError
 
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
-    return ModelArgs(model, device, dtype, quantize, vision_tower, qformer_tokenizer, ask_options(**question), batch_size)
+    if mcq not in MCQ_MODES:
+        raise InputError(f"--mcq {mcq}: expected one of {', '.join(MCQ_MODES)}")
+    return ModelArgs(model, device, dtype, quantize, vision_tower, qformer_tokenizer, ask_options(**question),
+                     batch_size, mcq)
 
 
 @eval_app.command()
@@ -161,6 +167,7 @@ def predict(
     long: opt.Long = None,
     strict_context: opt.StrictContext = False,
     batch_size: opt.QuestionsPerBatch = 8,
+    mcq: opt.Mcq = "generate",
     no_cache: opt.NoCache = False,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
@@ -170,7 +177,7 @@ def predict(
 ) -> None:
     """Answer a benchmark's questions into a JSONL file; prints the run's counts as JSON."""
     args = _model_args(model=model, device=device, dtype=dtype, quantize=quantize, vision_tower=vision_tower,
-                       qformer_tokenizer=qformer_tokenizer, batch_size=batch_size, fps=fps, max_frames=max_frames,
+                       qformer_tokenizer=qformer_tokenizer, batch_size=batch_size, mcq=mcq, fps=fps, max_frames=max_frames,
                        long=long, strict_context=strict_context, temperature=temperature, top_p=top_p,
                        max_new_tokens=max_new_tokens, seed=seed, no_cache=no_cache)
     spec, items = _load_items(benchmark, questions, answers, videos, limit)
@@ -374,6 +381,7 @@ def run(
     long: opt.Long = None,
     strict_context: opt.StrictContext = False,
     batch_size: opt.QuestionsPerBatch = 8,
+    mcq: opt.Mcq = "generate",
     no_cache: opt.NoCache = False,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
@@ -391,7 +399,7 @@ def run(
     from llamavid.eval import write_report
 
     args = _model_args(model=model, device=device, dtype=dtype, quantize=quantize, vision_tower=vision_tower,
-                       qformer_tokenizer=qformer_tokenizer, batch_size=batch_size, fps=fps, max_frames=max_frames,
+                       qformer_tokenizer=qformer_tokenizer, batch_size=batch_size, mcq=mcq, fps=fps, max_frames=max_frames,
                        long=long, strict_context=strict_context, temperature=temperature, top_p=top_p,
                        max_new_tokens=max_new_tokens, seed=seed, no_cache=no_cache)
     spec, items = _load_items(benchmark, questions, answers, videos, limit)

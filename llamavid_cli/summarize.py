@@ -27,15 +27,20 @@ def summarize(
     subtitles: opt.Subtitles = None,
     long: opt.Long = None,
     no_cache: opt.NoCache = False,
+    start: opt.Start = None,
+    end: opt.End = None,
+    chapters: opt.Chapters = False,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
     quantize: opt.Quantize = None,
     vision_tower: opt.VisionTower = None,
     qformer_tokenizer: opt.QFormerTokenizer = None,
     json_out: Annotated[bool, typer.Option(
-        "--json", help="Print {summary, segments: [{start, end, frames, summary}], ...} as one JSON object.")] = False,
+        "--json", help="Print {summary, segments: [{start, end, frames, summary}], ...} as one JSON object "
+                       "(with --chapters: {chapters: [{start, end, title, summary}], ...}).")] = False,
 ) -> None:
-    """Summarize a whole video; videos too long for the context are summarized segment by segment, then merged."""
+    """Summarize a whole video (or --start/--end of it); videos too long for the context are summarized
+    segment by segment, then merged. --chapters: a chapter list instead."""
     from llamavid.choices import SUMMARY_STYLES
     from llamavid.errors import InputError
     from llamavid.inputs import open_input
@@ -44,11 +49,15 @@ def summarize(
     if style not in SUMMARY_STYLES:
         raise InputError(f"--style {style}: expected one of {', '.join(SUMMARY_STYLES)}")
     options = ask_options(fps=fps, long=long, subtitles=subtitles, temperature=temperature, top_p=top_p,
-                          max_new_tokens=max_new_tokens, seed=seed, no_cache=no_cache)
+                          max_new_tokens=max_new_tokens, seed=seed, no_cache=no_cache, start=start, end=end)
     m = load(model, vision_tower=vision_tower, qformer_tokenizer=qformer_tokenizer, device=device, dtype=dtype,
              quantize=quantize)
     with Reporter(f"encoding {Path(input).name}") as reporter:
         vin = open_input(m, input, options, callbacks=reporter.callbacks())
+    if chapters:
+        with vin:
+            _chapters(m, vin, options, reporter, json_out)
+        return
     with vin:
         streaming = not json_out and is_terminal(sys.stdout)
         on_segment = None if json_out else (lambda s: message(f"[{fmt_time(s.start)}-{fmt_time(s.end)}] {s.summary}"))
@@ -60,3 +69,17 @@ def summarize(
         write_out("\n")
     else:
         write_out(result.summary + "\n")
+
+
+def _chapters(m, vin, options, reporter, json_out: bool) -> None:
+    from llamavid.chapters import chapter_list, make_chapters
+    from llamavid.timecode import format_clock
+
+    def progress(c) -> None:
+        message(f"[{format_clock(c.start)}-{format_clock(c.end, up=True)}] {c.title}: {' '.join(c.summary.split())}")
+
+    result = make_chapters(m, vin, options, on_chapter=None if json_out else progress, callbacks=reporter.callbacks())
+    if json_out:
+        print_json(result.to_json())
+    else:
+        write_out(chapter_list(result.chapters))
