@@ -52,12 +52,14 @@ def generate(
     opts: SamplingOptions,
     on_token: Callable[[int, int], None] | None = None,
     prefill_chunk: int = 4096,
+    cache=None,
 ) -> list[list[int]]:
     """Generate continuations of left-padded prompts.
 
     inputs_embeds (B, L, H); attention_mask (B, L) with zeros on the left padding (None: no padding).
     Returns the new token ids per row, without the stop token. ``on_token(row, id)`` is called for
-    every kept token as soon as it is chosen.
+    every kept token as soon as it is chosen. ``cache``: an empty ``DynamicCache`` to fill (the caller
+    keeps the prompt's keys and values, e.g. to score the answer afterwards); by default a new one.
     """
     from transformers import DynamicCache
 
@@ -67,7 +69,7 @@ def generate(
         attention_mask = torch.ones(b, length, dtype=torch.long, device=device)
     attention_mask = attention_mask.to(device=device, dtype=torch.long)
     positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    cache = DynamicCache(config=llm.config)  # filled in place by every forward call
+    cache = DynamicCache(config=llm.config) if cache is None else cache  # filled in place by every forward call
     cache_kw = cache_argument(llm)
     generator = make_generator(opts, device)
     stops = torch.tensor(sorted(set(int(s) for s in stop_ids)), device=device)

@@ -4,24 +4,30 @@ Every frame is its own pair of tokens in the LLM's prompt, so what the model mak
 measured. Three methods, all through the one teacher-forced scorer (``likelihood.PromptScorer``), all
 measured on the very prompt (visual tokens included) that the answer was generated from:
 
-* ``sufficiency`` (the default): the answer's likelihood when the prompt keeps ONLY a stretch of frames
-  (the others' tokens, and in the long-video prompt their subtitle text, are left out, as if the video
-  were just that stretch). It asks "does this part alone give this answer?", so a shape seen in several
-  frames is found even though any one of them could be dropped. A variant costs only its own tokens.
+* ``attention`` (the default): the LLM's attention from the positions that predict the answer's tokens
+  (the last prompt token and the answer fed back) to each frame's tokens, averaged over layers and
+  heads. One pass of those few positions with eager attention (sdpa returns no weights) on the KV cache
+  that generating the answer left behind: the video is not computed again.
+* ``sufficiency``: the answer's likelihood when the prompt keeps ONLY a stretch of frames (the others'
+  tokens, and in the long-video prompt their subtitle text, are left out, as if the video were just that
+  stretch). It asks "does this part alone give this answer?", so a shape seen in several frames is found
+  even though any one of them could be dropped. A variant costs its own tokens and the question.
 * ``occlusion``: the answer's likelihood when the prompt LEAVES OUT a stretch; its drop from the full
   prompt's. A variant costs the whole video minus the stretch, and a stretch whose content is repeated
   elsewhere shows no drop.
-* ``attention``: the LLM's attention from the positions that predict the answer's tokens to each
-  frame's tokens, averaged over layers and heads (one pass with eager attention).
 
-Ranges come from stretch scores the same way for every method: stretches are scored (every frame of a
-video of up to ``SEGMENTS`` frames; for a longer one, ``SEGMENTS`` contiguous segments, the best
-``REFINE`` of which are split again, down to single frames); neighbouring frames that stand out (at
+docs/RESULTS.md compares them on held-out clips (accuracy and cost); attention and sufficiency localise
+equally well there, and attention costs a fraction of an answer, so it is the default.
+
+Ranges come from stretch scores the same way for every method: stretches are scored (attention: every
+frame at once; the others: every frame of a video of up to ``SEGMENTS`` frames, and for a longer one
+``SEGMENTS`` contiguous segments, the best ``REFINE`` of which are split again, down to single frames);
+neighbouring frames that stand out (at
 least ``KEEP_FRACTION`` of the way from the median frame's score to the best one's) are joined into
-ranges, and each range is scored as a whole. A range's ``score``: for sufficiency, exp(mean log p) of
-the answer's tokens (and end token) from the range alone, the per-token probability it gives the answer;
-for occlusion, the share of that per-token probability lost without it; for attention, the share of the
-answer's attention to frames that lands in it. All in [0, 1]. A range runs from its first frame's time
+ranges, and each range is scored as a whole. A range's ``score``: for attention, the share of the
+answer's attention to frames that lands in it; for sufficiency, exp(mean log p) of the answer's tokens
+(and end token) from the range alone, the per-token probability it gives the answer; for occlusion,
+the share of that per-token probability lost without it. All in [0, 1]. A range runs from its first frame's time
 to its last frame's time plus one sampling step (1/fps).
 """
 
@@ -36,13 +42,13 @@ import torch
 
 from .likelihood import PromptScorer, answer_ids
 
-METHODS = ("sufficiency", "occlusion", "attention")
-DEFAULT_METHOD = "sufficiency"
+METHODS = ("attention", "sufficiency", "occlusion")
+DEFAULT_METHOD = "attention"
 SEGMENTS = 24  # stretches scored per round
 REFINE = 2  # stretches split again per round
 KEEP_FRACTION = 0.5  # how far from the median frame's score to the best a frame must be to join a range
 MAX_RANGES = 5
-MIN_SCORE = 0.01  # ranges that matter less than this are not evidence
+MIN_DROP = 0.01  # occlusion: a range whose absence costs the answer less than 1% is not evidence
 MAX_ANSWER_TOKENS = 64  # an answer is scored on its first tokens (and its end)
 
 
@@ -68,13 +74,15 @@ def scored_answer(model, text: str) -> list[int]:
 
 def find_evidence(model, embeds: torch.Tensor, prompt, answer: str, timestamps: Sequence[float], *,
                   step: float, frame_subtitles: Sequence[str] | None = None, method: str = DEFAULT_METHOD,
-                  is_image: bool = False, duration: float | None = None, max_ranges: int = MAX_RANGES) -> list[EvidenceRange]:
+                  is_image: bool = False, duration: float | None = None, max_ranges: int = MAX_RANGES,
+                  cache=None) -> list[EvidenceRange]:
     """The ranges that ``answer`` rests on, best first.
 
     ``embeds``: the prompt as the answer was generated from (``LlamaVid.prompt_embeddings``);
     ``timestamps``: the times of the prompt's frames, in order; ``step``: the sampling step (1/fps);
     ``frame_subtitles``: the subtitle text the long-video prompt was built with (counted as part of its
-    frame). A still image's only range is the image itself (0-0).
+    frame). A still image's only range is the image itself (0-0). ``cache``: the KV cache generating the
+    answer left behind (see ``likelihood.PromptScorer``); it is reused, not computed again.
     """
     if method not in METHODS:
         from .errors import InputError
@@ -85,13 +93,17 @@ def find_evidence(model, embeds: torch.Tensor, prompt, answer: str, timestamps: 
     if len(spans) != len(times):
         raise ValueError(f"{len(spans)} frames in the prompt but {len(times)} timestamps")
     ids = scored_answer(model, answer)
-    measure = _Measure(model, embeds, spans, ids, method)
-    frame_scores, segments = _search(measure, len(spans))
+    measure = _Measure(model, embeds, spans, ids, method, cache)
+    if method == "attention":  # every frame's share is known from the one pass: no search needed
+        frame_scores, segments = measure.attention.copy(), {}
+    else:
+        frame_scores, segments = _search(measure, len(spans))
     ranges = _ranges(frame_scores, segments)
     scores = measure.final(measure.stretches(ranges)) if ranges else []
     found = []
+    floor = MIN_DROP if method == "occlusion" else 0.0
     for (a, b), score in sorted(zip(ranges, scores), key=lambda x: (-x[1], x[0][1] - x[0][0], x[0][0])):
-        if score < MIN_SCORE:
+        if score <= floor:
             break
         end = 0.0 if is_image else float(times[b - 1] + step)
         if duration is not None and not is_image:
@@ -105,7 +117,8 @@ def find_evidence(model, embeds: torch.Tensor, prompt, answer: str, timestamps: 
 class _Measure:
     """Scores stretches of frames (as [a, b) frame positions) by one method."""
 
-    def __init__(self, model, embeds: torch.Tensor, spans: list[tuple[int, int]], ids: list[int], method: str):
+    def __init__(self, model, embeds: torch.Tensor, spans: list[tuple[int, int]], ids: list[int], method: str,
+                 cache=None):
         self.ids, self.method = ids, method
         length = int(embeds.shape[0])
         # which frame each prompt position belongs to (-1: text that belongs to no frame)
@@ -114,7 +127,7 @@ class _Measure:
             self.frame_of[s:e] = k
         first, last = spans[0][0], spans[-1][1]
         # occlusion and sufficiency recompute from the first frame on; attention keeps the video in the cache
-        self.scorer = PromptScorer(model, embeds, last if method == "attention" else first)
+        self.scorer = PromptScorer(model, embeds, last if method == "attention" else first, cache=cache)
         self.base = self.scorer.score([ids])[0].mean if method == "occlusion" else None
         if method == "attention":
             weights = self.scorer.attention(ids)

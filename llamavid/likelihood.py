@@ -80,6 +80,13 @@ def choose(model, embeds: torch.Tensor, choices: Sequence[str]) -> tuple[int, li
     return best, out
 
 
+def empty_cache(model):
+    """A KV cache for generation to fill and a ``PromptScorer`` to reuse afterwards."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.llm.config)
+
+
 def rewind(cache, length: int) -> None:
     """Cut a KV cache back to its first ``length`` positions (``crop(-n)`` removes the last n in every
     transformers version that has ``crop``)."""
@@ -95,10 +102,12 @@ class PromptScorer:
 
     ``embeds`` is the whole prompt embedded (visual tokens spliced in, as for generation); positions
     ``[0, cut)`` are the prefix, kept in the cache; ``cut`` must leave at least one prompt token for the
-    tails (the one whose output predicts the answer's first token).
+    tails (the one whose output predicts the answer's first token). ``cache``: the KV cache that
+    generating the answer to this very prompt left behind; it is cut back to the prefix and used, so
+    the prefix is not computed twice.
     """
 
-    def __init__(self, model, embeds: torch.Tensor, cut: int | None = None):
+    def __init__(self, model, embeds: torch.Tensor, cut: int | None = None, *, cache=None):
         from transformers import DynamicCache
 
         length = int(embeds.shape[0])
@@ -108,8 +117,14 @@ class PromptScorer:
         self.model, self.llm = model, model.llm
         self.cut = cut
         self.rest = embeds[cut:]
-        self.cache = DynamicCache(config=self.llm.config)
         self._kw = cache_argument(self.llm)
+        if cache is not None and cache.get_seq_length() >= cut:
+            # the cache generation left behind (this prompt, then the answer): its first ``cut`` positions
+            # are exactly the prefix, so nothing is computed again
+            self.cache = cache
+            rewind(cache, cut)
+            return
+        self.cache = DynamicCache(config=self.llm.config)
         with torch.inference_mode():
             for start in range(0, cut, PREFILL_CHUNK):
                 end = min(cut, start + PREFILL_CHUNK)
@@ -239,4 +254,4 @@ class PromptScorer:
         return stacked.mean(dim=(0, 1, 2))
 
 
-__all__ = ["ChoiceScore", "PromptScorer", "Scored", "answer_ids", "choose", "rewind"]
+__all__ = ["ChoiceScore", "PromptScorer", "Scored", "answer_ids", "choose", "empty_cache", "rewind"]

@@ -415,20 +415,25 @@ class LlamaVid(nn.Module):
     @torch.inference_mode()
     def generate_answers(self, embeds: Sequence[torch.Tensor], prompts: Sequence[Prompt], *,
                          sampling: SamplingOptions | None = None, on_text: Callable[[int, str], None] | None = None,
-                         max_new: int | None = None, t0: float | None = None) -> list[Answer]:
-        """Generate the answers of prompts already embedded (``prompt_embeddings``), in one batch."""
+                         max_new: int | None = None, t0: float | None = None, cache=None) -> list[Answer]:
+        """Generate the answers of prompts already embedded (``prompt_embeddings``), in one batch.
+
+        ``cache``: an empty ``DynamicCache`` that keeps the prompt's keys and values afterwards (one prompt
+        only: a batch is left-padded)."""
+        if cache is not None and len(embeds) != 1:
+            raise ValueError("a cache can be kept for one prompt at a time")
         t0 = time.perf_counter() if t0 is None else t0
         sampling = sampling or SamplingOptions()
         if max_new is None:
             max_new = answer_room(self.context_length, max(p.tokens for p in prompts), sampling.max_new_tokens,
                                   n_frames=prompts[0].n_frames, tokens_per_frame=self.tokens_per_frame)
-        texts = self._generate(embeds, sampling, max_new, on_text, prompts[0].template)
+        texts = self._generate(embeds, sampling, max_new, on_text, prompts[0].template, cache=cache)
         seconds = time.perf_counter() - t0
         return [Answer(text=text, prompt_tokens=p.tokens, new_tokens=n, frames=p.n_frames, seconds=seconds,
                        question=p.question) for p, (text, n) in zip(prompts, texts)]
 
     def _generate(self, embeds: Sequence[torch.Tensor], sampling: SamplingOptions, max_new: int,
-                  on_text: Callable[[int, str], None] | None, template: str) -> list[tuple[str, int]]:
+                  on_text: Callable[[int, str], None] | None, template: str, cache=None) -> list[tuple[str, int]]:
         """Left-padded batch generation -> (answer text without the stop string, new tokens) per row."""
         opts = SamplingOptions(max_new_tokens=max_new, temperature=sampling.temperature, top_p=sampling.top_p,
                                seed=sampling.seed)
@@ -441,7 +446,7 @@ class LlamaVid(nn.Module):
                 on_text(row, piece)
 
         outs = generate(self.llm, batch, mask if len(embeds) > 1 else None, stop_ids=[self.text_tokenizer.eos_id],
-                        opts=opts, on_token=on_token)
+                        opts=opts, on_token=on_token, cache=cache)
         stop_text = get_template(template).stop_string
         results = []
         for ids in outs:

@@ -26,7 +26,7 @@ from .callbacks import NO_CALLBACKS, Callbacks
 from .errors import LlamaVidError
 from .evidence import DEFAULT_METHOD, find_evidence
 from .inputs import VideoInput, open_input
-from .likelihood import choose
+from .likelihood import choose, empty_cache
 from .model import Answer
 from .options import AskOptions, check_text
 from .planning import Plan, plan_question
@@ -125,13 +125,21 @@ def _answer_plans(model, vin: VideoInput, members: list[Answered], first: Plan,
     # the embedded prompts are kept: options are scored on them, and evidence is measured on them
     embeds = model.prompt_embeddings(vin.features, prompts, frame_indices=first.frame_indices)
     answers: list[Answer | None] = [None] * len(members)
-    generate = [k for k, m in enumerate(members) if not m.question.options.choices]
-    if generate:
-        relay = None if on_text is None else (lambda row, piece: on_text(chunk[generate[row]], piece))
-        made = model.generate_answers([embeds[k] for k in generate], [prompts[k] for k in generate],
-                                      sampling=first.sampling, on_text=relay, t0=t0)
-        for k, answer in zip(generate, made):
+    caches: dict[int, Any] = {}
+    together = [k for k, m in enumerate(members) if not m.question.options.choices and not m.question.options.evidence]
+    alone = [k for k, m in enumerate(members) if not m.question.options.choices and m.question.options.evidence]
+    # a question asking for evidence is generated on its own, so that the KV cache of its prompt is kept
+    # for the evidence (no padding in it); the others go through together
+    for rows, cache in [(together, None)] + [([k], empty_cache(model)) for k in alone]:
+        if not rows:
+            continue
+        relay = None if on_text is None else (lambda row, piece, rows=rows: on_text(chunk[rows[row]], piece))
+        made = model.generate_answers([embeds[k] for k in rows], [prompts[k] for k in rows], sampling=first.sampling,
+                                      on_text=relay, t0=t0, cache=cache)
+        for k, answer in zip(rows, made):
             answers[k] = answer
+            if cache is not None:
+                caches[k] = cache
     for k, m in enumerate(members):
         if m.question.options.choices:
             best, scores = choose(model, embeds[k], m.question.options.choices)
@@ -146,7 +154,7 @@ def _answer_plans(model, vin: VideoInput, members: list[Answered], first: Plan,
             answers[k].evidence = find_evidence(
                 model, embeds[k], prompts[k], answers[k].text, vin.timestamps[list(frames)], step=vin.step,
                 frame_subtitles=vin.frame_subtitles(list(frames)) if first.long_video else None,
-                method=evidence_method, is_image=vin.is_image, duration=vin.duration)
+                method=evidence_method, is_image=vin.is_image, duration=vin.duration, cache=caches.pop(k, None))
     return answers  # type: ignore[return-value]
 
 
