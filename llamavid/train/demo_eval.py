@@ -1,4 +1,5 @@
-"""What the demo model learned: held-out accuracy per question type, token-type ablation, the needle test.
+"""What the demo model learned: held-out accuracy per question type, token-type ablation, the needle test,
+and what points into the video (evidence ranges, multiple choice, chapters; see pointing_eval.py).
 
     python -m llamavid.train.demo evaluate --model demo --data runs/data \\
         [--ablation context=runs/abl-context/demo content=runs/abl-content/demo both=runs/abl-both/demo] \\
@@ -67,7 +68,8 @@ def accuracy(records: list[dict]) -> dict[str, dict]:
     return table
 
 
-def evaluate(model_name: str, data: Path, *, ablation: dict[str, str] | None = None, output: Path | None = None) -> dict:
+def evaluate(model_name: str, data: Path, *, ablation: dict[str, str] | None = None, output: Path | None = None,
+             pointing: bool = True) -> dict:
     from ..loading import load_model
 
     t0 = time.perf_counter()
@@ -85,12 +87,19 @@ def evaluate(model_name: str, data: Path, *, ablation: dict[str, str] | None = N
         sys.stderr.write(f"ablation: {kind} ({path})\n")
         m = load_model(path, device="cpu", dtype="float32")
         result["ablation"][kind] = accuracy(run_items(m, short, root))
+    if pointing:
+        from .pointing_eval import evaluate_chapters, evaluate_choices, evaluate_evidence
+
+        result["evidence"] = evaluate_evidence(model, data)
+        result["choices"] = evaluate_choices(model, data)
+        result["chapters"] = evaluate_chapters(model, data)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     if output is not None:
         output = Path(output)
         output.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
         output.write_text(render_markdown(result))
-    print(json.dumps({k: v for k, v in result.items() if k != "records"}, indent=1))
+    print(json.dumps({k: (v["summary"] if k == "evidence" else v) for k, v in result.items() if k != "records"},
+                     indent=1))
     return result
 
 
@@ -119,6 +128,9 @@ def render_markdown(result: dict) -> str:
         for qtype in SHORT_TYPES:
             cells = [f"{result['ablation'][k][qtype]['accuracy']:.1f}%" if qtype in result["ablation"][k] else "-" for k in kinds]
             lines.append(f"| {qtype} | " + " | ".join(cells) + " |")
+    from .pointing_eval import render as render_pointing
+
+    lines += render_pointing(result)
     wrong = [r for r in result["records"] if not r["correct"]][:12]
     if wrong:
         lines += ["", "## Some wrong answers", "", "| id | question | expected | answer |", "|---|---|---|---|"]
