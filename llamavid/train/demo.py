@@ -327,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--model", default="demo")
     e.add_argument("--data", type=Path, default=Path("runs/data"))
     e.add_argument("--ablation", nargs="*", default=[], metavar="TYPE=MODEL")
+    e.add_argument("--ablation-from", type=Path, default=None, metavar="RESULTS.json",
+                   help="carry over the token-type ablation of an earlier evaluation (stages 1-2 unchanged)")
     e.add_argument("--output", "-o", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.command == "train":
@@ -341,7 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from .demo_eval import evaluate
 
-        evaluate(args.model, args.data, ablation=dict(a.split("=", 1) for a in args.ablation), output=args.output)
+        evaluate(args.model, args.data, ablation=dict(a.split("=", 1) for a in args.ablation), output=args.output,
+                 ablation_from=args.ablation_from)
 
 
 if __name__ == "__main__":

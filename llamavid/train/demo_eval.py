@@ -69,7 +69,9 @@ def accuracy(records: list[dict]) -> dict[str, dict]:
 
 
 def evaluate(model_name: str, data: Path, *, ablation: dict[str, str] | None = None, output: Path | None = None,
-             pointing: bool = True) -> dict:
+             pointing: bool = True, ablation_from: Path | None = None) -> dict:
+    """``ablation_from``: a previous RESULTS.json whose token-type ablation is carried over (the ablation
+    models train stages 1-2 only, so a change to later stages leaves them as they were)."""
     from ..loading import load_model
 
     t0 = time.perf_counter()
@@ -83,6 +85,9 @@ def evaluate(model_name: str, data: Path, *, ablation: dict[str, str] | None = N
     result = {"model": model_name, "accuracy": accuracy(records), "records": records,
               "needle_frames": sorted({r["frames"] for r in records if r["type"] == "needle"})}
     result["ablation"] = {}
+    if ablation_from is not None:
+        result["ablation"] = json.loads(Path(ablation_from).read_text())["ablation"]
+        result["ablation_from"] = str(ablation_from)
     for kind, path in (ablation or {}).items():
         sys.stderr.write(f"ablation: {kind} ({path})\n")
         m = load_model(path, device="cpu", dtype="float32")
@@ -123,7 +128,9 @@ def render_markdown(result: dict) -> str:
         kinds = list(result["ablation"])
         lines += ["", "## Token-type ablation (the paper's Table 4, in miniature)", "",
                   "The same recipe trained three times, each model keeping one kind of visual token per frame "
-                  "(`token_types` in config.json), evaluated on the same held-out short-video questions.", "",
+                  "(`token_types` in config.json), evaluated on the same held-out short-video questions."
+                  + (" (Carried over from the previous evaluation: these models run stages 1-2 only, which the "
+                     "later recipe changes leave bit for bit as they were.)" if result.get("ablation_from") else ""), "",
                   "| question type | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
         for qtype in SHORT_TYPES:
             cells = [f"{result['ablation'][k][qtype]['accuracy']:.1f}%" if qtype in result["ablation"][k] else "-" for k in kinds]
