@@ -229,7 +229,8 @@ def test_ranges_in_a_batch_chat_and_summary(tiny, media, capsys, tmp_path, monke
     questions = tmp_path / "q.jsonl"
     lines = [{"id": "a", "video": str(media["video"]), "question": "what?", "start": "0:01", "end": 3,
               "evidence": True},
-             {"id": "b", "video": str(media["video"]), "question": "what?", "start": 4, "choices": ["red", "blue"]},
+             {"id": "b", "video": str(media["video"]), "question": "what?", "start": 4, "choices": ["red", "blue"],
+              "evidence": True},
              {"id": "c", "video": str(media["video"]), "question": "what?", "start": "1:99"},
              {"id": "d", "video": str(media["video"]), "question": "what?", "evidence": "yes"},
              {"id": "e", "video": str(media["video"]), "question": "what?", "choices": "red"},
@@ -239,7 +240,9 @@ def test_ranges_in_a_batch_chat_and_summary(tiny, media, capsys, tmp_path, monke
     assert code == 1  # some lines failed
     records = {r["id"]: r for r in map(json.loads, out.splitlines())}
     assert records["a"]["frames"] == 2 and all(1 <= r["start"] and r["end"] <= 3 for r in records["a"]["evidence"])
-    assert records["b"]["frames"] == 4 and records["b"]["answer"] in ("red", "blue") and "evidence" not in records["b"]
+    assert records["b"]["frames"] == 4 and records["b"]["answer"] in ("red", "blue")
+    assert [c["choice"] for c in records["b"]["choices"]] == ["red", "blue"]
+    assert all(r["start"] >= 4 for r in records["b"]["evidence"])  # evidence for the chosen option
     assert '"start": "1:99"' in records["c"]["error"] and "below 60" in records["c"]["error"]
     assert '"evidence": "yes"' in records["d"]["error"]
     assert '"choices": "red"' in records["e"]["error"]
