@@ -32,8 +32,7 @@ from .checkpoint import user_cache_dir
 from .encode import EncodeOptions, encode_file, range_record
 from .errors import InputError, VidtokError
 from .options import AskOptions
-from .planning import frames_in_range
-from .timecode import format_clock
+from .planning import check_range, frames_in_range
 from .vidtok import Vidtok, content_hash, open_vidtok
 
 CACHE_STORAGE = "float16"
@@ -122,18 +121,6 @@ def video_duration(features: Vidtok) -> float:
     return float(stamps[-1]) + 1.0 / float(features.fps) if len(stamps) else 0.0
 
 
-def check_range(source: str | os.PathLike, options: AskOptions, *, duration: float | None, is_image: bool) -> None:
-    """A range must start inside the video (it may run past the end), and a still image has no times."""
-    if options.time_range is None:
-        return
-    if is_image:
-        raise InputError(f"{source}: is a still image; --start/--end apply to videos")
-    start, _ = options.time_range
-    if duration is not None and start >= duration:
-        raise InputError(f"{source}: --start {format_clock(start)} is past the end of the video "
-                         f"({format_clock(duration, up=True)} long)")
-
-
 def open_input(
     model,
     source: str | os.PathLike,
@@ -157,7 +144,7 @@ def open_input(
         features = open_vidtok(path)
         try:
             features.check_encoder(model.vision_identity()["fingerprint"])
-            check_range(source, options, duration=video_duration(features),
+            check_range(str(source), options.time_range, duration=video_duration(features),
                         is_image=bool(features.source.get("is_image")))
         except BaseException:
             features.close()
@@ -188,11 +175,11 @@ def open_input(
     encoded = False
     try:
         if features is not None:
-            check_range(source, options, duration=video_duration(features),
+            check_range(str(source), options.time_range, duration=video_duration(features),
                         is_image=bool(features.source.get("is_image")))
         else:
             info = video.probe(path)
-            check_range(source, options, duration=info.duration, is_image=info.is_image)
+            check_range(str(source), options.time_range, duration=info.duration, is_image=info.is_image)
             if check is not None:
                 planned = np.asarray(video.sample_times(info, options.fps), dtype=np.float64)
                 if part is not None:

@@ -77,11 +77,28 @@ def _seconds(t: float) -> str:
     return format_clock(t) if float(t).is_integer() else f"{t:g} s"
 
 
+def check_range(source: str, time_range: tuple[float, float] | None, *, duration: float | None,
+                is_image: bool = False) -> None:
+    """A range must start inside the video (it may run on past the end); a still image has no times."""
+    if time_range is None:
+        return
+    from .timecode import format_clock
+
+    if is_image:
+        raise InputError(f"{source}: is a still image; --start/--end apply to videos")
+    start, _ = time_range
+    if duration is not None and start >= duration:
+        raise InputError(f"{source}: --start {format_clock(start)} is past the end of the video "
+                         f"({format_clock(duration, up=True)} long)")
+
+
 def range_candidates(video: Timeline, options: "AskOptions",
                      candidates: Sequence[int] | None = None) -> Sequence[int] | None:
     """The candidate frames narrowed to ``--start``/``--end`` (unchanged when no range was asked for)."""
     if options.time_range is None:
         return candidates
+    check_range(video.source, options.time_range, duration=getattr(video, "duration", None),
+                is_image=bool(getattr(video, "is_image", False)))
     inside = frames_in_range(video.timestamps, options.time_range)
     if candidates is not None:
         allowed = set(int(c) for c in candidates)
