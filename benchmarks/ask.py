@@ -206,5 +206,116 @@ def compare_batch(root: Path, ckpt: Path, vidtok: Path, args) -> str:
             f"separate / batch = {t_sep / t_batch:.1f}x; identical answers {same}/{n}")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Evidence: what `ask --evidence` costs on top of a plain answer, on the same .vidtok (self-contained section:
+#     .venv/bin/python benchmarks/ask.py evidence [--repeats 5] [--hour]
+# (a) the mid-size random model of this file's main benchmark layout, 300 frames of a 10-minute video at 0.5
+#     frame/s, greedy, 16 new tokens; (b) the shipped demo model on a held-out synthetic clip (12-24 s, one shape
+#     on screen for a few seconds), greedy; (c) with --hour, the demo model on a one-hour synthetic video
+#     (3,600 frames, the long-video prompt). Each method is timed side by side with the plain answer, interleaved,
+#     median of --repeats runs; wall time and CPU time (user + sys of this process) are both reported.
+
+
+def _evidence_model(root: Path, llm_hidden: int, llm_layers: int) -> Path:
+    gen = torch.Generator().manual_seed(0)
+    tower = root / "eva_vit_g.pth"
+    torch.save(make_eva_state_dict(gen, width=264, blocks=5, mlp=1056), tower)
+    train_sentencepiece(root / "tokenizer.model")
+    write_bert_vocab(root / "bert")
+    sizes = ModelSizes(llm_hidden=llm_hidden, llm_layers=llm_layers, llm_heads=llm_hidden // 64,
+                       llm_intermediate=llm_hidden * 11 // 4, max_positions=4096)
+    return init_checkpoint(root / "model", sizes=sizes, vision_tower=tower, text_tokenizer=root / "tokenizer.model",
+                           qformer_tokenizer=root / "bert")
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _evidence_rows(model, vidtok: Path, question: str, repeats: int, **options) -> dict:
+    """Median wall and CPU seconds of a plain answer and of each evidence method (interleaved runs)."""
+    import statistics
+
+    from llamavid.evidence import METHODS
+
+    kinds = ("plain", *METHODS)
+    wall: dict[str, list[float]] = {k: [] for k in kinds}
+    cpu: dict[str, list[float]] = {k: [] for k in kinds}
+    qa.ask(model, vidtok, question, temperature=0, **options)  # warm-up: file pages, allocator
+    answer = None
+    for _ in range(repeats):
+        for kind in kinds:
+            w0, c0 = time.perf_counter(), _cpu()
+            if kind == "plain":
+                result = qa.ask(model, vidtok, question, temperature=0, **options)
+                answer = result
+            else:
+                result = qa.ask(model, vidtok, question, temperature=0, evidence=True, evidence_method=kind, **options)
+                assert result.answer == answer.answer, "evidence must not change the answer"
+            wall[kind].append(time.perf_counter() - w0)
+            cpu[kind].append(_cpu() - c0)
+    med = {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in kinds}
+    return {"frames": answer.frames, "prompt_tokens": answer.prompt_tokens, "answer": answer.answer, "median": med}
+
+
+def _print_evidence(title: str, rows: dict) -> None:
+    plain_w, plain_c = rows["median"]["plain"]
+    print(f"{title}: {rows['frames']} frames, {rows['prompt_tokens']} prompt tokens")
+    print(f"    {'':12} {'wall s':>8} {'cpu s':>8} {'wall / plain':>13} {'cpu / plain':>12}")
+    for kind, (w, c) in rows["median"].items():
+        print(f"    {kind:12} {w:8.3f} {c:8.3f} {w / plain_w:12.2f}x {c / plain_c:11.2f}x")
+
+
+def evidence_main(argv: list[str]) -> None:
+    from llamavid.data import synthetic as syn
+
+    ap = argparse.ArgumentParser(prog="benchmarks/ask.py evidence", description="the cost of ask --evidence")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--fps", type=float, default=0.5)
+    ap.add_argument("--llm-hidden", type=int, default=384)
+    ap.add_argument("--llm-layers", type=int, default=6)
+    ap.add_argument("--hour", action="store_true", help="also the demo model on a one-hour video")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f} at the start", flush=True)
+    with tempfile.TemporaryDirectory(prefix="llamavid-bench-evidence-") as tmp:
+        root = Path(tmp)
+        os.environ["LLAMAVID_CACHE"] = str(root / "cache")
+        ckpt = _evidence_model(root, args.llm_hidden, args.llm_layers)
+        model = llamavid.load_model(ckpt, device="cpu", dtype="float32")
+        clip = make_video(root / "video.mp4", seconds=args.minutes * 60, fps=2, width=96, height=64)
+        qa.ask(model, clip, "What happens first?", fps=args.fps, temperature=0, max_new_tokens=1)  # fills the cache
+        [vidtok] = (root / "cache" / "vidtok").glob("*.vidtok")
+        rows = _evidence_rows(model, vidtok, "What happens first?", args.repeats, max_new_tokens=16)
+        _print_evidence(f"(a) random LLaMA {args.llm_layers} x {args.llm_hidden}, {args.minutes:g} min at "
+                        f"{args.fps:g} frame/s", rows)
+
+        demo = llamavid.load_model("demo", device="cpu", dtype="float32")
+        [window] = syn.make_extra_clips("test", "window", 1, seed=5)
+        syn.write_split([window], root / "window")
+        video = root / "window" / "videos" / f"{window.id}.mp4"
+        qa.ask(demo, video, "What color is the shape?", max_new_tokens=1)
+        tok = sorted((root / "cache" / "vidtok").glob("*.vidtok"), key=lambda p: p.stat().st_mtime)[-1]
+        rows = _evidence_rows(demo, tok, "What color is the shape?", args.repeats, max_new_tokens=8)
+        _print_evidence(f"(b) demo model, held-out window clip ({window.seconds:g} s, shape at "
+                        f"{window.events[0].start:g}-{window.events[0].end:g} s), answer {rows['answer']!r}", rows)
+        if args.hour:
+            [hour] = syn.make_extra_clips("test", "scenes", 1, seed=99, scenes=(12, 12), scene_seconds=(290.0, 310.0))
+            hour.fps = 1.0
+            syn.write_split([hour], root / "hour")
+            video = root / "hour" / "videos" / f"{hour.id}.mp4"
+            qa.ask(demo, video, "What color is the shape?", max_new_tokens=1, long=True)
+            tok = sorted((root / "cache" / "vidtok").glob("*.vidtok"), key=lambda p: p.stat().st_mtime)[-1]
+            rows = _evidence_rows(demo, tok, "What color is the shape?", max(1, args.repeats // 2), max_new_tokens=8,
+                                  long=True)
+            _print_evidence(f"(c) demo model, one-hour synthetic video ({hour.seconds:g} s), long-video prompt", rows)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["evidence"]:
+        evidence_main(sys.argv[2:])
+    else:
+        main()

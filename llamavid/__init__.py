@@ -21,6 +21,8 @@ _EXPORTS = {
     "open_input": "inputs", "VideoInput": "inputs",
     "ask": "qa", "AskResult": "qa", "Question": "qa", "answer_questions": "qa",
     "ChatSession": "chat", "summarize": "summary",
+    "make_chapters": "chapters", "Chapter": "chapters", "Chapters": "chapters",
+    "find_evidence": "evidence", "EvidenceRange": "evidence", "ChoiceScore": "likelihood",
     "read_batch": "batch", "run_batch": "batch",
     "LlamaVidError": "errors", "InputError": "errors", "CheckpointError": "errors", "ModelNotFoundError": "errors",
     "VideoError": "errors", "VidtokError": "errors", "ContextOverflowError": "errors", "MemoryLimitError": "errors",

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .callbacks import NO_CALLBACKS, Callbacks
+from .choices import MCQ_MODES
 from .errors import InputError, LlamaVidError
 from .fileio import RecordSink
 from .inputs import open_input
+from .eval.benchmarks import OPTION_LETTERS
 from .options import BATCH_OPTION_FIELDS, AskOptions, OptionError, check_text, options_from_json
 from .qa import QUESTIONS_PER_BATCH, Question, answer_fields, answer_questions
 
@@ -117,7 +119,8 @@ def run_batch(model, items: Sequence[BatchItem], sink: RecordSink, *, callbacks:
               questions_per_batch: int = QUESTIONS_PER_BATCH) -> BatchCounts:
     """Answer the items into ``sink`` (records in input order there); ids the sink already holds are skipped.
 
-    Answer records: ``{"id", "video", "question", "answer", "model", "frames", "prompt_tokens", "seconds"}``;
+    Answer records: ``{"id", "video", "question", "answer", "model", "frames", "prompt_tokens", "seconds"}``
+    (and ``evidence`` / ``choices`` when the line asks for them, see ``qa.answer_fields``);
     failures: ``{"id", "video", "question", "error"}`` (or ``{"id", "error"}`` for a line that was not
     a question at all). ``callbacks.progress`` counts finished items.
     """
@@ -161,7 +164,7 @@ def answer_video_questions(model, video: str | os.PathLike, questions: Sequence[
     if not questions:
         return []
     try:
-        vin = open_input(model, video, questions[0].options, callbacks=callbacks)
+        vin = open_input(model, video, covering(questions), callbacks=callbacks)
     except LlamaVidError as exc:  # an unreadable video fails its own questions only
         return [exc] * len(questions)
     with vin:
@@ -169,14 +172,55 @@ def answer_video_questions(model, video: str | os.PathLike, questions: Sequence[
     return [answer_fields(model, r) if r.ok else r.error for r in results]
 
 
+def covering(questions: Sequence[Question]) -> AskOptions:
+    """The options a video is opened with for several questions: the first one's, with the smallest time
+    range that holds every question's range (no range if any question wants the whole video), so that a
+    video not cached yet is encoded once, for exactly the part the questions need."""
+    first = questions[0].options
+    ranges = [q.options.time_range for q in questions]
+    if any(r is None for r in ranges):
+        return first.replace(start=None, end=None)
+    start = min(r[0] for r in ranges)
+    end = max(r[1] for r in ranges)
+    return first.replace(start=start or None, end=None if end == float("inf") else end)
+
+
 def video_answerer(model, options: AskOptions, *, callbacks: Callbacks = NO_CALLBACKS,
-                   questions_per_batch: int = QUESTIONS_PER_BATCH):
+                   questions_per_batch: int = QUESTIONS_PER_BATCH, mcq: str = "generate"):
     """``answer_batch_fn`` for ``llamavid.eval.run_predictions``: items of one video (anything with
-    ``.video`` and ``.question``) -> per item its answer text, or the error that stopped it."""
+    ``.video`` and ``.question``) -> per item its answer text, or the error that stopped it.
+
+    ``mcq``: how multiple-choice items (``kind == "choice"``, with ``options``) are answered: "generate"
+    asks the formatted question (options listed, answer with a letter) and generates the reply;
+    "likelihood" asks the bare question (``extra["raw_question"]``), scores every option as the answer
+    (``AskOptions.choices``) and replies with the best option's letter.
+    """
+    if mcq not in MCQ_MODES:
+        raise InputError(f"--mcq {mcq}: expected one of {', '.join(MCQ_MODES)}")
+
+    def question_for(item: Any) -> Question:
+        if mcq == "likelihood" and getattr(item, "kind", None) == "choice" and getattr(item, "options", None):
+            raw = (getattr(item, "extra", None) or {}).get("raw_question") or item.question
+            return Question(raw, options.replace(choices=tuple(item.options)))
+        return Question(item.question, options)
 
     def answer(items: Sequence[Any]) -> list[str | LlamaVidError]:
-        outcomes = answer_video_questions(model, items[0].video, [Question(i.question, options) for i in items],
-                                          callbacks=callbacks, questions_per_batch=questions_per_batch)
-        return [o if isinstance(o, LlamaVidError) else o["answer"] for o in outcomes]
+        results: list[str | LlamaVidError | None] = [None] * len(items)
+        asked, questions = [], []
+        for k, item in enumerate(items):
+            try:
+                questions.append(question_for(item))
+                asked.append(k)
+            except LlamaVidError as exc:  # e.g. an item listing the same option twice
+                results[k] = exc
+        outcomes = answer_video_questions(model, items[0].video, questions, callbacks=callbacks,
+                                          questions_per_batch=questions_per_batch) if questions else []
+        for k, outcome in zip(asked, outcomes):
+            if isinstance(outcome, LlamaVidError) or "choices" not in outcome:
+                results[k] = outcome if isinstance(outcome, LlamaVidError) else outcome["answer"]
+            else:  # the chosen option's letter, as the multiple-choice scorer reads it
+                texts = [c["choice"] for c in outcome["choices"]]
+                results[k] = OPTION_LETTERS[texts.index(outcome["answer"])]
+        return results  # type: ignore[return-value]
 
     return answer

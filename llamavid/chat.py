@@ -59,8 +59,10 @@ class ChatSession:
         self.options = (options or AskOptions()).replace(**overrides)
         self.callbacks = callbacks
         self.history: list[tuple[str, str]] = []
+        self._evidence: list[list | None] = []  # per turn, when the options ask for it
 
     def ask(self, question: str, stream: Callable[[str], None] | None = None) -> Answer:
+        """One turn; the ``Answer`` carries ``evidence`` when the session's options ask for it."""
         check_text(question)
         [result] = answer_questions(self.model, self.video, [Question(question, self.options, tuple(self.history))],
                                     on_text=None if stream is None else (lambda _i, piece: stream(piece)),
@@ -68,14 +70,19 @@ class ChatSession:
         if result.error is not None:
             raise result.error
         self.history.append((question, result.answer.text))
+        self._evidence.append(result.answer.evidence)
         return result.answer
 
     def reset(self) -> None:
         self.history.clear()
+        self._evidence.clear()
 
     def to_json(self) -> dict[str, Any]:
-        return {"model": self.model.name, "input": self.video.source, "frames": self.video.num_frames,
-                "turns": [{"question": q, "answer": a} for q, a in self.history]}
+        turns = []
+        for (q, a), evidence in zip(self.history, self._evidence):
+            turns.append({"question": q, "answer": a} if evidence is None else
+                         {"question": q, "answer": a, "evidence": [r.to_json() for r in evidence]})
+        return {"model": self.model.name, "input": self.video.source, "frames": self.video.num_frames, "turns": turns}
 
     def save(self, path: str | os.PathLike) -> Path:
         """The transcript as JSON, written atomically (the folder must exist; the input is never replaced)."""

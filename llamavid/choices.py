@@ -5,3 +5,4 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZE_CHOICES = ("8bit", "4bit")
 SUMMARY_STYLES = ("brief", "detailed")
 KV_CACHE_CHOICES = ("auto", "full", "int8", "int4", "offload")
+MCQ_MODES = ("generate", "likelihood")  # how `llamavid eval` answers multiple-choice items

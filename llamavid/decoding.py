@@ -57,12 +57,15 @@ def generate(
     on_token: Callable[[int, int], None] | None = None,
     prefill_chunk: int = PREFILL_CHUNK,
     cache_mode: str = "full",
+    cache=None,
 ) -> list[list[int]]:
     """Generate continuations of left-padded prompts.
 
     inputs_embeds (B, L, H); attention_mask (B, L) with zeros on the left padding (None: no padding).
     Returns the new token ids per row, without the stop token. ``on_token(row, id)`` is called for
-    every kept token as soon as it is chosen. ``cache_mode``: how the KV cache is kept (``llamavid.kvcache``).
+    every kept token as soon as it is chosen. ``cache_mode``: how the KV cache is kept (``llamavid.kvcache``);
+    ``cache``: an empty cache to fill instead (the caller keeps the prompt's keys and values, e.g. to
+    score the answer afterwards).
     """
     from .kvcache import make_cache
 
@@ -72,7 +75,7 @@ def generate(
         attention_mask = torch.ones(b, length, dtype=torch.long, device=device)
     attention_mask = attention_mask.to(device=device, dtype=torch.long)
     positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    cache = make_cache(llm, cache_mode)  # filled in place by every forward call
+    cache = make_cache(llm, cache_mode) if cache is None else cache  # filled in place by every forward call
     cache_kw = cache_argument(llm)
     generator = make_generator(opts, device)
     stops = torch.tensor(sorted(set(int(s) for s in stop_ids)), device=device)

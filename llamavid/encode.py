@@ -29,6 +29,7 @@ from . import locking
 from . import subtitles as subs
 from . import video
 from .errors import InputError, LlamaVidError, VideoError, VidtokError
+from .planning import frames_in_range
 from .vidtok import VidtokWriter, check_destination, content_hash, open_vidtok
 from .vision import VisionEncoder, preprocess_frames
 
@@ -45,6 +46,7 @@ class EncodeOptions:
     subtitles: str | os.PathLike | None = None
     force: bool = False
     verify: bool = True  # check every block of an existing output before calling it up to date
+    time_range: tuple[float, float] | None = None  # only frames at start <= t < end (seconds; end may be inf)
 
 
 @dataclass
@@ -103,9 +105,20 @@ class OutputState:
     problem: str | None = None  # for "damaged": the reader's one-line error
 
 
+def range_record(time_range: tuple[float, float] | None) -> list[float | None] | None:
+    """How a time range is stored in a token file's source description (JSON has no infinity)."""
+    if time_range is None:
+        return None
+    start, end = time_range
+    return [float(start), None if end == float("inf") else float(end)]
+
+
 def check_output(output: Path, source_hash: str, encoder: dict, fps: float, storage: str, *,
-                 verify: bool = True) -> OutputState:
+                 verify: bool = True, time_range: tuple[float, float] | None = None) -> OutputState:
     """Classify an existing token file for a job: missing, current, stale, or damaged.
+
+    The job is the source's bytes, the encoder, the frame rate, the storage and the time range (None:
+    the whole video); a file made for another range is "stale".
 
     ``verify=True`` checks every block's checksum of a file that otherwise matches the job, so a file
     that fails its checksums is never "current". That costs one read of the whole file, as
@@ -120,7 +133,8 @@ def check_output(output: Path, source_hash: str, encoder: dict, fps: float, stor
         with open_vidtok(output) as vt:
             fingerprint = vt.encoder.get("fingerprint")
             same = (vt.source.get("content_hash") == source_hash and fingerprint == encoder["fingerprint"]
-                    and abs(float(vt.fps) - float(fps)) < 1e-9 and vt.storage == storage)
+                    and abs(float(vt.fps) - float(fps)) < 1e-9 and vt.storage == storage
+                    and vt.source.get("range") == range_record(time_range))
             if same and verify:
                 vt.verify()
             return OutputState("current" if same else "stale", vt.num_frames, fingerprint)
@@ -129,13 +143,14 @@ def check_output(output: Path, source_hash: str, encoder: dict, fps: float, stor
 
 
 def is_up_to_date(output: Path, source_hash: str, encoder: dict, fps: float, storage: str, *,
-                  verify: bool = True) -> bool:
-    """A complete token file from the same source bytes, encoder, frame rate and storage already exists.
+                  verify: bool = True, time_range: tuple[float, float] | None = None) -> bool:
+    """A complete token file from the same source bytes, encoder, frame rate, storage and range exists.
 
     With ``verify`` (the default) every block's checksum is checked as well (one read of the file): a
     file that fails its checksums is never up to date. See ``check_output``.
     """
-    return check_output(Path(output), source_hash, encoder, fps, storage, verify=verify).status == "current"
+    return check_output(Path(output), source_hash, encoder, fps, storage, verify=verify,
+                        time_range=time_range).status == "current"
 
 
 def shard_inputs(items: list, rank: int, world: int) -> list:
@@ -185,12 +200,13 @@ def resume_position(plan_times: list[float], last_timestamp: float) -> int:
 
 
 def _batches(path: Path, info: video.VideoInfo, fps: float, start: int, batch: int, image_size: int,
-             warnings: list[str]) -> Iterator[tuple[torch.Tensor, list[float]]]:
-    """(pixels, timestamps) batches of exactly ``batch`` frames (the last may be shorter), from frame ``start``."""
+             warnings: list[str], stop: int | None = None) -> Iterator[tuple[torch.Tensor, list[float]]]:
+    """(pixels, timestamps) batches of exactly ``batch`` frames (the last may be shorter), from frame
+    ``start`` up to ``stop`` (positions in the sampling plan)."""
     pending: list[torch.Tensor] = []
     times: list[float] = []
-    for chunk in video.sample_frames(path, fps, chunk_size=min(batch, 16), start=start, on_warning=warnings.append,
-                                     info=info):
+    for chunk in video.sample_frames(path, fps, chunk_size=min(batch, 16), start=start, stop=stop,
+                                     on_warning=warnings.append, info=info):
         pending.append(preprocess_frames(chunk.frames, image_size, pad_to_square=info.is_image))
         times.extend(chunk.timestamps)
         while sum(p.shape[0] for p in pending) >= batch:
@@ -287,7 +303,8 @@ def encode_file(
     except InputError:
         # Nothing can be written there (so no run can be writing there either); a current output still serves.
         if not opts.force:
-            state = check_output(out, source_hash, identity, opts.fps, opts.storage, verify=opts.verify)
+            state = check_output(out, source_hash, identity, opts.fps, opts.storage, verify=opts.verify,
+                                 time_range=opts.time_range)
             if state.status == "current":
                 return EncodeResult(str(src), str(out), "skipped", frames=state.frames, backend=info.backend,
                                     seconds=time.perf_counter() - t0)
@@ -302,7 +319,8 @@ def _encode_locked(encoder: VisionEncoder, src: Path, out: Path, opts: EncodeOpt
     """``encode_file`` once it holds the output's lock."""
     notes: list[str] = []
     if not opts.force:
-        state = check_output(out, source_hash, identity, opts.fps, opts.storage, verify=opts.verify)
+        state = check_output(out, source_hash, identity, opts.fps, opts.storage, verify=opts.verify,
+                                 time_range=opts.time_range)
         if state.status == "current":
             return EncodeResult(str(src), str(out), "skipped", frames=state.frames, backend=info.backend,
                                 seconds=time.perf_counter() - t0)
@@ -318,32 +336,40 @@ def _encode_locked(encoder: VisionEncoder, src: Path, out: Path, opts: EncodeOpt
     elif opts.subtitles:
         raise InputError(f"{src}: a still image takes no subtitles")
     plan_times = video.sample_times(info, opts.fps)
+    first, stop = 0, len(plan_times)  # the part of the sampling plan to encode
+    if opts.time_range is not None:
+        inside = frames_in_range(plan_times, opts.time_range)
+        if not inside:
+            raise InputError(f"{src}: no sampled frame lies in the range asked for; widen it or raise --fps")
+        first, stop = inside[0], inside[-1] + 1
     source = {
         "name": src.name, "size": src.stat().st_size, "duration": info.duration, "content_hash": source_hash,
         "native_fps": info.native_fps, "width": info.width, "height": info.height, "backend": info.backend,
         "rotation": info.rotation, "is_image": info.is_image, "subtitles": subtitle_source,
     }
+    if opts.time_range is not None:
+        source["range"] = range_record(opts.time_range)
     make_writer = lambda resume: VidtokWriter(  # noqa: E731
         out, encoder=identity, fps=opts.fps, source=source, storage=opts.storage, chunk_frames=CHUNK_FRAMES,
         resume=resume)
     writer = make_writer(not opts.force)
-    start = 0
+    start = first
     if writer.frames_done:
         last = last_stored_timestamp(writer)
         if last is None:  # cannot tell where the stored frames end: start over rather than guess
             writer.abort()
             writer = make_writer(False)
         else:
-            start = resume_position(plan_times, last)
+            start = max(first, resume_position(plan_times, last))
     resumed = writer.frames_done
     warnings: list[str] = []
     batch = batch_size_for(opts.batch_size, encoder.device)
     done = resumed
-    planned = max(len(plan_times) - start + resumed, resumed)
+    planned = max(stop - start + resumed, resumed)
     if on_progress:
         on_progress(done, planned)
     try:
-        batches = _batches(src, info, opts.fps, start, batch, encoder.image_size, warnings)
+        batches = _batches(src, info, opts.fps, start, batch, encoder.image_size, warnings, stop=stop)
         for pixels, times in _prefetch(batches, pin=encoder.device.type == "cuda"):
             feats = encoder.encode_pixels(pixels, batch_size=batch)
             writer.append(feats.to("cpu", torch.float32), times)

@@ -9,6 +9,11 @@ with a warning, never used.
 
 Subtitles are what they are now, not when the video was cached: ``--subtitles FILE`` if given, else a
 sidecar ``NAME.srt`` beside the video, else the stream embedded in the video (stored at encode time).
+
+A question about part of a video (``--start``/``--end``) uses the whole video's cache entry when there
+is one, and a ``.vidtok`` as it is: both are sliced by the planner, nothing is encoded again. A video
+not cached yet is encoded for that range only, into its own cache entry (keyed by the range). Frame
+times are always seconds from the start of the whole video.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from . import subtitles as subs
 from . import video
 from .callbacks import NO_CALLBACKS, Callbacks
 from .checkpoint import user_cache_dir
-from .encode import EncodeOptions, encode_file
+from .encode import EncodeOptions, encode_file, range_record
 from .errors import InputError, VidtokError
 from .fileio import Closing
 from .options import AskOptions
+from .planning import check_range, frames_in_range
 from .vidtok import Vidtok, content_hash, looks_like_vidtok, open_vidtok
 
 CACHE_STORAGE = "float16"
@@ -52,6 +58,20 @@ class VideoInput(Closing):
     @property
     def num_frames(self) -> int:
         return len(self.features)
+
+    @property
+    def step(self) -> float:
+        """Seconds between sampled frames (1 / the sampling rate)."""
+        return 1.0 / float(self.features.fps)
+
+    @property
+    def is_image(self) -> bool:
+        return bool(self.features.source.get("is_image"))
+
+    @property
+    def duration(self) -> float:
+        """The whole video's length in seconds (as probed when it was encoded, else up to its last frame)."""
+        return video_duration(self.features)
 
     def frame_subtitles(self, indices: Sequence[int] | None = None) -> list[str]:
         """Per-frame subtitle text for the chosen frames (all by default), by the published rule."""
@@ -78,15 +98,28 @@ class PlannedTimeline:
         return subs.attach_to_frames(self.subtitle_lines, times.tolist())
 
 
-def cache_path_for(source_hash: str, encoder_fingerprint: str, fps: float) -> Path:
-    """Where the features of a video live in the user cache."""
+def cache_path_for(source_hash: str, encoder_fingerprint: str, fps: float,
+                   time_range: tuple[float, float] | None = None) -> Path:
+    """Where the features of a video (or of the part ``time_range`` of it) live in the user cache."""
     key = f"{source_hash.split(':')[-1][:24]}-{encoder_fingerprint.split(':')[-1][:12]}-fps{fps:g}"
+    if time_range is not None:
+        start, end = time_range
+        key += f"-from{start:g}" + ("" if end == float("inf") else f"-to{end:g}")
     return user_cache_dir() / "vidtok" / f"{key}.vidtok"
 
 
 def input_key(options: AskOptions) -> tuple:
     """The options ``open_input`` reads: inputs opened with equal keys are the same (a server shares them)."""
-    return (options.fps, options.subtitles, options.cache)
+    return (options.fps, options.subtitles, options.cache, options.time_range)
+
+
+def video_duration(features: Vidtok) -> float:
+    """A token file's video length: the probed duration, else its last frame's time plus one step."""
+    duration = features.source.get("duration")
+    if isinstance(duration, (int, float)) and not isinstance(duration, bool) and duration > 0:
+        return float(duration)
+    stamps = features.timestamps
+    return float(stamps[-1]) + 1.0 / float(features.fps) if len(stamps) else 0.0
 
 
 def open_input(
@@ -112,6 +145,8 @@ def open_input(
         features = open_vidtok(path)
         try:
             features.check_encoder(model.vision_identity()["fingerprint"])
+            check_range(str(source), options.time_range, duration=video_duration(features),
+                        is_image=bool(features.source.get("is_image")))
         except BaseException:
             features.close()
             raise
@@ -122,25 +157,38 @@ def open_input(
     source_hash = content_hash(path)
     tmpdir = None
     features = None
+    part = options.time_range
     if options.cache:
         entry = cache_path_for(source_hash, fingerprint, options.fps)
         features = _open_cache_entry(entry, source_hash, fingerprint, options.fps)  # None: encode (again)
+        if features is not None or entry.is_file():
+            part = None  # the whole video is cached (or its damaged entry is about to be redone): slice it
+        elif part is not None:
+            entry = cache_path_for(source_hash, fingerprint, options.fps, part)
+            features = _open_cache_entry(entry, source_hash, fingerprint, options.fps, part)
     else:
         tmpdir = tempfile.TemporaryDirectory(prefix="llamavid-")
         entry = Path(tmpdir.name) / (path.stem + ".vidtok")
     encoded = False
     try:
-        if features is None:
+        if features is not None:
+            check_range(str(source), options.time_range, duration=video_duration(features),
+                        is_image=bool(features.source.get("is_image")))
+        else:
             info = video.probe(path)
+            check_range(str(source), options.time_range, duration=info.duration, is_image=info.is_image)
             if check is not None:
                 planned = np.asarray(video.sample_times(info, options.fps), dtype=np.float64)
+                if part is not None:
+                    planned = planned[frames_in_range(planned, part)]
                 now = explicit if explicit is not None else _sidecar_lines(path, callbacks)
                 check(PlannedTimeline(str(source), planned, now or []))
             entry.parent.mkdir(parents=True, exist_ok=True)
             # under the entry's lock: a damaged entry is encoded again (with a warning), a concurrent
             # encoding of the same video is waited for and reused
             result = encode_file(model.vision_encoder, path, entry,
-                                 EncodeOptions(fps=options.fps, subtitles=options.subtitles, storage=CACHE_STORAGE),
+                                 EncodeOptions(fps=options.fps, subtitles=options.subtitles, storage=CACHE_STORAGE,
+                                               time_range=part),
                                  on_progress=callbacks.progress, on_warning=callbacks.warning, on_wait=callbacks.status,
                                  info=info, source_hash=source_hash)
             encoded = result.status != "skipped"
@@ -158,8 +206,10 @@ def open_input(
                       _tmpdir=tmpdir)
 
 
-def _open_cache_entry(entry: Path, source_hash: str, fingerprint: str, fps: float) -> Vidtok | None:
-    """The cache entry, opened and verified, when it is whole and made for this job; else None."""
+def _open_cache_entry(entry: Path, source_hash: str, fingerprint: str, fps: float,
+                      time_range: tuple[float, float] | None = None) -> Vidtok | None:
+    """The cache entry, opened and verified, when it is whole and made for this job (this range of the
+    video, None: all of it); else None."""
     if not entry.is_file():
         return None
     try:
@@ -168,7 +218,8 @@ def _open_cache_entry(entry: Path, source_hash: str, fingerprint: str, fps: floa
         return None
     try:
         same = (features.source.get("content_hash") == source_hash and features.encoder.get("fingerprint") == fingerprint
-                and abs(features.fps - fps) < 1e-9 and features.storage == CACHE_STORAGE)
+                and abs(features.fps - fps) < 1e-9 and features.storage == CACHE_STORAGE
+                and features.source.get("range") == range_record(time_range))
         if same:
             features.verify()  # blocks stay verified: answering reads them without hashing again
             return features

@@ -56,6 +56,8 @@ class Answer:
     seconds: float
     question: str = ""
     truncated: bool = False  # generation stopped at the token limit, not at the end of the answer
+    evidence: list | None = None  # EvidenceRange, best first, when asked for (llamavid.evidence)
+    choices: list | None = None  # ChoiceScore per option, in the order given, when the answer was chosen
 
 
 @dataclass(frozen=True)
@@ -352,6 +354,52 @@ class LlamaVid(nn.Module):
             return list(tokens.unbind(0))
         return [tokens.flatten(0, 1)]
 
+    @torch.inference_mode()
+    def prompt_embeddings(self, features: Features, prompts: Sequence[Prompt], *,
+                          frame_indices: Sequence[int] | None = None, chunk_frames: int = 64) -> list[torch.Tensor]:
+        """Each prompt embedded with its question's visual tokens spliced in -> one (L, H) tensor per prompt.
+
+        All prompts must be for the same frames and prompt style (the QFormer runs once for all of them).
+        """
+        if not prompts:
+            raise InputError("no questions given")
+        n_frames = len(frame_indices) if frame_indices is not None else _num_frames(features)
+        long_video = prompts[0].long_video
+        if any(p.n_frames != n_frames or p.long_video != long_video for p in prompts):
+            raise ValueError("every prompt of a batch must be built for the same frames and prompt style")
+        tokens = self.video_tokens_batch(features, [p.question for p in prompts], long_video=long_video,
+                                         chunk_frames=chunk_frames, frame_indices=frame_indices)  # (Q, T, k, H)
+        return [self.embed_prompt(p.ids, self.visual_blocks(tokens[qi], long_video=long_video))
+                for qi, p in enumerate(prompts)]
+
+    def frame_spans(self, prompt: Prompt, frame_subtitles: Sequence[str] | None = None) -> list[tuple[int, int]]:
+        """Where each frame sits in the embedded prompt: [start, end) positions of its visual tokens.
+
+        With the long-video prompt a frame's subtitle text follows its tokens; given ``frame_subtitles``
+        (as the prompt was built with), that text is counted as part of the frame.
+        """
+        ids = np.asarray(prompt.ids, dtype=np.int64)
+        slots = np.nonzero(ids == IMAGE_SLOT)[0]
+        per = self.tokens_per_frame
+        pos = slots + np.arange(len(slots)) * (per * (prompt.n_frames if not prompt.long_video else 1) - 1)
+        if not prompt.long_video:
+            if len(slots) != 1:
+                raise ValueError(f"a short-video prompt has one <image> slot, not {len(slots)}")
+            start = int(pos[0])
+            return [(start + i * per, start + (i + 1) * per) for i in range(prompt.n_frames)]
+        if len(slots) != prompt.n_frames:
+            raise ValueError(f"a long-video prompt has one <image> slot per frame: {len(slots)} for {prompt.n_frames}")
+        spans = []
+        for i, start in enumerate(pos.tolist()):
+            end = start + per
+            if frame_subtitles is not None and frame_subtitles[i]:
+                text = len(self.text_tokenizer.encode(frame_subtitles[i]))
+                if i + 1 < len(slots):
+                    text = min(text, int(slots[i + 1] - slots[i] - 1))  # exactly the text between the slots
+                end += text
+            spans.append((int(start), int(end)))
+        return spans
+
     # -- prompt -> answer ---------------------------------------------------------------------------------------
     @torch.inference_mode()
     def answer_prompts(self, features: Features, prompts: Sequence[Prompt], *, sampling: SamplingOptions | None = None,
@@ -374,14 +422,36 @@ class LlamaVid(nn.Module):
                               n_frames=n_frames, tokens_per_frame=self.tokens_per_frame)  # before any work
         cache_mode = self.kv_cache_mode(max(p.tokens for p in prompts), len(prompts), new_tokens=max_new,
                                         text_tokens=max(p.tokens - p.n_frames * self.tokens_per_frame for p in prompts))
-        tokens = self.video_tokens_batch(features, [p.question for p in prompts], long_video=long_video,
-                                         chunk_frames=chunk_frames, frame_indices=frame_indices)  # (Q, T, k, H)
-        embeds = [self.embed_prompt(p.ids, self.visual_blocks(tokens[qi], long_video=long_video))
-                  for qi, p in enumerate(prompts)]
-        del tokens
-        texts = self._generate(embeds, sampling, max_new, on_text, prompts[0].template, cache_mode)
+        embeds = self.prompt_embeddings(features, prompts, frame_indices=frame_indices, chunk_frames=chunk_frames)
+        return self.generate_answers(embeds, prompts, sampling=sampling, on_text=on_text, max_new=max_new, t0=t0,
+                                     cache_mode=cache_mode)
+
+    @torch.inference_mode()
+    def generate_answers(self, embeds: Sequence[torch.Tensor], prompts: Sequence[Prompt], *,
+                         sampling: SamplingOptions | None = None, on_text: Callable[[int, str], None] | None = None,
+                         max_new: int | None = None, t0: float | None = None, cache=None,
+                         cache_mode: str | None = None) -> list[Answer]:
+        """Generate the answers of prompts already embedded (``prompt_embeddings``), in one batch.
+
+        The KV cache is kept as ``cache_mode`` says (None: as ``self.kv_cache`` asks, ``kv_cache_mode``).
+        ``cache``: an empty full ``DynamicCache`` to fill instead, which keeps the prompt's keys and values
+        afterwards for scoring (evidence, choices); one prompt only, as a batch is left-padded."""
+        if cache is not None and len(embeds) != 1:
+            raise ValueError("a cache can be kept for one prompt at a time")
+        t0 = time.perf_counter() if t0 is None else t0
+        sampling = sampling or SamplingOptions()
+        if max_new is None:
+            max_new = answer_room(self.context_length, max(p.tokens for p in prompts), sampling.max_new_tokens,
+                                  n_frames=prompts[0].n_frames, tokens_per_frame=self.tokens_per_frame)
+        if cache is not None:
+            cache_mode = "full"
+        elif cache_mode is None:
+            cache_mode = self.kv_cache_mode(max(p.tokens for p in prompts), len(prompts), new_tokens=max_new,
+                                            text_tokens=max(p.tokens - p.n_frames * self.tokens_per_frame
+                                                            for p in prompts))
+        texts = self._generate(embeds, sampling, max_new, on_text, prompts[0].template, cache_mode, cache=cache)
         seconds = time.perf_counter() - t0
-        return [Answer(text=text, prompt_tokens=p.tokens, new_tokens=n, frames=n_frames, seconds=seconds,
+        return [Answer(text=text, prompt_tokens=p.tokens, new_tokens=n, frames=p.n_frames, seconds=seconds,
                        question=p.question, truncated=n >= max_new) for p, (text, n) in zip(prompts, texts)]
 
     def kv_cache_mode(self, tokens: int, batch: int = 1, *, new_tokens: int = 0, text_tokens: int | None = None) -> str:
@@ -416,7 +486,7 @@ class LlamaVid(nn.Module):
 
     def _generate(self, embeds: Sequence[torch.Tensor], sampling: SamplingOptions, max_new: int,
                   on_text: Callable[[int, str], None] | None, template: str,
-                  cache_mode: str = "full") -> list[tuple[str, int]]:
+                  cache_mode: str = "full", cache=None) -> list[tuple[str, int]]:
         """Left-padded batch generation -> (answer text without the stop string, new tokens) per row."""
         opts = SamplingOptions(max_new_tokens=max_new, temperature=sampling.temperature, top_p=sampling.top_p,
                                seed=sampling.seed)
@@ -429,7 +499,7 @@ class LlamaVid(nn.Module):
                 on_text(row, piece)
 
         outs = generate(self.llm, batch, mask if len(embeds) > 1 else None, stop_ids=[self.text_tokenizer.eos_id],
-                        opts=opts, on_token=on_token, cache_mode=cache_mode)
+                        opts=opts, on_token=on_token, cache_mode=cache_mode, cache=cache)
         if on_text is not None:
             for row, decoder in enumerate(decoders):
                 rest = decoder.finish()

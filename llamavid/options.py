@@ -17,17 +17,19 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import InputError
+from .timecode import format_clock, parse_time
 
 MAX_FPS = 240.0
+MAX_CHOICES = 26
 
 
 class OptionError(InputError):
     """An option with a value of the wrong type or out of range (``field`` names it, without dashes)."""
 
-    def __init__(self, field: str, value: Any, reason: str):
+    def __init__(self, field: str, value: Any, reason: str, *, flag: str | None = None):
         self.field, self.value, self.reason = field, value, reason
         shown = value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else json.dumps(value)
-        super().__init__(f"--{field.replace('_', '-')} {shown}: {reason}")
+        super().__init__(f"--{(flag or field).replace('_', '-')} {shown}: {reason}")
 
     def for_json(self, where: str) -> str:
         """The same problem worded for a JSON field (a batch line)."""
@@ -73,6 +75,39 @@ def _switch(field: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise OptionError(field, value, "must be true or false (a JSON boolean)")
     return value
+
+
+def _time(field: str, value: Any) -> float:
+    """Seconds, or [HH:]MM:SS text (the command line gives text, JSON may give either)."""
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise OptionError(field, value, str(exc)) from None
+
+
+def _choices(value: Any) -> tuple[str, ...]:
+    def fail(reason: str) -> OptionError:
+        shown = list(value) if isinstance(value, (list, tuple)) else value
+        return OptionError("choices", shown, reason, flag="choice")
+
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise fail("must be a list of option texts")
+    if len(value) < 2:
+        raise fail("needs at least two options (repeat --choice)")
+    if len(value) > MAX_CHOICES:
+        raise fail(f"takes at most {MAX_CHOICES} options")
+    out: list[str] = []
+    for text in value:
+        if not isinstance(text, str):
+            raise fail("must be a list of option texts (strings)")
+        try:
+            check_text(text, "an option")
+        except InputError as exc:
+            raise fail(str(exc)) from None
+        if text.strip() in out:
+            raise fail(f"lists the option {text.strip()!r} twice")
+        out.append(text.strip())
+    return tuple(out)
 
 
 def _temperature(value: Any) -> float:
@@ -128,6 +163,10 @@ class AskOptions:
     max_new_tokens: int | None = None
     seed: int | None = None
     cache: bool = True
+    start: float | None = None  # seconds from the start of the video: only [start, end) is used
+    end: float | None = None
+    evidence: bool = False  # find the time ranges the answer rests on
+    choices: tuple[str, ...] | None = None  # answer with exactly one of these, scored by log-likelihood
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
@@ -157,6 +196,24 @@ class AskOptions:
             set_("max_new_tokens", _max_new_tokens(self.max_new_tokens))
         if self.seed is not None:
             set_("seed", _seed(self.seed))
+        given_end = self.end
+        if self.start is not None:
+            set_("start", _time("start", self.start))
+        if self.end is not None:
+            set_("end", _time("end", self.end))
+            if self.end <= (self.start or 0.0):
+                after = f"--start {format_clock(self.start)}" if self.start else "the start of the video"
+                raise OptionError("end", given_end, f"must be after {after} (the range would be empty)")
+        _switch("evidence", self.evidence)
+        if self.choices is not None:
+            set_("choices", _choices(self.choices))
+
+    @property
+    def time_range(self) -> tuple[float, float] | None:
+        """(start, end) in seconds when a part of the video was asked for (end: inf when open)."""
+        if self.start is None and self.end is None:
+            return None
+        return (self.start or 0.0, math.inf if self.end is None else self.end)
 
     def replace(self, **changes: Any) -> "AskOptions":
         return dataclasses.replace(self, **changes)
@@ -174,14 +231,15 @@ class AskOptions:
 
 # Fields a batch line may set, and the AskOptions field each one is.
 BATCH_OPTION_FIELDS = ("fps", "max_frames", "long", "strict_context", "subtitles", "temperature", "top_p",
-                       "max_new_tokens", "seed")
+                       "max_new_tokens", "seed", "start", "end", "evidence", "choices")
 
 
 def options_from_json(record: Mapping[str, Any], defaults: AskOptions, *, base_dir: Path | None = None) -> AskOptions:
     """The options of one batch line over ``defaults``; JSON ``null`` keeps the default.
 
-    Types are checked strictly (a string "no" is not a boolean, "2" is not a number); relative subtitle
-    paths are relative to the questions file, like the video paths.
+    Types are checked strictly (a string "no" is not a boolean, "2" is not a number; "start"/"end" take
+    seconds or "[HH:]MM:SS" text, "choices" a list of strings); relative subtitle paths are relative to
+    the questions file, like the video paths.
     """
     changes: dict[str, Any] = {}
     for name in BATCH_OPTION_FIELDS:

@@ -5,9 +5,11 @@ else decides whether a prompt fits the context. The rules:
 
 * **Prompt style**: ``--long``/``--short`` if given, else as the model was trained (``resolve_long_video``).
 * **Frames**: all frames of the video (or of ``candidates``, e.g. one summary segment), or
-  ``--max-frames N`` of them spread evenly (first and last included).
+  ``--max-frames N`` of them spread evenly (first and last included). With ``--start``/``--end`` only
+  the frames whose time t has start <= t < end are candidates (``frames_in_range``); none is an error.
 * **Fit**: a prompt fits when its tokens (text + frames x tokens per frame) plus room for the answer,
-  ``min(max_new_tokens, 256)`` tokens, are within the model's context. When the frames do not fit, the
+  ``min(max_new_tokens, 256)`` tokens (with ``--choice``: the longest option's tokens and its end
+  token, since nothing is generated), are within the model's context. When the frames do not fit, the
   plan takes the most frames that do, spread evenly, and says so in ``Plan.note``; with
   ``strict_context`` it refuses instead, naming a ``--max-frames`` that fits. A question (or a
   conversation) too long to fit with even one frame is refused with that reason.
@@ -46,9 +48,67 @@ def answer_reserve(sampling: SamplingOptions) -> int:
     return max(1, min(sampling.max_new_tokens, ANSWER_RESERVE))
 
 
-def fits(context_length: int, prompt_tokens: int, sampling: SamplingOptions) -> bool:
-    """The context rule: the prompt plus room for the answer are within the context."""
-    return prompt_tokens + answer_reserve(sampling) <= context_length
+def answer_space(model: "LlamaVid", options: "AskOptions", sampling: SamplingOptions) -> int:
+    """Tokens a plan keeps free after the prompt: room to generate the answer, or, when the answer is
+    one of ``choices``, the longest option as it is scored (its tokens and the end token)."""
+    if options.choices:
+        from .likelihood import answer_ids
+
+        return max(len(answer_ids(model, c)) for c in options.choices)
+    return answer_reserve(sampling)
+
+
+def fits(context_length: int, prompt_tokens: int, sampling: SamplingOptions, reserve: int | None = None) -> bool:
+    """The context rule: the prompt plus room for the answer (``reserve``, by default as sampling
+    allows) are within the context."""
+    return prompt_tokens + (answer_reserve(sampling) if reserve is None else reserve) <= context_length
+
+
+def frames_in_range(timestamps: Sequence[float] | np.ndarray, time_range: tuple[float, float]) -> list[int]:
+    """Positions of the frames whose time t has start <= t < end (a millisecond of slack for rounding)."""
+    start, end = time_range
+    ts = np.asarray(timestamps, dtype=np.float64)
+    return np.nonzero((ts >= start - 1e-3) & (ts < end - 1e-3))[0].tolist()
+
+
+def _seconds(t: float) -> str:
+    from .timecode import format_clock
+
+    return format_clock(t) if float(t).is_integer() else f"{t:g} s"
+
+
+def check_range(source: str, time_range: tuple[float, float] | None, *, duration: float | None,
+                is_image: bool = False) -> None:
+    """A range must start inside the video (it may run on past the end); a still image has no times."""
+    if time_range is None:
+        return
+    from .timecode import format_clock
+
+    if is_image:
+        raise InputError(f"{source}: is a still image; --start/--end apply to videos")
+    start, _ = time_range
+    if duration is not None and start >= duration:
+        raise InputError(f"{source}: --start {format_clock(start)} is past the end of the video "
+                         f"({format_clock(duration, up=True)} long)")
+
+
+def range_candidates(video: Timeline, options: "AskOptions",
+                     candidates: Sequence[int] | None = None) -> Sequence[int] | None:
+    """The candidate frames narrowed to ``--start``/``--end`` (unchanged when no range was asked for)."""
+    if options.time_range is None:
+        return candidates
+    check_range(video.source, options.time_range, duration=getattr(video, "duration", None),
+                is_image=bool(getattr(video, "is_image", False)))
+    inside = frames_in_range(video.timestamps, options.time_range)
+    if candidates is not None:
+        allowed = set(int(c) for c in candidates)
+        inside = [i for i in inside if i in allowed]
+    if not inside:
+        start, end = options.time_range
+        until = "the end" if end == np.inf else _seconds(end)
+        raise InputError(f"{video.source}: no sampled frame lies between {_seconds(start)} and {until}; "
+                         "widen --start/--end or sample more frames (--fps)")
+    return inside
 
 
 def answer_room(context_length: int, prompt_tokens: int, max_new_tokens: int, *, n_frames: int,
@@ -108,8 +168,10 @@ class _Selector:
     """Builds the prompt for n frames spread evenly over the candidate frames (memoized by n)."""
 
     def __init__(self, model: "LlamaVid", video: Timeline, question: str, long_video: bool,
-                 candidates: Sequence[int] | None, history: Sequence[tuple[str, str]], template: str | None):
+                 candidates: Sequence[int] | None, history: Sequence[tuple[str, str]], template: str | None,
+                 reserve: int):
         self.model, self.video, self.question, self.long_video = model, video, question, long_video
+        self.reserve = reserve
         self.candidates = list(candidates) if candidates is not None else None
         self.available = len(self.candidates) if self.candidates is not None else len(video.timestamps)
         self.history, self.template = history, template
@@ -142,8 +204,8 @@ def _most_frames(sel: _Selector, ceiling: int, sampling: SamplingOptions) -> int
     ctx, per = model.context_length, model.tokens_per_frame
     full = sel.build(ceiling + 1)[1]  # already built by the caller
     text_tokens = full.tokens - (ceiling + 1) * per
-    guess = max(1, min(ceiling, (ctx - answer_reserve(sampling) - text_tokens) // per))
-    ok = lambda n: fits(ctx, sel.build(n)[1].tokens, sampling)  # noqa: E731
+    guess = max(1, min(ceiling, (ctx - sel.reserve - text_tokens) // per))
+    ok = lambda n: fits(ctx, sel.build(n)[1].tokens, sampling, sel.reserve)  # noqa: E731
     # invariant: n = lo fits (0 by convention), n = hi does not (ceiling + 1 by convention)
     if ok(guess):
         if guess == ceiling or not ok(guess + 1):
@@ -166,16 +228,17 @@ def plan_question(model: "LlamaVid", video: Timeline, question: str, options: "A
     """The plan for one question about ``video`` (see the module docstring for the rules)."""
     long_video = resolve_long_video(model, options.long)
     sampling = options.sampling(long_video)
-    sel = _Selector(model, video, question, long_video, candidates, history, template)
+    reserve = answer_space(model, options, sampling)
+    candidates = range_candidates(video, options, candidates)
+    sel = _Selector(model, video, question, long_video, candidates, history, template, reserve)
     if sel.available == 0:
         raise InputError(f"{video.source}: no frames to answer from")
     count = min(options.max_frames, sel.available) if options.max_frames else sel.available
     indices, prompt = sel.build(count)
     ctx = model.context_length
-    if fits(ctx, prompt.tokens, sampling):
+    if fits(ctx, prompt.tokens, sampling, reserve):
         return Plan(video.source, long_video, indices, count, sel.available, prompt, sampling)
     most = _most_frames(sel, count - 1, sampling) if count > 1 else 0
-    reserve = answer_reserve(sampling)
     if most == 0:
         alone = sel.build(1)[1].tokens - model.tokens_per_frame
         if alone + reserve >= ctx:
@@ -201,10 +264,11 @@ def most_frames(model: "LlamaVid", video: Timeline, question: str, options: "Ask
                 candidates: Sequence[int] | None = None) -> int:
     """How many of the candidate frames (spread evenly) fit one prompt for ``question`` (0: none)."""
     long_video = resolve_long_video(model, options.long)
-    sel = _Selector(model, video, question, long_video, candidates, (), None)
+    sampling = options.sampling(long_video)
+    candidates = range_candidates(video, options, candidates)
+    sel = _Selector(model, video, question, long_video, candidates, (), None, answer_space(model, options, sampling))
     if sel.available == 0:
         return 0
-    sampling = options.sampling(long_video)
-    if fits(model.context_length, sel.build(sel.available)[1].tokens, sampling):
+    if fits(model.context_length, sel.build(sel.available)[1].tokens, sampling, sel.reserve):
         return sel.available
     return _most_frames(sel, sel.available - 1, sampling) if sel.available > 1 else 0

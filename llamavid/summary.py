@@ -16,7 +16,7 @@ from .decoding import SamplingOptions
 from .errors import ContextOverflowError, InputError
 from .inputs import VideoInput
 from .options import AskOptions
-from .planning import answer_reserve, fits, most_frames, plan_question, resolve_long_video
+from .planning import answer_reserve, fits, most_frames, plan_question, range_candidates, resolve_long_video
 from .qa import Question, answer_questions
 
 SUMMARY_QUESTIONS = {
@@ -70,15 +70,18 @@ def _answer(model, vin: VideoInput, question: str, options: AskOptions, *, candi
 def summarize(model, vin: VideoInput, options: AskOptions | None = None, *, style: str = "brief",
               stream: Callable[[str], None] | None = None, on_segment: Callable[[Segment], None] | None = None,
               callbacks: Callbacks = NO_CALLBACKS, **overrides: Any) -> Summary:
-    """A summary of the whole video (every frame: a summary leaves nothing out, so ``max_frames`` is
-    ignored); a video too long for the context is cut into equal contiguous segments that each fit."""
+    """A summary of the whole video, or of ``--start``/``--end`` of it (every frame: a summary leaves
+    nothing out, so ``max_frames`` is ignored); a video too long for the context is cut into equal
+    contiguous segments that each fit. Segment times are those of the whole video."""
     t0 = time.perf_counter()
     if style not in SUMMARY_QUESTIONS:
         raise InputError(f"--style {style}: expected one of {', '.join(STYLES)}")
-    options = (options or AskOptions()).replace(strict_context=True, max_frames=None, **overrides)
+    options = (options or AskOptions()).replace(strict_context=True, max_frames=None, evidence=False, choices=None,
+                                                **overrides)
     question = SUMMARY_QUESTIONS[style]
-    n = vin.num_frames
-    stamps = vin.timestamps
+    frames = list(range_candidates(vin, options) or range(vin.num_frames))
+    n = len(frames)
+    stamps = vin.timestamps[frames]
     if most_frames(model, vin, question, options) >= n:
         result = _answer(model, vin, question, options, stream=stream, callbacks=callbacks)
         seg = Segment(float(stamps[0]), float(stamps[-1]), n, result.answer.text)
@@ -93,7 +96,7 @@ def summarize(model, vin: VideoInput, options: AskOptions | None = None, *, styl
     while pending:
         a, b = pending.pop(0)
         try:
-            result = _answer(model, vin, SEGMENT_QUESTION, options, candidates=range(a, b), callbacks=callbacks)
+            result = _answer(model, vin, SEGMENT_QUESTION, options, candidates=frames[a:b], callbacks=callbacks)
         except ContextOverflowError:
             if b - a < 2:
                 raise

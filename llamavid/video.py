@@ -1014,9 +1014,10 @@ def _in_order(decode: Callable[[Plan, int, threading.Event], Iterator[tuple[int,
 
 
 def sample_frames(path: str | os.PathLike, fps: float = 1.0, *, chunk_size: int = 32, start: int = 0,
-                  backend: str = "auto", on_warning: Warn | None = None,
+                  stop: int | None = None, backend: str = "auto", on_warning: Warn | None = None,
                   info: VideoInfo | None = None, workers: int | None = None) -> Iterator[FrameChunk]:
-    """Sampled frames from ``start`` on (a position in the sampled sequence), ``chunk_size`` at a time.
+    """Sampled frames from ``start`` up to ``stop`` (positions in the sampled sequence; ``stop`` None: to
+    the end), ``chunk_size`` at a time.
 
     ``workers``: threads decoding segments of the video at once (None: ``auto_workers``); the frames and
     timestamps are the same for any number. Problems are reported through ``on_warning`` when the
@@ -1025,7 +1026,9 @@ def sample_frames(path: str | os.PathLike, fps: float = 1.0, *, chunk_size: int 
     path = Path(path)
     warn = on_warning or (lambda _msg: None)
     fps = _check_fps(fps)
-    for name, value, low in (("chunk size", chunk_size, 1), ("start", start, 0)):
+    for name, value, low in (("chunk size", chunk_size, 1), ("start", start, 0), ("stop", stop, 0)):
+        if name == "stop" and value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise InputError(f"{name} {value!r}: must be an integer of at least {low}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -1037,7 +1040,7 @@ def sample_frames(path: str | os.PathLike, fps: float = 1.0, *, chunk_size: int 
         return
     plan = _plan(info, fps)
     problems = _Problems(path.name)
-    todo: Plan = [(k, i, t) for k, (i, t) in enumerate(plan)][start:]
+    todo: Plan = [(k, i, t) for k, (i, t) in enumerate(plan)][start:stop]
     if todo:
         n = auto_workers(info, len(todo)) if workers is None else workers
         if info.backend == "pyav" and _Index.of(info) is None or info.frame_times is None:

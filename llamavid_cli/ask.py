@@ -13,7 +13,7 @@ from llamavid.options import AskOptions
 from . import options as opt
 from .common import expand_inputs
 from .main import app
-from .output import Reporter, is_terminal, message, print_result, write_out
+from .output import Reporter, is_terminal, message, print_result, write_evidence, write_out
 
 
 @app.command()
@@ -66,6 +66,8 @@ def ask(
         result = ask_question(m, input, question, options, stream=stream if streaming else None,
                               callbacks=reporter.callbacks())
     print_result(result.to_json(), result.answer, json_out=json_out, streamed=streaming)
+    if not json_out:
+        write_evidence(result.evidence)
 
 
 def _batch_items(batch: str | None, input: str | None, question: str | None, options):

@@ -12,11 +12,11 @@ from llamavid.options import AskOptions
 
 from . import options as opt
 from .main import app
-from .output import Reporter, is_terminal, message, write_out
+from .output import Reporter, is_terminal, message, write_evidence, write_out
 
 
 @app.command()
-@opt.with_groups(opt.MODEL, opt.QUESTION)
+@opt.with_groups(opt.MODEL, opt.QUESTION.without("choices"))
 def chat(
     input: Annotated[str, typer.Argument(help="A video, image or .vidtok file.")],
     *,
@@ -24,7 +24,8 @@ def chat(
     options: AskOptions,
 ) -> None:
     """Talk about a video. On a terminal: line editing and history; piped: one question a line in, one
-    answer a line out. /reset, /save FILE.json and /quit work in both."""
+    answer a line out (with --evidence, each answer line is followed by an 'evidence: ...' line).
+    /reset, /save FILE.json and /quit work in both."""
     from llamavid.chat import ChatSession
     from llamavid.inputs import open_input
 
@@ -82,6 +83,7 @@ def _converse(session, lines, *, interactive: bool) -> None:
                 write_out("\n")
             continue
         write_out("\n" if interactive else " ".join(answer.text.splitlines()) + "\n")
+        write_evidence(answer.evidence)
 
 
 def _command(session, line: str) -> str | None:

@@ -45,13 +45,15 @@ def status_callbacks():
 def ask_options(*, fps: float = 1.0, max_frames: int | None = None, long: bool | None = None,
                 strict_context: bool = False, subtitles: Path | None = None, temperature: float | None = None,
                 top_p: float | None = None, max_new_tokens: int | None = None, seed: int | None = None,
-                no_cache: bool = False):
+                no_cache: bool = False, start: str | None = None, end: str | None = None, evidence: bool = False,
+                choices: list[str] | None = None):
     """The command line's question options, validated once (a bad value is a one-line error)."""
     from llamavid.options import AskOptions
 
     return AskOptions(fps=fps, max_frames=max_frames, long=long, strict_context=strict_context,
                       subtitles=str(subtitles) if subtitles is not None else None, temperature=temperature,
-                      top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, cache=not no_cache)
+                      top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, cache=not no_cache, start=start,
+                      end=end, evidence=evidence, choices=tuple(choices) if choices else None)
 
 
 def expand_inputs(inputs: Iterable[str], *, allow_vidtok: bool = False) -> list[Path]:

@@ -28,6 +28,7 @@ from .main import app
 from .output import Reporter, message, print_json, warn
 
 JUDGED = [name for name, spec in BENCHMARKS.items() if spec.judge_dimensions]
+EVAL_QUESTION = opt.QUESTION.without("start", "end", "evidence", "choices")  # a benchmark item carries its own
 
 eval_app = typer.Typer(
     no_args_is_help=True,
@@ -65,15 +66,18 @@ def _load_items(benchmark: str, files: opt.BenchmarkFiles):
 
 
 def _predict(benchmark: str, files: opt.BenchmarkFiles, output_for, model: opt.ModelChoice, options,
-             batch_size: int) -> tuple[Any, dict[str, Any]]:
+             batch_size: int, mcq: str) -> tuple[Any, dict[str, Any]]:
     """Predict a benchmark's items into ``output_for(spec)``: (the benchmark, the run's counts)."""
     from llamavid.batch import video_answerer
+    from llamavid.choices import MCQ_MODES
     from llamavid.errors import InputError
     from llamavid.eval import run_predictions
     from llamavid.fileio import ResumableJsonl
 
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
+    if mcq not in MCQ_MODES:
+        raise InputError(f"--mcq {mcq}: expected one of {', '.join(MCQ_MODES)}")
     spec, items = _load_items(benchmark, files)
     output = output_for(spec)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +94,7 @@ def _predict(benchmark: str, files: opt.BenchmarkFiles, output_for, model: opt.M
 
         # the bar counts items; encoding a video reports only its warnings
         answer = video_answerer(m, options, callbacks=Callbacks(warning=reporter.warning),
-                                questions_per_batch=batch_size)
+                                questions_per_batch=batch_size, mcq=mcq)
         stats = run_predictions(items, None, output, answer_batch_fn=answer,
                                 on_progress=lambda p: reporter.bar.set(p.done, p.total))
     message(f"llamavid: {spec.name}: {stats.written - stats.errors} answered, {stats.errors} failed, "
@@ -101,18 +105,19 @@ def _predict(benchmark: str, files: opt.BenchmarkFiles, output_for, model: opt.M
 
 
 @eval_app.command()
-@opt.with_groups(opt.BENCHMARK_FILES, opt.MODEL, opt.QUESTION)
+@opt.with_groups(opt.BENCHMARK_FILES, opt.MODEL, EVAL_QUESTION)
 def predict(
     benchmark: opt.Benchmark,
     output: Annotated[Path, typer.Option("-o", "--output", help="Predictions JSONL (a rerun skips the items already there).")],
     batch_size: opt.QuestionsPerBatch = 8,
+    mcq: opt.Mcq = "generate",
     *,
     files: opt.BenchmarkFiles,
     model: opt.ModelChoice,
     options: AskOptions,
 ) -> None:
     """Answer a benchmark's questions into a JSONL file; prints the run's counts as JSON."""
-    print_json(_predict(benchmark, files, lambda spec: output, model, options, batch_size)[1])
+    print_json(_predict(benchmark, files, lambda spec: output, model, options, batch_size, mcq)[1])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -294,12 +299,13 @@ def report(
 
 
 @eval_app.command()
-@opt.with_groups(opt.BENCHMARK_FILES, opt.MODEL, opt.QUESTION)
+@opt.with_groups(opt.BENCHMARK_FILES, opt.MODEL, EVAL_QUESTION)
 def run(
     benchmark: opt.Benchmark,
     out_dir: Annotated[Path, typer.Option(
         "--out-dir", help="Folder for BENCH.pred.jsonl, BENCH.judged.jsonl, BENCH.result.json and report.md/.json (a rerun resumes).")],
     batch_size: opt.QuestionsPerBatch = 8,
+    mcq: opt.Mcq = "generate",
     base_url: opt.BaseUrl = None,
     judge_model: opt.JudgeModel = None,
     api_key: opt.ApiKey = None,
@@ -314,7 +320,8 @@ def run(
     """Predict, judge (when the benchmark needs it), score and report in one go; prints the result as JSON."""
     from llamavid.eval import write_report
 
-    spec, _ = _predict(benchmark, files, lambda spec: out_dir / f"{spec.name}.pred.jsonl", model, options, batch_size)
+    spec, _ = _predict(benchmark, files, lambda spec: out_dir / f"{spec.name}.pred.jsonl", model, options, batch_size,
+                       mcq)
     pred_path = out_dir / f"{spec.name}.pred.jsonl"
     scored_path = pred_path
     if spec.judge_dimensions:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Callable, List, Optional
 
 import typer
 
-from llamavid.choices import DTYPE_CHOICES, KV_CACHE_CHOICES, QUANTIZE_CHOICES, SUMMARY_STYLES
+from llamavid.choices import DTYPE_CHOICES, KV_CACHE_CHOICES, MCQ_MODES, QUANTIZE_CHOICES, SUMMARY_STYLES
 from llamavid.eval.benchmarks import BENCHMARKS
 
 # -- the model ------------------------------------------------------------------------------------------------
@@ -59,10 +59,28 @@ StrictContext = Annotated[bool, typer.Option(
 NoCache = Annotated[bool, typer.Option(
     "--no-cache", help="Do not keep the video's features in the cache (encode into a temporary file).")]
 Style = Annotated[str, typer.Option("--style", help=f"Summary style: {', '.join(SUMMARY_STYLES)}.")]
+Start = Annotated[Optional[str], typer.Option(
+    "--start", help="Use the video from this time on: seconds or [HH:]MM:SS. Times in answers stay those of the whole video.")]
+End = Annotated[Optional[str], typer.Option(
+    "--end", help="Use the video up to this time (exclusive): seconds or [HH:]MM:SS.")]
+
+# -- what the answer carries ----------------------------------------------------------------------------------
+Evidence = Annotated[bool, typer.Option(
+    "--evidence", help="Also give the time ranges the answer rests on, best first "
+                       "(a line 'evidence: 00:24-00:30 (0.82), ...' after the answer; \"evidence\" in --json).")]
+Choice = Annotated[Optional[List[str]], typer.Option(
+    "--choice", help="An allowed answer (repeat for each option): the answer is the option the model finds "
+                     "likeliest (length-normalised log-likelihood); --json gives every option's score.")]
+Chapters = Annotated[bool, typer.Option(
+    "--chapters", help="Chapters instead of one summary: boundaries where the video's features change, a title "
+                       "and a summary for each; prints '00:00 Title' lines (--json: {\"chapters\": [...]}).")]
 
 # -- output ---------------------------------------------------------------------------------------------------
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout (JSON; JSONL for several records).")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an output file that holds something else.")]
+Mcq = Annotated[str, typer.Option(
+    "--mcq", help=f"Multiple-choice items: {' or '.join(MCQ_MODES)}. generate: ask with the options listed and read "
+                  "the letter from the reply; likelihood: score each option as the answer (as ask --choice does).")]
 QuestionsPerBatch = Annotated[int, typer.Option(
     "--batch-size", help="Questions about one video answered together (one pass through the model).")]
 
@@ -143,7 +161,8 @@ MODEL = Group("model", _options(model=(Model, None), device=(Device, None), dtyp
 QUESTION = Group("options", _options(
     temperature=(Temperature, None), top_p=(TopP, None), max_new_tokens=(MaxNewTokens, None), seed=(Seed, None),
     fps=(Fps, 1.0), max_frames=(MaxFrames, None), subtitles=(Subtitles, None), long=(Long, None),
-    strict_context=(StrictContext, False), no_cache=(NoCache, False)), _ask_options)
+    strict_context=(StrictContext, False), no_cache=(NoCache, False), start=(Start, None), end=(End, None),
+    evidence=(Evidence, False), choices=(Choice, None)), _ask_options)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,14 @@ def print_result(record: dict, text: str, *, json_out: bool, streamed: bool) -> 
         write_out("\n" if streamed else text + "\n")
 
 
+def write_evidence(ranges) -> None:
+    """The line ``evidence: 00:24-00:30 (0.82), ...`` after an answer that was asked for its evidence."""
+    if ranges is not None:
+        from llamavid.evidence import format_ranges
+
+        write_out(f"evidence: {format_ranges(ranges)}\n")
+
+
 def write_out(text: str) -> None:
     """Answer text on stdout, flushed (streamed answers arrive piece by piece)."""
     sys.stdout.write(text)

@@ -56,7 +56,7 @@ def videos(tmp_path) -> Path:
 def test_registry_names():
     assert list(BENCHMARKS) == [
         "msvd-qa", "msrvtt-qa", "activitynet-qa", "videochatgpt-general", "videochatgpt-temporal",
-        "videochatgpt-consistency", "videomme", "egoschema", "mvbench", "synthetic",
+        "videochatgpt-consistency", "videomme", "egoschema", "mvbench", "synthetic", "synthetic-mc",
     ]
 
 

@@ -312,6 +312,13 @@ def test_sampling_options_are_honoured(main, model_id):
     fewer = ask(client, model_id, "clip.mp4", QUESTIONS[0], extra_body={"max_frames": 1, "fps": 1})
     assert fewer.model_extra["llamavid"]["frames"] == 1
     assert fewer.usage.prompt_tokens < ask(client, model_id, "clip.mp4", QUESTIONS[0]).usage.prompt_tokens
+    # evidence, choices and a time range, as batch lines take them
+    pointed = ask(client, model_id, "clip.mp4", QUESTIONS[0], extra_body={"evidence": True, "start": 1})
+    ranges = pointed.model_extra["llamavid"]["evidence"]
+    assert ranges and all(1.0 <= r["start"] <= r["end"] for r in ranges)
+    chosen = ask(client, model_id, "clip.mp4", QUESTIONS[0], extra_body={"choices": ["red", "blue", "green"]})
+    assert chosen.choices[0].message.content in ("red", "blue", "green")
+    assert [c["choice"] for c in chosen.model_extra["llamavid"]["choices"]] == ["red", "blue", "green"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -351,7 +358,9 @@ def _refusal_cases(media: Path, tmp: Path):
         ("data URL of another type", chat("data:text/plain;base64,aGk=", part="image_url"), 400, "unsupported_media_type", None),
         ("body too large", chat("clip.mp4", question="x" * 1_100_000), 413, "request_too_large", None),
         ("n > 1", chat("clip.mp4", n=2), 400, None, "n"),
-        ("unknown field (an option not merged yet)", chat("clip.mp4", evidence=True), 400, "unknown_field", "evidence"),
+        ("unknown field", chat("clip.mp4", colour="red"), 400, "unknown_field", "colour"),
+        ("evidence of the wrong type", chat("clip.mp4", evidence="yes"), 400, None, "evidence"),
+        ("a range past the end", chat("clip.mp4", start=3600), 400, None, None),
         ("option of the wrong type", chat("clip.mp4", fps="2"), 400, None, "fps"),
         ("option out of range", chat("clip.mp4", max_tokens=0), 400, None, "max_tokens"),
         ("temperature of the wrong type", chat("clip.mp4", temperature="hot"), 400, None, "temperature"),

@@ -6,6 +6,8 @@ Every answer is determined by what is drawn, so accuracy means something:
     single    one shape moving across the frame for 4 s        -> colour, shape
     sequence  1-3 shapes one after another (2 s each, 1 s gap) -> count, first colour, last colour
     needle    a long quiet video with ONE frame showing a shape -> its colour (the long-video test)
+    window    a quiet video with ONE shape on screen for a few seconds -> colour, shape; and WHEN (evidence)
+    scenes    3-6 scenes of 10-20 s, each its own backdrop and shape      -> where the scenes change (chapters)
 
 Clips also carry a subtitle line (a code word), asked about with the long-video prompt, which shows
 each frame's subtitle text. Videos are 224x224 (the vision encoder's input size) at 4 frames/s, so the
@@ -69,6 +71,7 @@ class Clip:
     events: list[ShapeEvent]
     subtitles: list[tuple[float, float, str]] = field(default_factory=list)
     qa: list[tuple[str, str, str]] = field(default_factory=list)  # (question type, question, answer)
+    scenes: list[tuple[float, int]] = field(default_factory=list)  # (start, backdrop grey level); none: one backdrop
 
 
 # -- drawing ---------------------------------------------------------------------------------------
@@ -114,11 +117,22 @@ def render_frame(clip: Clip, t: float, backdrop: np.ndarray) -> np.ndarray:
     return np.clip(frame, 0, 255).astype(np.uint8)
 
 
+def scene_backdrops(clip: Clip, seed: int) -> list[tuple[float, np.ndarray]]:
+    """(start, backdrop) of each scene; a clip without scenes has its one backdrop from 0 s."""
+    if not clip.scenes:
+        return [(0.0, background(clip, seed))]
+    out = []
+    for k, (start, level) in enumerate(clip.scenes):
+        scene = Clip(clip.id, clip.kind, clip.seconds, clip.fps, level, [])
+        out.append((start, background(scene, seed + 7919 * (k + 1))))
+    return out
+
+
 def write_clip(clip: Clip, path: str | os.PathLike, *, seed: int = 0) -> Path:
     """Render every frame and pipe it to ffmpeg (H.264, yuv420p); the file appears atomically."""
     path = Path(path)
     tmp = path.with_name(path.name + ".part" + path.suffix)
-    backdrop = background(clip, seed)
+    backdrops = scene_backdrops(clip, seed)
     n = int(round(clip.seconds * clip.fps))
     cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
            "-s", f"{SIZE}x{SIZE}", "-r", f"{clip.fps:g}", "-i", "-", "-c:v", "libx264", "-preset", "ultrafast",
@@ -126,7 +140,9 @@ def write_clip(clip: Clip, path: str | os.PathLike, *, seed: int = 0) -> Path:
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdin is not None
     for i in range(n):
-        proc.stdin.write(render_frame(clip, i / clip.fps, backdrop).tobytes())
+        t = i / clip.fps
+        backdrop = [b for start, b in backdrops if start <= t + 1e-9][-1]
+        proc.stdin.write(render_frame(clip, t, backdrop).tobytes())
     proc.stdin.close()
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.wait() != 0:
@@ -205,6 +221,46 @@ def needle_clip(rng: np.random.Generator, clip_id: str, seconds: int) -> Clip:
     return clip
 
 
+def window_clip(rng: np.random.Generator, clip_id: str, *, seconds: tuple[int, int] = (12, 24),
+                window: tuple[int, int] = (2, 4)) -> Clip:
+    """A quiet video of ``seconds`` (whole seconds) in which ONE shape is on screen for a window of
+    ``window`` whole seconds, not at the very start or end: the evidence test (when is the answer shown?)."""
+    length = int(rng.integers(seconds[0], seconds[1] + 1))
+    width = int(rng.integers(window[0], window[1] + 1))
+    at = int(rng.integers(1, length - width))
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    color = list(COLORS)[int(rng.integers(len(COLORS)))]
+    clip = Clip(clip_id, "window", float(length), NATIVE_FPS, int(rng.integers(15, 70)),
+                [_event(rng, shape, color, float(at), float(at + width))])
+    clip.qa = [("color", _ask(rng, "color"), color), ("shape", _ask(rng, "shape"), shape)]
+    return clip
+
+
+def scene_clip(rng: np.random.Generator, clip_id: str, *, scenes: tuple[int, int] = (3, 6),
+               scene_seconds: tuple[float, float] = (10.0, 20.0)) -> Clip:
+    """Scenes one after another, each with its own backdrop and its own shape moving all through it.
+
+    Scene changes fall on any tenth of a second (not only on sampled frames); neighbouring scenes differ
+    in colour and backdrop. The chapter test: find where the scenes change.
+    """
+    k = int(rng.integers(scenes[0], scenes[1] + 1))
+    colors = list(COLORS)
+    events, cuts, t = [], [], 0.0
+    previous = None
+    for i in range(k):
+        length = round(float(rng.uniform(*scene_seconds)), 1)
+        color = colors[int(rng.integers(len(colors)))]
+        while color == previous:
+            color = colors[int(rng.integers(len(colors)))]
+        previous = color
+        level = int(rng.integers(15, 110))
+        events.append(_event(rng, SHAPES[int(rng.integers(len(SHAPES)))], color, t, t + length))
+        cuts.append((t, level))
+        t = round(t + length, 1)
+    clip = Clip(clip_id, "scenes", t, NATIVE_FPS, cuts[0][1], events, scenes=cuts)
+    return clip
+
+
 # -- datasets --------------------------------------------------------------------------------------
 
 SPLIT_SEEDS = {"train": 1000, "test": 2000}
@@ -223,6 +279,42 @@ def make_clips(split: str, *, n_single: int, n_sequence: int, n_needle: int = 0,
             length = int(needle_seconds)
         clips.append(needle_clip(rng, f"{split}-needle-{i:04d}", length))
     return clips
+
+
+EXTRA_SEEDS = {"window": 300, "scenes": 400}  # added to the split's seed: new designs never shift the old ones
+
+
+def make_extra_clips(split: str, kind: str, n: int, *, seed: int = 0, **design) -> list[Clip]:
+    """``n`` clips of a design added after the original set (``window`` or ``scenes``), drawn from their
+    own seed so that the clips of ``make_clips`` stay exactly as they were."""
+    make = {"window": window_clip, "scenes": scene_clip}[kind]
+    rng = np.random.default_rng(SPLIT_SEEDS[split] + EXTRA_SEEDS[kind] + seed)
+    return [make(rng, f"{split}-{kind}-{i:04d}", **design) for i in range(n)]
+
+
+CHOICE_POOLS = {"color": tuple(COLORS), "shape": SHAPES, "count": NUMBERS[1:], "first": tuple(COLORS),
+                "last": tuple(COLORS)}
+
+
+def choice_items(items: list[dict], *, n_options: int = 4, seed: int = 0) -> list[dict]:
+    """Multiple-choice versions of the questions whose answers come from a fixed pool (colour, shape,
+    count, first, last): the right answer and distractors from its pool, in a random order.
+
+    Items: {"id", "video", "question", "options", "answer" (the right option's letter), "question_type"}.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for item in items:
+        pool = CHOICE_POOLS.get(item["question_type"])
+        if pool is None:
+            continue
+        others = [o for o in pool if o != item["answer"]]
+        picked = [others[i] for i in rng.permutation(len(others))[: n_options - 1]] + [item["answer"]]
+        options = [picked[i] for i in rng.permutation(len(picked))]
+        question = item["conversations"][0]["value"].replace("<image>", "").strip()
+        out.append({"id": item["id"], "video": item["video"], "question": question, "options": options,
+                    "answer": "ABCDEFGH"[options.index(item["answer"])], "question_type": item["question_type"]})
+    return out
 
 
 def write_split(clips: list[Clip], folder: str | os.PathLike, *, on_progress: Callable[[int, int], None] | None = None,

@@ -581,6 +581,26 @@ def _load_synthetic(paths: list[Path], video_dir: Path | None) -> list[EvalItem]
     return items
 
 
+def _load_synthetic_mc(paths: list[Path], video_dir: Path | None) -> list[EvalItem]:
+    """llamavid's multiple-choice synthetic set (``mc.json``, see ``llamavid.data.synthetic.choice_items``):
+    [{"id", "video", "question", "options": [texts], "answer": "B", "question_type"}]."""
+    (path,) = paths
+    videos, unique = _VideoResolver(video_dir), _UniqueIds()
+    items = []
+    for index, record in enumerate(_read_records(path)):
+        options = _strip_option_prefixes(path, record, record.data.get("options"))
+        answer = _text(path, record, "answer", required=False)
+        raw_id = _text(path, record, "id", required=False)
+        video = _text(path, record, "video")
+        items.append(_choice_item(
+            item_id=unique(raw_id if raw_id is not None else str(index)), video=videos(video),
+            question=_text(path, record, "question"), options=options,
+            answer_index=None if answer is None else _letter_index(path, record, answer, len(options)),
+            extra={"video_name": video,
+                   "question_type": _text(path, record, "question_type", required=False) or "unknown"}))
+    return items
+
+
 # ----------------------------------------------------------------------------------------------------
 # The registry
 
@@ -607,6 +627,7 @@ BENCHMARKS: Mapping[str, BenchmarkSpec] = MappingProxyType(
             BenchmarkSpec("egoschema", "EgoSchema", "choice", "questions.json [subset_answers.json]", 1, 2, _load_egoschema),
             BenchmarkSpec("mvbench", "MVBench", "choice", "one or more task .json files", 1, 64, _load_mvbench),
             BenchmarkSpec("synthetic", "llamavid synthetic", "exact", "a LLaVA-style .json list", 1, 1, _load_synthetic),
+            BenchmarkSpec("synthetic-mc", "llamavid synthetic (multiple choice)", "choice", "mc.json", 1, 1, _load_synthetic_mc),
         )
     }
 )

@@ -1,6 +1,6 @@
 """The recipe of the built-in ``demo`` model: a small LLaMA-VID trained from scratch on the synthetic set.
 
-    python -m llamavid.train.demo train --data runs/data --output runs/demo [--ship]   # 24 min, 2 CPU cores
+    python -m llamavid.train.demo train --data runs/data --output runs/demo [--ship]   # ~28 min, 2 CPU cores
     python -m llamavid.train.demo evaluate --model demo --output docs/RESULTS.md
 
 What ``train`` does, in order (each step skips work a previous, interrupted run already finished):
@@ -15,6 +15,10 @@ What ``train`` does, in order (each step skips work a previous, interrupted run 
              ``llamavid train``): 1 projectors, 2 projectors+QFormer+LLM, 3 long video (movie prompt,
              subtitles, needle videos; QFormer frozen). A model trained from scratch needs larger learning
              rates than the seed's fine-tuning ones; they are set here and recorded in the run folder.
+             Then stage 4 (ours, trained like stage 3): "window" clips, a quiet 12-24 s video with one
+             shape on screen for 2-4 s, plus a replay of the stage 1-3 questions, so that the model finds
+             the few frames that matter in a longer video (what ``ask --evidence`` measures). Stages 1-3
+             see exactly the data they saw before the window clips were added.
 6. export    safetensors in bfloat16 with the vision encoder embedded; ``--ship`` copies it into
              ``llamavid/assets/demo`` where ``--model demo`` finds it.
 """
@@ -64,6 +68,11 @@ class DemoRecipe:
     stage1: dict = field(default_factory=lambda: {"epochs": 0.5, "batch_size": 16, "micro_batch_size": 8, "learning_rate": 1e-3})
     stage2: dict = field(default_factory=lambda: {"epochs": 3, "batch_size": 16, "micro_batch_size": 8, "learning_rate": 6e-4})
     stage3: dict = field(default_factory=lambda: {"epochs": 2, "batch_size": 8, "micro_batch_size": 2, "learning_rate": 1.5e-4})
+    n_window: int = 150  # stage 4: window clips (two questions each) ...
+    window_seconds: tuple[int, int] = (12, 24)
+    window_width: tuple[int, int] = (2, 4)
+    window_replay: int = 2  # ... and this many replayed stage 1-3 questions per window question
+    stage4: dict = field(default_factory=lambda: {"epochs": 2, "batch_size": 16, "micro_batch_size": 8, "learning_rate": 1e-4})
     seed: int = 0
 
 
@@ -77,26 +86,34 @@ def log(msg: str) -> None:
 def make_data(root: Path, r: DemoRecipe) -> tuple[Path, Path]:
     train = syn.make_clips("train", n_single=r.n_single, n_sequence=r.n_sequence, n_needle=r.n_needle,
                            needle_seconds=r.needle_train_seconds, seed=r.seed)
+    train += syn.make_extra_clips("train", "window", r.n_window, seed=r.seed, seconds=tuple(r.window_seconds),
+                                  window=tuple(r.window_width))
     test = syn.make_clips("test", n_single=r.n_test_single, n_sequence=r.n_test_sequence, n_needle=r.n_test_needle,
                           needle_seconds=r.test_needle_seconds, seed=r.seed)
     return syn.write_split(train, root / "train"), syn.write_split(test, root / "test")
 
 
-def split_items(qa_json: Path, root: Path) -> dict[str, Path]:
+def split_items(qa_json: Path, root: Path, replay_per_window: int = 2) -> dict[str, Path]:
     """qa.json -> per-stage files.
 
     Stages 1-2 see the short-video questions and the subtitle questions (the latter with the movie
     prompt, as the published stage 2 mixed in long-video data); stage 3 sees the needle videos plus a
-    replay of the rest, so that what stage 2 taught is not forgotten.
+    replay of the rest, so that what stage 2 taught is not forgotten. Stage 4 sees the window clips plus
+    a replay of stage 1-2 questions (``window_replay`` per window question); the window clips are kept
+    out of stages 1-3, which therefore see exactly what they saw before the window clips existed.
     """
     items = json.loads(qa_json.read_text())
+    window = [i for i in items if "-window-" in i["id"]]
+    items = [i for i in items if "-window-" not in i["id"]]
     needle = [i for i in items if i["question_type"] == "needle"]
     rest = [i for i in items if i["question_type"] != "needle"]
     short = [i for i in rest if not i["long"]]
     rng = np.random.default_rng(0)
     replay = [rest[k] for k in rng.permutation(len(rest))[: max(1, 8 * len(needle))]]
+    rng4 = np.random.default_rng(4)
+    replay4 = [rest[k] for k in rng4.permutation(len(rest))[: replay_per_window * len(window)]]
     out = {}
-    for name, data in (("stage1", short), ("stage2", rest), ("stage3", needle + replay)):
+    for name, data in (("stage1", short), ("stage2", rest), ("stage3", needle + replay), ("stage4", window + replay4)):
         path = root / f"{name}.json"
         path.write_text(json.dumps(data) + "\n")
         out[name] = path
@@ -217,12 +234,14 @@ def train_vision(path: Path, r: DemoRecipe) -> Path:
 
 # -- 4-6. model, stages, export --------------------------------------------------------------------
 
-def run_stage(number: int, data: Path, start: str, out: Path, features: Path, settings: dict, *, seed: int) -> str:
+def run_stage(number: int, data: Path, start: str, out: Path, features: Path, settings: dict, *, seed: int,
+              like: int | None = None) -> str:
+    """One stage; ``like``: the published stage whose parameters it trains (default: ``number``)."""
     from .trainer import TrainConfig, train
 
     if (out / "model" / "config.json").is_file() and (out / "train_config.json").is_file():
         return str(out / "model")
-    cfg = TrainConfig(stage=number, data=[str(data)], model=start, output=str(out), feature_cache=str(features),
+    cfg = TrainConfig(stage=like or number, data=[str(data)], model=start, output=str(out), feature_cache=str(features),
                       seed=seed, save_steps=10_000, warmup_ratio=0.05, log_every=20, **settings)
 
     def on_log(record: dict) -> None:
@@ -246,7 +265,7 @@ def export_demo(model_dir: str, dest: Path) -> Path:
 
 
 def train_demo(output: Path, r: DemoRecipe, *, data_root: Path, ship: bool = False, token_types: str = "both",
-               stages: tuple[int, ...] = (1, 2, 3), reuse: Path | None = None) -> Path:
+               stages: tuple[int, ...] = (1, 2, 3, 4), reuse: Path | None = None) -> Path:
     from .scratch import ModelSizes, init_checkpoint
 
     t0 = time.perf_counter()
@@ -254,7 +273,7 @@ def train_demo(output: Path, r: DemoRecipe, *, data_root: Path, ship: bool = Fal
     (output / "recipe.json").write_text(json.dumps(asdict(r), indent=2) + "\n")
     log(f"data -> {data_root}")
     train_qa, _ = make_data(data_root, r)
-    parts = split_items(train_qa, data_root / "train")
+    parts = split_items(train_qa, data_root / "train", r.window_replay)
     log(f"data ready ({time.perf_counter() - t0:.0f} s)")
     features = output / "features"
     if reuse is not None:
@@ -279,6 +298,8 @@ def train_demo(output: Path, r: DemoRecipe, *, data_root: Path, ship: bool = Fal
         model = run_stage(2, parts["stage2"], model, output / "stage2", features, r.stage2, seed=r.seed)
     if 3 in stages:
         model = run_stage(3, parts["stage3"], model, output / "stage3", features, r.stage3, seed=r.seed)
+    if 4 in stages:  # window clips, trained like stage 3 (projectors + LLM)
+        model = run_stage(4, parts["stage4"], model, output / "stage4", features, r.stage4, seed=r.seed, like=3)
     final = export_demo(model, output / "demo")
     log(f"trained in {time.perf_counter() - t0:.0f} s; model: {final}")
     (output / "timing.json").write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1)}) + "\n")
@@ -298,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--data", type=Path, default=Path("runs/data"), help="where the synthetic set is written (shared by runs)")
     t.add_argument("--ship", action="store_true", help="copy the result into llamavid/assets/demo")
     t.add_argument("--token-types", default="both", choices=["both", "context", "content"])
-    t.add_argument("--stages", default="1,2,3")
+    t.add_argument("--stages", default="1,2,3,4")
     t.add_argument("--reuse", type=Path, default=None, help="take the vision encoder, tokenizers and features of this run")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override a recipe field")
@@ -306,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--model", default="demo")
     e.add_argument("--data", type=Path, default=Path("runs/data"))
     e.add_argument("--ablation", nargs="*", default=[], metavar="TYPE=MODEL")
+    e.add_argument("--ablation-from", type=Path, default=None, metavar="RESULTS.json",
+                   help="carry over the token-type ablation of an earlier evaluation (stages 1-2 unchanged)")
     e.add_argument("--output", "-o", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.command == "train":
@@ -320,7 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from .demo_eval import evaluate
 
-        evaluate(args.model, args.data, ablation=dict(a.split("=", 1) for a in args.ablation), output=args.output)
+        evaluate(args.model, args.data, ablation=dict(a.split("=", 1) for a in args.ablation), output=args.output,
+                 ablation_from=args.ablation_from)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""What the demo model learned: held-out accuracy per question type, token-type ablation, the needle test.
+"""What the demo model learned: held-out accuracy per question type, token-type ablation, the needle test,
+and what points into the video (evidence ranges, multiple choice, chapters; see pointing_eval.py).
 
     python -m llamavid.train.demo evaluate --model demo --data runs/data \\
         [--ablation context=runs/abl-context/demo content=runs/abl-content/demo both=runs/abl-both/demo] \\
@@ -67,7 +68,10 @@ def accuracy(records: list[dict]) -> dict[str, dict]:
     return table
 
 
-def evaluate(model_name: str, data: Path, *, ablation: dict[str, str] | None = None, output: Path | None = None) -> dict:
+def evaluate(model_name: str, data: Path, *, ablation: dict[str, str] | None = None, output: Path | None = None,
+             pointing: bool = True, ablation_from: Path | None = None) -> dict:
+    """``ablation_from``: a previous RESULTS.json whose token-type ablation is carried over (the ablation
+    models train stages 1-2 only, so a change to later stages leaves them as they were)."""
     from ..loading import load_model
 
     t0 = time.perf_counter()
@@ -81,16 +85,26 @@ def evaluate(model_name: str, data: Path, *, ablation: dict[str, str] | None = N
     result = {"model": model_name, "accuracy": accuracy(records), "records": records,
               "needle_frames": sorted({r["frames"] for r in records if r["type"] == "needle"})}
     result["ablation"] = {}
+    if ablation_from is not None:
+        result["ablation"] = json.loads(Path(ablation_from).read_text())["ablation"]
+        result["ablation_from"] = str(ablation_from)
     for kind, path in (ablation or {}).items():
         sys.stderr.write(f"ablation: {kind} ({path})\n")
         m = load_model(path, device="cpu", dtype="float32")
         result["ablation"][kind] = accuracy(run_items(m, short, root))
+    if pointing:
+        from .pointing_eval import evaluate_chapters, evaluate_choices, evaluate_evidence
+
+        result["evidence"] = evaluate_evidence(model, data)
+        result["choices"] = evaluate_choices(model, data)
+        result["chapters"] = evaluate_chapters(model, data)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     if output is not None:
         output = Path(output)
         output.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
         output.write_text(render_markdown(result))
-    print(json.dumps({k: v for k, v in result.items() if k != "records"}, indent=1))
+    print(json.dumps({k: (v["summary"] if k == "evidence" else v) for k, v in result.items() if k != "records"},
+                     indent=1))
     return result
 
 
@@ -114,11 +128,16 @@ def render_markdown(result: dict) -> str:
         kinds = list(result["ablation"])
         lines += ["", "## Token-type ablation (the paper's Table 4, in miniature)", "",
                   "The same recipe trained three times, each model keeping one kind of visual token per frame "
-                  "(`token_types` in config.json), evaluated on the same held-out short-video questions.", "",
+                  "(`token_types` in config.json), evaluated on the same held-out short-video questions."
+                  + (" (Carried over from the previous evaluation: these models run stages 1-2 only, which the "
+                     "later recipe changes leave bit for bit as they were.)" if result.get("ablation_from") else ""), "",
                   "| question type | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
         for qtype in SHORT_TYPES:
             cells = [f"{result['ablation'][k][qtype]['accuracy']:.1f}%" if qtype in result["ablation"][k] else "-" for k in kinds]
             lines.append(f"| {qtype} | " + " | ".join(cells) + " |")
+    from .pointing_eval import render as render_pointing
+
+    lines += render_pointing(result)
     wrong = [r for r in result["records"] if not r["correct"]][:12]
     if wrong:
         lines += ["", "## Some wrong answers", "", "| id | question | expected | answer |", "|---|---|---|---|"]
