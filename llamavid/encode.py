@@ -303,14 +303,23 @@ def encode_file(
     except InputError:
         # Nothing can be written there (so no run can be writing there either); a current output still serves.
         if not opts.force:
-            state = check_output(out, source_hash, identity, opts.fps, opts.storage, verify=opts.verify,
-                                 time_range=opts.time_range)
-            if state.status == "current":
-                return EncodeResult(str(src), str(out), "skipped", frames=state.frames, backend=info.backend,
-                                    seconds=time.perf_counter() - t0)
+            _, skipped = _output_state(src, out, opts, info, identity, source_hash, t0)
+            if skipped is not None:
+                return skipped
         raise
     with locking.exclusive(out, on_wait=on_wait or on_warning):
         return _encode_locked(encoder, src, out, opts, info, identity, source_hash, t0, on_progress, on_warning)
+
+
+def _output_state(src: Path, out: Path, opts: EncodeOptions, info: video.VideoInfo, identity: dict,
+                  source_hash: str, t0: float) -> tuple[OutputState, EncodeResult | None]:
+    """The existing output's state for this job, and the "skipped" result when it is already up to date."""
+    state = check_output(out, source_hash, identity, opts.fps, opts.storage, verify=opts.verify,
+                         time_range=opts.time_range)
+    if state.status != "current":
+        return state, None
+    return state, EncodeResult(str(src), str(out), "skipped", frames=state.frames, backend=info.backend,
+                               seconds=time.perf_counter() - t0)
 
 
 def _encode_locked(encoder: VisionEncoder, src: Path, out: Path, opts: EncodeOptions, info: video.VideoInfo,
@@ -319,11 +328,9 @@ def _encode_locked(encoder: VisionEncoder, src: Path, out: Path, opts: EncodeOpt
     """``encode_file`` once it holds the output's lock."""
     notes: list[str] = []
     if not opts.force:
-        state = check_output(out, source_hash, identity, opts.fps, opts.storage, verify=opts.verify,
-                                 time_range=opts.time_range)
-        if state.status == "current":
-            return EncodeResult(str(src), str(out), "skipped", frames=state.frames, backend=info.backend,
-                                seconds=time.perf_counter() - t0)
+        state, skipped = _output_state(src, out, opts, info, identity, source_hash, t0)
+        if skipped is not None:
+            return skipped
         _refuse_foreign(out, state, identity)
         if state.status == "damaged":
             notes.append(f"{state.problem}; encoding it again")
