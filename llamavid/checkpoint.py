@@ -265,8 +265,9 @@ def user_cache_dir() -> Path:
 
 
 def vision_tower_candidates(configured: str | None, ckpt: Path) -> list[Path]:
-    """Places an ``eva_vit_g.pth`` may be, in order: the config's path (as given, then relative to the
-    checkpoint), the checkpoint directory, and the user cache."""
+    """Places a checkpoint's own ``eva_vit_g.pth`` may be, in order: the config's path (as given, then
+    relative to the checkpoint), the checkpoint directory. (The user cache's copy is a last resort, after
+    an embedded copy: see ``loading.resolve_vision_weights``.)"""
     out: list[Path] = []
     if configured:
         p = Path(configured).expanduser()
@@ -275,7 +276,6 @@ def vision_tower_candidates(configured: str | None, ckpt: Path) -> list[Path]:
             out.append(ckpt / p)
         out.append(ckpt / p.name)
     out.append(ckpt / VISION_TOWER_NAME)
-    out.append(user_cache_dir() / VISION_TOWER_NAME)
     seen: set[Path] = set()
     return [p for p in out if not (p in seen or seen.add(p))]
 

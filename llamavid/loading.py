@@ -37,8 +37,11 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
 def resolve_vision_weights(
     explicit: str | os.PathLike | None, cfg: LlamaVidConfig, ckpt: Path, embedded: Mapping[str, torch.Tensor]
 ) -> VisionWeights:
-    """Explicit path, else an ``eva_vit_g.pth`` found where the config or the cache says, else the copy
-    embedded in the checkpoint, else the public URL (downloaded into the user cache on first use)."""
+    """Explicit path, else an ``eva_vit_g.pth`` where the config says or beside the checkpoint, else the copy
+    embedded in the checkpoint, else the public file in the user cache (downloaded there on first use).
+
+    The cache comes after the embedded copy: a checkpoint that carries its own (e.g. the small ``demo``
+    encoder) must not pick up the real EVA ViT-g another model left in the cache."""
     size = cfg.image_size
     if explicit is not None:
         path = Path(explicit).expanduser()
@@ -47,13 +50,24 @@ def resolve_vision_weights(
         return _checked(VisionWeights(str(path), lambda: read_lavis_weights(path), size))
     for path in ckpt_io.vision_tower_candidates(cfg.mm_vision_tower, ckpt):
         if path.is_file():
-            return _checked(VisionWeights(str(path), lambda p=path: read_lavis_weights(p), size))
+            weights = VisionWeights(str(path), lambda p=path: read_lavis_weights(p), size)
+            if embedded and not _same_width(weights.state_dict(), embedded):
+                continue  # another model's encoder (say the real EVA ViT-g where a small checkpoint's config points)
+            return _checked(weights)
     if embedded:
         return _checked(VisionWeights(f"{ckpt} (embedded vision tower)", lambda: embedded, size))
     dest = ckpt_io.user_cache_dir() / ckpt_io.VISION_TOWER_NAME
+    if dest.is_file():
+        return _checked(VisionWeights(str(dest), lambda: read_lavis_weights(dest), size))
     return VisionWeights(
         str(dest), lambda: read_lavis_weights(ckpt_io.download_vision_tower(PUBLIC_WEIGHTS_URL, dest)), size
     )
+
+
+def _same_width(found: Mapping[str, torch.Tensor], embedded: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a vision-tower file is the same encoder shape as the checkpoint's embedded copy."""
+    key = "patch_embed.proj.weight"
+    return key not in found or key not in embedded or tuple(found[key].shape) == tuple(embedded[key].shape)
 
 
 def _checked(weights: VisionWeights) -> VisionWeights:

@@ -218,6 +218,32 @@ def test_embedded_vision_tower_used_when_no_file(tmp_path, monkeypatch):
     assert (model.encode_images(pixels) - expected).abs().max().item() < 1e-4
 
 
+def test_an_embedded_vision_tower_wins_over_another_in_the_user_cache(tmp_path, tiny, monkeypatch):
+    """The user cache's eva_vit_g.pth (left there by another model) is a last resort: a checkpoint that
+    carries its own encoder keeps it; one without falls back to the cache's file."""
+    from llamavid.checkpoint import user_cache_dir
+
+    other = build_tiny_checkpoint(tmp_path / "other", seed=7)
+    cached = user_cache_dir() / "eva_vit_g.pth"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(other.vision_path.read_bytes())
+    fx = build_tiny_checkpoint(tmp_path / "full", embed_vision=True)
+    monkeypatch.chdir(tmp_path)  # the configs' ./model_zoo/... paths resolve to nothing from here
+    model = llamavid.load_model(fx.path)
+    assert "embedded" in model.vision_weights.description
+    # a config pointing at an encoder of another width (the real EVA ViT-g beside a small model) is passed over
+    from checkpoint_fixture import make_eva_state_dict
+
+    wide = tmp_path / "wide" / "eva_vit_g.pth"
+    wide.parent.mkdir()
+    torch.save(make_eva_state_dict(torch.Generator().manual_seed(1), width=176, blocks=3, mlp=704), wide)
+    config = json.loads((fx.path / "config.json").read_text())
+    (fx.path / "config.json").write_text(json.dumps({**config, "mm_vision_tower": str(wide)}))
+    assert "embedded" in llamavid.load_model(fx.path).vision_weights.description
+    plain = llamavid.load_model(tiny.path)  # no embedded copy, its own file not found: the cache's
+    assert plain.vision_weights.description == str(cached)
+
+
 def test_vision_tower_found_through_config_path(tiny, monkeypatch):
     """The config says ./model_zoo/LAVIS/eva_vit_g.pth relative to the working directory, as published."""
     monkeypatch.chdir(tiny.path.parent)
