@@ -63,3 +63,16 @@ def test_readme_example_answers(capsys):
     out = _ask(capsys, EXAMPLES / "red-circle.mp4", "What color is the shape?")
     assert out["answer"].strip().lower().startswith("red")
     assert out["frames"] == 4
+
+
+def test_regenerating_the_results_keeps_the_sections_other_scripts_measured(tmp_path):
+    from llamavid.train.demo_eval import KEPT_MARKER, _kept_sections
+
+    results = tmp_path / "RESULTS.md"
+    assert _kept_sections(results) == ""  # no file yet
+    results.write_text("# Results\n\nold generated part\n")
+    assert _kept_sections(results) == ""  # nothing kept: all of it is regenerated
+    results.write_text(f"# Results\n\nold generated part\n\n{KEPT_MARKER}\n\n## KV cache\n\n| a | b |\n")
+    kept = _kept_sections(results)
+    assert kept.startswith(f"\n{KEPT_MARKER}") and kept.endswith("## KV cache\n\n| a | b |\n")
+    assert "old generated part" not in kept

@@ -101,11 +101,24 @@ def evaluate(model_name: str, data: Path, *, ablation: dict[str, str] | None = N
     result["seconds"] = round(time.perf_counter() - t0, 1)
     if output is not None:
         output = Path(output)
+        kept = _kept_sections(output)
         output.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-        output.write_text(render_markdown(result))
+        output.write_text(render_markdown(result) + kept)
     print(json.dumps({k: (v["summary"] if k == "evidence" else v) for k, v in result.items() if k != "records"},
                      indent=1))
     return result
+
+
+KEPT_MARKER = "<!-- Sections below come from other measurements (benchmarks/); evaluate keeps them as they are. -->"
+
+
+def _kept_sections(output: Path) -> str:
+    """What an existing results file holds below ``KEPT_MARKER`` (figures other scripts measured)."""
+    if not output.is_file():
+        return ""
+    text = output.read_text()
+    at = text.find(KEPT_MARKER)
+    return "\n" + text[at:] if at >= 0 else ""
 
 
 def render_markdown(result: dict) -> str:
