@@ -15,10 +15,10 @@ What ``train`` does, in order (each step skips work a previous, interrupted run 
              ``llamavid train``): 1 projectors, 2 projectors+QFormer+LLM, 3 long video (movie prompt,
              subtitles, needle videos; QFormer frozen). A model trained from scratch needs larger learning
              rates than the seed's fine-tuning ones; they are set here and recorded in the run folder.
-             Then stage 4 (ours, trained like stage 3): "window" clips, a quiet 12-24 s video with one
-             shape on screen for 2-4 s, plus a replay of the stage 1-3 questions, so that the model finds
-             the few frames that matter in a longer video (what ``ask --evidence`` measures). Stages 1-3
-             see exactly the data they saw before the window clips were added.
+             Stage 3 also sees "window" clips (ours): a quiet 12-24 s video with one shape on screen for
+             2-4 s, plus as many replayed questions, so that the model finds the few frames that matter in
+             a longer video (what ``ask --evidence`` measures). The other places tried for them (a stage 4
+             of their own, stage 2) and what each cost are in docs/RESULTS.md.
 6. export    safetensors in bfloat16 with the vision encoder embedded; ``--ship`` copies it into
              ``llamavid/assets/demo`` where ``--model demo`` finds it.
 """
@@ -68,11 +68,10 @@ class DemoRecipe:
     stage1: dict = field(default_factory=lambda: {"epochs": 0.5, "batch_size": 16, "micro_batch_size": 8, "learning_rate": 1e-3})
     stage2: dict = field(default_factory=lambda: {"epochs": 3, "batch_size": 16, "micro_batch_size": 8, "learning_rate": 6e-4})
     stage3: dict = field(default_factory=lambda: {"epochs": 2, "batch_size": 8, "micro_batch_size": 2, "learning_rate": 1.5e-4})
-    n_window: int = 150  # stage 4: window clips (two questions each) ...
+    n_window: int = 150  # window clips in stage 3 (two questions each) ...
     window_seconds: tuple[int, int] = (12, 24)
     window_width: tuple[int, int] = (2, 4)
-    window_replay: int = 2  # ... and this many replayed stage 1-3 questions per window question
-    stage4: dict = field(default_factory=lambda: {"epochs": 2, "batch_size": 16, "micro_batch_size": 8, "learning_rate": 1e-4})
+    window_replay: int = 1  # ... and this many more replayed stage 2 questions per window question
     seed: int = 0
 
 
@@ -93,14 +92,13 @@ def make_data(root: Path, r: DemoRecipe) -> tuple[Path, Path]:
     return syn.write_split(train, root / "train"), syn.write_split(test, root / "test")
 
 
-def split_items(qa_json: Path, root: Path, replay_per_window: int = 2) -> dict[str, Path]:
+def split_items(qa_json: Path, root: Path, replay_per_window: int = 1) -> dict[str, Path]:
     """qa.json -> per-stage files.
 
-    Stages 1-2 see the short-video questions and the subtitle questions (the latter with the movie
-    prompt, as the published stage 2 mixed in long-video data); stage 3 sees the needle videos plus a
-    replay of the rest, so that what stage 2 taught is not forgotten. Stage 4 sees the window clips plus
-    a replay of stage 1-2 questions (``window_replay`` per window question); the window clips are kept
-    out of stages 1-3, which therefore see exactly what they saw before the window clips existed.
+    Stage 1 sees the short-video questions; stage 2 those and the subtitle questions (with the movie
+    prompt, as the published stage 2 mixed in long-video data); stage 3 the needle videos plus a replay of
+    stage 2's questions, so that what stage 2 taught is not forgotten, and the window clips with
+    ``replay_per_window`` more replayed questions for each of theirs. Stages 1-2 never see window clips.
     """
     items = json.loads(qa_json.read_text())
     window = [i for i in items if "-window-" in i["id"]]
@@ -110,10 +108,10 @@ def split_items(qa_json: Path, root: Path, replay_per_window: int = 2) -> dict[s
     short = [i for i in rest if not i["long"]]
     rng = np.random.default_rng(0)
     replay = [rest[k] for k in rng.permutation(len(rest))[: max(1, 8 * len(needle))]]
-    rng4 = np.random.default_rng(4)
-    replay4 = [rest[k] for k in rng4.permutation(len(rest))[: replay_per_window * len(window)]]
+    rng_w = np.random.default_rng(4)
+    replay_w = [rest[k] for k in rng_w.permutation(len(rest))[: replay_per_window * len(window)]]
     out = {}
-    for name, data in (("stage1", short), ("stage2", rest), ("stage3", needle + replay), ("stage4", window + replay4)):
+    for name, data in (("stage1", short), ("stage2", rest), ("stage3", needle + replay + window + replay_w)):
         path = root / f"{name}.json"
         path.write_text(json.dumps(data) + "\n")
         out[name] = path
@@ -234,14 +232,13 @@ def train_vision(path: Path, r: DemoRecipe) -> Path:
 
 # -- 4-6. model, stages, export --------------------------------------------------------------------
 
-def run_stage(number: int, data: Path, start: str, out: Path, features: Path, settings: dict, *, seed: int,
-              like: int | None = None) -> str:
-    """One stage; ``like``: the published stage whose parameters it trains (default: ``number``)."""
+def run_stage(number: int, data: Path, start: str, out: Path, features: Path, settings: dict, *, seed: int) -> str:
+    """One published stage through the trainer (skipped when a previous run finished it)."""
     from .trainer import TrainConfig, train
 
     if (out / "model" / "config.json").is_file() and (out / "train_config.json").is_file():
         return str(out / "model")
-    cfg = TrainConfig(stage=like or number, data=[str(data)], model=start, output=str(out), feature_cache=str(features),
+    cfg = TrainConfig(stage=number, data=[str(data)], model=start, output=str(out), feature_cache=str(features),
                       seed=seed, save_steps=10_000, warmup_ratio=0.05, log_every=20, **settings)
 
     def on_log(record: dict) -> None:
@@ -265,7 +262,7 @@ def export_demo(model_dir: str, dest: Path) -> Path:
 
 
 def train_demo(output: Path, r: DemoRecipe, *, data_root: Path, ship: bool = False, token_types: str = "both",
-               stages: tuple[int, ...] = (1, 2, 3, 4), reuse: Path | None = None) -> Path:
+               stages: tuple[int, ...] = (1, 2, 3), reuse: Path | None = None) -> Path:
     from .scratch import ModelSizes, init_checkpoint
 
     t0 = time.perf_counter()
@@ -298,8 +295,6 @@ def train_demo(output: Path, r: DemoRecipe, *, data_root: Path, ship: bool = Fal
         model = run_stage(2, parts["stage2"], model, output / "stage2", features, r.stage2, seed=r.seed)
     if 3 in stages:
         model = run_stage(3, parts["stage3"], model, output / "stage3", features, r.stage3, seed=r.seed)
-    if 4 in stages:  # window clips, trained like stage 3 (projectors + LLM)
-        model = run_stage(4, parts["stage4"], model, output / "stage4", features, r.stage4, seed=r.seed, like=3)
     final = export_demo(model, output / "demo")
     log(f"trained in {time.perf_counter() - t0:.0f} s; model: {final}")
     (output / "timing.json").write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1)}) + "\n")
@@ -319,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--data", type=Path, default=Path("runs/data"), help="where the synthetic set is written (shared by runs)")
     t.add_argument("--ship", action="store_true", help="copy the result into llamavid/assets/demo")
     t.add_argument("--token-types", default="both", choices=["both", "context", "content"])
-    t.add_argument("--stages", default="1,2,3,4")
+    t.add_argument("--stages", default="1,2,3")
     t.add_argument("--reuse", type=Path, default=None, help="take the vision encoder, tokenizers and features of this run")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override a recipe field")

@@ -109,7 +109,7 @@ def evaluate(model_name: str, data: Path, *, ablation: dict[str, str] | None = N
     return result
 
 
-KEPT_MARKER = "<!-- Sections below come from other measurements (benchmarks/); evaluate keeps them as they are. -->"
+KEPT_MARKER = "<!-- Below: written by hand or by other scripts (benchmarks/); evaluate keeps it as it is. -->"
 
 
 def _kept_sections(output: Path) -> str:
