@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import llamavid  # noqa: E402
+from llamavid import qa  # noqa: E402
 from llamavid.train.scratch import ModelSizes, init_checkpoint  # noqa: E402
 from llamavid.vidtok import open_vidtok  # noqa: E402
 
@@ -216,18 +217,6 @@ def compare_batch(root: Path, ckpt: Path, vidtok: Path, args) -> str:
 #     median of --repeats runs; wall time and CPU time (user + sys of this process) are both reported.
 
 
-def _evidence_model(root: Path, llm_hidden: int, llm_layers: int) -> Path:
-    gen = torch.Generator().manual_seed(0)
-    tower = root / "eva_vit_g.pth"
-    torch.save(make_eva_state_dict(gen, width=264, blocks=5, mlp=1056), tower)
-    train_sentencepiece(root / "tokenizer.model")
-    write_bert_vocab(root / "bert")
-    sizes = ModelSizes(llm_hidden=llm_hidden, llm_layers=llm_layers, llm_heads=llm_hidden // 64,
-                       llm_intermediate=llm_hidden * 11 // 4, max_positions=4096)
-    return init_checkpoint(root / "model", sizes=sizes, vision_tower=tower, text_tokenizer=root / "tokenizer.model",
-                           qformer_tokenizer=root / "bert")
-
-
 def _cpu() -> float:
     t = os.times()
     return t.user + t.system
@@ -284,9 +273,10 @@ def evidence_main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="llamavid-bench-evidence-") as tmp:
         root = Path(tmp)
         os.environ["LLAMAVID_CACHE"] = str(root / "cache")
-        ckpt = _evidence_model(root, args.llm_hidden, args.llm_layers)
+        ckpt = build_model(root, argparse.Namespace(llm_hidden=args.llm_hidden, llm_layers=args.llm_layers,
+                                                    context=4096))
         model = llamavid.load_model(ckpt, device="cpu", dtype="float32")
-        clip = make_video(root / "video.mp4", seconds=args.minutes * 60, fps=2, width=96, height=64)
+        clip = make_clip(root / "video.mp4", args.minutes, 2)
         qa.ask(model, clip, "What happens first?", fps=args.fps, temperature=0, max_new_tokens=1)  # fills the cache
         [vidtok] = (root / "cache" / "vidtok").glob("*.vidtok")
         rows = _evidence_rows(model, vidtok, "What happens first?", args.repeats, max_new_tokens=16)
