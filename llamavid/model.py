@@ -443,29 +443,31 @@ class LlamaVid(nn.Module):
         if max_new is None:
             max_new = answer_room(self.context_length, max(p.tokens for p in prompts), sampling.max_new_tokens,
                                   n_frames=prompts[0].n_frames, tokens_per_frame=self.tokens_per_frame)
-        if cache is not None:
-            cache_mode = "full"
-        elif cache_mode is None:
+        if cache is not None or cache_mode is None:  # a kept cache is a full one: check that it fits too
             cache_mode = self.kv_cache_mode(max(p.tokens for p in prompts), len(prompts), new_tokens=max_new,
                                             text_tokens=max(p.tokens - p.n_frames * self.tokens_per_frame
-                                                            for p in prompts))
+                                                            for p in prompts),
+                                            requested="full" if cache is not None else None)
         texts = self._generate(embeds, sampling, max_new, on_text, prompts[0].template, cache_mode, cache=cache)
         seconds = time.perf_counter() - t0
         return [Answer(text=text, prompt_tokens=p.tokens, new_tokens=n, frames=p.n_frames, seconds=seconds,
                        question=p.question, truncated=n >= max_new) for p, (text, n) in zip(prompts, texts)]
 
-    def kv_cache_mode(self, tokens: int, batch: int = 1, *, new_tokens: int = 0, text_tokens: int | None = None) -> str:
+    def kv_cache_mode(self, tokens: int, batch: int = 1, *, new_tokens: int = 0, text_tokens: int | None = None,
+                      requested: str | None = None) -> str:
         """The KV-cache mode for ``batch`` prompts of up to ``tokens`` tokens plus ``new_tokens`` answer tokens, as
-        ``self.kv_cache`` asks (``llamavid.kvcache.plan_cache``); a note goes to ``self.callbacks`` when
-        auto picks a quantized cache. A prompt that fits no mode is refused with a ``--max-frames`` that fits
-        (``text_tokens``: the prompt's tokens that are not frames)."""
+        ``self.kv_cache`` asks (or ``requested``: "full" where a cache is kept for scoring) through
+        ``llamavid.kvcache.plan_cache``; a note goes to ``self.callbacks`` when auto picks a quantized cache.
+        A prompt that fits no mode is refused with a ``--max-frames`` that fits (``text_tokens``: the prompt's
+        tokens that are not frames)."""
         from .errors import MemoryLimitError
         from .kvcache import CacheShape, plan_cache
 
         known = [x for x in (self.memory_left, self.probes.available(self.device)) if x is not None]
         host = self.probes.available(torch.device("cpu")) if self.device.type == "cuda" else None
         try:
-            mode, note = plan_cache(CacheShape.of(self.llm.config, self.dtype), self.kv_cache, tokens=tokens + new_tokens,
+            mode, note = plan_cache(CacheShape.of(self.llm.config, self.dtype), requested or self.kv_cache,
+                                    tokens=tokens + new_tokens,
                                     batch=batch,
                                     chunk=PREFILL_CHUNK, device=self.device, available=min(known) if known else None,
                                     host_available=host)
@@ -475,7 +477,9 @@ class LlamaVid(nn.Module):
                 raise
             frames = max(0, (fit - new_tokens - text_tokens) // self.tokens_per_frame)
             advice = f"use --max-frames {frames}" if frames else "no frame fits beside the text"
-            if self.kv_cache in ("full", "int8"):
+            if requested is not None:
+                advice += ", or ask without --evidence / --choice (they keep a full-precision cache)"
+            elif self.kv_cache in ("full", "int8"):
                 advice += ", or --kv-cache auto"
             if not self.weight_bits:
                 advice += ", or --quantize 8bit / 4bit to leave more memory to the cache"

@@ -122,6 +122,11 @@ def _answer_plans(model, vin: VideoInput, members: list[Answered], first: Plan,
         relay = None if on_text is None else (lambda row, piece: on_text(chunk[row], piece))
         return model.answer_prompts(vin.features, prompts, sampling=first.sampling, frame_indices=first.frame_indices,
                                     on_text=relay)
+    for m in members:  # a scored question keeps its prompt in a full KV cache: refuse before any work if it cannot
+        if m.question.options.choices or m.question.options.evidence:
+            p = m.plan.prompt
+            model.kv_cache_mode(p.tokens, 1, new_tokens=m.plan.sampling.max_new_tokens, requested="full",
+                                text_tokens=p.tokens - p.n_frames * model.tokens_per_frame)
     # the embedded prompts are kept: options are scored on them, and evidence is measured on them
     embeds = model.prompt_embeddings(vin.features, prompts, frame_indices=first.frame_indices)
     answers: list[Answer | None] = [None] * len(members)

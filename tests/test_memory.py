@@ -224,6 +224,13 @@ def test_answers_use_the_chosen_cache_and_a_prompt_that_fits_nothing_names_max_f
     small = model.answer(feats, "What color?", sampling=greedy)
     assert used[-1] == "int8" and len(lines) == 1 and lines[0].startswith("KV cache in int8")
     assert small.text == full.text
+    # a question scored on its kept cache (evidence) needs the full cache to fit: refused, saying so
+    from llamavid.likelihood import empty_cache
+
+    prompt = model.prompt("What color?", n_frames=6)
+    embeds = model.prompt_embeddings(feats, [prompt])
+    with pytest.raises(MemoryLimitError, match="without --evidence"):
+        model.generate_answers(embeds, [prompt], sampling=greedy, cache=empty_cache(model))
     model.memory_left = int(sum(shape.need("int4", tokens - 3 * model.tokens_per_frame, 4096, 1)))
     qformer_runs = []
     monkeypatch.setattr(model, "video_tokens_batch", lambda *a, **k: qformer_runs.append(1))
