@@ -185,6 +185,12 @@ def covering(questions: Sequence[Question]) -> AskOptions:
     return first.replace(start=start or None, end=None if end == float("inf") else end)
 
 
+def check_mcq_mode(mcq: str) -> None:
+    """``--mcq`` must be one of ``MCQ_MODES`` (checked before a model is loaded)."""
+    if mcq not in MCQ_MODES:
+        raise InputError(f"--mcq {mcq}: expected one of {', '.join(MCQ_MODES)}")
+
+
 def video_answerer(model, options: AskOptions, *, callbacks: Callbacks = NO_CALLBACKS,
                    questions_per_batch: int = QUESTIONS_PER_BATCH, mcq: str = "generate"):
     """``answer_batch_fn`` for ``llamavid.eval.run_predictions``: items of one video (anything with
@@ -195,8 +201,7 @@ def video_answerer(model, options: AskOptions, *, callbacks: Callbacks = NO_CALL
     "likelihood" asks the bare question (``extra["raw_question"]``), scores every option as the answer
     (``AskOptions.choices``) and replies with the best option's letter.
     """
-    if mcq not in MCQ_MODES:
-        raise InputError(f"--mcq {mcq}: expected one of {', '.join(MCQ_MODES)}")
+    check_mcq_mode(mcq)
 
     def question_for(item: Any) -> Question:
         if mcq == "likelihood" and getattr(item, "kind", None) == "choice" and getattr(item, "options", None):

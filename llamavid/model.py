@@ -433,17 +433,20 @@ class LlamaVid(nn.Module):
                          cache_mode: str | None = None) -> list[Answer]:
         """Generate the answers of prompts already embedded (``prompt_embeddings``), in one batch.
 
-        The KV cache is kept as ``cache_mode`` says (None: as ``self.kv_cache`` asks, ``kv_cache_mode``).
-        ``cache``: an empty full ``DynamicCache`` to fill instead, which keeps the prompt's keys and values
-        afterwards for scoring (evidence, choices); one prompt only, as a batch is left-padded."""
+        The KV cache is kept as ``cache_mode`` says, a mode the caller already checked against the memory
+        (None: checked here, as ``self.kv_cache`` asks, ``kv_cache_mode``). ``cache``: an empty full
+        ``DynamicCache`` to fill instead, which keeps the prompt's keys and values afterwards for scoring
+        (evidence, choices); one prompt only, as a batch is left-padded; its ``cache_mode`` is "full"."""
         if cache is not None and len(embeds) != 1:
             raise ValueError("a cache can be kept for one prompt at a time")
+        if cache is not None and cache_mode not in (None, "full"):
+            raise ValueError(f"a kept cache is a full one, not {cache_mode}")
         t0 = time.perf_counter() if t0 is None else t0
         sampling = sampling or SamplingOptions()
         if max_new is None:
             max_new = answer_room(self.context_length, max(p.tokens for p in prompts), sampling.max_new_tokens,
                                   n_frames=prompts[0].n_frames, tokens_per_frame=self.tokens_per_frame)
-        if cache is not None or cache_mode is None:  # a kept cache is a full one: check that it fits too
+        if cache_mode is None:  # not checked by the caller; a kept cache is a full one: check that it fits too
             cache_mode = self.kv_cache_mode(max(p.tokens for p in prompts), len(prompts), new_tokens=max_new,
                                             text_tokens=max(p.tokens - p.n_frames * self.tokens_per_frame
                                                             for p in prompts),

@@ -140,7 +140,8 @@ def _answer_plans(model, vin: VideoInput, members: list[Answered], first: Plan,
             continue
         relay = None if on_text is None else (lambda row, piece, rows=rows: on_text(chunk[rows[row]], piece))
         made = model.generate_answers([embeds[k] for k in rows], [prompts[k] for k in rows], sampling=first.sampling,
-                                      on_text=relay, t0=t0, cache=cache)
+                                      on_text=relay, t0=t0, cache=cache,
+                                      cache_mode=None if cache is None else "full")  # "full": checked above
         for k, answer in zip(rows, made):
             answers[k] = answer
             if cache is not None:
@@ -189,11 +190,18 @@ class AskResult:
         record = {k: v for k, v in asdict(self).items() if k not in ("evidence", "choices")}
         if record["frames_available"] is None:
             del record["frames_available"]
-        if self.evidence is not None:
-            record["evidence"] = [r.to_json() for r in self.evidence]
-        if self.choices is not None:
-            record["choices"] = [c.to_json() for c in self.choices]
-        return record
+        return record | scored_fields(self)
+
+
+def scored_fields(answer) -> dict[str, Any]:
+    """``evidence`` ([{start, end, score}], best first) and ``choices`` ([{choice, score}], as given) of an
+    ``Answer`` or ``AskResult``, each when it was asked for."""
+    fields: dict[str, Any] = {}
+    if answer.evidence is not None:
+        fields["evidence"] = [r.to_json() for r in answer.evidence]
+    if answer.choices is not None:
+        fields["choices"] = [c.to_json() for c in answer.choices]
+    return fields
 
 
 def answer_fields(model, answered: Answered) -> dict[str, Any]:
@@ -205,11 +213,7 @@ def answer_fields(model, answered: Answered) -> dict[str, Any]:
                               "prompt_tokens": answer.prompt_tokens, "seconds": round(answered.seconds, 3)}
     if plan.note:
         fields["frames_available"] = plan.frames_available
-    if answer.evidence is not None:
-        fields["evidence"] = [r.to_json() for r in answer.evidence]
-    if answer.choices is not None:
-        fields["choices"] = [c.to_json() for c in answer.choices]
-    return fields
+    return fields | scored_fields(answer)
 
 
 def ask(

@@ -68,16 +68,14 @@ def _load_items(benchmark: str, files: opt.BenchmarkFiles):
 def _predict(benchmark: str, files: opt.BenchmarkFiles, output_for, model: opt.ModelChoice, options,
              batch_size: int, mcq: str) -> tuple[Any, dict[str, Any]]:
     """Predict a benchmark's items into ``output_for(spec)``: (the benchmark, the run's counts)."""
-    from llamavid.batch import video_answerer
-    from llamavid.choices import MCQ_MODES
+    from llamavid.batch import check_mcq_mode, video_answerer
     from llamavid.errors import InputError
     from llamavid.eval import run_predictions
     from llamavid.fileio import ResumableJsonl
 
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
-    if mcq not in MCQ_MODES:
-        raise InputError(f"--mcq {mcq}: expected one of {', '.join(MCQ_MODES)}")
+    check_mcq_mode(mcq)
     spec, items = _load_items(benchmark, files)
     output = output_for(spec)
     output.parent.mkdir(parents=True, exist_ok=True)

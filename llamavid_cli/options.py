@@ -32,7 +32,7 @@ KVCache = Annotated[Optional[str], typer.Option(
     "--kv-cache", help=f"How the prompt's keys and values are kept: {', '.join(KV_CACHE_CHOICES)} (auto: full precision "
                        "when it fits the memory left, else int8, then int4; offload: host memory, GPUs only).")]
 VisionTower = Annotated[Optional[Path], typer.Option(
-    "--vision-tower", help="Path to eva_vit_g.pth (default: the config's path, the checkpoint, the cache, the embedded copy).")]
+    "--vision-tower", help="Path to eva_vit_g.pth (default: the config's path, the checkpoint, the embedded copy, the cache).")]
 QFormerTokenizer = Annotated[Optional[str], typer.Option(
     "--qformer-tokenizer", help="Folder or id of the bert-base-uncased tokenizer (default: <checkpoint>/qformer_tokenizer).")]
 
