@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import llamavid  # noqa: E402
 from llamavid import qa  # noqa: E402
 from llamavid.train.scratch import ModelSizes, init_checkpoint  # noqa: E402
-from llamavid.vidtok import open_vidtok  # noqa: E402
+from llamavid.features.vidtok import open_vidtok  # noqa: E402
 
 from checkpoint_fixture import make_eva_state_dict, train_sentencepiece, write_bert_vocab  # noqa: E402
 
@@ -226,7 +226,7 @@ def _evidence_rows(model, vidtok: Path, question: str, repeats: int, **options) 
     """Median wall and CPU seconds of a plain answer and of each evidence method (interleaved runs)."""
     import statistics
 
-    from llamavid.evidence import METHODS
+    from llamavid.tasks.evidence import METHODS
 
     kinds = ("plain", *METHODS)
     wall: dict[str, list[float]] = {k: [] for k in kinds}

@@ -124,7 +124,7 @@ def _vidtok_state(path: Path) -> dict:
     import numpy as np
     import torch
 
-    from llamavid.vidtok import open_vidtok
+    from llamavid.features.vidtok import open_vidtok
 
     with open_vidtok(path) as vt:
         vt.verify()
@@ -136,7 +136,7 @@ def _vidtok_state(path: Path) -> dict:
 
 def crash_encode(work: Path, points: int, *, loops: int, fps: float, at: str) -> tuple[list[Point], dict]:
     """Kill ``llamavid encode`` at ``points`` points, rerun, compare with an uninterrupted encode."""
-    from llamavid.vidtok import partial_dir_for
+    from llamavid.features.vidtok import partial_dir_for
 
     work.mkdir(parents=True, exist_ok=True)
     video = ffmpeg_loop(EXAMPLES / "three-shapes.mp4", loops, work / "long.mp4")

@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llamavid import video  # noqa: E402
-from llamavid.vision import CLIP_MEAN, CLIP_STD, preprocess_frames  # noqa: E402
+from llamavid.model.vision import CLIP_MEAN, CLIP_STD, preprocess_frames  # noqa: E402
 
 FPS = 1.0
 CHUNK = 16  # frames per preprocessing call, as encode's batches (min(batch, 16))

@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llamavid import load_vision_encoder  # noqa: E402
-from llamavid.encode import EncodeOptions, encode_file  # noqa: E402
-from llamavid.vidtok import VidtokWriter, open_vidtok  # noqa: E402
-from llamavid.vision import preprocess_frames  # noqa: E402
+from llamavid.features.encode import EncodeOptions, encode_file  # noqa: E402
+from llamavid.features.vidtok import VidtokWriter, open_vidtok  # noqa: E402
+from llamavid.model.vision import preprocess_frames  # noqa: E402
 from llamavid import video  # noqa: E402
 
 REAL_SHAPE = (257, 1408)

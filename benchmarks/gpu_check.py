@@ -61,7 +61,7 @@ def vision(args) -> dict:
     """Frames/s of the real-shape EVA ViT-g (random weights, built in bf16 on the device) per batch size."""
     import torch
 
-    from llamavid.vision import EvaVisionTransformer, VisionConfig
+    from llamavid.model.vision import EvaVisionTransformer, VisionConfig
 
     dev = torch.device(args.device)
     dtype = torch.bfloat16

@@ -41,7 +41,7 @@ def main() -> None:
     if args.make_data:
         make_data(args.data)
 
-    from llamavid.loading import load_model
+    from llamavid.model.loading import load_model
     from llamavid.train.demo_eval import LONG_TYPES, run_items
 
     root = args.data / "test"

@@ -284,7 +284,7 @@ def child_encode(args: dict) -> dict:
         argv += ["--device", args["device"]]
     code = _cli(argv)
     seconds = time.perf_counter() - t0
-    from llamavid.vidtok import open_vidtok
+    from llamavid.features.vidtok import open_vidtok
 
     with open_vidtok(args["out"]) as vt:
         frames = vt.num_frames
@@ -292,7 +292,7 @@ def child_encode(args: dict) -> dict:
 
 
 def child_ask(args: dict) -> dict:
-    import llamavid.vision as vision
+    import llamavid.model.vision as vision
 
     built = []
     real = vision.build_vision_tower
@@ -325,8 +325,8 @@ def child_llm(args: dict) -> dict:
     import torch
 
     import llamavid
-    from llamavid.decoding import cache_argument
-    from llamavid.kvcache import make_cache
+    from llamavid.model.generation import cache_argument
+    from llamavid.model.kvcache import make_cache
 
     model = llamavid.load_model(args["ckpt"], device=args["device"])
     llm, dev = model.llm, model.device
@@ -366,10 +366,10 @@ def child_kv(args: dict) -> dict:
     """A real-width long-video LLM of ``depth`` layers; peak while a ``tokens`` prompt is prefilled."""
     import torch
 
-    from llamavid.config import LlamaVidConfig
-    from llamavid.decoding import PREFILL_CHUNK, cache_argument
-    from llamavid.kvcache import cache_bytes, make_cache
-    from llamavid.model import finish_llm, new_llm
+    from llamavid.model.config import LlamaVidConfig
+    from llamavid.model.generation import PREFILL_CHUNK, cache_argument
+    from llamavid.model.kvcache import cache_bytes, make_cache
+    from llamavid.model.modeling import finish_llm, new_llm
 
     raw = json.loads(Path(args["config"]).read_text())
     raw["num_hidden_layers"] = args["depth"]
@@ -448,7 +448,7 @@ OS_RESERVE = 1.5e9  # what the OS and the rest of a CPU machine keep
 def fits_table(weights: dict[str, float], per_token: dict[str, float], working_per_token: float,
                working_fixed: float) -> str:
     """Markdown: for each video, model, machine: the cheapest setting that fits (or why nothing does)."""
-    from llamavid.memory import RUNTIME_OVERHEAD
+    from llamavid.model.memory import RUNTIME_OVERHEAD
 
     videos = [("10 min", 10), ("1 hour", 60), ("3 hours", 180)]
     machines = [16e9, 24e9, 48e9, 80e9]
@@ -601,8 +601,8 @@ def main() -> None:
 
 def fits_part(args, ckpt_bytes: int, current: dict | None = None) -> str:
     """The "what fits where" table from the measured KV figures: this run's, or an earlier --output (--figures)."""
-    from llamavid.kvcache import CacheShape
-    from llamavid.loading import QUANTIZED_BYTES_PER_WEIGHT
+    from llamavid.model.kvcache import CacheShape
+    from llamavid.model.loading import QUANTIZED_BYTES_PER_WEIGHT
 
     import torch
 
@@ -618,7 +618,7 @@ def fits_part(args, ckpt_bytes: int, current: dict | None = None) -> str:
     weights = {"bf16": float(ckpt_bytes),
                "--quantize 8bit": ckpt_bytes - 2 * linear + QUANTIZED_BYTES_PER_WEIGHT[8] * linear,
                "--quantize 4bit": ckpt_bytes - 2 * linear + QUANTIZED_BYTES_PER_WEIGHT[4] * linear}
-    from llamavid.memory import RUNTIME_OVERHEAD
+    from llamavid.model.memory import RUNTIME_OVERHEAD
 
     for key, flag in (("ask", "bf16"), ("ask4bit", "--quantize 4bit")):  # a measured peak, when larger, wins
         run = measured.get(key) or {}

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llamavid.options import AskOptions
+from llamavid.core.options import AskOptions
 
 from . import options as opt
 from .common import expand_inputs
@@ -33,8 +33,8 @@ def ask(
     options: AskOptions,
 ) -> None:
     """Answer a question about a video: llamavid ask movie.mp4 "Who is Murphy?" """
-    from llamavid.errors import InputError
-    from llamavid.options import check_text
+    from llamavid.core.errors import InputError
+    from llamavid.core.options import check_text
 
     if batch is None and (input is None or question is None):
         raise InputError("give INPUT and QUESTION, or --batch FILE")
@@ -55,7 +55,7 @@ def ask(
     if output is not None:
         raise InputError("-o/--output is for batches and folders; one answer goes to stdout")
     m = model.load()
-    from llamavid.qa import ask as ask_question
+    from llamavid.tasks.qa import ask as ask_question
 
     streaming = not json_out and is_terminal(sys.stdout)
     with Reporter(f"encoding {Path(input).name}") as reporter:
@@ -71,8 +71,8 @@ def ask(
 
 
 def _batch_items(batch: str | None, input: str | None, question: str | None, options):
-    from llamavid.batch import folder_items, read_batch
-    from llamavid.errors import InputError
+    from llamavid.tasks.batch import folder_items, read_batch
+    from llamavid.core.errors import InputError
 
     if batch is None:
         return folder_items(expand_inputs([input], allow_vidtok=True), question, options)
@@ -87,7 +87,7 @@ def _batch_items(batch: str | None, input: str | None, question: str | None, opt
 
 
 def _sink(items, output: Path | None, *, force: bool, batch: str | None):
-    from llamavid.fileio import OrderedJsonlPrinter, ResumableJsonl
+    from llamavid.core.fileio import OrderedJsonlPrinter, ResumableJsonl
 
     order = [i.id for i in items]
     if output is None:
@@ -98,7 +98,7 @@ def _sink(items, output: Path | None, *, force: bool, batch: str | None):
 
 
 def _run_batch(m, items, sink, batch_size: int) -> None:
-    from llamavid.batch import run_batch
+    from llamavid.tasks.batch import run_batch
 
     try:
         with Reporter("questions", unit="questions") as reporter:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from llamavid.options import AskOptions
+from llamavid.core.options import AskOptions
 
 from . import options as opt
 from .main import app
@@ -26,8 +26,8 @@ def chat(
     """Talk about a video. On a terminal: line editing and history; piped: one question a line in, one
     answer a line out (with --evidence, each answer line is followed by an 'evidence: ...' line).
     /reset, /save FILE.json and /quit work in both."""
-    from llamavid.chat import ChatSession
-    from llamavid.inputs import open_input
+    from llamavid.tasks.chat import ChatSession
+    from llamavid.pipeline.inputs import open_input
 
     m = model.load()
     with Reporter(f"encoding {Path(input).name}") as reporter:
@@ -36,7 +36,7 @@ def chat(
         session = ChatSession(m, vin, options, callbacks=reporter.callbacks())
         interactive = is_terminal(sys.stdin) and is_terminal(sys.stdout)
         if interactive:
-            from llamavid.chat import COMMANDS_HELP
+            from llamavid.tasks.chat import COMMANDS_HELP
 
             _enable_line_editing()
             message(f"llamavid: chatting about {vin.source} ({vin.num_frames} frames). {COMMANDS_HELP}")
@@ -59,7 +59,7 @@ def _converse(session, lines, *, interactive: bool) -> None:
     On a terminal the answer streams after ``assistant>``; piped, each answer is one line (an empty line
     for a question that failed), so answers and questions stay paired line by line.
     """
-    from llamavid.errors import LlamaVidError
+    from llamavid.core.errors import LlamaVidError
 
     for raw in lines:
         line = raw.strip()
@@ -88,8 +88,8 @@ def _converse(session, lines, *, interactive: bool) -> None:
 
 def _command(session, line: str) -> str | None:
     """Carry out a slash command: "quit" ends the chat, "done" means it was a command; None: not a command."""
-    from llamavid.chat import COMMANDS_HELP, parse_command
-    from llamavid.errors import LlamaVidError
+    from llamavid.tasks.chat import COMMANDS_HELP, parse_command
+    from llamavid.core.errors import LlamaVidError
 
     try:
         command = parse_command(line)
@@ -119,7 +119,7 @@ def _enable_line_editing() -> None:
         import atexit
         import readline
 
-        from llamavid.checkpoint import user_cache_dir
+        from llamavid.model.checkpoint import user_cache_dir
 
         history = user_cache_dir() / "chat_history"
         history.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from .output import message
 
 def model_name(option: str | None) -> str:
     """--model, else $LLAMAVID_MODEL, else the built-in default (the released short-video model)."""
-    from llamavid.builtin import default_model_name
+    from llamavid.model.builtin import default_model_name
 
     return option or default_model_name()
 
@@ -22,7 +22,7 @@ def load(option: str | None, *, vision_tower: Path | str | None = None, qformer_
     """Load the model the user asked for, saying so on stderr (it can take a while), with the library's
     notes (the dtype it chose, the KV cache a long prompt gets) as stderr lines."""
     import llamavid
-    from llamavid.quantize import parse_quantize
+    from llamavid.model.quantize import parse_quantize
 
     bits = parse_quantize(quantize)
     name = model_name(option)
@@ -35,7 +35,7 @@ def load(option: str | None, *, vision_tower: Path | str | None = None, qformer_
 
 def status_callbacks():
     """Library notes as "llamavid: ..." lines on stderr, warnings as warnings."""
-    from llamavid.callbacks import Callbacks
+    from llamavid.core.callbacks import Callbacks
 
     from .output import warn
 
@@ -48,7 +48,7 @@ def ask_options(*, fps: float = 1.0, max_frames: int | None = None, long: bool |
                 no_cache: bool = False, start: str | None = None, end: str | None = None, evidence: bool = False,
                 choices: list[str] | None = None):
     """The command line's question options, validated once (a bad value is a one-line error)."""
-    from llamavid.options import AskOptions
+    from llamavid.core.options import AskOptions
 
     return AskOptions(fps=fps, max_frames=max_frames, long=long, strict_context=strict_context,
                       subtitles=str(subtitles) if subtitles is not None else None, temperature=temperature,
@@ -58,8 +58,8 @@ def ask_options(*, fps: float = 1.0, max_frames: int | None = None, long: bool |
 
 def expand_inputs(inputs: Iterable[str], *, allow_vidtok: bool = False) -> list[Path]:
     """Files as given; folders -> every video/image file inside, recursively, sorted; "-" -> paths on stdin."""
-    from llamavid import video
-    from llamavid.errors import InputError
+    from llamavid.media import video
+    from llamavid.core.errors import InputError
 
     out: list[Path] = []
     for item in inputs:

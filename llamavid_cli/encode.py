@@ -36,10 +36,10 @@ def encode(
 ) -> None:
     """Encode videos into .vidtok files of vision features (with timestamps and subtitles)."""
     import llamavid
-    from llamavid.builtin import default_model_name
-    from llamavid.encode import EncodeOptions, encode_file, output_path_for, shard_from_env, shard_inputs
-    from llamavid.errors import InputError, LlamaVidError
-    from llamavid.options import AskOptions
+    from llamavid.model.builtin import default_model_name
+    from llamavid.features.encode import EncodeOptions, encode_file, output_path_for, shard_from_env, shard_inputs
+    from llamavid.core.errors import InputError, LlamaVidError
+    from llamavid.core.options import AskOptions
 
     AskOptions(fps=fps)  # the same check of --fps as every command
     paths = expand_inputs(inputs)

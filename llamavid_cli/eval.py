@@ -21,7 +21,7 @@ from typing import Annotated, Any, List, Optional
 import typer
 
 from llamavid.eval.benchmarks import BENCHMARKS
-from llamavid.options import AskOptions
+from llamavid.core.options import AskOptions
 
 from . import options as opt
 from .main import app
@@ -41,7 +41,7 @@ app.add_typer(eval_app, name="eval")
 
 
 def _paths(questions: list[Path], answers: Optional[Path]) -> list[Path]:
-    from llamavid.errors import InputError
+    from llamavid.core.errors import InputError
 
     if not questions:
         raise InputError("give the benchmark's question file with --questions FILE")
@@ -49,7 +49,7 @@ def _paths(questions: list[Path], answers: Optional[Path]) -> list[Path]:
 
 
 def _load_items(benchmark: str, files: opt.BenchmarkFiles):
-    from llamavid.errors import InputError
+    from llamavid.core.errors import InputError
     from llamavid.eval import get_benchmark, load_benchmark, missing_videos
 
     spec = get_benchmark(benchmark)  # an unknown name fails before anything is read
@@ -68,10 +68,10 @@ def _load_items(benchmark: str, files: opt.BenchmarkFiles):
 def _predict(benchmark: str, files: opt.BenchmarkFiles, output_for, model: opt.ModelChoice, options,
              batch_size: int, mcq: str) -> tuple[Any, dict[str, Any]]:
     """Predict a benchmark's items into ``output_for(spec)``: (the benchmark, the run's counts)."""
-    from llamavid.batch import check_mcq_mode, video_answerer
-    from llamavid.errors import InputError
+    from llamavid.tasks.batch import check_mcq_mode, video_answerer
+    from llamavid.core.errors import InputError
     from llamavid.eval import run_predictions
-    from llamavid.fileio import ResumableJsonl
+    from llamavid.core.fileio import ResumableJsonl
 
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
@@ -88,7 +88,7 @@ def _predict(benchmark: str, files: opt.BenchmarkFiles, output_for, model: opt.M
         return spec, asdict(stats) | {"output": str(output)}
     m = model.load()
     with Reporter(f"{spec.name}: predicting", unit="items", status=False) as reporter:
-        from llamavid.callbacks import Callbacks
+        from llamavid.core.callbacks import Callbacks
 
         # the bar counts items; encoding a video reports only its warnings
         answer = video_answerer(m, options, callbacks=Callbacks(warning=reporter.warning),
@@ -142,7 +142,7 @@ def _ids(ids: list[str], limit: int = 10) -> str:
 def _judge(spec, predictions: Path, output: Path, *, base_url: Optional[str], judge_model: Optional[str],
            api_key: Optional[str], cache: Optional[Path], no_cache: bool, workers: int, timeout: float,
            max_retries: int, temperature: Optional[float], consistency_q2: str) -> dict[str, Any]:
-    from llamavid.errors import InputError
+    from llamavid.core.errors import InputError
     from llamavid.eval import Judge, judge_predictions
 
     if not spec.judge_dimensions:
@@ -243,7 +243,7 @@ def score(
 
 def _read_result(spec: str):
     """A result: ``BENCH=FILE.jsonl`` is scored now; a .json file is a result (or a report) written before."""
-    from llamavid.errors import InputError
+    from llamavid.core.errors import InputError
     from llamavid.eval import BENCHMARKS, BenchmarkResult
 
     name, sep, rest = spec.partition("=")

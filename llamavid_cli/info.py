@@ -19,7 +19,7 @@ def info(
     vision_tower: opt.VisionTower = None,
 ) -> None:
     """Show what a .vidtok features file or a model checkpoint holds."""
-    from llamavid.vidtok import looks_like_vidtok
+    from llamavid.features.vidtok import looks_like_vidtok
 
     if target.endswith(".vidtok") or looks_like_vidtok(target):
         record = vidtok_info(Path(target), verify=verify)
@@ -71,7 +71,7 @@ def model_info(name: str, *, vision_tower: str | None = None) -> dict:
 
 
 def vidtok_info(path: Path, *, verify: bool = False) -> dict:
-    from llamavid.vidtok import open_vidtok
+    from llamavid.features.vidtok import open_vidtok
 
     with open_vidtok(path) as vt:
         if verify:

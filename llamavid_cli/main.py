@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write("llamavid: interrupted\n")
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the one place every error is turned into a line
-        from llamavid.errors import LlamaVidError
+        from llamavid.core.errors import LlamaVidError
 
         if debug:
             raise

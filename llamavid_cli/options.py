@@ -1,7 +1,7 @@
 """Every command-line option, declared once (Typer ``Annotated`` aliases) with its help text.
 
 Commands take these as parameter types (``fps: Fps = 1.0``), so an option means and says the same thing
-everywhere. Values are validated by the library (``llamavid.options.AskOptions`` and friends), once.
+everywhere. Values are validated by the library (``llamavid.core.options.AskOptions`` and friends), once.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Annotated, Any, Callable, List, Optional
 
 import typer
 
-from llamavid.choices import DTYPE_CHOICES, KV_CACHE_CHOICES, MCQ_MODES, QUANTIZE_CHOICES, SUMMARY_STYLES
+from llamavid.core.choices import DTYPE_CHOICES, KV_CACHE_CHOICES, MCQ_MODES, QUANTIZE_CHOICES, SUMMARY_STYLES
 from llamavid.eval.benchmarks import BENCHMARKS
 
 # -- the model ------------------------------------------------------------------------------------------------

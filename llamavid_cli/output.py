@@ -46,7 +46,7 @@ def print_result(record: dict, text: str, *, json_out: bool, streamed: bool) -> 
 def write_evidence(ranges) -> None:
     """The line ``evidence: 00:24-00:30 (0.82), ...`` after an answer that was asked for its evidence."""
     if ranges is not None:
-        from llamavid.evidence import format_ranges
+        from llamavid.tasks.evidence import format_ranges
 
         write_out(f"evidence: {format_ranges(ranges)}\n")
 
@@ -117,7 +117,7 @@ class Reporter:
         self.show_status = status
 
     def callbacks(self):
-        from llamavid.callbacks import Callbacks
+        from llamavid.core.callbacks import Callbacks
 
         return Callbacks(progress=self.bar.set, warning=self.warning, status=self.status if self.show_status else None)
 

@@ -1,8 +1,8 @@
 """`llamavid serve`: an OpenAI-compatible HTTP API that keeps one model loaded (FastAPI + uvicorn).
 
 A thin layer: it reads the request (size-limited JSON), hands the body to the library
-(``llamavid.chat_request.parse_chat_request``: every field validated once, media checked against the
-media roots), submits the question to the batching ``llamavid.service.AnswerService``, and writes the
+(``llamavid.server.protocol.parse_chat_request``: every field validated once, media checked against the
+media roots), submits the question to the batching ``llamavid.server.service.AnswerService``, and writes the
 answer in OpenAI's shapes (``chat.completion`` JSON, or ``chat.completion.chunk`` server-sent events).
 Every refusal is a 4xx with ``{"error": {"message", "type", "param", "code"}}``. See docs/SERVE.md.
 """
@@ -62,8 +62,8 @@ def serve(
     qformer_tokenizer: opt.QFormerTokenizer = None,
 ) -> None:
     """Serve the model over HTTP with the OpenAI chat-completions API: llamavid serve --model demo --media-root videos/"""
-    from llamavid.errors import InputError
-    from llamavid.media_access import MediaAccess
+    from llamavid.core.errors import InputError
+    from llamavid.server.media_access import MediaAccess
 
     try:
         import fastapi  # noqa: F401
@@ -116,10 +116,10 @@ def create_app(model, media, *, model_id: str, api_key: str | None = None,
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from llamavid.callbacks import Callbacks
-    from llamavid.chat_request import parse_chat_request
-    from llamavid.errors import LlamaVidError, RequestError
-    from llamavid.service import AnswerService
+    from llamavid.core.callbacks import Callbacks
+    from llamavid.server.protocol import parse_chat_request
+    from llamavid.core.errors import LlamaVidError, RequestError
+    from llamavid.server.service import AnswerService
 
     if service is None:
         service = AnswerService(model, callbacks=Callbacks(warning=log.warning, status=log.info))
@@ -224,7 +224,7 @@ class Reply:
         return _sse(record)
 
     async def events(self, first, pieces: asyncio.Queue, future, include_usage: bool):
-        from llamavid.errors import LlamaVidError
+        from llamavid.core.errors import LlamaVidError
 
         yield self.chunk({"role": "assistant", "content": "", "refusal": None})
         piece = first
@@ -260,7 +260,7 @@ class Reply:
 
     def _extra(self, answered) -> dict[str, Any]:
         """llamavid's own answer fields (frames, seconds; evidence, choices...), as ``ask --json`` has them."""
-        from llamavid.qa import answer_fields
+        from llamavid.tasks.qa import answer_fields
 
         return {k: v for k, v in answer_fields(self.model, answered).items() if k not in ("answer", "model")}
 
@@ -271,8 +271,8 @@ class Reply:
 
 def _describe(exc) -> tuple[int, str, str | None, str | None]:
     """(status, message, param, code) of a library error."""
-    from llamavid.errors import ContextOverflowError, RequestError, VideoError, VidtokError
-    from llamavid.service import ServiceClosed
+    from llamavid.core.errors import ContextOverflowError, RequestError, VideoError, VidtokError
+    from llamavid.server.service import ServiceClosed
 
     if isinstance(exc, RequestError):
         return exc.status, str(exc), exc.param, exc.code
@@ -306,7 +306,7 @@ def refusal(exc):
 
 async def read_json(request, limit: int) -> Any:
     """The body as JSON, refusing more than ``limit`` bytes (413) before reading them all."""
-    from llamavid.errors import RequestError
+    from llamavid.core.errors import RequestError
 
     too_large = RequestError(f"the request body is larger than this server's limit of {limit:,} bytes", status=413,
                              code="request_too_large")
@@ -343,7 +343,7 @@ def _post(loop, queue: asyncio.Queue, item) -> None:
 
 
 def _megabytes(flag: str, value: float) -> int:
-    from llamavid.errors import InputError
+    from llamavid.core.errors import InputError
 
     if not math.isfinite(value) or value <= 0:
         raise InputError(f"{flag} {value:g}: must be a positive number of megabytes")
@@ -352,7 +352,7 @@ def _megabytes(flag: str, value: float) -> int:
 
 def _bind(host: str, port: int) -> socket.socket:
     """A listening socket on host:port (port 0: a free one), before the model loads: a taken port fails fast."""
-    from llamavid.errors import InputError
+    from llamavid.core.errors import InputError
 
     if not 0 <= port <= 65535:
         raise InputError(f"--port {port}: must be between 0 and 65535")

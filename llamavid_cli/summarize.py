@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from llamavid.options import AskOptions
+from llamavid.core.options import AskOptions
 
 from . import options as opt
 from .main import app
@@ -30,10 +30,10 @@ def summarize(
 ) -> None:
     """Summarize a whole video (or --start/--end of it); videos too long for the context are summarized
     segment by segment, then merged. --chapters: a chapter list instead."""
-    from llamavid.choices import SUMMARY_STYLES
-    from llamavid.errors import InputError
-    from llamavid.inputs import open_input
-    from llamavid.summary import fmt_time, summarize as summarize_video
+    from llamavid.core.choices import SUMMARY_STYLES
+    from llamavid.core.errors import InputError
+    from llamavid.pipeline.inputs import open_input
+    from llamavid.tasks.summary import fmt_time, summarize as summarize_video
 
     if style not in SUMMARY_STYLES:
         raise InputError(f"--style {style}: expected one of {', '.join(SUMMARY_STYLES)}")
@@ -53,8 +53,8 @@ def summarize(
 
 
 def _chapters(m, vin, options, reporter, json_out: bool) -> None:
-    from llamavid.chapters import chapter_list, make_chapters
-    from llamavid.timecode import format_clock
+    from llamavid.tasks.chapters import chapter_list, make_chapters
+    from llamavid.core.timecode import format_clock
 
     def progress(c) -> None:
         message(f"[{format_clock(c.start)}-{format_clock(c.end, up=True)}] {c.title}: {' '.join(c.summary.split())}")

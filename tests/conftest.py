@@ -36,9 +36,9 @@ def _float32_cpu_default(monkeypatch):
     """In this process the suite runs as on a CPU without native bfloat16, whatever the machine: loading
     without a dtype gives float32 everywhere, as the numeric tests expect. The dtype rule itself is tested
     with injected probes (test_memory.py)."""
-    import llamavid.memory
+    import llamavid.model.memory
 
-    monkeypatch.setattr(llamavid.memory, "cpu_bf16_support", lambda: None)
+    monkeypatch.setattr(llamavid.model.memory, "cpu_bf16_support", lambda: None)
 
 
 @pytest.fixture(autouse=True)

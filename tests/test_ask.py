@@ -18,9 +18,10 @@ from conftest import model_args, run_cli
 from media import make_image, make_video, write_srt
 
 import llamavid
-from llamavid import planning, summary
-from llamavid.model import LlamaVid
-from llamavid.vision import VisionEncoder
+from llamavid.pipeline import planning
+from llamavid.tasks import summary
+from llamavid.model.modeling import LlamaVid
+from llamavid.model.vision import VisionEncoder
 
 ASK_KEYS = {"input", "question", "answer", "model", "frames", "prompt_tokens", "seconds"}
 PUBLISHED_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
@@ -298,8 +299,9 @@ def test_python_api_is_what_the_cli_wraps(tiny, tiny_model, media, capsys):
 
 
 def test_a_cached_ask_probes_nothing_hashes_once_opens_once_and_builds_one_prompt(tiny, media, capsys, monkeypatch):
-    from llamavid import inputs, video
-    from llamavid.vidtok import Vidtok
+    from llamavid.pipeline import inputs
+    from llamavid.media import video
+    from llamavid.features.vidtok import Vidtok
 
     counts = {"probe": 0, "hash": 0, "open": 0, "prompt": 0}
 

@@ -18,9 +18,9 @@ from media import make_image, make_video
 from conftest import LLAMAVID, model_args, run_cli
 
 import llamavid
-from llamavid import inputs
-from llamavid.fileio import ResumableJsonl
-from llamavid.model import LlamaVid
+from llamavid.pipeline import inputs
+from llamavid.core.fileio import ResumableJsonl
+from llamavid.model.modeling import LlamaVid
 
 
 

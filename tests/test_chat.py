@@ -87,7 +87,7 @@ def test_chat_ctrl_d_and_ctrl_c_leave_cleanly(tiny, clip, tmp_path, key):
 
 
 def test_chat_piped_one_answer_line_per_question_line(tiny, clip, capsys, monkeypatch):
-    from llamavid.model import LlamaVid
+    from llamavid.model.modeling import LlamaVid
 
     prompts, qformer_questions = [], []
     build, tokens = LlamaVid.build_prompt, LlamaVid.video_tokens_batch
@@ -113,7 +113,7 @@ def test_chat_piped_one_answer_line_per_question_line(tiny, clip, capsys, monkey
 
 
 def test_piped_chat_carries_out_slash_commands_and_stops_at_quit(tiny, clip, tmp_path, capsys, monkeypatch):
-    from llamavid.model import LlamaVid
+    from llamavid.model.modeling import LlamaVid
 
     asked = []
     original = LlamaVid.answer_prompts

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llamavid.builtin import resolve_builtin
+from llamavid.model.builtin import resolve_builtin
 from llamavid.data import synthetic
 from conftest import run_cli
 

@@ -24,10 +24,10 @@ import torch
 from checkpoint_fixture import make_eva_state_dict
 from media import make_image, make_video, read_index, write_srt
 
-from llamavid.encode import (
+from llamavid.features.encode import (
     CHUNK_FRAMES, EncodeOptions, encode_file, resume_position, shard_from_env, shard_inputs,
 )
-from llamavid.vidtok import open_vidtok, partial_dir_for
+from llamavid.features.vidtok import open_vidtok, partial_dir_for
 from conftest import LLAMAVID, run_cli
 
 GAP = re.compile(r"\d+(\.\d+)? ?s\b.*\d+(\.\d+)? ?s\b")  # a warning naming a stretch by two times

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from llamavid.errors import InputError
+from llamavid.core.errors import InputError
 from llamavid.eval import (
     BENCHMARKS,
     CHOICE_INSTRUCTION,

@@ -16,7 +16,7 @@ from conftest import model_args, run_cli
 from media import make_image, make_video
 
 from llamavid.data import synthetic
-from llamavid.vision import VisionEncoder
+from llamavid.model.vision import VisionEncoder
 
 EVIDENCE_LINE = re.compile(r"^evidence: (\d\d:\d\d-\d\d:\d\d \(\d\.\d\d\)(, )?)+$")
 
@@ -64,7 +64,7 @@ def _demo(*extra):
 def test_packed_scoring_equals_plain_forward_passes(tiny_model):
     """One prefix in the cache, several answers packed behind a 4-D mask = separate full forward passes;
     hiding a frame of the rest = a prompt without that frame."""
-    from llamavid.likelihood import PromptScorer, answer_ids
+    from llamavid.model.likelihood import PromptScorer, answer_ids
 
     model = tiny_model
     torch.manual_seed(0)
@@ -99,10 +99,10 @@ def test_packed_scoring_equals_plain_forward_passes(tiny_model):
 
 
 def test_choice_answers_with_the_likeliest_option_by_the_documented_rule(tiny, tiny_model, media, capsys):
-    from llamavid.inputs import open_input
-    from llamavid.likelihood import answer_ids
-    from llamavid.options import AskOptions
-    from llamavid.planning import plan_question
+    from llamavid.pipeline.inputs import open_input
+    from llamavid.model.likelihood import answer_ids
+    from llamavid.core.options import AskOptions
+    from llamavid.pipeline.planning import plan_question
 
     options = ["red", "dark blue", "green"]
     args = ["ask", media["video"], "what color is the shape?", *[a for o in options for a in ("--choice", o)],
@@ -296,7 +296,7 @@ def test_boundaries_of_an_hour_of_features_take_seconds():
     """3,600 frames of 257 x 1,408 features (the published encoder's shape) with a change every 5 minutes."""
     import time
 
-    from llamavid.chapters import find_boundaries, frame_vectors
+    from llamavid.tasks.chapters import find_boundaries, frame_vectors
 
     rng = np.random.default_rng(0)
     scenes = rng.normal(size=(12, 1408)).astype(np.float32)
@@ -338,8 +338,8 @@ def test_a_scored_question_whose_full_cache_cannot_fit_is_refused_before_any_wor
     """Evidence and choices keep the prompt in a full KV cache: with memory left for an int8 cache only,
     a plain question is answered (auto picks int8) and a scored one is refused before the QFormer runs."""
     import llamavid
-    from llamavid.errors import MemoryLimitError
-    from llamavid.kvcache import CacheShape
+    from llamavid.core.errors import MemoryLimitError
+    from llamavid.model.kvcache import CacheShape
 
     model = llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, dtype="float32")
     plain = llamavid.ask(model, media["video"], "what is shown?", temperature=0, max_new_tokens=4)

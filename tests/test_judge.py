@@ -30,7 +30,7 @@ from llamavid.eval import (
     read_jsonl,
     score_file,
 )
-from llamavid.errors import InputError
+from llamavid.core.errors import InputError
 from llamavid.eval.judge import cache_key
 from llamavid.eval.prompts import PUBLISHED_PROMPTS
 

@@ -13,7 +13,7 @@ import torch
 import llamavid
 from checkpoint_fixture import build_tiny_checkpoint
 from conftest import run_process
-from llamavid.errors import CheckpointError, InputError, ModelNotFoundError
+from llamavid.core.errors import CheckpointError, InputError, ModelNotFoundError
 
 
 def use_hf_cache(monkeypatch, cache) -> None:

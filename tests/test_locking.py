@@ -21,18 +21,18 @@ import torch
 
 from media import make_video
 
-from llamavid import locking
-from llamavid.encode import EncodeOptions, check_output, content_hash, encode_file, is_up_to_date
-from llamavid.errors import LlamaVidError
-from llamavid.locking import LockError, LockTimeoutError, exclusive, lock_path_for
-from llamavid.vidtok import open_vidtok, partial_dir_for
+from llamavid.core import locking
+from llamavid.features.encode import EncodeOptions, check_output, content_hash, encode_file, is_up_to_date
+from llamavid.core.errors import LlamaVidError
+from llamavid.core.locking import LockError, LockTimeoutError, exclusive, lock_path_for
+from llamavid.features.vidtok import open_vidtok, partial_dir_for
 
 POSIX = sys.platform != "win32"
 
 # A child that takes the lock, says so, and holds it until its stdin closes (or it is killed).
 HOLDER = """
 import sys
-from llamavid.locking import exclusive
+from llamavid.core.locking import exclusive
 with exclusive(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()
@@ -42,7 +42,7 @@ with exclusive(sys.argv[1]):
 COUNTER = """
 import sys, time
 from pathlib import Path
-from llamavid.locking import exclusive
+from llamavid.core.locking import exclusive
 target, counter, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 print("ready", flush=True)
 sys.stdin.readline()
@@ -314,13 +314,13 @@ def test_an_up_to_date_output_in_a_read_only_folder_is_still_reused(tmp_path, en
     out = folder / "clip.vidtok"
     out.write_bytes(reference.read_bytes())
     if POSIX and os.geteuid() == 0:  # root writes anywhere: make the folder check fail as it would for a user
-        import llamavid.encode
-        from llamavid.errors import InputError
+        import llamavid.features.encode
+        from llamavid.core.errors import InputError
 
         def refuse(path, label=None):
             raise InputError(f"{folder}: cannot write to the output directory (Permission denied)")
 
-        monkeypatch.setattr(llamavid.encode, "check_destination", refuse)
+        monkeypatch.setattr(llamavid.features.encode, "check_destination", refuse)
     else:
         folder.chmod(0o500)
     try:

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import llamavid
-from llamavid import checkpoint as ckpt_io
-from llamavid.callbacks import Callbacks
-from llamavid.devices import choose_dtype
-from llamavid.errors import InputError, MemoryLimitError
-from llamavid.kvcache import CacheShape, cache_bytes, make_cache, plan_cache
-from llamavid.loading import model_weight_bytes
-from llamavid.memory import RUNTIME_OVERHEAD, Probes, parse_size
+from llamavid.model import checkpoint as ckpt_io
+from llamavid.core.callbacks import Callbacks
+from llamavid.model.devices import choose_dtype
+from llamavid.core.errors import InputError, MemoryLimitError
+from llamavid.model.kvcache import CacheShape, cache_bytes, make_cache, plan_cache
+from llamavid.model.loading import model_weight_bytes
+from llamavid.model.memory import RUNTIME_OVERHEAD, Probes, parse_size
 
 CPU = torch.device("cpu")
 PLENTY = 1 << 40
@@ -75,7 +75,7 @@ def test_load_model_default_dtype_follows_the_rule_and_says_so_once(tiny, tiny_b
 
 def test_weights_that_cannot_fit_are_refused_before_loading_with_what_would_fit(tiny, tiny_bytes, monkeypatch):
     loaded = []
-    monkeypatch.setattr(llamavid.loading, "load_strict", lambda *a, **k: loaded.append(1))
+    monkeypatch.setattr(llamavid.model.loading, "load_strict", lambda *a, **k: loaded.append(1))
     room = RUNTIME_OVERHEAD + (tiny_bytes[torch.float32] + tiny_bytes[torch.bfloat16]) // 2
     with pytest.raises(MemoryLimitError) as info:  # an explicit float32 is kept, and refused
         llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, dtype="float32", probes=probes(available=room))
@@ -180,7 +180,7 @@ def test_quantized_cache_stays_close_to_the_full_one(tiny_model, mode, max_rel, 
     """Chunked prefill and a few decode steps through the LLM with each cache: logits stay close, and the
     quantized cache stores the bytes the arithmetic says (tiny model: head width 16, so int4 groups are 16:
     int8 = 16 codes + a float32 scale, int4 = 8 bytes of codes + a bf16 scale + a uint8 zero)."""
-    from llamavid.decoding import cache_argument
+    from llamavid.model.generation import cache_argument
 
     llm = tiny_model.llm
     emb = torch.randn(1, 40, 64, generator=torch.Generator().manual_seed(1))
@@ -209,7 +209,7 @@ def test_answers_use_the_chosen_cache_and_a_prompt_that_fits_nothing_names_max_f
     lines, cb = said()
     model = llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, dtype="float32", callbacks=cb, probes=probes())
     used = []
-    import llamavid.kvcache as kv
+    import llamavid.model.kvcache as kv
 
     make = kv.make_cache
     monkeypatch.setattr(kv, "make_cache", lambda llm, mode: used.append(mode) or make(llm, mode))
@@ -225,7 +225,7 @@ def test_answers_use_the_chosen_cache_and_a_prompt_that_fits_nothing_names_max_f
     assert used[-1] == "int8" and len(lines) == 1 and lines[0].startswith("KV cache in int8")
     assert small.text == full.text
     # a question scored on its kept cache (evidence) needs the full cache to fit: refused, saying so
-    from llamavid.likelihood import empty_cache
+    from llamavid.model.likelihood import empty_cache
 
     prompt = model.prompt("What color?", n_frames=6)
     embeds = model.prompt_embeddings(feats, [prompt])
@@ -252,14 +252,14 @@ def test_kv_cache_option_reaches_the_model_and_a_vidtok_never_builds_the_encoder
     load = llamavid.load_model
     monkeypatch.setattr(llamavid, "load_model", lambda *a, **k: seen.append(k["kv_cache"]) or load(*a, **k))
     feats = tmp_path / "v.vidtok"
-    from llamavid.vidtok import VidtokWriter
+    from llamavid.features.vidtok import VidtokWriter
     import numpy as np
 
     w = VidtokWriter(feats, encoder=llamavid.load_vision_encoder(vision_tower=tiny.vision_path).identity(), fps=1.0,
                      source={"name": "v.mp4", "content_hash": "s1:test"})
     w.append(torch.randn(3, 257, 176), np.arange(3, dtype=np.float64))
     w.finalize()
-    import llamavid.vision as vision
+    import llamavid.model.vision as vision
 
     monkeypatch.setattr(vision, "build_vision_tower", lambda *a, **k: pytest.fail("ask on a .vidtok built the encoder"))
     code, out, err = run_cli(capsys, "ask", feats, "what color?", "--json", "--kv-cache", "int4", *model_args(tiny))

@@ -158,8 +158,8 @@ def files(tmp_path_factory, tiny) -> dict[str, Path]:
     """The prepared files the cases refer to (made once; every case checks they survive)."""
     from media import make_video
 
-    from llamavid.encode import EncodeOptions, encode_file
-    from llamavid.loading import load_vision_encoder
+    from llamavid.features.encode import EncodeOptions, encode_file
+    from llamavid.model.loading import load_vision_encoder
 
     root = tmp_path_factory.mktemp("misuse")
     f = {"dir": root, "video": root / "clip.mp4", "video2": root / "clip2.mp4", "text": root / "notes.txt",

@@ -13,8 +13,8 @@ import reference_impl as ref
 from checkpoint_fixture import (
     LLM_HEADS, QF_HIDDEN, QF_INTER, QF_LAYERS, VISION_BLOCKS_IN_FILE, VISION_WIDTH, build_tiny_checkpoint,
 )
-from llamavid.checkpoint import KEY_MAP, is_ignored, to_checkpoint_key, to_module_key
-from llamavid.errors import CheckpointError, ContextOverflowError
+from llamavid.model.checkpoint import KEY_MAP, is_ignored, to_checkpoint_key, to_module_key
+from llamavid.core.errors import CheckpointError, ContextOverflowError
 
 QUESTION = "What color is the shape?"
 
@@ -152,7 +152,7 @@ def test_vision_features_equal_transformers_instructblip_before_post_norm(tiny, 
 
 
 def test_336px_position_interpolation(tiny):
-    from llamavid.vision import build_vision_tower
+    from llamavid.model.vision import build_vision_tower
 
     vision = build_vision_tower(tiny.vision_state_dict, image_size=336)
     pixels = torch.randn(1, 3, 336, 336, generator=torch.Generator().manual_seed(3))
@@ -168,7 +168,7 @@ def test_preprocessing_matches_clip_image_processor(size):
     """Our PIL path equals transformers' CLIPImageProcessor configured as the release's clip-patch14-224."""
     from transformers import CLIPImageProcessor
 
-    from llamavid.vision import CLIP_MEAN, CLIP_STD, preprocess_frames
+    from llamavid.model.vision import CLIP_MEAN, CLIP_STD, preprocess_frames
 
     proc = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, resample=3,
                               do_center_crop=True, do_normalize=True, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD),
@@ -184,7 +184,7 @@ def test_preprocessing_matches_clip_image_processor(size):
 def test_still_images_are_padded_with_the_mean_colour():
     from PIL import Image
 
-    from llamavid.vision import expand_to_square
+    from llamavid.model.vision import expand_to_square
 
     img = Image.new("RGB", (40, 20), (255, 0, 0))
     sq = np.asarray(expand_to_square(img))
@@ -221,7 +221,7 @@ def test_embedded_vision_tower_used_when_no_file(tmp_path, monkeypatch):
 def test_an_embedded_vision_tower_wins_over_another_in_the_user_cache(tmp_path, tiny, monkeypatch):
     """The user cache's eva_vit_g.pth (left there by another model) is a last resort: a checkpoint that
     carries its own encoder keeps it; one without falls back to the cache's file."""
-    from llamavid.checkpoint import user_cache_dir
+    from llamavid.model.checkpoint import user_cache_dir
 
     other = build_tiny_checkpoint(tmp_path / "other", seed=7)
     cached = user_cache_dir() / "eva_vit_g.pth"
@@ -317,7 +317,7 @@ def test_several_questions_batched_equal_one_by_one(tiny_model):
 
 
 def test_qformer_input_ids_are_plain_wordpiece(tiny, tiny_model):
-    from llamavid.qformer import encode_questions
+    from llamavid.model.qformer import encode_questions
 
     vocab = [line for line in (tiny.extra["bert_dir"] / "vocab.txt").read_text().splitlines() if line]
     for text in (QUESTION, "Who is Murphy?", "what's HAPPENING, first... zebra!"):
@@ -354,7 +354,7 @@ def test_prompt_matches_published_templates_byte_for_byte(tiny_model):
 def test_prompt_ids_match_sentencepiece(tiny, tiny_model):
     import sentencepiece as spm
 
-    from llamavid.prompt import IMAGE_SLOT
+    from llamavid.model.prompt import IMAGE_SLOT
 
     sp = spm.SentencePieceProcessor(model_file=str(tiny.path / "tokenizer.model"))
     prompt = SYSTEM + " USER: What is it? ASSISTANT: A dog.</s>USER: <image>\nAnd then? ASSISTANT:"
@@ -433,7 +433,7 @@ def test_sampling_is_repeatable_with_a_seed(tiny_model):
 
 
 def test_top_p_keeps_only_the_nucleus():
-    from llamavid.decoding import SamplingOptions, pick_tokens
+    from llamavid.model.generation import SamplingOptions, pick_tokens
 
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     gen = torch.Generator().manual_seed(0)

@@ -511,7 +511,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(servers, media, tiny)
     ([], ""),
 ])
 def test_streamed_pieces_add_up_to_the_finished_answer(pieces, final):
-    from llamavid.service import TextStream
+    from llamavid.server.service import TextStream
 
     sent = []
     stream = TextStream(sent.append, "</s>")

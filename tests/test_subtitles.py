@@ -10,9 +10,9 @@ import subprocess
 import pytest
 
 import media
-from llamavid import subtitles as subs
-from llamavid import video
-from llamavid.errors import InputError, LlamaVidError
+from llamavid.media import subtitles as subs
+from llamavid.media import video
+from llamavid.core.errors import InputError, LlamaVidError
 
 # In file order: out of order and overlapping.
 HAND_MADE = [

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import llamavid
-from llamavid.errors import InputError
+from llamavid.core.errors import InputError
 from llamavid.train.data import ConversationDataset, FeatureStore, load_samples
 from llamavid.train.objective import batch_loss
 from llamavid.train.stages import STAGES

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import media
-from llamavid import video
-from llamavid.errors import InputError, LlamaVidError, VideoError
+from llamavid.media import video
+from llamavid.core.errors import InputError, LlamaVidError, VideoError
 
 # decord is optional (llamavid[decord]); where it is installed it is tested like the others
 BACKENDS = ("pyav", "ffmpeg", "decord") if video.decord_available() else ("pyav", "ffmpeg")
@@ -505,8 +505,8 @@ def test_a_decoder_library_error_is_a_one_line_video_error(tmp_path):
 
 QUIET_CHILD = """
 import sys
-from llamavid import video
-from llamavid.errors import LlamaVidError
+from llamavid.media import video
+from llamavid.core.errors import LlamaVidError
 for path in sys.argv[2:]:
     for backend in sys.argv[1].split(","):
         try:

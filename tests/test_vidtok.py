@@ -19,9 +19,9 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from llamavid import __version__
-from llamavid import vidtok
-from llamavid.errors import InputError, LlamaVidError, VidtokError
-from llamavid.vidtok import (
+from llamavid.features import vidtok
+from llamavid.core.errors import InputError, LlamaVidError, VidtokError
+from llamavid.features.vidtok import (
     Vidtok,
     VidtokWriter,
     content_hash,
@@ -251,7 +251,7 @@ def test_resume_after_kill_dash_nine(tmp_path, fixed_clock):
     target = tmp_path / "clip.vidtok"
     child = f"""
 import os, signal, numpy as np
-from llamavid.vidtok import VidtokWriter
+from llamavid.features.vidtok import VidtokWriter
 x = np.load({str(tmp_path / 'x.npy')!r})
 w = VidtokWriter({str(target)!r}, encoder={ENCODER!r}, fps=2.0, source={SOURCE!r}, chunk_frames=16)
 w.append(x[:40], np.arange(40) * 0.5 + 0.25)

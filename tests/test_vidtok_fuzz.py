@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from llamavid import vidtok
-from llamavid.errors import LlamaVidError, VidtokError
-from llamavid.vidtok import open_vidtok, write_vidtok
+from llamavid.features import vidtok
+from llamavid.core.errors import LlamaVidError, VidtokError
+from llamavid.features.vidtok import open_vidtok, write_vidtok
 
 CASES = 20_000
 

@@ -25,7 +25,7 @@ from llamavid.eval.benchmarks import (
 )
 from llamavid.eval.judge import Judge, JudgeError, JudgeStats, Verdict, judge_predictions, parse_verdict
 from llamavid.eval.predict import PredictionStats, Progress, group_by_video, run_predictions
-from llamavid.fileio import read_jsonl
+from llamavid.core.fileio import read_jsonl
 from llamavid.eval.prompts import PUBLISHED_PROMPTS, build_messages
 from llamavid.eval.report import render_markdown, report_dict, write_report
 from llamavid.eval.scoring import (

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, overload
 
-from llamavid.errors import InputError
+from llamavid.core.errors import InputError
 
 ItemKind = Literal["open", "generative", "consistency", "choice", "exact"]
 

@@ -2,7 +2,7 @@
 
 Why JSONL with one fsync'd line per item: evaluation runs take hours and get killed (preempted GPUs,
 OOM, Ctrl-C). Each finished item is durable the moment its line is written, so a rerun skips every id
-already in the file and redoes only the rest (``llamavid.fileio.ResumableJsonl``, the writer ``ask
+already in the file and redoes only the rest (``llamavid.core.fileio.ResumableJsonl``, the writer ``ask
 --batch`` uses too). An item whose answer fails is recorded as ``{"id", "error"}`` and the run goes on:
 one unreadable video must not cost the other 13,000 answers.
 """
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llamavid.errors import InputError
-from llamavid.fileio import ResumableJsonl, read_jsonl
+from llamavid.core.errors import InputError
+from llamavid.core.fileio import ResumableJsonl, read_jsonl
 from llamavid.eval.benchmarks import EvalItem
 
 AnswerFn = Callable[[EvalItem], str]

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from llamavid import fileio
+from ..core import fileio
 from llamavid.eval.scoring import PAPER_LLAMA_VID_7B, BenchmarkResult
 
 REPORT_FORMAT = "llamavid-eval-report/1"

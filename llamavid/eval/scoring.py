@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llamavid.errors import InputError
+from llamavid.core.errors import InputError
 from llamavid.eval.benchmarks import OPTION_LETTERS, get_benchmark
-from llamavid.fileio import read_jsonl
+from llamavid.core.fileio import read_jsonl
 
 #: LLaMA-VID-7B as published (paper tables); accuracies as fractions.
 PAPER_LLAMA_VID_7B: dict[str, dict[str, float]] = {

@@ -20,13 +20,13 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .. import subtitles as subs
-from ..encode import EncodeOptions, encode_file
-from ..errors import InputError
-from ..prompt import IMAGE_PLACEHOLDER
-from ..planning import uniform_indices
-from ..vidtok import content_hash, open_vidtok
-from ..vision import VisionEncoder
+from ..media import subtitles as subs
+from ..features.encode import EncodeOptions, encode_file
+from ..core.errors import InputError
+from ..model.prompt import IMAGE_PLACEHOLDER
+from ..pipeline.planning import uniform_indices
+from ..features.vidtok import content_hash, open_vidtok
+from ..model.vision import VisionEncoder
 
 MEDIA_KEYS = ("vidtok", "video", "image")
 

@@ -125,7 +125,7 @@ def make_tokenizers(folder: Path, r: DemoRecipe) -> tuple[Path, Path]:
 
     import sentencepiece as spm
 
-    from ..prompt import MOVIE_END, MOVIE_START, get_template
+    from ..model.prompt import MOVIE_END, MOVIE_START, get_template
 
     folder.mkdir(parents=True, exist_ok=True)
     sp_path, bert_dir = folder / "tokenizer.model", folder / "qformer_tokenizer"
@@ -182,7 +182,7 @@ def random_frames(rng: np.random.Generator, n: int) -> tuple[np.ndarray, torch.T
 
 def train_vision(path: Path, r: DemoRecipe) -> Path:
     """Pretrain the tiny ViT on labelled frames; save it in the LAVIS layout (bf16-exact values)."""
-    from ..vision import EvaVisionTransformer, VisionConfig, preprocess_frames
+    from ..model.vision import EvaVisionTransformer, VisionConfig, preprocess_frames
 
     if path.is_file():
         return path
@@ -251,8 +251,8 @@ def run_stage(number: int, data: Path, start: str, out: Path, features: Path, se
 
 
 def export_demo(model_dir: str, dest: Path) -> Path:
-    from ..export import save_checkpoint
-    from ..loading import load_model
+    from ..model.export import save_checkpoint
+    from ..model.loading import load_model
 
     model = load_model(model_dir, dtype="float32", device="cpu")
     save_checkpoint(model, dest, fmt="safetensors", dtype=torch.bfloat16, embed_vision=True)

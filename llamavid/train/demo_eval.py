@@ -32,9 +32,9 @@ def first_word(text: str) -> str:
 def run_items(model, items: list[dict], root: Path, *, progress: bool = True) -> list[dict]:
     """Answer each item (greedily, the questions of a video together); records with the answer and
     whether it is right."""
-    from ..batch import answer_video_questions
-    from ..options import AskOptions
-    from ..qa import Question
+    from ..tasks.batch import answer_video_questions
+    from ..core.options import AskOptions
+    from ..tasks.qa import Question
 
     by_video: dict[str, list[dict]] = defaultdict(list)
     for item in items:
@@ -72,7 +72,7 @@ def evaluate(model_name: str, data: Path, *, ablation: dict[str, str] | None = N
              pointing: bool = True, ablation_from: Path | None = None) -> dict:
     """``ablation_from``: a previous RESULTS.json whose token-type ablation is carried over (the ablation
     models train stages 1-2 only, so a change to later stages leaves them as they were)."""
-    from ..loading import load_model
+    from ..model.loading import load_model
 
     t0 = time.perf_counter()
     root = data / "test"

@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..model import LlamaVid
-from ..prompt import get_template, image_message, movie_message, tokenize_prompt
-from ..qformer import encode_questions
+from ..model.modeling import LlamaVid
+from ..model.prompt import get_template, image_message, movie_message, tokenize_prompt
+from ..model.qformer import encode_questions
 
 IGNORE = -100
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from ..config import LlamaVidConfig
-from ..export import save_checkpoint
-from ..model import LlamaVid
-from ..prompt import TextTokenizer
-from ..qformer import QFormerConfig, load_qformer_tokenizer
-from ..vision import VisionEncoder, VisionWeights, read_lavis_weights
+from ..model.config import LlamaVidConfig
+from ..model.export import save_checkpoint
+from ..model.modeling import LlamaVid
+from ..model.prompt import TextTokenizer
+from ..model.qformer import QFormerConfig, load_qformer_tokenizer
+from ..model.vision import VisionEncoder, VisionWeights, read_lavis_weights
 
 
 @dataclass

@@ -30,7 +30,7 @@ def get_stage(number: int) -> Stage:
     try:
         return STAGES[int(number)]
     except (KeyError, ValueError):
-        from ..errors import InputError
+        from ..core.errors import InputError
 
         raise InputError(f"--stage {number}: expected 1, 2 or 3") from None
 

@@ -22,8 +22,8 @@ from typing import Callable
 
 import torch
 
-from ..checkpoint import VISION_TOWER_NAME
-from ..errors import InputError
+from ..model.checkpoint import VISION_TOWER_NAME
+from ..core.errors import InputError
 from .data import ConversationDataset, FeatureStore, collate, load_samples
 from .objective import TrainingModule
 from .stages import apply_freezing, get_stage
@@ -94,8 +94,8 @@ def train(cfg: TrainConfig, *, on_log: Callable[[dict], None] | None = None) -> 
     from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
 
-    from ..export import save_checkpoint
-    from ..loading import load_model
+    from ..model.export import save_checkpoint
+    from ..model.loading import load_model
 
     t0 = time.perf_counter()
     stage = get_stage(cfg.stage)

@@ -1,0 +1,407 @@
+"""The encoding pipeline: video -> frames -> vision features -> .vidtok, once per video.
+
+- Memory is bounded: frames are decoded in small chunks and shrunk to 224 px at once; features go to
+  disk chunk by chunk. Nothing grows with the length of the video.
+- Decoding overlaps the vision forward: a background thread decodes and preprocesses the next batch
+  while the encoder runs on the current one (decoders and PIL release the GIL).
+- Resumable: the token file's writer keeps fixed-size chunks durably on disk; a run stopped by Ctrl-C,
+  kill -9 or power loss continues after the last complete chunk, and batches stay aligned to chunk
+  boundaries, so the features equal those of an uninterrupted run bit for bit. The resume point is found
+  from the last stored TIMESTAMP, not from the number of stored frames: when frames failed to decode
+  (a damaged stretch), stored frames and positions in the sampling plan differ, and counting would
+  re-encode (duplicate) frames.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from ..core import locking
+from ..media import subtitles as subs
+from ..media import video
+from ..core.errors import InputError, LlamaVidError, VideoError, VidtokError
+from ..pipeline.planning import frames_in_range
+from .vidtok import VidtokWriter, check_destination, content_hash, open_vidtok
+from ..model.vision import VisionEncoder, preprocess_frames
+
+CHUNK_FRAMES = 64  # the token file's resume unit; batch sizes divide it
+
+
+@dataclass
+class EncodeOptions:
+    """What ``llamavid encode``'s flags choose; an output is up to date only for the same fps and storage."""
+
+    fps: float = 1.0
+    storage: str = "float16"  # or "int8" (--compact)
+    batch_size: int | None = None  # None: 32 on a GPU, 8 on the CPU
+    subtitles: str | os.PathLike | None = None
+    force: bool = False
+    verify: bool = True  # check every block of an existing output before calling it up to date
+    time_range: tuple[float, float] | None = None  # only frames at start <= t < end (seconds; end may be inf)
+
+
+@dataclass
+class EncodeResult:
+    """One record per input (printed as JSON by ``llamavid encode --json``)."""
+
+    input: str
+    output: str | None
+    status: str  # "encoded", "resumed", "skipped" (up to date) or "failed"
+    frames: int = 0
+    seconds: float = 0.0
+    backend: str | None = None
+    resumed_from: int = 0
+    subtitles: int = 0
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def default_batch_size(device: torch.device) -> int:
+    return 32 if device.type == "cuda" else 8
+
+
+def batch_size_for(requested: int | None, device: torch.device) -> int:
+    """A batch size that divides the chunk size, so resumed runs batch frames exactly as fresh ones."""
+    size = requested or default_batch_size(device)
+    if size < 1:
+        raise InputError(f"--batch-size {size}: must be at least 1")
+    size = min(size, CHUNK_FRAMES)
+    while CHUNK_FRAMES % size:
+        size -= 1
+    return size
+
+
+def output_path_for(input_path: Path, out: Path | None, *, many: bool) -> Path:
+    """Where an input's token file goes: ``-o FILE.vidtok`` for one input, ``-o DIR/NAME.vidtok``, or beside it."""
+    name = input_path.stem + ".vidtok"
+    if out is None:
+        return input_path.with_name(name)
+    if out.suffix == ".vidtok" and not many:
+        return out
+    if out.suffix == ".vidtok":
+        raise InputError(f"{out}: several inputs need an output directory, not one .vidtok file")
+    return out / name
+
+
+@dataclass(frozen=True)
+class OutputState:
+    """What an existing output is worth to a job (see ``check_output``)."""
+
+    status: str  # "missing", "current" (up to date), "stale" (another job's output) or "damaged"
+    frames: int = 0
+    fingerprint: str | None = None  # the vision encoder that made it (None when missing or damaged)
+    problem: str | None = None  # for "damaged": the reader's one-line error
+
+
+def range_record(time_range: tuple[float, float] | None) -> list[float | None] | None:
+    """How a time range is stored in a token file's source description (JSON has no infinity)."""
+    if time_range is None:
+        return None
+    start, end = time_range
+    return [float(start), None if end == float("inf") else float(end)]
+
+
+def check_output(output: Path, source_hash: str, encoder: dict, fps: float, storage: str, *,
+                 verify: bool = True, time_range: tuple[float, float] | None = None) -> OutputState:
+    """Classify an existing token file for a job: missing, current, stale, or damaged.
+
+    The job is the source's bytes, the encoder, the frame rate, the storage and the time range (None:
+    the whole video); a file made for another range is "stale".
+
+    ``verify=True`` checks every block's checksum of a file that otherwise matches the job, so a file
+    that fails its checksums is never "current". That costs one read of the whole file, as
+    ``llamavid info --verify`` does (the features at disk speed plus BLAKE2b on one core; measured
+    0.25-0.3 GB/s from the page cache on a busy 2-core machine, so about 10 s for an hour of video at 1
+    frame/s, 2.6 GB); ``verify=False`` checks the header, the layout and the timestamps only and leaves
+    the blocks to be checked when they are read.
+    """
+    if not output.is_file():
+        return OutputState("missing")
+    try:
+        with open_vidtok(output) as vt:
+            fingerprint = vt.encoder.get("fingerprint")
+            same = (vt.source.get("content_hash") == source_hash and fingerprint == encoder["fingerprint"]
+                    and abs(float(vt.fps) - float(fps)) < 1e-9 and vt.storage == storage
+                    and vt.source.get("range") == range_record(time_range))
+            if same and verify:
+                vt.verify()
+            return OutputState("current" if same else "stale", vt.num_frames, fingerprint)
+    except LlamaVidError as e:
+        return OutputState("damaged", problem=str(e))
+
+
+def is_up_to_date(output: Path, source_hash: str, encoder: dict, fps: float, storage: str, *,
+                  verify: bool = True, time_range: tuple[float, float] | None = None) -> bool:
+    """A complete token file from the same source bytes, encoder, frame rate, storage and range exists.
+
+    With ``verify`` (the default) every block's checksum is checked as well (one read of the file): a
+    file that fails its checksums is never up to date. See ``check_output``.
+    """
+    return check_output(Path(output), source_hash, encoder, fps, storage, verify=verify,
+                        time_range=time_range).status == "current"
+
+
+def shard_inputs(items: list, rank: int, world: int) -> list:
+    """The inputs process ``rank`` of ``world`` encodes: every world-th one from ``rank`` (round robin).
+
+    Every process expands the same inputs in the same (sorted) order, so the shards are disjoint and
+    together cover all inputs without any communication between processes.
+    """
+    if world < 1 or not 0 <= rank < world:
+        raise InputError(f"process rank {rank} of {world}: the rank must be in [0, world size)")
+    return items[rank::world]
+
+
+def shard_from_env(environ: dict | None = None) -> tuple[int, int, int]:
+    """(rank, world size, local rank) as ``accelerate launch`` / torchrun set them; (0, 1, 0) otherwise.
+
+    Read from the environment rather than through a process group: encoding needs no communication, and
+    a plain single process must not try to join one.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", env.get("ACCELERATE_PROCESS_INDEX", "0")))
+        local = int(env.get("LOCAL_RANK", env.get("ACCELERATE_LOCAL_PROCESS_INDEX", str(rank))))
+    except ValueError:
+        raise InputError("WORLD_SIZE / RANK / LOCAL_RANK must be integers") from None
+    return rank, world, local
+
+
+def last_stored_timestamp(writer: VidtokWriter) -> float | None:
+    """Timestamp of the last frame in the writer's durable chunks (None when there are none or unreadable)."""
+    from safetensors import safe_open
+
+    if not writer.frames_done:
+        return None
+    last = writer.partial_dir / f"chunk-{writer.frames_done // CHUNK_FRAMES - 1:06d}.safetensors"
+    try:
+        with safe_open(last, framework="numpy") as f:
+            return float(f.get_tensor("timestamps")[-1])
+    except Exception:  # noqa: BLE001 - the caller starts over instead
+        return None
+
+
+def resume_position(plan_times: list[float], last_timestamp: float) -> int:
+    """Position in the sampling plan after the frame stored last (plan times strictly increase)."""
+    return bisect.bisect_right(plan_times, last_timestamp + 1e-9)
+
+
+def _batches(path: Path, info: video.VideoInfo, fps: float, start: int, batch: int, image_size: int,
+             warnings: list[str], stop: int | None = None) -> Iterator[tuple[torch.Tensor, list[float]]]:
+    """(pixels, timestamps) batches of exactly ``batch`` frames (the last may be shorter), from frame
+    ``start`` up to ``stop`` (positions in the sampling plan)."""
+    pending: list[torch.Tensor] = []
+    times: list[float] = []
+    for chunk in video.sample_frames(path, fps, chunk_size=min(batch, 16), start=start, stop=stop,
+                                     on_warning=warnings.append, info=info):
+        pending.append(preprocess_frames(chunk.frames, image_size, pad_to_square=info.is_image))
+        times.extend(chunk.timestamps)
+        while sum(p.shape[0] for p in pending) >= batch:
+            pixels = torch.cat(pending)
+            yield pixels[:batch], times[:batch]
+            pending, times = ([pixels[batch:]] if pixels.shape[0] > batch else []), times[batch:]
+    if pending:
+        yield torch.cat(pending), times
+
+
+def _prefetch(iterator: Iterator, depth: int = 2, pin: bool = False) -> Iterator:
+    """Run ``iterator`` in a background thread, ``depth`` items ahead; exceptions are re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in iterator:
+                if stop.is_set():
+                    return
+                if pin:
+                    item = (item[0].pin_memory(), item[1])
+                q.put(item)
+            q.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(exc)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()  # ends a decoder subprocess at once when the consumer stopped early
+
+    thread = threading.Thread(target=work, daemon=True, name="llamavid-decode")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def encode_file(
+    encoder: VisionEncoder,
+    input_path: str | os.PathLike,
+    output: str | os.PathLike,
+    opts: EncodeOptions | None = None,
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
+    info: video.VideoInfo | None = None,
+    source_hash: str | None = None,
+) -> EncodeResult:
+    """Encode one video or image into a .vidtok file (skipped when an up-to-date one exists).
+
+    ``on_progress(done, total)`` is called after every batch. Raises LlamaVidError for bad input; a
+    KeyboardInterrupt (or a kill) leaves the partial state on disk for the next run to resume. An
+    existing output made with another vision encoder is refused unless ``opts.force``: it may be the
+    only copy of hours of encoding, and the two cannot be mixed. An existing output that fails its
+    checksums is encoded again, with a warning. ``info`` and ``source_hash`` spare a second probe and
+    hash when the caller has them already (the ask path does).
+
+    The whole job (the up-to-date check, resuming, writing, finalizing) runs under
+    ``llamavid.core.locking.exclusive(output)``: a second process (or thread) encoding to the same output
+    waits, ``on_wait`` (default: ``on_warning``) is told so once, and then it finds the output up to
+    date and returns "skipped". The lock is re-entrant, so a caller may hold it already.
+    """
+    opts = opts or EncodeOptions()
+    t0 = time.perf_counter()
+    src, out = Path(input_path), Path(output)
+    if not src.exists():
+        raise InputError(f"{src}: no such file")
+    if src.is_dir():
+        raise InputError(f"{src}: is a directory (encode takes files; the CLI expands folders)")
+    if opts.fps <= 0:
+        raise InputError(f"--fps {opts.fps}: must be positive")
+    if opts.storage not in ("float16", "int8"):
+        raise InputError(f"storage {opts.storage!r}: expected float16 or int8")
+    info = info or video.probe(src)
+    identity = encoder.identity()
+    source_hash = source_hash or content_hash(src)
+    try:
+        check_destination(out)
+    except InputError:
+        # Nothing can be written there (so no run can be writing there either); a current output still serves.
+        if not opts.force:
+            _, skipped = _output_state(src, out, opts, info, identity, source_hash, t0)
+            if skipped is not None:
+                return skipped
+        raise
+    with locking.exclusive(out, on_wait=on_wait or on_warning):
+        return _encode_locked(encoder, src, out, opts, info, identity, source_hash, t0, on_progress, on_warning)
+
+
+def _output_state(src: Path, out: Path, opts: EncodeOptions, info: video.VideoInfo, identity: dict,
+                  source_hash: str, t0: float) -> tuple[OutputState, EncodeResult | None]:
+    """The existing output's state for this job, and the "skipped" result when it is already up to date."""
+    state = check_output(out, source_hash, identity, opts.fps, opts.storage, verify=opts.verify,
+                         time_range=opts.time_range)
+    if state.status != "current":
+        return state, None
+    return state, EncodeResult(str(src), str(out), "skipped", frames=state.frames, backend=info.backend,
+                               seconds=time.perf_counter() - t0)
+
+
+def _encode_locked(encoder: VisionEncoder, src: Path, out: Path, opts: EncodeOptions, info: video.VideoInfo,
+                   identity: dict, source_hash: str, t0: float, on_progress: Callable[[int, int], None] | None,
+                   on_warning: Callable[[str], None] | None) -> EncodeResult:
+    """``encode_file`` once it holds the output's lock."""
+    notes: list[str] = []
+    if not opts.force:
+        state, skipped = _output_state(src, out, opts, info, identity, source_hash, t0)
+        if skipped is not None:
+            return skipped
+        _refuse_foreign(out, state, identity)
+        if state.status == "damaged":
+            notes.append(f"{state.problem}; encoding it again")
+            if on_warning:
+                on_warning(notes[-1])
+    lines: list = []
+    subtitle_source = None
+    if not info.is_image:
+        lines, subtitle_source = subs.load_for_video(src, opts.subtitles)
+    elif opts.subtitles:
+        raise InputError(f"{src}: a still image takes no subtitles")
+    plan_times = video.sample_times(info, opts.fps)
+    first, stop = 0, len(plan_times)  # the part of the sampling plan to encode
+    if opts.time_range is not None:
+        inside = frames_in_range(plan_times, opts.time_range)
+        if not inside:
+            raise InputError(f"{src}: no sampled frame lies in the range asked for; widen it or raise --fps")
+        first, stop = inside[0], inside[-1] + 1
+    source = {
+        "name": src.name, "size": src.stat().st_size, "duration": info.duration, "content_hash": source_hash,
+        "native_fps": info.native_fps, "width": info.width, "height": info.height, "backend": info.backend,
+        "rotation": info.rotation, "is_image": info.is_image, "subtitles": subtitle_source,
+    }
+    if opts.time_range is not None:
+        source["range"] = range_record(opts.time_range)
+    make_writer = lambda resume: VidtokWriter(  # noqa: E731
+        out, encoder=identity, fps=opts.fps, source=source, storage=opts.storage, chunk_frames=CHUNK_FRAMES,
+        resume=resume)
+    writer = make_writer(not opts.force)
+    start = first
+    if writer.frames_done:
+        last = last_stored_timestamp(writer)
+        if last is None:  # cannot tell where the stored frames end: start over rather than guess
+            writer.abort()
+            writer = make_writer(False)
+        else:
+            start = max(first, resume_position(plan_times, last))
+    resumed = writer.frames_done
+    warnings: list[str] = []
+    batch = batch_size_for(opts.batch_size, encoder.device)
+    done = resumed
+    planned = max(stop - start + resumed, resumed)
+    if on_progress:
+        on_progress(done, planned)
+    try:
+        batches = _batches(src, info, opts.fps, start, batch, encoder.image_size, warnings, stop=stop)
+        for pixels, times in _prefetch(batches, pin=encoder.device.type == "cuda"):
+            feats = encoder.encode_pixels(pixels, batch_size=batch)
+            writer.append(feats.to("cpu", torch.float32), times)
+            done += len(times)
+            if on_progress:
+                on_progress(done, max(planned, done))
+    except LlamaVidError:
+        if not writer.frames_done:
+            writer.abort()  # nothing worth resuming: leave no trace
+        raise
+    warnings = list(dict.fromkeys(warnings))  # one warning per problem, in order
+    if writer.frames_total == 0:  # the one-line error says it all; no per-frame warnings before it
+        writer.abort()
+        raise VideoError(f"{src}: no frame could be decoded")
+    if on_warning:
+        for w in warnings:
+            on_warning(w)
+    writer.finalize(subtitles=[(l.start, l.end, l.text) for l in lines], warnings=warnings)
+    return EncodeResult(str(src), str(out), "resumed" if resumed else "encoded", frames=done,
+                        seconds=time.perf_counter() - t0, backend=info.backend, resumed_from=resumed,
+                        subtitles=len(lines), warnings=notes + warnings)
+
+
+def _refuse_foreign(out: Path, state: OutputState, identity: dict) -> None:
+    """An existing complete output made with another vision encoder is not silently replaced."""
+    if state.status == "stale" and state.fingerprint != identity["fingerprint"]:
+        raise VidtokError(f"{out}: already holds features from vision encoder {state.fingerprint}, not "
+                          f"{identity['fingerprint']}; use --force to replace it, or another -o")

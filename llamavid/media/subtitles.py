@@ -1,0 +1,150 @@
+"""Subtitles: .srt files (any common encoding), sidecar discovery, embedded streams, and which frame a
+line belongs to.
+
+Rule for attaching a line to frames (the published one, stated per line): a subtitle line goes with the
+LAST sampled frame whose time is strictly before the line's END time; with frame 0 when no frame is.
+The published code walked one pointer forward over the lines in file order, which puts an out-of-order
+line on the wrong frame and sends a line that ends at or before the first frame to the LAST frame; the
+per-line rule gives the intended answer in both cases. Lines on one frame are joined by a space in
+order of start time.
+
+Malformed input is tolerated cue by cue: a cue whose timing line does not parse (or that ends before
+it starts, or has no text) is skipped and reported through ``on_warning`` with the count, so one bad
+cue does not cost a movie its subtitles; a file in which NO cue can be read is an ``InputError``
+(it is most likely not an .srt file at all).
+"""
+
+from __future__ import annotations
+
+import bisect
+import html
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..core.errors import InputError
+
+ENCODINGS = ("utf-8-sig", "utf-16", "cp1252", "latin-1")
+_TAG = re.compile(r"<[^>]*>|\{\\[^}]*\}")
+_BLOCK = re.compile(r"\n[ \t]*\n")
+
+Warn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SubtitleLine:
+    start: float  # seconds
+    end: float
+    text: str  # one line: tags removed, whitespace collapsed
+
+
+def clean_text(text: str) -> str:
+    """Drop HTML/ASS styling tags, unescape entities, fold newlines and runs of spaces into one space."""
+    return " ".join(html.unescape(_TAG.sub("", text)).split())
+
+
+def _decode(data: bytes) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")
+
+
+def parse_srt(text: str, source: str = "subtitles", on_warning: Warn | None = None) -> list[SubtitleLine]:
+    """Cues from SRT text, sorted by (start, end); blank or malformed cues are skipped (and counted in
+    a warning: the number of non-empty blocks minus the cues kept)."""
+    import pysrt
+
+    try:
+        items = pysrt.from_string(text, error_handling=pysrt.ERROR_PASS)
+    except Exception as exc:  # pysrt raises a few types on garbage
+        raise InputError(f"{source}: not a subtitle file we can read ({exc})") from None
+    lines = []
+    for item in items:
+        start, end = item.start.ordinal / 1000.0, item.end.ordinal / 1000.0
+        body = clean_text(item.text)
+        if body and end > start >= 0:
+            lines.append(SubtitleLine(start, end, body))
+    blocks = [b for b in _BLOCK.split(text.replace("\r\n", "\n").replace("\r", "\n").strip()) if b.strip()]
+    if on_warning is not None and lines and len(blocks) > len(lines):
+        on_warning(f"{source}: skipped {len(blocks) - len(lines)} malformed or empty subtitle cue(s)")
+    return sorted(lines, key=lambda line: (line.start, line.end))
+
+
+def load_srt(path: str | os.PathLike, on_warning: Warn | None = None) -> list[SubtitleLine]:
+    """An .srt file in UTF-8 (with or without BOM), UTF-16 (with BOM) or cp1252/latin-1."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    lines = parse_srt(_decode(data), source=str(path), on_warning=on_warning)
+    if not lines and data.strip():
+        raise InputError(f"{path}: no subtitle cue could be read (is it an .srt file?)")
+    return lines
+
+
+def find_sidecar(video_path: str | os.PathLike) -> Path | None:
+    """NAME.srt beside the video; else NAME.<lang>.srt (the first in name order)."""
+    video = Path(video_path)
+    folder = video.parent if str(video.parent) else Path(".")
+    try:
+        names = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".srt")
+    except OSError:
+        return None
+    exact = [p for p in names if p.stem == video.stem]
+    if exact:
+        return exact[0]
+    tagged = [p for p in names if p.stem.startswith(video.stem + ".") and "." not in p.stem[len(video.stem) + 1:]]
+    return tagged[0] if tagged else None
+
+
+def extract_embedded(video_path: str | os.PathLike) -> list[SubtitleLine]:
+    """The first text subtitle stream inside the container, through ffmpeg; [] when there is none."""
+    if shutil.which("ffmpeg") is None:
+        return []
+    with tempfile.TemporaryDirectory(prefix="llamavid-subs-") as tmp:
+        out = Path(tmp) / "embedded.srt"
+        proc = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", str(video_path), "-map", "0:s:0", "-f", "srt",
+                               str(out)], capture_output=True)
+        if proc.returncode != 0 or not out.is_file():
+            return []
+        return parse_srt(_decode(out.read_bytes()), source=f"{video_path} (embedded subtitles)")
+
+
+def load_for_video(video_path: str | os.PathLike, subtitles_path: str | os.PathLike | None = None,
+                   on_warning: Warn | None = None) -> tuple[list[SubtitleLine], str | None]:
+    """The subtitles of a video: the file given, else a sidecar .srt, else an embedded stream.
+
+    Returns (lines, where they came from) — the source is None when there are none.
+    """
+    if subtitles_path is not None:
+        return load_srt(subtitles_path, on_warning), Path(subtitles_path).name
+    sidecar = find_sidecar(video_path)
+    if sidecar is not None:
+        return load_srt(sidecar, on_warning), sidecar.name
+    embedded = extract_embedded(video_path)
+    return (embedded, "embedded stream 0:s:0") if embedded else ([], None)
+
+
+def attach_to_frames(lines: Sequence[SubtitleLine], frame_times: Sequence[float]) -> list[str]:
+    """Per-frame subtitle text by the published rule (see the module docstring)."""
+    texts: list[list[tuple[float, str]]] = [[] for _ in frame_times]
+    if not texts:
+        return []
+    times = list(frame_times)
+    for line in lines:
+        k = bisect.bisect_left(times, line.end) - 1  # last frame strictly before the end time
+        texts[max(k, 0)].append((line.start, line.text))
+    return [" ".join(text for _, text in sorted(group, key=lambda x: x[0])) for group in texts]

@@ -1,0 +1,18 @@
+"""The model layer: the LLaMA-VID network (``modeling``), its parts, generation, and loading checkpoints.
+
+``LlamaVid``, ``Answer`` and ``Prompt`` are importable from here (``from llamavid.model import LlamaVid``),
+lazily, so that the package's small modules (``choices`` of dtypes, ``memory``) do not pull in the network.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = ("LlamaVid", "Answer", "Prompt", "init_weights_", "new_llm", "finish_llm")
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(".modeling", __name__), name)

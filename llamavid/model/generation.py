@@ -1,0 +1,147 @@
+"""Token generation: greedy or nucleus sampling over a LLaMA with a KV cache, streamed token by token.
+
+Our own loop rather than ``generate()``: it takes embeddings with visual tokens spliced in, never picks
+up a checkpoint's ``generation_config.json`` behind the user's back, prefills very long prompts (64K-token
+movies) in chunks computing logits for the last position only, and reports every token as it comes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Sequence
+
+import torch
+
+from ..core.options import SamplingOptions  # re-exported: the sampler's settings live with the other options
+
+# Prompt tokens per forward call while prefilling. CPU attention (sdpa's flash kernel) never materializes the
+# scores; what grows with the chunk is the (chunk x prompt) mask and one layer's activations on the chunk.
+PREFILL_CHUNK = 4096
+
+
+def pick_tokens(logits: torch.Tensor, opts: SamplingOptions, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) logits -> (B,) token ids: argmax at temperature 0, else top-p sampling at that temperature."""
+    logits = logits.float()
+    if opts.temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / opts.temperature, dim=-1)
+    if opts.top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of strictly more likely tokens
+        sorted_probs = sorted_probs.masked_fill(before >= opts.top_p, 0.0)  # always keeps the top token
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def make_generator(opts: SamplingOptions, device: torch.device) -> torch.Generator | None:
+    if opts.seed is None:
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(opts.seed))
+    return gen
+
+
+def cache_argument(llm) -> str:
+    """The forward() keyword for the KV cache: ``cache`` in newer transformers 5.x, else ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(llm.forward).parameters else "past_key_values"
+
+
+@torch.inference_mode()
+def generate(
+    llm,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    stop_ids: Sequence[int],
+    opts: SamplingOptions,
+    on_token: Callable[[int, int], None] | None = None,
+    prefill_chunk: int = PREFILL_CHUNK,
+    cache_mode: str = "full",
+    cache=None,
+) -> list[list[int]]:
+    """Generate continuations of left-padded prompts.
+
+    inputs_embeds (B, L, H); attention_mask (B, L) with zeros on the left padding (None: no padding).
+    Returns the new token ids per row, without the stop token. ``on_token(row, id)`` is called for
+    every kept token as soon as it is chosen. ``cache_mode``: how the KV cache is kept (``llamavid.model.kvcache``);
+    ``cache``: an empty cache to fill instead (the caller keeps the prompt's keys and values, e.g. to
+    score the answer afterwards).
+    """
+    from .kvcache import make_cache
+
+    b, length, _ = inputs_embeds.shape
+    device = inputs_embeds.device
+    if attention_mask is None:
+        attention_mask = torch.ones(b, length, dtype=torch.long, device=device)
+    attention_mask = attention_mask.to(device=device, dtype=torch.long)
+    positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    cache = make_cache(llm, cache_mode) if cache is None else cache  # filled in place by every forward call
+    cache_kw = cache_argument(llm)
+    generator = make_generator(opts, device)
+    stops = torch.tensor(sorted(set(int(s) for s in stop_ids)), device=device)
+
+    logits = None
+    for start in range(0, length, prefill_chunk):
+        end = min(length, start + prefill_chunk)
+        out = llm(
+            inputs_embeds=inputs_embeds[:, start:end],
+            attention_mask=attention_mask[:, :end],
+            position_ids=positions[:, start:end],
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_kw: cache},
+        )
+        logits = out.logits[:, -1]
+
+    results: list[list[int]] = [[] for _ in range(b)]
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    next_pos = positions[:, -1] + 1
+    embed = llm.get_input_embeddings()
+    for _ in range(opts.max_new_tokens):
+        tokens = pick_tokens(logits, opts, generator)
+        is_stop = torch.isin(tokens, stops)
+        for row in (~done & ~is_stop).nonzero().flatten().tolist():
+            tok = int(tokens[row])
+            results[row].append(tok)
+            if on_token is not None:
+                on_token(row, tok)
+        done |= is_stop
+        if bool(done.all()):
+            break
+        attention_mask = torch.cat([attention_mask, (~done).long()[:, None]], dim=1)
+        out = llm(
+            inputs_embeds=embed(tokens[:, None]),
+            attention_mask=attention_mask,
+            position_ids=next_pos[:, None],
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_kw: cache},
+        )
+        logits = out.logits[:, -1]
+        next_pos = next_pos + 1
+    return results
+
+
+class StreamDecoder:
+    """Turns token ids into text pieces as they arrive, holding back incomplete UTF-8 characters."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd") or not text.startswith(self.text):
+            return ""
+        piece, self.text = text[len(self.text):], text
+        return piece
+
+    def finish(self) -> str:
+        """What is left once generation has ended (a character the last tokens never completed)."""
+        text = self.tokenizer.decode(self.ids)
+        if not text.startswith(self.text):
+            return ""
+        piece, self.text = text[len(self.text):], text
+        return piece

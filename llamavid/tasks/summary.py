@@ -1,0 +1,155 @@
+"""``summarize``: a summary of a whole video, in one piece when it fits the context, else segment by
+segment followed by a merge of the segment summaries (repeated while even they do not fit)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..core.choices import SUMMARY_STYLES
+from ..core.callbacks import NO_CALLBACKS, Callbacks
+from ..model.generation import SamplingOptions
+from ..core.errors import ContextOverflowError, InputError
+from ..pipeline.inputs import VideoInput
+from ..core.options import AskOptions
+from ..pipeline.planning import answer_reserve, fits, most_frames, plan_question, range_candidates, resolve_long_video
+from .qa import Question, answer_questions
+
+SUMMARY_QUESTIONS = {
+    "brief": "Summarize the video in two or three sentences.",
+    "detailed": "Describe the video in detail: what happens, who appears, and in what order.",
+}
+STYLES = SUMMARY_STYLES
+assert tuple(SUMMARY_QUESTIONS) == STYLES
+SEGMENT_QUESTION = "Describe what happens in this part of the video."
+MERGE_INSTRUCTION = ("Here are descriptions of consecutive parts of one video, in order:\n{parts}\n"
+                     "Write one {style} summary of the whole video.")
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    frames: int
+    summary: str
+
+
+@dataclass
+class Summary:
+    input: str
+    style: str
+    summary: str
+    model: str
+    frames: int
+    segments: list[Segment]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fmt_time(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _answer(model, vin: VideoInput, question: str, options: AskOptions, *, candidates=None,
+            stream: Callable[[str], None] | None = None, callbacks: Callbacks = NO_CALLBACKS):
+    plan = plan_question(model, vin, question, options, candidates=candidates)
+    [result] = answer_questions(model, vin, [Question(question, options)], plans=[plan], callbacks=callbacks,
+                                on_text=None if stream is None else (lambda _i, piece: stream(piece)))
+    if result.error is not None:
+        raise result.error
+    return result
+
+
+def summarize(model, vin: VideoInput, options: AskOptions | None = None, *, style: str = "brief",
+              stream: Callable[[str], None] | None = None, on_segment: Callable[[Segment], None] | None = None,
+              callbacks: Callbacks = NO_CALLBACKS, **overrides: Any) -> Summary:
+    """A summary of the whole video, or of ``--start``/``--end`` of it (every frame: a summary leaves
+    nothing out, so ``max_frames`` is ignored); a video too long for the context is cut into equal
+    contiguous segments that each fit. Segment times are those of the whole video."""
+    t0 = time.perf_counter()
+    if style not in SUMMARY_QUESTIONS:
+        raise InputError(f"--style {style}: expected one of {', '.join(STYLES)}")
+    options = (options or AskOptions()).replace(strict_context=True, max_frames=None, evidence=False, choices=None,
+                                                **overrides)
+    question = SUMMARY_QUESTIONS[style]
+    frames = list(range_candidates(vin, options) or range(vin.num_frames))
+    n = len(frames)
+    stamps = vin.timestamps[frames]
+    if most_frames(model, vin, question, options) >= n:
+        result = _answer(model, vin, question, options, stream=stream, callbacks=callbacks)
+        seg = Segment(float(stamps[0]), float(stamps[-1]), n, result.answer.text)
+        return Summary(vin.source, style, result.answer.text, model.name, n, [seg], round(time.perf_counter() - t0, 3))
+    fit = most_frames(model, vin, SEGMENT_QUESTION, options)
+    if fit < 1:
+        raise ContextOverflowError(f"{vin.source}: the model's context ({model.context_length} tokens) cannot hold "
+                                   "even one frame and a summary")
+    bounds = np.linspace(0, n, math.ceil(n / fit) + 1).round().astype(int)
+    segments: list[Segment] = []
+    pending = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    while pending:
+        a, b = pending.pop(0)
+        try:
+            result = _answer(model, vin, SEGMENT_QUESTION, options, candidates=frames[a:b], callbacks=callbacks)
+        except ContextOverflowError:
+            if b - a < 2:
+                raise
+            mid = (a + b) // 2  # this part's subtitles make it too long: halve it
+            pending[:0] = [(a, mid), (mid, b)]
+            continue
+        seg = Segment(float(stamps[a]), float(stamps[b - 1]), b - a, result.answer.text)
+        segments.append(seg)
+        if on_segment:
+            on_segment(seg)
+    sampling = options.sampling(resolve_long_video(model, options.long))
+    texts = [f"[{fmt_time(s.start)}-{fmt_time(s.end)}] {s.summary}" for s in segments]
+    final = merge_summaries(model, texts, style, sampling, stream)
+    return Summary(vin.source, style, final, model.name, n, segments, round(time.perf_counter() - t0, 3))
+
+
+def merge_summaries(model, texts: list[str], style: str, sampling: SamplingOptions,
+                    stream: Callable[[str], None] | None = None) -> str:
+    """Merge part descriptions with text-only prompts, in groups that fit the context.
+
+    Each part is first cut to at most half of the room the instruction leaves, so every group holds at
+    least two parts and each round shrinks the list: the merge always ends, however small the context.
+    """
+    ctx = model.context_length
+    room = ctx - answer_reserve(sampling) - model.text_prompt_length(MERGE_INSTRUCTION.format(parts="", style=style))
+    per_part = room // 2 - 2  # "\n" joins and tokenizer boundary effects
+    if per_part < 4:
+        raise ContextOverflowError(
+            f"the model's context ({ctx}) leaves no room to merge segment summaries; lower --max-new-tokens")
+    while True:
+        texts = [_trim_tokens(model, t, per_part) for t in texts]
+        groups: list[list[str]] = [[]]
+        for text in texts:
+            trial = groups[-1] + [text]
+            prompt = MERGE_INSTRUCTION.format(parts="\n".join(trial), style=style)
+            if groups[-1] and not fits(ctx, model.text_prompt_length(prompt), sampling):
+                groups.append([text])
+            else:
+                groups[-1] = trial
+        if len(groups) == 1:
+            prompt = MERGE_INSTRUCTION.format(parts="\n".join(groups[0]), style=style)
+            return model.answer_text(prompt, sampling=sampling, stream=stream).text
+        if len(groups) >= len(texts):
+            raise ContextOverflowError("the segment summaries are too long to merge within the model's context")
+        texts = [model.answer_text(MERGE_INSTRUCTION.format(parts="\n".join(g), style=style), sampling=sampling).text
+                 for g in groups]
+
+
+def _trim_tokens(model, text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` LLM tokens (a long part description must not block the merge)."""
+    ids = model.text_tokenizer.encode(text)
+    return text if len(ids) <= limit else model.text_tokenizer.decode(ids[:limit])
+
+
+__all__ = ["Segment", "Summary", "summarize", "merge_summaries", "fmt_time", "STYLES", "SEGMENT_QUESTION",
+           "SUMMARY_QUESTIONS"]
