@@ -20,10 +20,10 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "load_model": "model.loading", "load_vision_encoder": "model.loading",
-    "LlamaVid": "model.modeling", "Answer": "model.modeling", "Prompt": "model.modeling",
+    "LlamaVid": "model.modeling", "Answer": "model.generation", "Prompt": "model.modeling",
     "SamplingOptions": "model.generation", "AskOptions": "core.options", "Callbacks": "core.callbacks",
     "open_input": "pipeline.inputs", "VideoInput": "pipeline.inputs",
-    "ask": "tasks.qa", "AskResult": "tasks.qa", "Question": "tasks.qa", "answer_questions": "tasks.qa",
+    "ask": "tasks.qa", "answer_features": "tasks.qa", "AskResult": "tasks.qa", "Question": "tasks.qa", "answer_questions": "tasks.qa",
     "ChatSession": "tasks.chat", "summarize": "tasks.summary",
     "make_chapters": "tasks.chapters", "Chapter": "tasks.chapters", "Chapters": "tasks.chapters",
     "find_evidence": "tasks.evidence", "EvidenceRange": "tasks.evidence", "ChoiceScore": "model.likelihood",

@@ -12,7 +12,7 @@ from llamavid.core.options import AskOptions
 
 from . import options as opt
 from .main import app
-from .output import Reporter, is_terminal, message, write_evidence, write_out
+from .output import Reporter, error_text, is_terminal, message, write_evidence, write_out
 
 
 @app.command()
@@ -78,7 +78,7 @@ def _converse(session, lines, *, interactive: bool) -> None:
             message("\nllamavid: answer interrupted")
             continue
         except LlamaVidError as exc:
-            message(f"llamavid: error: {exc}")
+            message(f"llamavid: error: {error_text(exc)}")
             if not interactive:
                 write_out("\n")
             continue
@@ -94,7 +94,7 @@ def _command(session, line: str) -> str | None:
     try:
         command = parse_command(line)
     except LlamaVidError as exc:
-        message(f"llamavid: {exc}")
+        message(f"llamavid: {error_text(exc)}")
         return "done"
     if command is None:
         return None
@@ -107,7 +107,7 @@ def _command(session, line: str) -> str | None:
         try:
             message(f"llamavid: saved {session.save(command.argument)}")
         except (LlamaVidError, OSError) as exc:
-            message(f"llamavid: error: {exc}")
+            message(f"llamavid: error: {error_text(exc)}")
     else:
         message(f"llamavid: {COMMANDS_HELP}")
     return "done"

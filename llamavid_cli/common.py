@@ -17,8 +17,7 @@ def model_name(option: str | None) -> str:
 
 
 def load(option: str | None, *, vision_tower: Path | str | None = None, qformer_tokenizer: str | None = None,
-         device: str | None = None, dtype: str | None = None, quantize: str | None = None,
-         kv_cache: str | None = None):
+         device: str | None = None, dtype: str | None = None, quantize: str | None = None):
     """Load the model the user asked for, saying so on stderr (it can take a while), with the library's
     notes (the dtype it chose, the KV cache a long prompt gets) as stderr lines."""
     import llamavid
@@ -29,8 +28,7 @@ def load(option: str | None, *, vision_tower: Path | str | None = None, qformer_
     message(f"llamavid: loading {name}")
     return llamavid.load_model(name, vision_tower=str(vision_tower) if vision_tower else None,
                                qformer_tokenizer=qformer_tokenizer, device=device, dtype=dtype,
-                               load_in_8bit=bits == 8, load_in_4bit=bits == 4, kv_cache=kv_cache or "auto",
-                               callbacks=status_callbacks())
+                               load_in_8bit=bits == 8, load_in_4bit=bits == 4, callbacks=status_callbacks())
 
 
 def status_callbacks():
@@ -46,14 +44,15 @@ def ask_options(*, fps: float = 1.0, max_frames: int | None = None, long: bool |
                 strict_context: bool = False, subtitles: Path | None = None, temperature: float | None = None,
                 top_p: float | None = None, max_new_tokens: int | None = None, seed: int | None = None,
                 no_cache: bool = False, start: str | None = None, end: str | None = None, evidence: bool = False,
-                choices: list[str] | None = None):
+                choices: list[str] | None = None, kv_cache: str | None = None):
     """The command line's question options, validated once (a bad value is a one-line error)."""
     from llamavid.core.options import AskOptions
 
     return AskOptions(fps=fps, max_frames=max_frames, long=long, strict_context=strict_context,
                       subtitles=str(subtitles) if subtitles is not None else None, temperature=temperature,
                       top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, cache=not no_cache, start=start,
-                      end=end, evidence=evidence, choices=tuple(choices) if choices else None)
+                      end=end, evidence=evidence, choices=tuple(choices) if choices else None,
+                      kv_cache=kv_cache or "auto")
 
 
 def expand_inputs(inputs: Iterable[str], *, allow_vidtok: bool = False) -> list[Path]:

@@ -10,7 +10,7 @@ import typer
 from . import options as opt
 from .common import expand_inputs, status_callbacks
 from .main import app
-from .output import Reporter, message, print_json
+from .output import Reporter, error_text, message, print_json
 
 
 @app.command()
@@ -87,8 +87,8 @@ def encode(
         except LlamaVidError as exc:
             failures += 1
             if json_out:
-                print_json({"input": str(src), "output": str(dst), "status": "failed", "error": str(exc)})
-            message(f"llamavid: error: {exc}")
+                print_json({"input": str(src), "output": str(dst), "status": "failed", "error": error_text(exc)})
+            message(f"llamavid: error: {error_text(exc)}")
             continue
         if json_out:
             print_json(result.to_json())

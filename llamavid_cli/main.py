@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         if isinstance(exc, LlamaVidError):
-            sys.stderr.write(f"llamavid: error: {exc}\n")
+            from .output import error_text
+
+            sys.stderr.write(f"llamavid: error: {error_text(exc)}\n")
             sys.exit(exc.exit_code)
         text = " ".join(str(exc).split()) or type(exc).__name__
         sys.stderr.write(f"llamavid: internal error: {type(exc).__name__}: {text} (run with --debug for the traceback)\n")

@@ -121,7 +121,6 @@ class ModelChoice:
     device: Optional[str] = None
     dtype: Optional[str] = None
     quantize: Optional[str] = None
-    kv_cache: Optional[str] = None
     vision_tower: Optional[Path] = None
     qformer_tokenizer: Optional[str] = None
 
@@ -129,7 +128,7 @@ class ModelChoice:
         from .common import load
 
         return load(self.model, vision_tower=self.vision_tower, qformer_tokenizer=self.qformer_tokenizer,
-                    device=self.device, dtype=self.dtype, quantize=self.quantize, kv_cache=self.kv_cache)
+                    device=self.device, dtype=self.dtype, quantize=self.quantize)
 
 
 @dataclass(frozen=True)
@@ -156,13 +155,13 @@ def _ask_options(**values: Any):
 
 
 MODEL = Group("model", _options(model=(Model, None), device=(Device, None), dtype=(Dtype, None),
-                                quantize=(Quantize, None), kv_cache=(KVCache, None), vision_tower=(VisionTower, None),
+                                quantize=(Quantize, None), vision_tower=(VisionTower, None),
                                 qformer_tokenizer=(QFormerTokenizer, None)), lambda **v: ModelChoice(**v))
 QUESTION = Group("options", _options(
     temperature=(Temperature, None), top_p=(TopP, None), max_new_tokens=(MaxNewTokens, None), seed=(Seed, None),
     fps=(Fps, 1.0), max_frames=(MaxFrames, None), subtitles=(Subtitles, None), long=(Long, None),
     strict_context=(StrictContext, False), no_cache=(NoCache, False), start=(Start, None), end=(End, None),
-    evidence=(Evidence, False), choices=(Choice, None)), _ask_options)
+    evidence=(Evidence, False), choices=(Choice, None), kv_cache=(KVCache, None)), _ask_options)
 
 
 @dataclass(frozen=True)

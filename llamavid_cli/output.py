@@ -20,6 +20,44 @@ def is_terminal(stream=None) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
 
 
+class _FlagStyle:
+    """Library errors worded for the command line: options as flags (``--max-frames 12``)."""
+
+    # options whose flag is not --name-with-dashes
+    FLAGS = {"choices": "--choice", "cache": "--no-cache", "output": "-o", "frames_per_batch": "--frames-per-batch",
+             "questions_per_batch": "--batch-size"}
+
+    def flag(self, name: str) -> str:
+        return self.FLAGS.get(name, "--" + name.replace("_", "-"))
+
+    def option(self, opt) -> str:
+        from llamavid.core.errors import shown
+
+        if not opt.has_value:
+            return self.flag(opt.name)
+        value = opt.value if isinstance(opt.value, (str, int, float)) and not isinstance(opt.value, bool) else None
+        text = str(value) if value is not None else shown(opt.value, as_json=True)
+        if len(text) > 80:
+            text = shown(opt.value, as_json=True)
+        return f"{self.flag(opt.name)} {text}"
+
+    def subject(self, opt) -> str:
+        return self.option(opt) + ":"
+
+    def where(self, where: str) -> str:
+        return where
+
+
+CLI = _FlagStyle()
+
+
+def error_text(exc) -> str:
+    """A library error as the command line says it (options as flags); other exceptions as they are."""
+    from llamavid.core.errors import LlamaVidError
+
+    return exc.render(CLI) if isinstance(exc, LlamaVidError) else " ".join(str(exc).split())
+
+
 def message(text: str) -> None:
     """A progress or status line for humans (stderr)."""
     stderr.print(text, markup=False)

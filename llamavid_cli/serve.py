@@ -1,25 +1,15 @@
 """`llamavid serve`: an OpenAI-compatible HTTP API that keeps one model loaded (FastAPI + uvicorn).
 
-A thin layer: it reads the request (size-limited JSON), hands the body to the library
-(``llamavid.server.protocol.parse_chat_request``: every field validated once, media checked against the
-media roots), submits the question to the batching ``llamavid.server.service.AnswerService``, and writes the
-answer in OpenAI's shapes (``chat.completion`` JSON, or ``chat.completion.chunk`` server-sent events).
-Every refusal is a 4xx with ``{"error": {"message", "type", "param", "code"}}``. See docs/SERVE.md.
+Only the command line: it parses the flags, binds the socket, loads the model and runs uvicorn over the
+library's application (``llamavid.server.app.create_app``). See docs/SERVE.md.
 """
 
-# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations (Request), which
-# are imported inside create_app so that the command line works without the serve extra installed.
-import asyncio
+from __future__ import annotations
+
 import copy
-import hmac
-import json
-import logging
 import math
 import signal
 import socket
-import time
-import uuid
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -30,11 +20,8 @@ from .common import load
 from .main import app
 from .output import message
 
-log = logging.getLogger("llamavid.serve")
-
-DEFAULT_MAX_BODY_MB = 20.0
+DEFAULT_MAX_BODY_MB = 20.0  # the library's defaults (llamavid.server.app), without importing it for --help
 DEFAULT_MAX_IMAGE_MB = 10.0
-_DONE = object()  # end of an answer's text pieces
 
 
 @app.command()
@@ -63,6 +50,7 @@ def serve(
 ) -> None:
     """Serve the model over HTTP with the OpenAI chat-completions API: llamavid serve --model demo --media-root videos/"""
     from llamavid.core.errors import InputError
+    from llamavid.server.app import create_app
     from llamavid.server.media_access import MediaAccess
 
     try:
@@ -101,245 +89,6 @@ def serve(
     stats = application.state.service.stats()
     reason = f" ({signal.Signals(stopped[0]).name})" if stopped else ""
     message(f"llamavid: stopped{reason}; {stats.answered} questions answered, {stats.failed} failed")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# the application
-
-
-def create_app(model, media, *, model_id: str, api_key: str | None = None,
-               max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 1e6), service=None):
-    """The FastAPI application: /health, /v1/models, /v1/chat/completions over an ``AnswerService``."""
-    from fastapi import Depends, FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import JSONResponse, StreamingResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    from llamavid.core.callbacks import Callbacks
-    from llamavid.server.protocol import parse_chat_request
-    from llamavid.core.errors import LlamaVidError, RequestError
-    from llamavid.server.service import AnswerService
-
-    if service is None:
-        service = AnswerService(model, callbacks=Callbacks(warning=log.warning, status=log.info))
-    created = int(time.time())
-    card = {"id": model_id, "object": "model", "created": created, "owned_by": "llamavid"}
-
-    @asynccontextmanager
-    async def lifespan(_app):
-        yield
-        await run_in_threadpool(service.close)  # after uvicorn has finished every request in flight
-
-    application = FastAPI(title="llamavid", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    application.state.service = service
-
-    def check_key(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8", "replace"),
-                                                                 api_key.encode()):
-            raise RequestError("a valid API key is required: Authorization: Bearer KEY" if not token.strip()
-                               else "the API key is not valid", status=401, code="invalid_api_key")
-
-    auth = [Depends(check_key)]
-
-    @application.exception_handler(LlamaVidError)
-    async def _refused(_request, exc: LlamaVidError):
-        return refusal(exc)
-
-    @application.exception_handler(StarletteHTTPException)
-    async def _http(_request, exc: StarletteHTTPException):
-        text = exc.detail if isinstance(exc.detail, str) else "request refused"
-        return error_response(exc.status_code, text, code="not_found" if exc.status_code == 404 else None,
-                              headers=getattr(exc, "headers", None))
-
-    @application.exception_handler(RequestValidationError)
-    async def _invalid(_request, exc: RequestValidationError):
-        return error_response(400, "the request is not valid: " + "; ".join(str(e.get("msg")) for e in exc.errors()))
-
-    @application.exception_handler(Exception)
-    async def _bug(_request, exc: Exception):
-        log.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=exc)
-        return error_response(500, "internal error in llamavid (the server's log has the details)")
-
-    @application.get("/health")
-    async def health():
-        stats = service.stats()
-        return {"status": "ok", "model": model_id, **vars(stats)}
-
-    @application.get("/v1/models", dependencies=auth)
-    async def models():
-        return {"object": "list", "data": [card]}
-
-    @application.get("/v1/models/{name:path}", dependencies=auth)
-    async def one_model(name: str):
-        if name != model_id:
-            raise RequestError(f"the model {name!r} is not served here; this server serves {model_id!r}",
-                               status=404, param="model", code="model_not_found")
-        return card
-
-    @application.post("/v1/chat/completions", dependencies=auth)
-    async def chat_completions(request: Request):
-        body = await read_json(request, max_body_bytes)
-        req = await run_in_threadpool(parse_chat_request, body, model_id=model_id, media=media)
-        reply = Reply(model, model_id)
-        if not req.stream:
-            answered = await asyncio.wrap_future(service.submit(req.media, req.question))
-            if answered.error is not None:
-                raise answered.error
-            return JSONResponse(reply.completion(answered))
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue = asyncio.Queue()
-        future = service.submit(req.media, req.question, on_text=lambda piece: _post(loop, pieces, piece))
-        future.add_done_callback(lambda _f: _post(loop, pieces, _DONE))
-        first = await pieces.get()  # a refusal (bad video, context overflow) comes before any text: a 4xx
-        if first is _DONE and (future.exception() is not None or future.result().error is not None):
-            raise future.exception() or future.result().error
-        return StreamingResponse(reply.events(first, pieces, future, req.include_usage), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    return application
-
-
-class Reply:
-    """One completion's OpenAI-shaped output: a ``chat.completion`` or its ``chat.completion.chunk`` events."""
-
-    def __init__(self, model, model_id: str):
-        self.model, self.model_id = model, model_id
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-
-    def completion(self, answered) -> dict[str, Any]:
-        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model_id,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answered.answer.text, "refusal": None},
-                             "logprobs": None, "finish_reason": self._finish(answered)}],
-                "usage": self._usage(answered), "system_fingerprint": None, "llamavid": self._extra(answered)}
-
-    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
-        record = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model_id,
-                  "system_fingerprint": None,
-                  "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **extra}
-        return _sse(record)
-
-    async def events(self, first, pieces: asyncio.Queue, future, include_usage: bool):
-        from llamavid.core.errors import LlamaVidError
-
-        yield self.chunk({"role": "assistant", "content": "", "refusal": None})
-        piece = first
-        while piece is not _DONE:
-            yield self.chunk({"content": piece})
-            piece = await pieces.get()
-        try:
-            answered = future.result()
-            if answered.error is not None:
-                raise answered.error
-        except LlamaVidError as exc:
-            yield _sse(_error_body(*_describe(exc)))
-        except Exception as exc:  # noqa: BLE001 - a bug: the client hears of it, the log has the traceback
-            log.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=exc)
-            yield _sse(_error_body(500, "internal error in llamavid (the server's log has the details)"))
-        else:
-            yield self.chunk({}, self._finish(answered), llamavid=self._extra(answered))
-            if include_usage:
-                yield _sse({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                            "model": self.model_id, "system_fingerprint": None, "choices": [],
-                            "usage": self._usage(answered)})
-        yield "data: [DONE]\n\n"
-
-    @staticmethod
-    def _finish(answered) -> str:
-        return "length" if answered.answer.truncated else "stop"
-
-    @staticmethod
-    def _usage(answered) -> dict[str, int]:
-        a = answered.answer
-        return {"prompt_tokens": a.prompt_tokens, "completion_tokens": a.new_tokens,
-                "total_tokens": a.prompt_tokens + a.new_tokens}
-
-    def _extra(self, answered) -> dict[str, Any]:
-        """llamavid's own answer fields (frames, seconds; evidence, choices...), as ``ask --json`` has them."""
-        from llamavid.tasks.qa import answer_fields
-
-        return {k: v for k, v in answer_fields(self.model, answered).items() if k not in ("answer", "model")}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# errors and helpers
-
-
-def _describe(exc) -> tuple[int, str, str | None, str | None]:
-    """(status, message, param, code) of a library error."""
-    from llamavid.core.errors import ContextOverflowError, RequestError, VideoError, VidtokError
-    from llamavid.server.service import ServiceClosed
-
-    if isinstance(exc, RequestError):
-        return exc.status, str(exc), exc.param, exc.code
-    if isinstance(exc, ServiceClosed):
-        return 503, str(exc), None, "shutting_down"
-    if isinstance(exc, ContextOverflowError):
-        return 400, str(exc), "messages", "context_length_exceeded"
-    if isinstance(exc, (VideoError, VidtokError)):
-        return 400, str(exc), "messages", "invalid_media"
-    return 400, str(exc), None, None
-
-
-def _error_body(status: int, text: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-            413: "invalid_request_error"}.get(status, "invalid_request_error" if status < 500 else "server_error")
-    return {"error": {"message": text, "type": kind, "param": param, "code": code}}
-
-
-def error_response(status: int, text: str, *, param: str | None = None, code: str | None = None, headers=None):
-    from fastapi.responses import JSONResponse
-
-    if status == 401:
-        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
-    return JSONResponse(_error_body(status, text, param, code), status_code=status, headers=headers)
-
-
-def refusal(exc):
-    status, text, param, code = _describe(exc)
-    return error_response(status, text, param=param, code=code)
-
-
-async def read_json(request, limit: int) -> Any:
-    """The body as JSON, refusing more than ``limit`` bytes (413) before reading them all."""
-    from llamavid.core.errors import RequestError
-
-    too_large = RequestError(f"the request body is larger than this server's limit of {limit:,} bytes", status=413,
-                             code="request_too_large")
-    length = request.headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise RequestError("the Content-Length header is not a number")
-        if int(length) > limit:
-            raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    if not body:
-        raise RequestError("the request body is empty; send a JSON object")
-    try:
-        return json.loads(bytes(body))
-    except (ValueError, RecursionError) as exc:
-        where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
-        raise RequestError(f"the request body is not valid JSON{where}") from None
-
-
-def _sse(record: dict[str, Any]) -> str:
-    return f"data: {json.dumps(record, ensure_ascii=False)}\n\n"
-
-
-def _post(loop, queue: asyncio.Queue, item) -> None:
-    """From the service's thread into the request's event loop (gone if the server already stopped)."""
-    try:
-        loop.call_soon_threadsafe(queue.put_nowait, item)
-    except RuntimeError:
-        pass
 
 
 def _megabytes(flag: str, value: float) -> int:

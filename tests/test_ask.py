@@ -181,8 +181,8 @@ def test_context_overflow_strict_is_refused_before_encoding_with_a_hint_that_wor
 
 def test_context_overflow_by_default_uses_the_most_frames_that_fit(small, media, capsys, monkeypatch, shared_long_cache):
     seen = []
-    original = LlamaVid.answer_prompts
-    monkeypatch.setattr(LlamaVid, "answer_prompts",
+    original = LlamaVid.prompt_embeddings
+    monkeypatch.setattr(LlamaVid, "prompt_embeddings",
                         lambda self, f, prompts, **k: seen.append((list(k["frame_indices"]), prompts[0].tokens))
                         or original(self, f, prompts, **k))
     code, out, err = run_cli(capsys, "ask", media["long"], "what?", "--json", *model_args(small))
@@ -208,8 +208,8 @@ def test_a_question_too_long_for_any_frame_gets_a_hint_that_can_work(small, medi
 
 def test_max_frames_samples_uniformly_then_fits(small, media, capsys, monkeypatch, shared_long_cache):
     seen = []
-    original = LlamaVid.answer_prompts
-    monkeypatch.setattr(LlamaVid, "answer_prompts",
+    original = LlamaVid.prompt_embeddings
+    monkeypatch.setattr(LlamaVid, "prompt_embeddings",
                         lambda self, *a, **k: seen.append(list(k.get("frame_indices") or [])) or original(self, *a, **k))
     code, out, err = run_cli(capsys, "ask", media["long"], "what?", "--max-frames", "20", "--json", *model_args(small))
     assert code == 0, err
@@ -226,8 +226,8 @@ def test_max_frames_samples_uniformly_then_fits(small, media, capsys, monkeypatc
 def test_summarize_segments_a_video_too_long_for_the_context(small, media, capsys, style, monkeypatch,
                                                              shared_long_cache):
     questions = []
-    original = LlamaVid.answer_prompts
-    monkeypatch.setattr(LlamaVid, "answer_prompts",
+    original = LlamaVid.prompt_embeddings
+    monkeypatch.setattr(LlamaVid, "prompt_embeddings",
                         lambda self, f, prompts, **k: questions.extend(p.question for p in prompts) or original(self, f, prompts, **k))
     code, out, err = run_cli(capsys, "summarize", media["long"], "--style", style, "--json", *model_args(small, max_new=6))
     assert code == 0, err

@@ -85,11 +85,11 @@ def test_bad_lines_become_error_records_and_the_batch_goes_on(tiny, videos, tmp_
 
 def test_questions_are_grouped_by_video_one_model_load_one_token_file(tiny, videos, tmp_path, capsys, monkeypatch):
     loads, opens, batches = [], [], []
-    load, open_vidtok, answer_prompts = llamavid.load_model, inputs.open_vidtok, LlamaVid.answer_prompts
+    load, open_vidtok, prompt_embeddings = llamavid.load_model, inputs.open_vidtok, LlamaVid.prompt_embeddings
     monkeypatch.setattr(llamavid, "load_model", lambda *a, **k: loads.append(1) or load(*a, **k))
     monkeypatch.setattr(inputs, "open_vidtok", lambda p: opens.append(Path(p)) or open_vidtok(p))
-    monkeypatch.setattr(LlamaVid, "answer_prompts",
-                        lambda self, f, ps, **k: batches.append([p.question for p in ps]) or answer_prompts(self, f, ps, **k))
+    monkeypatch.setattr(LlamaVid, "prompt_embeddings",
+                        lambda self, f, ps, **k: batches.append([p.question for p in ps]) or prompt_embeddings(self, f, ps, **k))
     a, b = str(videos / "v0.mp4"), str(videos / "v1.mp4")
     lines = [{"id": "1", "video": a, "question": "what color?"}, {"id": "2", "video": b, "question": "who?"},
              {"id": "3", "video": a, "question": "how many?"}, {"id": "4", "video": b, "question": "where?"},
@@ -116,7 +116,7 @@ def test_interrupted_batch_resumes_without_duplicates_or_losses(tiny, videos, tm
 
     out_path = tmp_path / "answers.jsonl"
     calls = []
-    original = LlamaVid.answer_prompts
+    original = LlamaVid.prompt_embeddings
 
     def flaky(self, f, prompts, **k):
         calls.append([p.question for p in prompts])
@@ -124,13 +124,13 @@ def test_interrupted_batch_resumes_without_duplicates_or_losses(tiny, videos, tm
             raise KeyboardInterrupt  # Ctrl-C in the middle of the second video
         return original(self, f, prompts, **k)
 
-    monkeypatch.setattr(LlamaVid, "answer_prompts", flaky)
+    monkeypatch.setattr(LlamaVid, "prompt_embeddings", flaky)
     code, _, err = run_cli(capsys, "ask", "--batch", q, "-o", out_path, *model_args(tiny))
     assert code == 130, err
     partial = records(out_path.read_text())
     assert [r["id"] for r in partial] == ["q0", "q2"]  # the first video's answers are safe on disk
 
-    monkeypatch.setattr(LlamaVid, "answer_prompts",
+    monkeypatch.setattr(LlamaVid, "prompt_embeddings",
                         lambda self, f, ps, **k: calls.append([p.question for p in ps]) or original(self, f, ps, **k))
     calls.clear()
     code, _, err = run_cli(capsys, "ask", "--batch", q, "-o", out_path, *model_args(tiny))

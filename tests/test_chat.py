@@ -116,8 +116,8 @@ def test_piped_chat_carries_out_slash_commands_and_stops_at_quit(tiny, clip, tmp
     from llamavid.model.modeling import LlamaVid
 
     asked = []
-    original = LlamaVid.answer_prompts
-    monkeypatch.setattr(LlamaVid, "answer_prompts",
+    original = LlamaVid.prompt_embeddings
+    monkeypatch.setattr(LlamaVid, "prompt_embeddings",
                         lambda self, f, ps, **k: asked.extend(p.question for p in ps) or original(self, f, ps, **k))
     saved = tmp_path / "chat.json"
     lines = ["what color is the shape?", f"/save {saved}", "/reset", "/bogus", "how many shapes?", "/quit",

@@ -334,7 +334,7 @@ def test_eval_scores_multiple_choice_by_likelihood(tiny, media, capsys, tmp_path
                                       "--mcq", "vote", *model_args(tiny))
 
 
-def test_a_scored_question_whose_full_cache_cannot_fit_is_refused_before_any_work(tiny, media):
+def test_a_scored_question_whose_full_cache_cannot_fit_is_refused_before_any_work(tiny, media, monkeypatch):
     """Evidence and choices keep the prompt in a full KV cache: with memory left for an int8 cache only,
     a plain question is answered (auto picks int8) and a scored one is refused before the QFormer runs."""
     import llamavid
@@ -344,12 +344,12 @@ def test_a_scored_question_whose_full_cache_cannot_fit_is_refused_before_any_wor
     model = llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, dtype="float32")
     plain = llamavid.ask(model, media["video"], "what is shown?", temperature=0, max_new_tokens=4)
     shape = CacheShape.of(model.llm.config, model.dtype)
-    model.memory_left = int(sum(shape.need("int8", plain.prompt_tokens + 4, 4096, 1))) + 1
+    monkeypatch.setenv("LLAMAVID_MEMORY_LIMIT", str(int(sum(shape.need("int8", plain.prompt_tokens + 4, 4096, 1))) + 1))
     assert llamavid.ask(model, media["video"], "what is shown?", temperature=0, max_new_tokens=4).answer
     embedded = []
     real = model.prompt_embeddings
     model.prompt_embeddings = lambda *a, **k: embedded.append(1) or real(*a, **k)
     for scored in ({"evidence": True}, {"choices": ("red", "blue")}):
-        with pytest.raises(MemoryLimitError, match="without --evidence / --choice"):
+        with pytest.raises(MemoryLimitError, match="without evidence / choices"):
             llamavid.ask(model, media["video"], "what is shown?", temperature=0, max_new_tokens=4, **scored)
     assert embedded == []

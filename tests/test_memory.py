@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import llamavid
+from llamavid_cli.output import error_text
 from llamavid.model import checkpoint as ckpt_io
 from llamavid.core.callbacks import Callbacks
 from llamavid.model.devices import choose_dtype
@@ -42,13 +43,13 @@ def tiny_bytes(tiny):
 def test_dtype_rule_on_the_cpu():
     weights = lambda dt: 27_000_000_000 if dt == torch.float32 else 13_500_000_000  # noqa: E731
     native = choose_dtype(None, CPU, weight_bytes=weights, probes=probes(bf16="AVX512-BF16"))
-    assert native.dtype == torch.bfloat16 and "natively (AVX512-BF16)" in native.note and "--dtype float32" in native.note
+    assert native.dtype == torch.bfloat16 and "natively (AVX512-BF16)" in native.note and "float32 to override" in native.note
     roomy = choose_dtype(None, CPU, weight_bytes=weights, probes=probes(available=40_000_000_000))
     assert roomy.dtype == torch.float32 and roomy.note is None
     tight = choose_dtype("auto", CPU, weight_bytes=weights, probes=probes(available=22_100_000_000))
     assert tight.dtype == torch.bfloat16
     assert tight.note == ("loading in bfloat16: float32 weights (27.0 GB) would not fit the 22.1 GB available; "
-                          "--dtype float32 to override")
+                          "ask for float32 to override")
     unknown = choose_dtype(None, CPU, weight_bytes=weights, probes=probes(available=None))
     assert unknown.dtype == torch.float32
     # an explicit dtype is kept as given, whatever the machine
@@ -69,8 +70,8 @@ def test_load_model_default_dtype_follows_the_rule_and_says_so_once(tiny, tiny_b
     lines, cb = said()
     model = llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, callbacks=cb, probes=probes(available=room))
     assert model.dtype == torch.bfloat16
-    assert len(lines) == 1 and "would not fit" in lines[0] and "--dtype float32 to override" in lines[0]
-    assert model.memory_left == room - tiny_bytes[torch.bfloat16] - RUNTIME_OVERHEAD
+    assert len(lines) == 1 and "would not fit" in lines[0] and "ask for float32 to override" in lines[0]
+    assert model.weights.memory_left == room - tiny_bytes[torch.bfloat16] - RUNTIME_OVERHEAD
 
 
 def test_weights_that_cannot_fit_are_refused_before_loading_with_what_would_fit(tiny, tiny_bytes, monkeypatch):
@@ -79,14 +80,15 @@ def test_weights_that_cannot_fit_are_refused_before_loading_with_what_would_fit(
     room = RUNTIME_OVERHEAD + (tiny_bytes[torch.float32] + tiny_bytes[torch.bfloat16]) // 2
     with pytest.raises(MemoryLimitError) as info:  # an explicit float32 is kept, and refused
         llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, dtype="float32", probes=probes(available=room))
-    text = str(info.value)
+    text = error_text(info.value)  # as the command line words it
     assert str(tiny.path) in text and "the weights in float32" in text and "\n" not in text
     assert "--dtype bfloat16" in text and "--quantize 4bit" in text
     assert loaded == []  # refused before any tensor was loaded
     room = RUNTIME_OVERHEAD + (tiny_bytes["4bit"] + tiny_bytes[torch.bfloat16]) // 2
     with pytest.raises(MemoryLimitError) as info:
         llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, probes=probes(available=room))
-    assert "--quantize 4bit" in str(info.value) and "--dtype bfloat16 (" not in str(info.value)
+    assert "--quantize 4bit" in error_text(info.value) and "--dtype bfloat16 (" not in error_text(info.value)
+    assert info.value.suggestions == {"quantize": "4bit"}
     with pytest.raises(MemoryLimitError, match="nothing smaller fits"):
         llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, probes=probes(available=1000))
 
@@ -127,7 +129,7 @@ def test_vision_encoder_loads_fp16_file_straight_into_bf16(tiny, tmp_path):
     pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     a, b = enc.encode_pixels(pixels).float(), ref.encode_pixels(pixels)
     assert ((a - b).norm() / b.norm()).item() < 0.02
-    with pytest.raises(MemoryLimitError, match="vision encoder's weights in float32.*--dtype bfloat16"):
+    with pytest.raises(MemoryLimitError, match="vision encoder's weights in float32.*dtype='bfloat16'"):
         llamavid.load_vision_encoder(vision_tower=half, device="cpu", dtype="float32",
                                      probes=probes(available=RUNTIME_OVERHEAD + enc.weights.weight_bytes(torch.float32) // 2 + 4096))
 
@@ -160,7 +162,7 @@ def test_auto_picks_the_first_mode_that_fits_and_refuses_with_the_tokens_that_fi
     assert need["int4"] < need["int8"] < need["full"]
     assert plan_cache(SEVEN_B, "auto", tokens=tokens, batch=1, chunk=chunk, device=CPU, available=int(need["full"]) + 1) == ("full", None)
     mode, note = plan_cache(SEVEN_B, "auto", tokens=tokens, batch=1, chunk=chunk, device=CPU, available=int(need["int8"]) + 1)
-    assert mode == "int8" and "60,000-token" in note and "--kv-cache full" in note
+    assert mode == "int8" and "60,000-token" in note and "full KV cache to insist" in note
     assert plan_cache(SEVEN_B, "auto", tokens=tokens, batch=1, chunk=chunk, device=CPU, available=int(need["int4"]) + 1)[0] == "int4"
     with pytest.raises(MemoryLimitError) as info:
         plan_cache(SEVEN_B, "auto", tokens=tokens, batch=1, chunk=chunk, device=CPU, available=int(need["int4"]) // 2)
@@ -214,43 +216,45 @@ def test_answers_use_the_chosen_cache_and_a_prompt_that_fits_nothing_names_max_f
     make = kv.make_cache
     monkeypatch.setattr(kv, "make_cache", lambda llm, mode: used.append(mode) or make(llm, mode))
     feats = torch.randn(6, 257, 176, generator=torch.Generator().manual_seed(0))
-    greedy = llamavid.SamplingOptions(temperature=0, max_new_tokens=4)
-    full = model.answer(feats, "What color?", sampling=greedy)
+    greedy = llamavid.AskOptions(temperature=0, max_new_tokens=4)
+    answer = lambda **kw: llamavid.answer_features(model, feats, "What color?", greedy, callbacks=cb, **kw)  # noqa: E731
+    full = answer()
     assert used == ["full"] and lines == []
     shape = CacheShape.of(model.llm.config, model.dtype)
     tokens = full.prompt_tokens + 4
-    # leave room for the int8 cache only: auto switches and says so; the answer is the same here
-    model.memory_left = int(sum(shape.need("int8", tokens, 4096, 1))) + 1
-    small = model.answer(feats, "What color?", sampling=greedy)
+    # leave room for the int8 cache only (LLAMAVID_MEMORY_LIMIT caps what planning sees): auto switches and
+    # says so; the answer is the same here
+    monkeypatch.setenv("LLAMAVID_MEMORY_LIMIT", str(int(sum(shape.need("int8", tokens, 4096, 1))) + 1))
+    small = answer()
     assert used[-1] == "int8" and len(lines) == 1 and lines[0].startswith("KV cache in int8")
     assert small.text == full.text
     # a question scored on its kept cache (evidence) needs the full cache to fit: refused, saying so
-    from llamavid.model.likelihood import empty_cache
-
-    prompt = model.prompt("What color?", n_frames=6)
-    embeds = model.prompt_embeddings(feats, [prompt])
-    with pytest.raises(MemoryLimitError, match="without --evidence"):
-        model.generate_answers(embeds, [prompt], sampling=greedy, cache=empty_cache(model))
-    model.memory_left = int(sum(shape.need("int4", tokens - 3 * model.tokens_per_frame, 4096, 1)))
+    with pytest.raises(MemoryLimitError, match="without evidence"):
+        answer(evidence=True)
+    monkeypatch.setenv("LLAMAVID_MEMORY_LIMIT", str(int(sum(shape.need("int4", tokens - 3 * model.tokens_per_frame,
+                                                                    4096, 1)))))
     qformer_runs = []
     monkeypatch.setattr(model, "video_tokens_batch", lambda *a, **k: qformer_runs.append(1))
-    with pytest.raises(MemoryLimitError, match=r"use --max-frames [1-3]\b") as info:
-        model.answer(feats, "What color?", sampling=greedy)
-    assert "\n" not in str(info.value) and "--quantize 8bit" in str(info.value)
+    with pytest.raises(MemoryLimitError, match=r"use max_frames=[1-3]\b") as info:
+        answer()
+    assert "\n" not in str(info.value) and "quantize='8bit'" in str(info.value)
+    assert 1 <= info.value.suggestions["max_frames"] <= 3 and info.value.fit_tokens > 0
     assert qformer_runs == []  # refused before any work
-    model.kv_cache = "full"
-    with pytest.raises(MemoryLimitError, match="--kv-cache auto"):
-        model.answer(feats, "What color?", sampling=greedy)
-    with pytest.raises(InputError, match="--kv-cache fast"):
-        llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, kv_cache="fast")
+    with pytest.raises(MemoryLimitError, match="kv_cache='auto'"):
+        answer(kv_cache="full")
+    with pytest.raises(InputError, match="kv_cache='fast'"):
+        llamavid.AskOptions(kv_cache="fast")
 
 
 def test_kv_cache_option_reaches_the_model_and_a_vidtok_never_builds_the_encoder(tiny, tmp_path, capsys, monkeypatch):
     from conftest import model_args, run_cli
 
     seen = []
-    load = llamavid.load_model
-    monkeypatch.setattr(llamavid, "load_model", lambda *a, **k: seen.append(k["kv_cache"]) or load(*a, **k))
+    import llamavid.tasks.qa as qa
+
+    answer = qa.answer_questions
+    monkeypatch.setattr(qa, "answer_questions",
+                        lambda m, v, questions, **k: seen.extend(q.options.kv_cache for q in questions) or answer(m, v, questions, **k))
     feats = tmp_path / "v.vidtok"
     from llamavid.features.vidtok import VidtokWriter
     import numpy as np

@@ -13,6 +13,7 @@ import reference_impl as ref
 from checkpoint_fixture import (
     LLM_HEADS, QF_HIDDEN, QF_INTER, QF_LAYERS, VISION_BLOCKS_IN_FILE, VISION_WIDTH, build_tiny_checkpoint,
 )
+from llamavid.pipeline.inputs import FeaturesInMemory
 from llamavid.model.checkpoint import KEY_MAP, is_ignored, to_checkpoint_key, to_module_key
 from llamavid.core.errors import CheckpointError, ContextOverflowError
 
@@ -415,8 +416,7 @@ def test_greedy_generation_equals_naive_decoding_and_stops_at_eos(tmp_path):
     expected = naive_greedy(model, emb, 12, eos=2)
     assert 1 <= len(expected) < 12
     streamed = []
-    answer = model.answer(feats, QUESTION, sampling=llamavid.SamplingOptions(temperature=0, max_new_tokens=12),
-                          stream=streamed.append)
+    answer = llamavid.answer_features(model, feats, QUESTION, temperature=0, max_new_tokens=12, stream=streamed.append)
     assert answer.new_tokens == len(expected)
     assert answer.text == model.text_tokenizer.decode(expected).strip()
     assert "".join(streamed).strip() == answer.text  # the stream holds back partial characters, then flushes
@@ -424,10 +424,10 @@ def test_greedy_generation_equals_naive_decoding_and_stops_at_eos(tmp_path):
 
 def test_sampling_is_repeatable_with_a_seed(tiny_model):
     feats = random_features(2, seed=11)
-    opts = llamavid.SamplingOptions(temperature=0.9, top_p=0.9, max_new_tokens=15, seed=123)
-    a = tiny_model.answer(feats, QUESTION, sampling=opts)
-    b = tiny_model.answer(feats, QUESTION, sampling=opts)
-    c = tiny_model.answer(feats, QUESTION, sampling=llamavid.SamplingOptions(temperature=0.9, top_p=0.9, max_new_tokens=15, seed=124))
+    opts = llamavid.AskOptions(temperature=0.9, top_p=0.9, max_new_tokens=15, seed=123)
+    a = llamavid.answer_features(tiny_model, feats, QUESTION, opts)
+    b = llamavid.answer_features(tiny_model, feats, QUESTION, opts)
+    c = llamavid.answer_features(tiny_model, feats, QUESTION, opts, seed=124)
     assert a.text == b.text
     assert a.text != c.text
 
@@ -445,18 +445,22 @@ def test_top_p_keeps_only_the_nucleus():
 def test_batched_answers_equal_single_answers(tiny_model):
     feats = random_features(3, seed=12)
     questions = [QUESTION, "Who is Murphy and what does he say in this video?"]
-    opts = llamavid.SamplingOptions(temperature=0, max_new_tokens=8)
-    batched = tiny_model.answer_batch(feats, questions, sampling=opts)
+    opts = llamavid.AskOptions(temperature=0, max_new_tokens=8)
+    vin = llamavid.VideoInput("features", FeaturesInMemory(feats), [])
+    batched = llamavid.answer_questions(tiny_model, vin, [llamavid.Question(q, opts) for q in questions])
+    assert all(r.ok for r in batched)
     for q, got in zip(questions, batched):
-        single = tiny_model.answer(feats, q, sampling=opts)
-        assert got.text == single.text and got.prompt_tokens == single.prompt_tokens
+        single = llamavid.answer_features(tiny_model, feats, q, opts)
+        assert got.answer.text == single.text and got.answer.prompt_tokens == single.prompt_tokens
 
 
 def test_prompt_longer_than_the_context_is_refused(tmp_path):
-    fx = build_tiny_checkpoint(tmp_path, max_position_embeddings=64)
+    fx = build_tiny_checkpoint(tmp_path, max_position_embeddings=128)
     model = llamavid.load_model(fx.path, vision_tower=fx.vision_path)
-    with pytest.raises(ContextOverflowError, match=r"40 frames x 2 tokens.*context holds 64"):
-        model.answer(random_features(40), QUESTION)
+    with pytest.raises(ContextOverflowError, match=r"40 frames x 2 tokens.*context holds 128") as refused:
+        llamavid.answer_features(model, random_features(40), QUESTION, strict_context=True, max_new_tokens=4)
+    assert refused.value.context == 128 and 0 < refused.value.frames_fit < 40
+    assert refused.value.needed > 128 and refused.value.suggestions == {"max_frames": refused.value.frames_fit}
 
 
 # --- bad input -------------------------------------------------------------------------------------------------

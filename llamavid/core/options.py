@@ -9,31 +9,18 @@ valid UTF-8, subtitle files that exist. Errors name the option and the value in 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import InputError
+from .choices import KV_CACHE_CHOICES
+from .errors import InputError, OptionError
 from .timecode import format_clock, parse_time
 
 MAX_FPS = 240.0
 MAX_CHOICES = 26
-
-
-class OptionError(InputError):
-    """An option with a value of the wrong type or out of range (``field`` names it, without dashes)."""
-
-    def __init__(self, field: str, value: Any, reason: str, *, flag: str | None = None):
-        self.field, self.value, self.reason = field, value, reason
-        shown = value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else json.dumps(value)
-        super().__init__(f"--{(flag or field).replace('_', '-')} {shown}: {reason}")
-
-    def for_json(self, where: str) -> str:
-        """The same problem worded for a JSON field (a batch line)."""
-        return f"{where}: \"{self.field}\": {json.dumps(self.value, ensure_ascii=False)} {self.reason}"
 
 
 def check_text(text: Any, what: str = "the question") -> str:
@@ -88,12 +75,12 @@ def _time(field: str, value: Any) -> float:
 def _choices(value: Any) -> tuple[str, ...]:
     def fail(reason: str) -> OptionError:
         shown = list(value) if isinstance(value, (list, tuple)) else value
-        return OptionError("choices", shown, reason, flag="choice")
+        return OptionError("choices", shown, reason)
 
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
         raise fail("must be a list of option texts")
     if len(value) < 2:
-        raise fail("needs at least two options (repeat --choice)")
+        raise fail("needs at least two options")
     if len(value) > MAX_CHOICES:
         raise fail(f"takes at most {MAX_CHOICES} options")
     out: list[str] = []
@@ -108,6 +95,18 @@ def _choices(value: Any) -> tuple[str, ...]:
             raise fail(f"lists the option {text.strip()!r} twice")
         out.append(text.strip())
     return tuple(out)
+
+
+def check_fps(value: Any, field: str = "fps") -> float:
+    """A sampling rate in frames per second: a finite number in (0, ``MAX_FPS``] (the one check of it)."""
+    return _number(field, value, low=0, low_open=True, high=MAX_FPS)
+
+
+def check_choice(field: str, value: Any, allowed: tuple[str, ...]) -> str:
+    """One of a fixed set of words (``choices.py``)."""
+    if not isinstance(value, str) or value not in allowed:
+        raise OptionError(field, value, f"expected one of {', '.join(allowed)}")
+    return value
 
 
 def _temperature(value: Any) -> float:
@@ -167,10 +166,11 @@ class AskOptions:
     end: float | None = None
     evidence: bool = False  # find the time ranges the answer rests on
     choices: tuple[str, ...] | None = None  # answer with exactly one of these, scored by log-likelihood
+    kv_cache: str = "auto"  # how the prompt's keys and values are kept (llamavid.model.kvcache)
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
-        set_("fps", _number("fps", self.fps, low=0, low_open=True, high=MAX_FPS))
+        set_("fps", check_fps(self.fps))
         if self.max_frames is not None:
             set_("max_frames", _whole("max_frames", self.max_frames, low=1))
         if self.long is not None:
@@ -202,11 +202,14 @@ class AskOptions:
         if self.end is not None:
             set_("end", _time("end", self.end))
             if self.end <= (self.start or 0.0):
-                after = f"--start {format_clock(self.start)}" if self.start else "the start of the video"
-                raise OptionError("end", given_end, f"must be after {after} (the range would be empty)")
+                if self.start:
+                    raise OptionError("end", given_end, "must be after the start "
+                                      f"({format_clock(self.start)}; the range would be empty)")
+                raise OptionError("end", given_end, "must be after the start of the video (the range would be empty)")
         _switch("evidence", self.evidence)
         if self.choices is not None:
             set_("choices", _choices(self.choices))
+        check_choice("kv_cache", self.kv_cache, KV_CACHE_CHOICES)
 
     @property
     def time_range(self) -> tuple[float, float] | None:
@@ -231,7 +234,7 @@ class AskOptions:
 
 # Fields a batch line may set, and the AskOptions field each one is.
 BATCH_OPTION_FIELDS = ("fps", "max_frames", "long", "strict_context", "subtitles", "temperature", "top_p",
-                       "max_new_tokens", "seed", "start", "end", "evidence", "choices")
+                       "max_new_tokens", "seed", "start", "end", "evidence", "choices", "kv_cache")
 
 
 def options_from_json(record: Mapping[str, Any], defaults: AskOptions, *, base_dir: Path | None = None) -> AskOptions:

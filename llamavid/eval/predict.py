@@ -10,16 +10,14 @@ one unreadable video must not cost the other 13,000 answers.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from llamavid.core.errors import InputError
-from llamavid.core.fileio import ResumableJsonl, read_jsonl
+from llamavid.core.fileio import ResumableJsonl
 from llamavid.eval.benchmarks import EvalItem
 
 AnswerFn = Callable[[EvalItem], str]

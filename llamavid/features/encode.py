@@ -29,7 +29,7 @@ from ..core import locking
 from ..media import subtitles as subs
 from ..media import video
 from ..core.errors import InputError, LlamaVidError, VideoError, VidtokError
-from ..pipeline.planning import frames_in_range
+from ..media.video import frames_in_range
 from .vidtok import VidtokWriter, check_destination, content_hash, open_vidtok
 from ..model.vision import VisionEncoder, preprocess_frames
 

@@ -495,6 +495,13 @@ def sample_times(info: VideoInfo, fps: float) -> list[float]:
     return [t for _, t in _plan(info, fps)]
 
 
+def frames_in_range(timestamps: Sequence[float] | np.ndarray, time_range: tuple[float, float]) -> list[int]:
+    """Positions of the frames whose time t has start <= t < end (a millisecond of slack for rounding)."""
+    start, end = time_range
+    ts = np.asarray(timestamps, dtype=np.float64)
+    return np.nonzero((ts >= start - 1e-3) & (ts < end - 1e-3))[0].tolist()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # problems, counted
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = ("LlamaVid", "Answer", "Prompt", "init_weights_", "new_llm", "finish_llm")
+_EXPORTS = {"LlamaVid": "modeling", "Prompt": "modeling", "WeightsInfo": "modeling", "init_weights_": "modeling",
+            "new_llm": "modeling", "finish_llm": "modeling", "build_modules": "modeling", "Answer": "generation"}
 
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(".modeling", __name__), name)
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

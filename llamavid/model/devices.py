@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from ..core.choices import DTYPE_CHOICES
-from ..core.errors import InputError
+from ..core.errors import OptionError
 from .memory import RUNTIME_OVERHEAD, SYSTEM, Probes, format_gb
 
 # Names users may give (--dtype); the first of each group is the canonical one shown in --help.
@@ -40,11 +40,11 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise InputError(f"--device {device}: unknown device (use cpu, cuda, cuda:N or mps)") from None
+        raise OptionError("device", device, "unknown device (use cpu, cuda, cuda:N or mps)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        raise OptionError("device", device, "CUDA is not available on this machine (use the CPU: cpu)")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise OptionError("device", device, f"this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -70,13 +70,13 @@ def choose_dtype(dtype: str | torch.dtype | None, device: torch.device, *,
     native = probes.cpu_bf16()
     if native:
         return DtypeChoice(torch.bfloat16, f"loading in bfloat16: this CPU computes it natively ({native}); "
-                                           "--dtype float32 to override")
+                                           "ask for float32 to override")
     if weight_bytes is not None:
         available = probes.available(device)
         fp32 = weight_bytes(torch.float32)
         if available is not None and fp32 + RUNTIME_OVERHEAD > available:
             return DtypeChoice(torch.bfloat16, f"loading in bfloat16: float32 {what} ({format_gb(fp32)}) would not fit "
-                                               f"the {format_gb(available)} available; --dtype float32 to override")
+                                               f"the {format_gb(available)} available; ask for float32 to override")
     return DtypeChoice(torch.float32)
 
 
@@ -94,7 +94,7 @@ def select_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch
         try:
             out = DTYPE_NAMES[str(dtype).lower().replace("torch.", "")]
         except KeyError:
-            raise InputError(f"--dtype {dtype}: unknown (use {', '.join(DTYPE_CHOICES)})") from None
+            raise OptionError("dtype", dtype, f"unknown (use {', '.join(DTYPE_CHOICES)})") from None
     if device.type == "cpu" and out == torch.float16:
-        raise InputError("--dtype float16: not supported on the CPU (use float32 or bfloat16)")
+        raise OptionError("dtype", "float16", "not supported on the CPU (use float32 or bfloat16)")
     return out

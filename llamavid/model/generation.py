@@ -1,18 +1,29 @@
 """Token generation: greedy or nucleus sampling over a LLaMA with a KV cache, streamed token by token.
 
-Our own loop rather than ``generate()``: it takes embeddings with visual tokens spliced in, never picks
-up a checkpoint's ``generation_config.json`` behind the user's back, prefills very long prompts (64K-token
-movies) in chunks computing logits for the last position only, and reports every token as it comes.
+``generate`` is the one entry point: embedded prompts (``LlamaVid.prompt_embeddings``, or a text-only
+``LlamaVid.text_prompt`` embedded) -> ``Answer``s. How many tokens it may produce and how the KV cache is
+kept are the caller's plan (llamavid.pipeline.planning decides both); nothing is decided here.
+
+Our own loop rather than transformers' ``generate()``: it takes embeddings with visual tokens spliced in,
+never picks up a checkpoint's ``generation_config.json`` behind the user's back, prefills very long prompts
+(64K-token movies) in chunks computing logits for the last position only, and reports every token as it
+comes.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Sequence
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
 from ..core.options import SamplingOptions  # re-exported: the sampler's settings live with the other options
+from .prompt import get_template
+
+if TYPE_CHECKING:
+    from .modeling import LlamaVid, Prompt
 
 # Prompt tokens per forward call while prefilling. CPU attention (sdpa's flash kernel) never materializes the
 # scores; what grows with the chunk is the (chunk x prompt) mask and one layer's activations on the chunk.
@@ -46,8 +57,76 @@ def cache_argument(llm) -> str:
     return "cache" if "cache" in inspect.signature(llm.forward).parameters else "past_key_values"
 
 
+@dataclass
+class Answer:
+    """One generated answer and what it cost."""
+
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    frames: int
+    seconds: float
+    question: str = ""
+    truncated: bool = False  # generation stopped at the token limit, not at the end of the answer
+    evidence: list | None = None  # EvidenceRange, best first, when asked for (llamavid.tasks.evidence)
+    choices: list | None = None  # ChoiceScore per option, in the order given, when the answer was chosen
+
+
 @torch.inference_mode()
-def generate(
+def generate(model: "LlamaVid", embeds: Sequence[torch.Tensor], prompts: Sequence["Prompt"], *,
+             sampling: SamplingOptions, max_new: int, cache_mode: str = "full",
+             on_text: Callable[[int, str], None] | None = None, cache=None, t0: float | None = None) -> list[Answer]:
+    """Answers to embedded prompts (one (L, H) tensor per prompt), generated together in one batch.
+
+    ``max_new``: new tokens allowed (the plan's answer room); ``cache_mode``: how the KV cache is kept (the
+    plan's, ``llamavid.model.kvcache``); ``cache``: an empty full ``DynamicCache`` to fill instead, which
+    keeps the prompt's keys and values afterwards for scoring (evidence); one prompt only, as a batch is
+    left-padded. ``on_text(row, piece)`` receives each answer's text as it is generated. ``t0``: when the
+    work for these answers started (their ``seconds`` count from it; default: now).
+    """
+    if cache is not None and (len(embeds) != 1 or cache_mode != "full"):
+        raise ValueError("a kept cache is a full one, for one prompt at a time")
+    t0 = time.perf_counter() if t0 is None else t0
+    opts = SamplingOptions(max_new_tokens=max_new, temperature=sampling.temperature, top_p=sampling.top_p,
+                           seed=sampling.seed)
+    batch, mask = _left_pad(embeds)
+    decoders = [StreamDecoder(model.text_tokenizer) for _ in embeds]
+
+    def on_token(row: int, tok: int) -> None:
+        piece = decoders[row].push(tok)
+        if piece and on_text is not None:
+            on_text(row, piece)
+
+    outs = _decode(model.llm, batch, mask if len(embeds) > 1 else None, stop_ids=[model.text_tokenizer.eos_id],
+                   opts=opts, on_token=on_token, cache_mode=cache_mode, cache=cache)
+    if on_text is not None:
+        for row, decoder in enumerate(decoders):
+            rest = decoder.finish()
+            if rest:
+                on_text(row, rest)
+    stop_text = get_template(prompts[0].template).stop_string
+    seconds = time.perf_counter() - t0
+    answers = []
+    for p, ids in zip(prompts, outs):
+        text = model.text_tokenizer.decode(ids).strip()
+        if stop_text and stop_text.strip() and text.endswith(stop_text):
+            text = text[: -len(stop_text)].strip()
+        answers.append(Answer(text=text, prompt_tokens=p.tokens, new_tokens=len(ids), frames=p.n_frames,
+                              seconds=seconds, question=p.question, truncated=len(ids) >= max_new))
+    return answers
+
+
+def _left_pad(embeds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(e.shape[0] for e in embeds)
+    batch = embeds[0].new_zeros(len(embeds), longest, embeds[0].shape[-1])
+    mask = torch.zeros(len(embeds), longest, dtype=torch.long, device=embeds[0].device)
+    for i, e in enumerate(embeds):
+        batch[i, longest - e.shape[0]:] = e
+        mask[i, longest - e.shape[0]:] = 1
+    return batch, mask
+
+
+def _decode(
     llm,
     inputs_embeds: torch.Tensor,
     attention_mask: torch.Tensor | None,

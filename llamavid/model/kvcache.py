@@ -1,6 +1,6 @@
 """How generation keeps the keys and values of the prompt (the KV cache), and how much memory that takes.
 
-Modes (``load_model(kv_cache=...)``, ``--kv-cache``):
+Modes (the ``kv_cache`` option of a question; planning picks the mode, llamavid.pipeline.planning):
 
 * ``full``: the model's dtype (a transformers ``DynamicCache``): 2 x layers x kv_heads x head_dim x 2 bytes
   per token in bf16, 512 KiB for LLaMA-7B, so 32 GiB for a 64K-token movie prompt;
@@ -26,19 +26,11 @@ from typing import Any
 
 import torch
 
-from ..core.choices import KV_CACHE_CHOICES
-from ..core.errors import InputError, MemoryLimitError
+from ..core.errors import InputError, MemoryLimitError, OptionError
 from .memory import format_gb
 
 INT4_GROUP = 32
 PREFILL_ACTIVATION_FACTOR = 14  # bytes per (prompt-chunk token x hidden unit) for one layer's activations, measured
-
-
-def parse_kv_cache(value: str | None) -> str:
-    mode = "auto" if value is None else str(value).lower()
-    if mode not in KV_CACHE_CHOICES:
-        raise InputError(f"--kv-cache {value}: expected one of {', '.join(KV_CACHE_CHOICES)}")
-    return mode
 
 
 @dataclass(frozen=True)
@@ -101,7 +93,7 @@ def plan_cache(shape: CacheShape, mode: str, *, tokens: int, batch: int, chunk: 
     tokens would fit with the smallest one, for the caller to turn into a number of frames."""
     candidates = ["full", "int8", "int4"] + (["offload"] if device.type == "cuda" else [])
     if mode == "offload" and device.type != "cuda":
-        raise InputError("--kv-cache offload keeps a GPU's cache in host memory; on the CPU use int8 or int4")
+        raise OptionError("kv_cache", "offload", "keeps a GPU's cache in host memory; on the CPU use int8 or int4")
     allowed = candidates if mode == "auto" else [mode]
 
     def fits(m: str, n: int) -> bool:
@@ -114,7 +106,7 @@ def plan_cache(shape: CacheShape, mode: str, *, tokens: int, batch: int, chunk: 
             if mode == "auto" and m != "full":
                 full = shape.bytes_per_token("full") * tokens * batch
                 return m, (f"KV cache in {m}: the {tokens:,}-token prompt's full cache ({format_gb(full)}) would not fit "
-                           f"the {format_gb(available or 0)} left; --kv-cache full to insist")
+                           f"the {format_gb(available or 0)} left; ask for a full KV cache to insist")
             return m, None
     smallest = allowed[-1]
     lo, hi = 0, tokens
@@ -122,12 +114,10 @@ def plan_cache(shape: CacheShape, mode: str, *, tokens: int, batch: int, chunk: 
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(smallest, mid) else (lo, mid)
     dev_need, host_need = shape.need(smallest, tokens, chunk, batch)
-    err = MemoryLimitError(
+    raise MemoryLimitError(
         f"the {tokens:,}-token prompt needs {format_gb(dev_need + host_need)} for its KV cache in {smallest} "
         f"(and working memory) but {format_gb(available or 0)} is left after the weights; at most {lo:,} prompt "
-        f"tokens fit")
-    err.fit_tokens = lo
-    raise err
+        f"tokens fit", needed=dev_need + host_need, available=available, fit_tokens=lo)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Loading a checkpoint as published: ``load_model`` (the whole model) and ``load_vision_encoder`` (only
 the vision encoder, for ``llamavid encode``).
 
-The modules are built through ``LlamaVid.from_config`` on the meta device and take the checkpoint's
-tensors as they are (``assign``), so loading never holds two copies of the weights. Every component is
+The modules are built by ``build_modules`` on the meta device and take the checkpoint's tensors as they
+are (``assign``), so loading never holds two copies of the weights; the model is then constructed once,
+with everything it holds (modules, tokenizers, vision encoder, how the weights were loaded). Every component is
 loaded strictly, with one-line errors naming the checkpoint keys that are missing, extra or mis-shaped.
 """
 
@@ -18,9 +19,9 @@ from . import checkpoint as ckpt_io
 from ..core.callbacks import NO_CALLBACKS, Callbacks
 from .config import LlamaVidConfig
 from .devices import choose_dtype, select_device
-from ..core.errors import CheckpointError, InputError
+from ..core.errors import CheckpointError, InputError, Opt
 from .memory import RUNTIME_OVERHEAD, SYSTEM, Probes, require_memory, tensor_bytes
-from .modeling import LlamaVid, finish_llm
+from .modeling import LlamaVid, WeightsInfo, build_modules, finish_llm
 from .prompt import TextTokenizer
 from .qformer import QFormerConfig, load_qformer_tokenizer, load_strict
 from .quantize import quantize_llm
@@ -85,7 +86,6 @@ def load_model(
     load_in_8bit: bool = False,
     load_in_4bit: bool = False,
     attn_implementation: str = "sdpa",
-    kv_cache: str = "auto",
     callbacks: Callbacks = NO_CALLBACKS,
     probes: Probes = SYSTEM,
 ) -> LlamaVid:
@@ -97,13 +97,10 @@ def load_model(
     device/dtype: see ``llamavid.model.devices`` (no dtype on the CPU: bfloat16 where the CPU computes it natively
     or where float32 would not fit; the choice is reported through ``callbacks.say``). Weights that would
     not fit the memory available (``probes``) are refused before loading starts (``MemoryLimitError``).
-    kv_cache: how generation keeps keys and values (``llamavid.model.kvcache``: auto, full, int8, int4, offload).
+    How the KV cache is kept is an option of each question (``AskOptions.kv_cache``), not of the model.
     """
-    from .kvcache import parse_kv_cache
-
     if load_in_8bit and load_in_4bit:
         raise InputError("choose one of 8-bit and 4-bit loading")
-    kv_mode = parse_kv_cache(kv_cache)
     ckpt = resolve_checkpoint_dir(name_or_path)
     cfg = LlamaVidConfig.from_json(ckpt / "config.json")
     dev = select_device(device)
@@ -123,10 +120,8 @@ def load_model(
     qcfg = QFormerConfig.from_state_dict(groups["qformer"], source=source)
     if qcfg.num_query != cfg.num_query:
         raise CheckpointError(f"{source}: config num_query {cfg.num_query} but model.vlm_att_query holds {qcfg.num_query} queries")
-    model = LlamaVid.from_config(cfg, qcfg, name=os.fspath(name_or_path), device="meta",
-                                 attn_implementation=attn_implementation)
-    for what, module, group, dest in (("QFormer", model.qformer, "qformer", dev),
-                                      ("token-generator", model.tokens, "tokens", dev)):
+    qformer, tokens, llm = build_modules(cfg, qcfg, device="meta", attn_implementation=attn_implementation)
+    for what, module, group, dest in (("QFormer", qformer, "qformer", dev), ("token-generator", tokens, "tokens", dev)):
         load_strict(module, groups[group], source=source, what=what, device=dest, dtype=dt,
                     display=lambda k, g=group: ckpt_io.to_checkpoint_key(f"{g}.{k}"))
     if qcfg.encoder_width != cfg.mm_hidden_size:
@@ -134,31 +129,28 @@ def load_model(
     llm_sd = groups["llm"]
     if cfg.llm.get("tie_word_embeddings") and "lm_head.weight" not in llm_sd and "model.embed_tokens.weight" in llm_sd:
         llm_sd = dict(llm_sd, **{"lm_head.weight": llm_sd["model.embed_tokens.weight"]})
-    load_strict(model.llm, llm_sd, source=source, what="LLM", device=llm_dev, dtype=dt,
+    load_strict(llm, llm_sd, source=source, what="LLM", device=llm_dev, dtype=dt,
                 display=lambda k: ckpt_io.to_checkpoint_key("llm." + k))
-    model.llm = finish_llm(model.llm, llm_dev)
+    llm = finish_llm(llm, llm_dev)
     if quantized:
-        model.llm = quantize_llm(model.llm, 8 if load_in_8bit else 4, dev, dt)
+        llm = quantize_llm(llm, 8 if load_in_8bit else 4, dev, dt)
 
-    model.text_tokenizer = TextTokenizer.from_dir(ckpt, eos_id=_config_eos(cfg))
-    vocab_rows = model.llm.get_input_embeddings().weight.shape[0]
-    if model.text_tokenizer.vocab_size > vocab_rows:
-        raise CheckpointError(f"{source}: the tokenizer has {model.text_tokenizer.vocab_size} tokens but the LLM embeds only {vocab_rows}")
+    text_tokenizer = TextTokenizer.from_dir(ckpt, eos_id=_config_eos(cfg))
+    vocab_rows = llm.get_input_embeddings().weight.shape[0]
+    if text_tokenizer.vocab_size > vocab_rows:
+        raise CheckpointError(f"{source}: the tokenizer has {text_tokenizer.vocab_size} tokens but the LLM embeds only {vocab_rows}")
     bert_tok = load_qformer_tokenizer(qformer_tokenizer, checkpoint_dir=ckpt)
     if len(bert_tok) != qcfg.vocab_size:
         raise CheckpointError(
             f"{bert_tok.name_or_path}: the QFormer tokenizer has {len(bert_tok)} tokens but the QFormer embeds "
-            f"{qcfg.vocab_size} (expected bert-base-uncased plus [DEC]); pass the right --qformer-tokenizer"
-        )
-    model.qformer_tokenizer = bert_tok
+            f"{qcfg.vocab_size} (expected bert-base-uncased plus [DEC]); pass the right ", Opt("qformer_tokenizer"))
     vision_weights = resolve_vision_weights(vision_tower, cfg, ckpt, groups["vision"])
-    model.vision_encoder = VisionEncoder(vision_weights, device=dev, dtype=dt, pad_images=cfg.image_aspect_ratio == "pad")
-    model.kv_cache = kv_mode
-    model.probes = probes
-    model.callbacks = callbacks
-    model.weight_bits = bits
-    if available is not None:  # mapped weights still count as "available" (page cache): subtract them here
-        model.memory_left = max(0, available - model_weight_bytes(groups, dt, bits) - RUNTIME_OVERHEAD)
+    vision = VisionEncoder(vision_weights, device=dev, dtype=dt, pad_images=cfg.image_aspect_ratio == "pad")
+    # mapped weights still count as "available" (page cache): subtract them here
+    left = None if available is None else max(0, available - model_weight_bytes(groups, dt, bits) - RUNTIME_OVERHEAD)
+    model = LlamaVid(cfg, qformer=qformer, tokens=tokens, llm=llm, text_tokenizer=text_tokenizer,
+                     qformer_tokenizer=bert_tok, vision_encoder=vision, name=os.fspath(name_or_path),
+                     weights=WeightsInfo(bits=bits, memory_left=left))
     return model.eval()
 
 
@@ -189,10 +181,10 @@ def check_weights_fit(source: str, groups: Mapping[str, Mapping[str, torch.Tenso
     need = model_weight_bytes(groups, dtype, bits) + RUNTIME_OVERHEAD
     alternatives = []
     if dtype == torch.float32:
-        alternatives.append(("--dtype bfloat16", model_weight_bytes(groups, torch.bfloat16, bits) + RUNTIME_OVERHEAD))
+        alternatives.append(((Opt("dtype", "bfloat16"),), model_weight_bytes(groups, torch.bfloat16, bits) + RUNTIME_OVERHEAD))
     if bits != 4:
         half = torch.bfloat16 if dtype == torch.float32 else dtype
-        alternatives.append(("--quantize 4bit" + (" --dtype bfloat16" if dtype == torch.float32 else ""),
+        alternatives.append(((Opt("quantize", "4bit"),) + ((" ", Opt("dtype", "bfloat16")) if dtype == torch.float32 else ()),
                              model_weight_bytes(groups, half, 4) + RUNTIME_OVERHEAD))
     what = f"the weights in {name}" + (f" with {bits}-bit layers" if bits else "") + " (and room to run)"
     require_memory(source, what, need, available, alternatives)
@@ -232,7 +224,7 @@ def load_vision_encoder(
     if choice.note:
         callbacks.say(choice.note)
     if choice.dtype is not None:
-        alternatives = [("--dtype bfloat16", weights.weight_bytes(torch.bfloat16) + RUNTIME_OVERHEAD)] \
+        alternatives = [((Opt("dtype", "bfloat16"),), weights.weight_bytes(torch.bfloat16) + RUNTIME_OVERHEAD)] \
             if choice.dtype == torch.float32 else []
         require_memory(weights.description, f"the vision encoder's weights in {str(choice.dtype).replace('torch.', '')} "
                        "(and room to run)", weights.weight_bytes(choice.dtype) + RUNTIME_OVERHEAD,

@@ -162,14 +162,18 @@ def tensor_bytes(tensors: Iterable[torch.Tensor] | Mapping[str, torch.Tensor], d
 
 
 def require_memory(source: str, what: str, need: int, available: int | None,
-                   alternatives: Iterable[tuple[str, int]] = ()) -> None:
+                   alternatives: Iterable[tuple[tuple, int]] = ()) -> None:
     """Refuse (``MemoryLimitError``, one line) when ``need`` bytes exceed ``available``; name the
-    ``alternatives`` (flag, bytes it would need) that fit, smallest change first."""
+    ``alternatives`` (the settings as message parts, bytes they would need) that fit, smallest change first."""
     from ..core.errors import MemoryLimitError
 
     if available is None or need <= available:
         return
-    fitting = [f"{flag} ({format_gb(n)})" for flag, n in alternatives if n <= available]
-    hint = ("; this fits: " + ", or ".join(fitting)) if fitting else "; nothing smaller fits either: free memory or use a larger machine"
-    raise MemoryLimitError(f"{source}: {what} need {format_gb(need)} but only {format_gb(available)} of memory "
-                           f"is available{hint}")
+    fitting = [(*setting, f" ({format_gb(n)})") for setting, n in alternatives if n <= available]
+    hint: list = []
+    for k, parts in enumerate(fitting):
+        hint += ["; this fits: " if k == 0 else ", or ", *parts]
+    if not fitting:
+        hint = ["; nothing smaller fits either: free memory or use a larger machine"]
+    raise MemoryLimitError(f"{what} need {format_gb(need)} but only {format_gb(available)} of memory is available",
+                           *hint, where=source, needed=need, available=available)

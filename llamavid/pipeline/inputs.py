@@ -34,7 +34,8 @@ from ..features.encode import EncodeOptions, encode_file, range_record
 from ..core.errors import InputError, VidtokError
 from ..core.fileio import Closing
 from ..core.options import AskOptions
-from .planning import check_range, frames_in_range
+from ..media.video import frames_in_range
+from .planning import check_range
 from ..features.vidtok import Vidtok, content_hash, looks_like_vidtok, open_vidtok
 
 CACHE_STORAGE = "float16"
@@ -83,6 +84,39 @@ class VideoInput(Closing):
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
+
+
+class FeaturesInMemory:
+    """Features already at hand (a tensor or array (T, N, C), e.g. from ``LlamaVid.encode_frames``), read
+    like a ``.vidtok``: frame times default to one a second."""
+
+    def __init__(self, features, timestamps: Sequence[float] | None = None, *, fps: float | None = None,
+                 source: str = "features"):
+        import torch
+
+        self._features = torch.as_tensor(features) if not isinstance(features, torch.Tensor) else features
+        n = int(self._features.shape[0])
+        self.timestamps = (np.arange(n, dtype=np.float64) if timestamps is None
+                           else np.asarray(timestamps, dtype=np.float64))
+        if len(self.timestamps) != n:
+            raise InputError(f"{len(self.timestamps)} timestamps for {n} frames of features")
+        self.fps = float(fps) if fps is not None else 1.0
+        self.source = {"name": source}
+        self.subtitles: list = []
+
+    def __len__(self) -> int:
+        return int(self._features.shape[0])
+
+    def features(self, start: int = 0, stop: int | None = None, *, dtype=None):
+        chunk = self._features[start:stop]
+        return chunk if dtype is None else chunk.to(dtype)
+
+    def frames(self, indices: Sequence[int], dtype=None):
+        chunk = self._features[list(indices)]
+        return chunk if dtype is None else chunk.to(dtype)
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass

@@ -14,21 +14,37 @@ else decides whether a prompt fits the context. The rules:
   ``strict_context`` it refuses instead, naming a ``--max-frames`` that fits. A question (or a
   conversation) too long to fit with even one frame is refused with that reason.
 * **Sampling**: the published defaults for the prompt style, with the options set on top.
+* **Answer room**: the new tokens generation may produce, ``min(max_new_tokens, context - prompt)``.
+* **KV cache**: the mode the prompt's keys and values are kept in (``kv_cache``: auto picks full precision
+  when it fits the memory left, else int8, then int4; llamavid.model.kvcache). A question asking for
+  evidence or choices keeps a full-precision cache (it is scored afterwards). A prompt that fits no mode
+  is refused, naming a ``max_frames`` that fits. Questions answered together are one batch, whose cache
+  is planned for the batch (``plan_batches``).
+
+Refusals are ``ContextOverflowError`` / ``MemoryLimitError`` carrying their figures; options they
+suggest are ``Opt`` references that each front end words (``--max-frames 12``, ``"max_frames": 12``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
+import torch
 
-from ..model.generation import SamplingOptions
-from ..core.errors import ContextOverflowError, InputError
+from ..core.errors import ContextOverflowError, InputError, MemoryLimitError, Opt
+from ..core.options import SamplingOptions
+from ..core.timecode import format_clock
+from ..media.video import frames_in_range
+from ..model.generation import PREFILL_CHUNK
+from ..model.kvcache import CacheShape, plan_cache
+from ..model.memory import SYSTEM
 
 if TYPE_CHECKING:
-    from ..model.modeling import LlamaVid, Prompt
     from ..core.options import AskOptions
+    from ..model.modeling import LlamaVid, Prompt
 
 ANSWER_RESERVE = 256  # answer tokens a plan keeps room for (at most max_new_tokens)
 
@@ -64,16 +80,7 @@ def fits(context_length: int, prompt_tokens: int, sampling: SamplingOptions, res
     return prompt_tokens + (answer_reserve(sampling) if reserve is None else reserve) <= context_length
 
 
-def frames_in_range(timestamps: Sequence[float] | np.ndarray, time_range: tuple[float, float]) -> list[int]:
-    """Positions of the frames whose time t has start <= t < end (a millisecond of slack for rounding)."""
-    start, end = time_range
-    ts = np.asarray(timestamps, dtype=np.float64)
-    return np.nonzero((ts >= start - 1e-3) & (ts < end - 1e-3))[0].tolist()
-
-
 def _seconds(t: float) -> str:
-    from ..core.timecode import format_clock
-
     return format_clock(t) if float(t).is_integer() else f"{t:g} s"
 
 
@@ -82,14 +89,12 @@ def check_range(source: str, time_range: tuple[float, float] | None, *, duration
     """A range must start inside the video (it may run on past the end); a still image has no times."""
     if time_range is None:
         return
-    from ..core.timecode import format_clock
-
     if is_image:
-        raise InputError(f"{source}: is a still image; --start/--end apply to videos")
+        raise InputError("is a still image; ", Opt("start"), "/", Opt("end"), " apply to videos", where=source)
     start, _ = time_range
     if duration is not None and start >= duration:
-        raise InputError(f"{source}: --start {format_clock(start)} is past the end of the video "
-                         f"({format_clock(duration, up=True)} long)")
+        raise InputError(Opt("start", format_clock(start)), " is past the end of the video "
+                         f"({format_clock(duration, up=True)} long)", where=source)
 
 
 def range_candidates(video: Timeline, options: "AskOptions",
@@ -106,8 +111,8 @@ def range_candidates(video: Timeline, options: "AskOptions",
     if not inside:
         start, end = options.time_range
         until = "the end" if end == np.inf else _seconds(end)
-        raise InputError(f"{video.source}: no sampled frame lies between {_seconds(start)} and {until}; "
-                         "widen --start/--end or sample more frames (--fps)")
+        raise InputError(f"no sampled frame lies between {_seconds(start)} and {until}; widen ", Opt("start"), "/",
+                         Opt("end"), " or sample more frames (", Opt("fps"), ")", where=video.source)
     return inside
 
 
@@ -115,14 +120,14 @@ def answer_room(context_length: int, prompt_tokens: int, max_new_tokens: int, *,
                 tokens_per_frame: int) -> int:
     """How many new tokens generation may produce; refuses a prompt that leaves no room at all.
 
-    The last line of defence for direct model calls; plans never get here with a prompt that overflows.
+    Plans never get here with a prompt that overflows; this refusal is the last line of defence.
     """
     room = context_length - prompt_tokens
     if room < 1:
         raise ContextOverflowError(
             f"the prompt needs {prompt_tokens} tokens ({n_frames} frames x {tokens_per_frame} tokens + text) "
-            f"but the model's context holds {context_length}; sample fewer frames (--fps or --max-frames)"
-        )
+            f"but the model's context holds {context_length}; sample fewer frames (", Opt("fps"), " or ",
+            Opt("max_frames"), ")", needed=prompt_tokens, context=context_length)
     return min(max_new_tokens, room)
 
 
@@ -152,16 +157,22 @@ class Plan:
     prompt: "Prompt"
     sampling: SamplingOptions
     note: str | None = None  # set when frames were left out to fit the context
+    max_new: int = 0  # the answer room: new tokens generation may produce
+    cache_mode: str = "full"  # how the prompt's KV cache is kept (for this question alone)
+    cache_note: str | None = None  # set when auto chose a quantized cache
+    kv_cache: str = "auto"  # the mode asked for (a batch of these plans is planned again as a whole)
+    keep_cache: bool = False  # the answer is scored afterwards (evidence, choices): a full cache, kept
+    text_tokens: int = 0  # the prompt's tokens that are not visual tokens
 
     @property
     def question(self) -> str:
         return self.prompt.question
 
     def batch_key(self) -> tuple:
-        """Plans with equal keys go through the model together (same frames, style and sampling)."""
+        """Plans with equal keys may go through the model together (same frames, style, sampling and cache)."""
         s = self.sampling
         return (self.frame_indices, self.long_video, self.prompt.template, s.max_new_tokens, s.temperature,
-                s.top_p, s.seed)
+                s.top_p, s.seed, self.kv_cache)
 
 
 class _Selector:
@@ -232,12 +243,12 @@ def plan_question(model: "LlamaVid", video: Timeline, question: str, options: "A
     candidates = range_candidates(video, options, candidates)
     sel = _Selector(model, video, question, long_video, candidates, history, template, reserve)
     if sel.available == 0:
-        raise InputError(f"{video.source}: no frames to answer from")
+        raise InputError("no frames to answer from", where=video.source)
     count = min(options.max_frames, sel.available) if options.max_frames else sel.available
     indices, prompt = sel.build(count)
     ctx = model.context_length
     if fits(ctx, prompt.tokens, sampling, reserve):
-        return Plan(video.source, long_video, indices, count, sel.available, prompt, sampling)
+        return _finish(model, options, Plan(video.source, long_video, indices, count, sel.available, prompt, sampling))
     most = _most_frames(sel, count - 1, sampling) if count > 1 else 0
     if most == 0:
         alone = sel.build(1)[1].tokens - model.tokens_per_frame
@@ -245,19 +256,137 @@ def plan_question(model: "LlamaVid", video: Timeline, question: str, options: "A
             what = "the question and the conversation so far take" if history else "the question takes"
             raise ContextOverflowError(
                 f"{what} {alone} tokens, the answer needs room for {reserve}, and the model's context "
-                f"holds {ctx}; shorten it" + (" or start a new conversation (/reset)" if history else ""))
+                f"holds {ctx}; shorten it" + (" or start a new conversation (/reset)" if history else ""),
+                needed=alone + reserve, context=ctx, frames_fit=0)
         raise ContextOverflowError(
-            f"{video.source}: not even one frame ({model.tokens_per_frame} tokens) fits the model's {ctx}-token context "
-            f"beside the prompt ({alone} tokens) and room for the answer ({reserve}); lower --max-new-tokens")
+            f"not even one frame ({model.tokens_per_frame} tokens) fits the model's {ctx}-token context beside "
+            f"the prompt ({alone} tokens) and room for the answer ({reserve}); lower ", Opt("max_new_tokens"),
+            where=video.source, needed=alone + model.tokens_per_frame + reserve, context=ctx, frames_fit=0)
     if options.strict_context:
         raise ContextOverflowError(
-            f"{video.source}: {count} frames x {model.tokens_per_frame} tokens + the prompt need {prompt.tokens} tokens "
-            f"(+{reserve} for the answer) but the model's context holds {ctx}; use --max-frames {most} "
-            f"(or a lower --fps), or leave out --strict-context to use {most} frames spread evenly")
+            f"{count} frames x {model.tokens_per_frame} tokens + the prompt need {prompt.tokens} tokens "
+            f"(+{reserve} for the answer) but the model's context holds {ctx}; use ", Opt("max_frames", most),
+            " (or a lower ", Opt("fps"), "), or leave out ", Opt("strict_context"), f" to use {most} frames spread "
+            "evenly", where=video.source, needed=prompt.tokens + reserve, context=ctx, frames_fit=most)
     indices, prompt = sel.build(most)
     note = (f"{video.source}: {count} frames do not fit the model's {ctx}-token context; using {most} frames "
-            f"spread evenly (--strict-context refuses instead)")
-    return Plan(video.source, long_video, indices, most, sel.available, prompt, sampling, note)
+            f"spread evenly (strict context refuses instead)")
+    return _finish(model, options, Plan(video.source, long_video, indices, most, sel.available, prompt, sampling, note))
+
+
+def _finish(model: "LlamaVid", options: "AskOptions", plan: Plan) -> Plan:
+    """The plan with its answer room and KV cache decided."""
+    p = plan.prompt
+    text_tokens = p.tokens - p.n_frames * model.tokens_per_frame
+    keep = bool(options.choices or options.evidence)
+    if options.choices:
+        max_new = plan.sampling.max_new_tokens  # nothing is generated; the options are scored on the prompt
+    else:
+        max_new = answer_room(model.context_length, p.tokens, plan.sampling.max_new_tokens, n_frames=p.n_frames,
+                              tokens_per_frame=model.tokens_per_frame)
+    mode, note = cache_mode(model, p.tokens, new_tokens=max_new, text_tokens=text_tokens,
+                            requested="full" if keep else options.kv_cache, keep=keep, asked=options.kv_cache)
+    return dataclasses.replace(plan, max_new=max_new, cache_mode=mode, cache_note=note, kv_cache=options.kv_cache,
+                               keep_cache=keep, text_tokens=text_tokens)
+
+
+def memory_left(model: "LlamaVid") -> tuple[int | None, int | None]:
+    """(bytes the KV cache may take on the model's device, bytes left in host memory for an offloaded cache)."""
+    known = [x for x in (model.weights.memory_left, SYSTEM.available(model.device)) if x is not None]
+    host = SYSTEM.available(torch.device("cpu")) if model.device.type == "cuda" else None
+    return (min(known) if known else None), host
+
+
+def cache_mode(model: "LlamaVid", tokens: int, batch: int = 1, *, new_tokens: int = 0, text_tokens: int | None = None,
+               requested: str = "auto", keep: bool = False, asked: str | None = None) -> tuple[str, str | None]:
+    """(the KV-cache mode for ``batch`` prompts of up to ``tokens`` tokens plus ``new_tokens`` answer tokens,
+    a note when auto chose a quantized cache). ``requested``: the mode asked for ("full" where the cache is
+    kept for scoring, ``keep``); a prompt that fits no mode is refused, naming a ``max_frames`` that fits
+    (``text_tokens``: the prompt's tokens that are not frames)."""
+    available, host = memory_left(model)
+    try:
+        return plan_cache(CacheShape.of(model.llm.config, model.dtype), requested, tokens=tokens + new_tokens,
+                          batch=batch, chunk=PREFILL_CHUNK, device=model.device, available=available,
+                          host_available=host)
+    except MemoryLimitError as exc:
+        if text_tokens is None:
+            raise
+        frames = max(0, ((exc.fit_tokens or 0) - new_tokens - text_tokens) // model.tokens_per_frame)
+        advice: list[str | Opt] = ["use ", Opt("max_frames", frames)] if frames else ["no frame fits beside the text"]
+        if keep:
+            advice += [", or ask without ", Opt("evidence"), " / ", Opt("choices"), " (they keep a full-precision cache)"]
+        elif (asked or requested) in ("full", "int8"):
+            advice += [", or ", Opt("kv_cache", "auto")]
+        if not model.weights.bits:
+            advice += [", or ", Opt("quantize", "8bit"), " / ", Opt("quantize", "4bit"),
+                       " to leave more memory to the cache"]
+        raise MemoryLimitError(*exc.parts, "; ", *advice, needed=exc.needed, available=exc.available,
+                               fit_tokens=exc.fit_tokens) from None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Questions that go through the QFormer together: their positions, and the answer room and KV cache of
+    those among them that are generated together (the others are scored afterwards, each on its own cache)."""
+
+    members: tuple[int, ...]
+    max_new: int
+    cache_mode: str
+    note: str | None = None
+
+
+def plan_batches(model: "LlamaVid", plans: Sequence[Plan | None], size: int) -> list[Batch]:
+    """Plans grouped into batches of at most ``size`` (equal ``batch_key``s only, in order).
+
+    The questions of a batch whose answers are not scored afterwards are generated together: their answer
+    room is their smallest, and their KV cache is planned for them as a whole (a batch that fits no mode
+    is split, down to single questions, whose own plans hold)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, plan in enumerate(plans):
+        if plan is not None:
+            groups.setdefault(plan.batch_key(), []).append(i)
+    batches: list[Batch] = []
+    for members in groups.values():
+        for start in range(0, len(members), max(1, size)):
+            chunk = members[start:start + size]
+            batches.extend(_batch(model, [plans[i] for i in chunk], chunk))
+    return batches
+
+
+def _batch(model: "LlamaVid", plans: list[Plan], members: list[int]) -> list[Batch]:
+    generated = [p for p in plans if not p.keep_cache]
+    if len(generated) <= 1:
+        p = generated[0] if generated else plans[0]
+        return [Batch(tuple(members), p.max_new, p.cache_mode, p.cache_note if generated else None)]
+    max_new = min(p.max_new for p in generated)
+    try:
+        mode, note = cache_mode(model, max(p.prompt.tokens for p in generated), len(generated), new_tokens=max_new,
+                                requested=generated[0].kv_cache)
+    except MemoryLimitError:
+        half = len(plans) // 2
+        return _batch(model, plans[:half], members[:half]) + _batch(model, plans[half:], members[half:])
+    return [Batch(tuple(members), max_new, mode, note)]
+
+
+@dataclass(frozen=True)
+class TextPlan:
+    """A text-only prompt (merging segment summaries): its prompt, answer room and KV cache."""
+
+    prompt: "Prompt"
+    sampling: SamplingOptions
+    max_new: int
+    cache_mode: str
+    cache_note: str | None = None
+
+
+def plan_text(model: "LlamaVid", text: str, sampling: SamplingOptions, *, kv_cache: str = "auto",
+              history: Sequence[tuple[str, str]] = (), template: str | None = None) -> TextPlan:
+    """The plan for a text-only user turn."""
+    prompt = model.text_prompt(text, history=history, template=template)
+    max_new = answer_room(model.context_length, prompt.tokens, sampling.max_new_tokens, n_frames=0,
+                          tokens_per_frame=model.tokens_per_frame)
+    mode, note = cache_mode(model, prompt.tokens, new_tokens=max_new, requested=kv_cache)
+    return TextPlan(prompt, sampling, max_new, mode, note)
 
 
 def most_frames(model: "LlamaVid", video: Timeline, question: str, options: "AskOptions", *,

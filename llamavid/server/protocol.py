@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..core.errors import InputError, RequestError
+from ..core.errors import InputError, Opt, RequestError
 from .media_access import MediaAccess, MediaSource
 from ..core.options import BATCH_OPTION_FIELDS, AskOptions, OptionError, check_text, options_from_json
 from ..tasks.qa import Question
@@ -42,6 +42,11 @@ class ChatRequest:
     question: Question
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage: a last chunk with the token counts
+
+
+def request_fields() -> frozenset[str]:
+    """Every field a request body may hold, under the names it uses."""
+    return frozenset(OPENAI_FIELDS) | frozenset(option_fields())
 
 
 def option_fields() -> tuple[str, ...]:
@@ -112,9 +117,9 @@ def _options(body: Mapping[str, Any], defaults: AskOptions, media: MediaAccess) 
         return options_from_json(record, defaults)
     except OptionError as exc:
         name = given[0] if exc.field == "max_new_tokens" and given else OPENAI_NAMES.get(exc.field, exc.field)
-        raise RequestError(OptionError(name, exc.value, exc.reason).for_json("request"), param=name) from None
+        raise RequestError(Opt(name, exc.value), " ", exc.reason, where="request", param=name) from None
     except InputError as exc:
-        raise RequestError(str(exc)) from None
+        raise RequestError(*exc.parts, where=exc.where) from None
 
 
 def _conversation(messages: Any, media: MediaAccess) -> tuple[MediaSource, str, tuple[tuple[str, str], ...]]:
@@ -162,7 +167,7 @@ def _conversation(messages: Any, media: MediaAccess) -> tuple[MediaSource, str, 
         try:
             texts.append(check_text(text, f"the text of {what}"))
         except InputError as exc:
-            raise RequestError(str(exc), param=f"{what}.content") from None
+            raise RequestError(*exc.parts, where=exc.where, param=f"{what}.content") from None
     history = tuple(zip(texts[0:-1:2], texts[1:-1:2]))
     [(source, _)] = distinct.values()
     return source, texts[-1], history

@@ -155,6 +155,11 @@ class AnswerService:
             self._cond.notify_all()
         return job.future
 
+    def names_for(self, media: MediaSource) -> dict[str, str]:
+        """The server's file names for ``media`` -> the reference the client sent (errors name it so)."""
+        server = media.path if media.path is not None else self._inline_path(media)
+        return {str(server): media.shown}
+
     def stats(self) -> ServiceStats:
         with self._cond:
             s = ServiceStats(**vars(self._stats))

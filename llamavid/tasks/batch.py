@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 
 from ..core.callbacks import NO_CALLBACKS, Callbacks
 from ..core.choices import MCQ_MODES
-from ..core.errors import InputError, LlamaVidError
+from ..core.errors import JSON, InputError, LlamaVidError
 from ..core.fileio import RecordSink
 from ..pipeline.inputs import open_input
 from ..eval.benchmarks import OPTION_LETTERS
@@ -87,9 +87,9 @@ def _parse_record(record: Any, number: int, where: str, seen: set[str], defaults
         check_text(video, "the video path")
         options = options_from_json(record, defaults, base_dir=base_dir)
     except OptionError as exc:
-        return BatchItem(item_id, video, question, error=exc.for_json(where))
+        return BatchItem(item_id, video, question, error=f"{where}: {exc.render(JSON)}")
     except InputError as exc:
-        return BatchItem(item_id, shown_video, shown_question, error=f"{where}: {exc}")
+        return BatchItem(item_id, shown_video, shown_question, error=f"{where}: {exc.render(JSON)}")
     if base_dir is not None and not os.path.isabs(video):
         video = str(base_dir / video)
     return BatchItem(item_id, video, question, options)
@@ -152,7 +152,7 @@ def run_batch(model, items: Sequence[BatchItem], sink: RecordSink, *, callbacks:
                                           callbacks=quiet, questions_per_batch=questions_per_batch)
         for item, outcome in zip(group, outcomes):
             head = {"id": item.id, "video": item.video, "question": item.question}
-            emit({**head, "error": str(outcome)} if isinstance(outcome, LlamaVidError) else {**head, **outcome})
+            emit({**head, "error": outcome.render(JSON)} if isinstance(outcome, LlamaVidError) else {**head, **outcome})
     return counts
 
 

@@ -17,7 +17,7 @@ from ..core import fileio
 from ..core.callbacks import NO_CALLBACKS, Callbacks
 from ..core.errors import InputError
 from ..pipeline.inputs import VideoInput
-from ..model.modeling import Answer
+from ..model.generation import Answer
 from ..core.options import AskOptions, check_text
 from .qa import Question, answer_questions
 

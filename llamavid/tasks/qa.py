@@ -25,11 +25,12 @@ import numpy as np
 from ..core.callbacks import NO_CALLBACKS, Callbacks
 from ..core.errors import LlamaVidError
 from .evidence import DEFAULT_METHOD, find_evidence
-from ..pipeline.inputs import VideoInput, open_input
+from ..media.subtitles import SubtitleLine
+from ..pipeline.inputs import FeaturesInMemory, VideoInput, open_input
 from ..model.likelihood import choose, empty_cache
-from ..model.modeling import Answer
+from ..model.generation import Answer, generate
 from ..core.options import AskOptions, check_text
-from ..pipeline.planning import Plan, plan_question
+from ..pipeline.planning import Batch, Plan, plan_batches, plan_question
 
 QUESTIONS_PER_BATCH = 8
 
@@ -71,97 +72,98 @@ def answer_questions(
 ) -> list[Answered]:
     """Answer questions about one video; one ``Answered`` per question, in order, errors included.
 
-    Each question is planned once (or ``plans[i]`` is used); plans that share frames, prompt style and
-    sampling go through the model in batches of ``questions_per_batch``. ``on_text(i, piece)`` streams
-    question i's answer. A plan that leaves frames out is reported once through ``callbacks.warn``.
-    Questions asking for evidence get it by ``evidence_method`` (see llamavid.tasks.evidence.METHODS).
+    Each question is planned once (or ``plans[i]`` is used); plans go through the model in the batches
+    planning makes of them (``plan_batches``: equal frames, style, sampling and cache, at most
+    ``questions_per_batch``). ``on_text(i, piece)`` streams question i's answer. A plan's notes (frames
+    left out, a quantized KV cache) are reported through ``callbacks``. Questions asking for evidence get
+    it by ``evidence_method`` (see llamavid.tasks.evidence.METHODS).
     """
     results = [Answered(q) for q in questions]
-    groups: dict[tuple, list[int]] = {}
     for i, q in enumerate(questions):
         try:
             plan = plans[i] if plans is not None and plans[i] is not None else plan_question(
-                model, vin, check_text(q.text), q.options, history=q.history)
+                model, vin, q.text, q.options, history=q.history)
         except LlamaVidError as exc:
             results[i].error = exc
             continue
         results[i].plan = plan
         if plan.note:
             callbacks.warn(plan.note)
-        groups.setdefault(plan.batch_key() + (q.history,), []).append(i)
-    for members in groups.values():
-        for start in range(0, len(members), max(1, questions_per_batch)):
-            _answer_chunk(model, vin, results, members[start:start + questions_per_batch], on_text, evidence_method)
+    for batch in plan_batches(model, [r.plan for r in results], questions_per_batch):
+        _answer_batch(model, vin, results, batch, on_text, evidence_method, callbacks)
     return results
 
 
-def _answer_chunk(model, vin: VideoInput, results: list[Answered], chunk: list[int],
-                  on_text: Callable[[int, str], None] | None, evidence_method: str) -> None:
+def _answer_batch(model, vin: VideoInput, results: list[Answered], batch: Batch,
+                  on_text: Callable[[int, str], None] | None, evidence_method: str, callbacks: Callbacks) -> None:
     t0 = time.perf_counter()
-    first = results[chunk[0]].plan
+    members = list(batch.members)
     try:
-        answers = _answer_plans(model, vin, [results[i] for i in chunk], first, on_text, chunk, evidence_method)
+        if batch.note:
+            callbacks.say(batch.note)
+        answers = _answer_plans(model, vin, [results[i] for i in members], batch, on_text, members, evidence_method)
     except LlamaVidError as exc:
-        if len(chunk) == 1:
-            results[chunk[0]].error = exc
+        if len(members) == 1:
+            results[members[0]].error = exc
             return
-        for i in chunk:  # one by one, so that only the question at fault fails
-            _answer_chunk(model, vin, results, [i], on_text, evidence_method)
+        for i in members:  # one by one, so that only the question at fault fails
+            plan = results[i].plan
+            _answer_batch(model, vin, results, Batch((i,), plan.max_new, plan.cache_mode, plan.cache_note), on_text,
+                          evidence_method, callbacks)
         return
-    seconds = (time.perf_counter() - t0) / len(chunk)
-    for i, answer in zip(chunk, answers):
+    seconds = (time.perf_counter() - t0) / len(members)
+    for i, answer in zip(members, answers):
         results[i].answer, results[i].seconds = answer, seconds
 
 
-def _answer_plans(model, vin: VideoInput, members: list[Answered], first: Plan,
+def _answer_plans(model, vin: VideoInput, members: list[Answered], batch: Batch,
                   on_text: Callable[[int, str], None] | None, chunk: list[int], evidence_method: str) -> list[Answer]:
-    """Plans with the same frames and style: embedded together, then generated (or chosen), then evidence."""
+    """Plans of one batch: embedded together, then generated (or chosen), then evidence."""
     t0 = time.perf_counter()
+    first = members[0].plan
     prompts = [m.plan.prompt for m in members]
-    if not any(m.question.options.choices or m.question.options.evidence for m in members):
-        relay = None if on_text is None else (lambda row, piece: on_text(chunk[row], piece))
-        return model.answer_prompts(vin.features, prompts, sampling=first.sampling, frame_indices=first.frame_indices,
-                                    on_text=relay)
-    for m in members:  # a scored question keeps its prompt in a full KV cache: refuse before any work if it cannot
-        if m.question.options.choices or m.question.options.evidence:
-            p = m.plan.prompt
-            model.kv_cache_mode(p.tokens, 1, new_tokens=m.plan.sampling.max_new_tokens, requested="full",
-                                text_tokens=p.tokens - p.n_frames * model.tokens_per_frame)
-    # the embedded prompts are kept: options are scored on them, and evidence is measured on them
+    # embedded together; those not scored afterwards are generated together, the others each on its own
     embeds = model.prompt_embeddings(vin.features, prompts, frame_indices=first.frame_indices)
     answers: list[Answer | None] = [None] * len(members)
-    caches: dict[int, Any] = {}
-    together = [k for k, m in enumerate(members) if not m.question.options.choices and not m.question.options.evidence]
-    alone = [k for k, m in enumerate(members) if not m.question.options.choices and m.question.options.evidence]
-    # a question asking for evidence is generated on its own, so that the KV cache of its prompt is kept
-    # for the evidence (no padding in it); the others go through together
-    for rows, cache in [(together, None)] + [([k], empty_cache(model)) for k in alone]:
-        if not rows:
-            continue
-        relay = None if on_text is None else (lambda row, piece, rows=rows: on_text(chunk[rows[row]], piece))
-        made = model.generate_answers([embeds[k] for k in rows], [prompts[k] for k in rows], sampling=first.sampling,
-                                      on_text=relay, t0=t0, cache=cache,
-                                      cache_mode=None if cache is None else "full")  # "full": checked above
-        for k, answer in zip(rows, made):
+    together = [k for k, m in enumerate(members) if not m.plan.keep_cache]
+    if together:
+        relay = None if on_text is None else (lambda row, piece: on_text(chunk[together[row]], piece))
+        made = generate(model, [embeds[k] for k in together], [prompts[k] for k in together], sampling=first.sampling,
+                        max_new=batch.max_new, cache_mode=batch.cache_mode, on_text=relay, t0=t0)
+        for k, answer in zip(together, made):
             answers[k] = answer
-            if cache is not None:
-                caches[k] = cache
     for k, m in enumerate(members):
-        if m.question.options.choices:
-            best, scores = choose(model, embeds[k], m.question.options.choices)
-            text = scores[best].choice
-            if on_text is not None:
-                on_text(chunk[k], text)
-            answers[k] = Answer(text=text, prompt_tokens=prompts[k].tokens, new_tokens=0, frames=prompts[k].n_frames,
-                                seconds=time.perf_counter() - t0, question=prompts[k].question, choices=scores)
-    frames = first.frame_indices if first.frame_indices is not None else range(vin.num_frames)
-    for k, m in enumerate(members):
-        if m.question.options.evidence:
-            answers[k].evidence = find_evidence(
-                model, embeds[k], prompts[k], answers[k].text, vin.timestamps[list(frames)], step=vin.step,
-                frame_subtitles=vin.frame_subtitles(list(frames)) if first.long_video else None,
-                method=evidence_method, is_image=vin.is_image, duration=vin.duration, cache=caches.pop(k, None))
+        if m.plan.keep_cache:
+            answers[k] = _scored(model, vin, m, embeds[k], on_text, chunk[k], evidence_method, t0)
     return answers  # type: ignore[return-value]
+
+
+def _scored(model, vin: VideoInput, member: Answered, embeds, on_text: Callable[[int, str], None] | None,
+            row: int, evidence_method: str, t0: float) -> Answer:
+    """A question with choices (the best option is the answer) or evidence (the time ranges the answer rests
+    on, measured on the KV cache its prompt left behind)."""
+    plan, options = member.plan, member.question.options
+    prompt = plan.prompt
+    cache = None
+    if options.choices:
+        best, scores = choose(model, embeds, options.choices)
+        text = scores[best].choice
+        if on_text is not None:
+            on_text(row, text)
+        answer = Answer(text=text, prompt_tokens=prompt.tokens, new_tokens=0, frames=prompt.n_frames,
+                        seconds=time.perf_counter() - t0, question=prompt.question, choices=scores)
+    else:
+        cache = empty_cache(model)
+        relay = None if on_text is None else (lambda _row, piece: on_text(row, piece))
+        [answer] = generate(model, [embeds], [prompt], sampling=plan.sampling, max_new=plan.max_new,
+                            cache_mode="full", on_text=relay, cache=cache, t0=t0)
+    if options.evidence:
+        frames = list(plan.frame_indices if plan.frame_indices is not None else range(vin.num_frames))
+        answer.evidence = find_evidence(
+            model, embeds, prompt, answer.text, vin.timestamps[frames], step=vin.step,
+            frame_subtitles=vin.frame_subtitles(frames) if plan.long_video else None,
+            method=evidence_method, is_image=vin.is_image, duration=vin.duration, cache=cache)
+    return answer
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -252,6 +254,23 @@ def ask(
     return AskResult(str(source), question, fields["answer"], model.name, fields["frames"], fields["prompt_tokens"],
                      round(time.perf_counter() - t0, 3), fields.get("frames_available"), result.answer.evidence,
                      result.answer.choices)
+
+
+def answer_features(model, features, question: str, options: AskOptions | None = None, *,
+                    timestamps: Sequence[float] | None = None, subtitles: Sequence[SubtitleLine] = (),
+                    history: Sequence[tuple[str, str]] = (), stream: Callable[[str], None] | None = None,
+                    callbacks: Callbacks = NO_CALLBACKS, **overrides: Any) -> Answer:
+    """Answer a question from features already at hand (a tensor or array (T, N, C), or anything read like a
+    ``.vidtok``), through the same planning and answering as ``ask``. Frame times default to one a second;
+    ``subtitles`` are attached to the frames by the published rule (long-video prompt)."""
+    options = (options or AskOptions()).replace(**overrides)
+    source = features if hasattr(features, "frames") else FeaturesInMemory(features, timestamps)
+    vin = VideoInput("features", source, list(subtitles))
+    [result] = answer_questions(model, vin, [Question(question, options, tuple(history))],
+                                on_text=None if stream is None else (lambda _i, piece: stream(piece)), callbacks=callbacks)
+    if result.error is not None:
+        raise result.error
+    return result.answer
 
 
 def _still_holds(timeline, vin: VideoInput) -> bool:

@@ -12,11 +12,12 @@ import numpy as np
 
 from ..core.choices import SUMMARY_STYLES
 from ..core.callbacks import NO_CALLBACKS, Callbacks
-from ..model.generation import SamplingOptions
-from ..core.errors import ContextOverflowError, InputError
+from ..model.generation import SamplingOptions, generate
+from ..core.errors import ContextOverflowError, Opt, OptionError
 from ..pipeline.inputs import VideoInput
 from ..core.options import AskOptions
-from ..pipeline.planning import answer_reserve, fits, most_frames, plan_question, range_candidates, resolve_long_video
+from ..pipeline.planning import (answer_reserve, fits, most_frames, plan_question, plan_text, range_candidates,
+                                 resolve_long_video)
 from .qa import Question, answer_questions
 
 SUMMARY_QUESTIONS = {
@@ -75,7 +76,7 @@ def summarize(model, vin: VideoInput, options: AskOptions | None = None, *, styl
     contiguous segments that each fit. Segment times are those of the whole video."""
     t0 = time.perf_counter()
     if style not in SUMMARY_QUESTIONS:
-        raise InputError(f"--style {style}: expected one of {', '.join(STYLES)}")
+        raise OptionError("style", style, f"expected one of {', '.join(STYLES)}")
     options = (options or AskOptions()).replace(strict_context=True, max_frames=None, evidence=False, choices=None,
                                                 **overrides)
     question = SUMMARY_QUESTIONS[style]
@@ -88,8 +89,8 @@ def summarize(model, vin: VideoInput, options: AskOptions | None = None, *, styl
         return Summary(vin.source, style, result.answer.text, model.name, n, [seg], round(time.perf_counter() - t0, 3))
     fit = most_frames(model, vin, SEGMENT_QUESTION, options)
     if fit < 1:
-        raise ContextOverflowError(f"{vin.source}: the model's context ({model.context_length} tokens) cannot hold "
-                                   "even one frame and a summary")
+        raise ContextOverflowError(f"the model's context ({model.context_length} tokens) cannot hold even one frame "
+                                   "and a summary", where=vin.source, context=model.context_length, frames_fit=0)
     bounds = np.linspace(0, n, math.ceil(n / fit) + 1).round().astype(int)
     segments: list[Segment] = []
     pending = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -109,40 +110,51 @@ def summarize(model, vin: VideoInput, options: AskOptions | None = None, *, styl
             on_segment(seg)
     sampling = options.sampling(resolve_long_video(model, options.long))
     texts = [f"[{fmt_time(s.start)}-{fmt_time(s.end)}] {s.summary}" for s in segments]
-    final = merge_summaries(model, texts, style, sampling, stream)
+    final = merge_summaries(model, texts, style, sampling, stream, kv_cache=options.kv_cache, callbacks=callbacks)
     return Summary(vin.source, style, final, model.name, n, segments, round(time.perf_counter() - t0, 3))
 
 
 def merge_summaries(model, texts: list[str], style: str, sampling: SamplingOptions,
-                    stream: Callable[[str], None] | None = None) -> str:
+                    stream: Callable[[str], None] | None = None, *, kv_cache: str = "auto",
+                    callbacks: Callbacks = NO_CALLBACKS) -> str:
     """Merge part descriptions with text-only prompts, in groups that fit the context.
 
     Each part is first cut to at most half of the room the instruction leaves, so every group holds at
     least two parts and each round shrinks the list: the merge always ends, however small the context.
     """
     ctx = model.context_length
-    room = ctx - answer_reserve(sampling) - model.text_prompt_length(MERGE_INSTRUCTION.format(parts="", style=style))
+    length = lambda text: model.text_prompt(text).tokens  # noqa: E731
+    room = ctx - answer_reserve(sampling) - length(MERGE_INSTRUCTION.format(parts="", style=style))
     per_part = room // 2 - 2  # "\n" joins and tokenizer boundary effects
     if per_part < 4:
-        raise ContextOverflowError(
-            f"the model's context ({ctx}) leaves no room to merge segment summaries; lower --max-new-tokens")
+        raise ContextOverflowError(f"the model's context ({ctx}) leaves no room to merge segment summaries; lower ",
+                                   Opt("max_new_tokens"), context=ctx)
+
+    def reply(prompt: str, on_text: Callable[[str], None] | None = None) -> str:
+        plan = plan_text(model, prompt, sampling, kv_cache=kv_cache)
+        if plan.cache_note:
+            callbacks.say(plan.cache_note)
+        relay = None if on_text is None else (lambda _row, piece: on_text(piece))
+        [answer] = generate(model, [model.embed_prompt(plan.prompt.ids, [])], [plan.prompt], sampling=sampling,
+                            max_new=plan.max_new, cache_mode=plan.cache_mode, on_text=relay)
+        return answer.text
+
     while True:
         texts = [_trim_tokens(model, t, per_part) for t in texts]
         groups: list[list[str]] = [[]]
         for text in texts:
             trial = groups[-1] + [text]
             prompt = MERGE_INSTRUCTION.format(parts="\n".join(trial), style=style)
-            if groups[-1] and not fits(ctx, model.text_prompt_length(prompt), sampling):
+            if groups[-1] and not fits(ctx, length(prompt), sampling):
                 groups.append([text])
             else:
                 groups[-1] = trial
         if len(groups) == 1:
-            prompt = MERGE_INSTRUCTION.format(parts="\n".join(groups[0]), style=style)
-            return model.answer_text(prompt, sampling=sampling, stream=stream).text
+            return reply(MERGE_INSTRUCTION.format(parts="\n".join(groups[0]), style=style), stream)
         if len(groups) >= len(texts):
-            raise ContextOverflowError("the segment summaries are too long to merge within the model's context")
-        texts = [model.answer_text(MERGE_INSTRUCTION.format(parts="\n".join(g), style=style), sampling=sampling).text
-                 for g in groups]
+            raise ContextOverflowError("the segment summaries are too long to merge within the model's context",
+                                       context=ctx)
+        texts = [reply(MERGE_INSTRUCTION.format(parts="\n".join(g), style=style)) for g in groups]
 
 
 def _trim_tokens(model, text: str, limit: int) -> str:
