@@ -11,8 +11,9 @@ process's CPU time (the cost of the work, robust to other jobs sharing the machi
 
 (a) ``llamavid.ask`` on the VIDEO whose features are in the cache (hash, cache lookup, plan, answer)
 (b) ``llamavid.ask`` on its ``.vidtok`` file
-(c) the bare ``model.answer`` on the same features (the opened ``.vidtok``), no planning, no records
-(d) the bare ``model.answer`` on the same features already in memory (a tensor: no file reading at all)
+(c) ``answer_features`` on the same features (the opened ``.vidtok``): planning and answering, no input
+    resolution, no records
+(d) ``answer_features`` on the same features already in memory (a tensor: no file reading at all)
 
 Goals (issue "One straight path"): (a)/(b) <= 1.05 and (b)/(c) <= 1.10.
 With ``--questions N`` it also compares N questions in one ``ask --batch`` process with N separate
@@ -38,12 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from checkpoint_fixture import make_eva_state_dict, train_sentencepiece, write_bert_vocab  # noqa: E402
+
 import llamavid  # noqa: E402
 from llamavid import qa  # noqa: E402
-from llamavid.train.scratch import ModelSizes, init_checkpoint  # noqa: E402
 from llamavid.features.vidtok import open_vidtok  # noqa: E402
-
-from checkpoint_fixture import make_eva_state_dict, train_sentencepiece, write_bert_vocab  # noqa: E402
+from llamavid.train.scratch import ModelSizes, init_checkpoint  # noqa: E402
 
 LLAMAVID = [sys.executable, "-m", "llamavid_cli"]
 QUESTION = "What happens in the middle of the video?"
@@ -109,32 +110,35 @@ def main() -> None:
         t_encode, first = timed(lambda: llamavid.ask(model, clip, QUESTION, greedy))  # encodes into the cache
         [vidtok] = (root / "cache" / "vidtok").glob("*.vidtok")
         print(f"encoded {first.frames} frames in {t_encode:.1f} s; {first.prompt_tokens} prompt tokens", flush=True)
-        sampling = greedy.sampling(model.config.long_video)
         in_memory = open_vidtok(vidtok).features(dtype=model.dtype)
 
         def bare_file():
             with open_vidtok(vidtok) as features:
-                return model.answer(features, QUESTION, sampling=sampling).text
+                return llamavid.answer_features(model, features, QUESTION, greedy).text
 
         sides = {
             "(a) ask: the video, features cached": lambda: llamavid.ask(model, clip, QUESTION, greedy).answer,
             "(b) ask: its .vidtok": lambda: llamavid.ask(model, vidtok, QUESTION, greedy).answer,
-            "(c) model.answer on the opened .vidtok": bare_file,
-            "(d) model.answer on features in memory": lambda: model.answer(in_memory, QUESTION, sampling=sampling).text,
+            "(c) answer_features on the opened .vidtok": bare_file,
+            "(d) answer_features on features in memory":
+                lambda: llamavid.answer_features(model, in_memory, QUESTION, greedy).text,
         }
-        # Time inside the model's own work (LlamaVid.answer_prompts: QFormer, LLM prefill and decoding), so
-        # that what each side adds around it can be read apart from the model's (noisy) share.
+        # Time inside the model's own work (LlamaVid.prompt_embeddings: the QFormer and the splice; generate:
+        # LLM prefill and decoding), so that what each side adds around it can be read apart from the model's
+        # (noisy) share.
         inside: list[float] = []
-        answer_prompts = type(model).answer_prompts
+        embeddings, generate = type(model).prompt_embeddings, qa.generate
 
-        def measured(self, *a, **k):
-            t0 = time.process_time()
-            try:
-                return answer_prompts(self, *a, **k)
-            finally:
-                inside.append(time.process_time() - t0)
+        def measured(fn):
+            def run(*a, **k):
+                t0 = time.process_time()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    inside.append(time.process_time() - t0)
+            return run
 
-        type(model).answer_prompts = measured
+        type(model).prompt_embeddings, qa.generate = measured(embeddings), measured(generate)
         outside: dict[str, list[float]] = {name: [] for name in sides}
         times: dict[str, list[float]] = {name: [] for name in sides}
         cpu: dict[str, list[float]] = {name: [] for name in sides}
@@ -152,7 +156,7 @@ def main() -> None:
         med = {name: statistics.median(v) for name, v in times.items()}
         med_cpu = {name: statistics.median(v) for name, v in cpu.items()}
         med_out = {name: statistics.median(v) for name, v in outside.items()}
-        type(model).answer_prompts = answer_prompts
+        type(model).prompt_embeddings, qa.generate = embeddings, generate
 
         batch_line = None
         if args.questions:
@@ -171,7 +175,7 @@ def main() -> None:
     for name in sides:
         print(f"| {name} | {med[name]:.3f} | {med_cpu[name]:.3f} | {', '.join(f'{t:.3f}' for t in times[name])} |")
     print()
-    print("CPU seconds spent outside the model's answer_prompts (the path itself), median:")
+    print("CPU seconds spent outside the model's own work (the path itself), median:")
     for name in sides:
         print(f"    {name:45s} {med_out[name]:.3f}")
     model_cpu = statistics.median([med_cpu[n] - med_out[n] for n in sides])

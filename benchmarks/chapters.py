@@ -30,11 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import llamavid  # noqa: E402
-from llamavid.tasks.chapters import find_boundaries, frame_vectors, make_chapters  # noqa: E402
-from llamavid.data import synthetic as syn  # noqa: E402
-from llamavid.pipeline.inputs import open_input  # noqa: E402
 from llamavid.core.options import AskOptions  # noqa: E402
+from llamavid.data import synthetic as syn  # noqa: E402
 from llamavid.features.vidtok import VidtokWriter, open_vidtok  # noqa: E402
+from llamavid.pipeline.inputs import open_input  # noqa: E402
+from llamavid.tasks.chapters import find_boundaries, frame_vectors, make_chapters  # noqa: E402
 
 
 def _cpu() -> float:

@@ -263,7 +263,7 @@ def crash_ask(work: Path, points: int, *, per_video: int, at: str) -> tuple[list
         at_kill = f"{done_before} answers, {cached} videos encoded"
         proc, _ = run_to_end(cmd, env)
         point = Point("ask", i, where, killed, at_kill, "", False)
-        summary = [l for l in proc.stderr.splitlines() if "answered" in l]
+        summary = [line for line in proc.stderr.splitlines() if "answered" in line]
         point.rerun = summary[-1].replace("llamavid: ", "") if summary else ""
         if proc.returncode != 0:
             point.problem = f"rerun exit {proc.returncode}: {proc.stderr.strip()[-300:]}"

@@ -27,10 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import describe as describe_machine  # benchmarks/machine.py (this script's folder)
-
 import numpy as np
 import torch
+from machine import describe as describe_machine  # benchmarks/machine.py (this script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 from llamavid import load_vision_encoder  # noqa: E402
 from llamavid.features.encode import EncodeOptions, encode_file  # noqa: E402
 from llamavid.features.vidtok import VidtokWriter, open_vidtok  # noqa: E402
+from llamavid.media import video  # noqa: E402
 from llamavid.model.vision import preprocess_frames  # noqa: E402
-from llamavid import video  # noqa: E402
 
 REAL_SHAPE = (257, 1408)
 

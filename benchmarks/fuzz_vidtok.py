@@ -34,7 +34,6 @@ import argparse
 import copy
 import io
 import json
-import os
 import pickle
 import random
 import struct

@@ -105,9 +105,9 @@ def rel(a, b) -> float:
 def agree(args) -> dict:
     """The tiny fixture on the CPU (float32, the reference) and on the device (float32 and bf16)."""
     import torch
+    from checkpoint_fixture import build_tiny_checkpoint
 
     import llamavid
-    from checkpoint_fixture import build_tiny_checkpoint
 
     if torch.device(args.device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -118,15 +118,15 @@ def agree(args) -> dict:
     feats = ref.encode_images(pixels)
     questions = ["What color is the shape?", "How many shapes are there?", "What happens first?",
                  "Describe the video.", "Who is Murphy?", "What shape moves?"]
-    greedy = llamavid.SamplingOptions(temperature=0, max_new_tokens=8)
-    ref_answers = [ref.answer(feats, q, sampling=greedy).text for q in questions]
+    greedy = llamavid.AskOptions(temperature=0, max_new_tokens=8)
+    ref_answers = [llamavid.answer_features(ref, feats, q, greedy).text for q in questions]
     ref_tokens = ref.video_tokens(feats, questions[0])
     out = {}
     for dtype, tol in (("float32", FP32_TOL), ("bfloat16", BF16_TOL)):
         model = llamavid.load_model(fx.path, vision_tower=fx.vision_path, device=args.device, dtype=dtype)
         f = model.encode_images(pixels.to(model.device))
         t = model.video_tokens(feats.to(model.device), questions[0])
-        answers = [model.answer(feats, q, sampling=greedy).text for q in questions]
+        answers = [llamavid.answer_features(model, feats, q, greedy).text for q in questions]
         same = sum(a == b for a, b in zip(answers, ref_answers))
         out[dtype] = {"features_rel": rel(f, feats), "tokens_rel": rel(t, ref_tokens), "tolerance": tol,
                       "answers_identical": same, "answers": len(questions),

@@ -5,7 +5,7 @@ needle) answered greedily with the full cache and with each quantized one; agree
 
 The held-out split is the one ``llamavid.train.demo`` writes (``data/test/qa.json``; make it alone with
 ``--make-data``). Every question goes through the same path as ``llamavid ask`` (``demo_eval.run_items``:
-encode to .vidtok once, then answer); only ``model.kv_cache`` changes between the runs.
+encode to .vidtok once, then answer); only the questions' ``kv_cache`` option changes between the runs.
 """
 
 from __future__ import annotations
@@ -50,9 +50,8 @@ def main() -> None:
     runs: dict[str, list[dict]] = {}
     seconds: dict[str, float] = {}
     for mode in ["full", *args.modes.split(",")]:
-        model.kv_cache = mode
         t0 = time.perf_counter()
-        runs[mode] = run_items(model, items, root, progress=False)
+        runs[mode] = run_items(model, items, root, progress=False, kv_cache=mode)
         seconds[mode] = time.perf_counter() - t0
         print(f"{mode}: {len(runs[mode])} questions in {seconds[mode]:.0f} s", file=sys.stderr, flush=True)
 

@@ -108,7 +108,6 @@ def _make(shape: tuple[int, ...], init: str, dtype, gen):
 def write_checkpoint(work: Path, *, shard_bytes: int = 4 * GiB) -> tuple[Path, Path]:
     """The short- and long-video checkpoints under ``work`` (written once; long/ hard-links short/'s shards)."""
     import torch
-
     from checkpoint_fixture import published_config
 
     short, long = work / "short", work / "long"
@@ -175,9 +174,8 @@ def write_checkpoint(work: Path, *, shard_bytes: int = 4 * GiB) -> tuple[Path, P
 def write_llama_tokenizer(path: Path) -> None:
     """A sentencepiece model with LLaMA's 32,000 ids: trained here on the test fixture's corpus, then padded with
     unused pieces, so that every id the random LLM can produce decodes (as with the real tokenizer)."""
-    from sentencepiece import sentencepiece_model_pb2 as pb
-
     from checkpoint_fixture import train_sentencepiece
+    from sentencepiece import sentencepiece_model_pb2 as pb
 
     train_sentencepiece(path)
     model = pb.ModelProto()
@@ -601,10 +599,10 @@ def main() -> None:
 
 def fits_part(args, ckpt_bytes: int, current: dict | None = None) -> str:
     """The "what fits where" table from the measured KV figures: this run's, or an earlier --output (--figures)."""
+    import torch
+
     from llamavid.model.kvcache import CacheShape
     from llamavid.model.loading import QUANTIZED_BYTES_PER_WEIGHT
-
-    import torch
 
     measured = json.loads(Path(args.figures).read_text()) if args.figures else (current or {})
     shape = CacheShape(layers=32, kv_heads=32, head_dim=128, dtype=torch.bfloat16, hidden=4096, intermediate=11008)

@@ -12,11 +12,9 @@ from llamavid.core.options import AskOptions
 
 from . import options as opt
 from .common import expand_inputs
-from .main import app
 from .output import Reporter, is_terminal, message, print_result, write_evidence, write_out
 
 
-@app.command()
 @opt.with_groups(opt.MODEL, opt.QUESTION)
 def ask(
     input: Annotated[Optional[str], typer.Argument(help="A video, image, .vidtok file, a folder of videos, or - for paths on stdin.")] = None,
@@ -71,8 +69,8 @@ def ask(
 
 
 def _batch_items(batch: str | None, input: str | None, question: str | None, options):
-    from llamavid.tasks.batch import folder_items, read_batch
     from llamavid.core.errors import InputError
+    from llamavid.tasks.batch import folder_items, read_batch
 
     if batch is None:
         return folder_items(expand_inputs([input], allow_vidtok=True), question, options)

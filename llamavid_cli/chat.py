@@ -11,11 +11,9 @@ import typer
 from llamavid.core.options import AskOptions
 
 from . import options as opt
-from .main import app
 from .output import Reporter, error_text, is_terminal, message, write_evidence, write_out
 
 
-@app.command()
 @opt.with_groups(opt.MODEL, opt.QUESTION.without("choices"))
 def chat(
     input: Annotated[str, typer.Argument(help="A video, image or .vidtok file.")],
@@ -26,21 +24,19 @@ def chat(
     """Talk about a video. On a terminal: line editing and history; piped: one question a line in, one
     answer a line out (with --evidence, each answer line is followed by an 'evidence: ...' line).
     /reset, /save FILE.json and /quit work in both."""
-    from llamavid.tasks.chat import ChatSession
-    from llamavid.pipeline.inputs import open_input
+    from llamavid.tasks.chat import open_chat
 
     m = model.load()
-    with Reporter(f"encoding {Path(input).name}") as reporter:
-        vin = open_input(m, input, options, callbacks=reporter.callbacks())
-    with vin:
-        session = ChatSession(m, vin, options, callbacks=reporter.callbacks())
+    # the video is prepared now and encoded (if it is not cached) by the first question that can be answered
+    with Reporter(f"encoding {Path(input).name}") as reporter, \
+            open_chat(m, input, options, callbacks=reporter.callbacks()) as session:
         interactive = is_terminal(sys.stdin) and is_terminal(sys.stdout)
         if interactive:
             from llamavid.tasks.chat import COMMANDS_HELP
 
             _enable_line_editing()
-            message(f"llamavid: chatting about {vin.source} ({vin.num_frames} frames). {COMMANDS_HELP}")
-        _converse(session, _prompted_lines() if interactive else sys.stdin, interactive=interactive)
+            message(f"llamavid: chatting about {session.source} ({session.num_frames} frames). {COMMANDS_HELP}")
+        _converse(session, _prompted_lines() if interactive else sys.stdin, interactive=interactive, reporter=reporter)
 
 
 def _prompted_lines():
@@ -53,7 +49,7 @@ def _prompted_lines():
             return
 
 
-def _converse(session, lines, *, interactive: bool) -> None:
+def _converse(session, lines, *, interactive: bool, reporter: Reporter) -> None:
     """Questions in, answers out; slash commands are carried out, never sent to the model.
 
     On a terminal the answer streams after ``assistant>``; piped, each answer is one line (an empty line
@@ -72,8 +68,13 @@ def _converse(session, lines, *, interactive: bool) -> None:
             continue
         if interactive:
             write_out("assistant> ")
+        def stream(piece: str) -> None:
+            reporter.close()  # an encoding bar ends before the answer's text
+            write_out(piece)
+
         try:
-            answer = session.ask(line, stream=write_out if interactive else None)
+            answer = session.ask(line, stream=stream if interactive else None)
+            reporter.close()
         except KeyboardInterrupt:
             message("\nllamavid: answer interrupted")
             continue
@@ -88,8 +89,8 @@ def _converse(session, lines, *, interactive: bool) -> None:
 
 def _command(session, line: str) -> str | None:
     """Carry out a slash command: "quit" ends the chat, "done" means it was a command; None: not a command."""
-    from llamavid.tasks.chat import COMMANDS_HELP, parse_command
     from llamavid.core.errors import LlamaVidError
+    from llamavid.tasks.chat import COMMANDS_HELP, parse_command
 
     try:
         command = parse_command(line)

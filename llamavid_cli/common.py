@@ -57,8 +57,8 @@ def ask_options(*, fps: float = 1.0, max_frames: int | None = None, long: bool |
 
 def expand_inputs(inputs: Iterable[str], *, allow_vidtok: bool = False) -> list[Path]:
     """Files as given; folders -> every video/image file inside, recursively, sorted; "-" -> paths on stdin."""
-    from llamavid.media import video
     from llamavid.core.errors import InputError
+    from llamavid.media import video
 
     out: list[Path] = []
     for item in inputs:

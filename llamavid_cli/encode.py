@@ -9,39 +9,36 @@ import typer
 
 from . import options as opt
 from .common import expand_inputs, status_callbacks
-from .main import app
-from .output import Reporter, error_text, message, print_json
+from .output import Reporter, error_text, message, print_json, warn
 
 
-@app.command()
 def encode(
     inputs: Annotated[List[str], typer.Argument(help="Video/image files, folders (searched recursively), or - for paths on stdin.")],
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", help="A .vidtok file (one input) or a folder. Default: beside each input.")] = None,
     fps: opt.Fps = 1.0,
-    subtitles: Annotated[Optional[Path], typer.Option(
-        "--subtitles", help="An .srt file (one input only). Default: NAME.srt beside the video, else an embedded stream.")] = None,
-    model: Annotated[Optional[str], typer.Option(
-        "--model", help="Use this model's vision encoder (default: $LLAMAVID_MODEL or the released video model).")] = None,
-    vision_tower: Annotated[Optional[Path], typer.Option(
-        "--vision-tower", help="Path to eva_vit_g.pth (no model needed).")] = None,
+    subtitles: opt.Subtitles = None,
+    model: opt.Model = None,
+    vision_tower: opt.VisionTower = None,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
-    batch_size: Annotated[Optional[int], typer.Option(
-        "--batch-size", help="Frames per vision forward (default 32 on GPU, 8 on CPU).")] = None,
-    compact: Annotated[bool, typer.Option("--compact", help="Store int8 features with per-token scales (half the size).")] = False,
-    force: Annotated[bool, typer.Option(
-        "--force", help="Encode again even when an up-to-date output exists, and replace an output made by another encoder.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON record per input on stdout.")] = False,
+    frames_per_batch: opt.FramesPerBatch = None,
+    batch_size: opt.OldBatchSize = None,
+    compact: opt.Compact = False,
+    force: opt.Force = False,
+    json_out: opt.Json = False,
 ) -> None:
     """Encode videos into .vidtok files of vision features (with timestamps and subtitles)."""
     import llamavid
-    from llamavid.model.builtin import default_model_name
-    from llamavid.features.encode import EncodeOptions, encode_file, output_path_for, shard_from_env, shard_inputs
     from llamavid.core.errors import InputError, LlamaVidError
-    from llamavid.core.options import AskOptions
+    from llamavid.features.encode import EncodeOptions, encode_file, output_path_for, shard_from_env, shard_inputs
+    from llamavid.model.builtin import default_model_name
 
-    AskOptions(fps=fps)  # the same check of --fps as every command
+    if batch_size is not None:
+        warn("--batch-size is deprecated for encode: use --frames-per-batch")
+        frames_per_batch = batch_size if frames_per_batch is None else frames_per_batch
+    opts = EncodeOptions(fps=fps, storage="int8" if compact else "float16", frames_per_batch=frames_per_batch,
+                         subtitles=subtitles, force=force)  # every option checked here, before any model loads
     paths = expand_inputs(inputs)
     if not paths:
         raise InputError("no inputs")
@@ -70,8 +67,6 @@ def encode(
     else:
         encoder = llamavid.load_vision_encoder(model or default_model_name(), device=device, dtype=dtype,
                                                callbacks=status_callbacks())
-    opts = EncodeOptions(fps=fps, storage="int8" if compact else "float16", batch_size=batch_size,
-                         subtitles=subtitles, force=force)
     failures = 0
     for src, dst in jobs:
         try:

@@ -20,21 +20,17 @@ from typing import Annotated, Any, List, Optional
 
 import typer
 
-from llamavid.eval.benchmarks import BENCHMARKS
 from llamavid.core.options import AskOptions
+from llamavid.eval.benchmarks import BENCHMARKS
 
 from . import options as opt
-from .main import app
 from .output import Reporter, message, print_json, warn
 
 JUDGED = [name for name, spec in BENCHMARKS.items() if spec.judge_dimensions]
 EVAL_QUESTION = opt.QUESTION.without("start", "end", "evidence", "choices")  # a benchmark item carries its own
 
-eval_app = typer.Typer(
-    no_args_is_help=True,
-    help="Run the paper's benchmarks: predict -> judge -> score -> report (each step resumable).",
-)
-app.add_typer(eval_app, name="eval")
+HELP = "Run the paper's benchmarks: predict -> judge -> score -> report (each step resumable)."
+COMMANDS = ("predict", "judge", "score", "report", "run")  # `llamavid eval NAME`, registered in main.build_app
 
 # ---------------------------------------------------------------------------------------------------------
 # predict
@@ -68,10 +64,10 @@ def _load_items(benchmark: str, files: opt.BenchmarkFiles):
 def _predict(benchmark: str, files: opt.BenchmarkFiles, output_for, model: opt.ModelChoice, options,
              batch_size: int, mcq: str) -> tuple[Any, dict[str, Any]]:
     """Predict a benchmark's items into ``output_for(spec)``: (the benchmark, the run's counts)."""
-    from llamavid.tasks.batch import check_mcq_mode, video_answerer
     from llamavid.core.errors import InputError
-    from llamavid.eval import run_predictions
     from llamavid.core.fileio import ResumableJsonl
+    from llamavid.eval import run_predictions
+    from llamavid.eval.answerer import check_mcq_mode, video_answerer
 
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
@@ -102,7 +98,6 @@ def _predict(benchmark: str, files: opt.BenchmarkFiles, output_for, model: opt.M
     return spec, asdict(stats) | {"output": str(output)}
 
 
-@eval_app.command()
 @opt.with_groups(opt.BENCHMARK_FILES, opt.MODEL, EVAL_QUESTION)
 def predict(
     benchmark: opt.Benchmark,
@@ -173,7 +168,6 @@ def _judge(spec, predictions: Path, output: Path, *, base_url: Optional[str], ju
     return asdict(stats) | {"output": str(output), "unparsed_ids": unparsed, "refused_ids": refused}
 
 
-@eval_app.command()
 def judge(
     benchmark: Annotated[str, typer.Argument(help=f"Benchmark name (judged ones: {', '.join(JUDGED)}).")],
     predictions: Annotated[Path, typer.Argument(help="Predictions JSONL from `llamavid eval predict` (or a published prediction file).")],
@@ -225,7 +219,6 @@ def _write_json(path: Path, value: Any) -> None:
     write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
-@eval_app.command()
 def score(
     benchmark: opt.Benchmark,
     path: Annotated[Path, typer.Argument(help="The judged JSONL (judged benchmarks) or the predictions JSONL (multiple choice, synthetic).")],
@@ -268,7 +261,6 @@ def _read_result(spec: str):
     return results
 
 
-@eval_app.command()
 def report(
     inputs: Annotated[List[str], typer.Argument(
         help="Result .json files from `eval score -o` (or reports), or BENCH=FILE.jsonl to score now.")],
@@ -296,7 +288,6 @@ def report(
 # run: all steps
 
 
-@eval_app.command()
 @opt.with_groups(opt.BENCHMARK_FILES, opt.MODEL, EVAL_QUESTION)
 def run(
     benchmark: opt.Benchmark,

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from . import options as opt
-from .main import app
 from .output import print_json
 
 
-@app.command()
 def info(
-    target: str = typer.Argument(..., help="A .vidtok file, or a model: checkpoint directory, Hugging Face id or built-in name."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
-    verify: bool = typer.Option(False, "--verify", help="For a .vidtok: check every block's checksum."),
+    target: Annotated[str, typer.Argument(help="A .vidtok file, or a model: checkpoint directory, Hugging Face id or built-in name.")],
+    json_out: opt.Json = False,
+    verify: opt.Verify = False,
     vision_tower: opt.VisionTower = None,
 ) -> None:
     """Show what a .vidtok features file or a model checkpoint holds."""

@@ -13,13 +13,7 @@ import typer
 
 from llamavid import __version__
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    help="Video question answering with LLaMA-VID: every frame is two LLM tokens.",
-)
+COMMANDS = ("ask", "chat", "summarize", "encode", "info", "serve", "train")  # modules of llamavid_cli, in --help order
 
 
 def _version(value: bool) -> None:
@@ -28,7 +22,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (also accepted after the subcommand)."),
@@ -36,8 +29,27 @@ def root(
     """Video question answering with LLaMA-VID: every frame is two LLM tokens."""
 
 
-def _register() -> None:
-    from . import ask, chat, encode, eval, info, serve, summarize, train  # noqa: F401  (commands register themselves on `app`)
+def build_app() -> typer.Typer:
+    """The command line: every command registered here, explicitly (each is a function of its module)."""
+    import importlib
+
+    from . import eval as eval_cli
+
+    app = typer.Typer(
+        add_completion=False,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+        help="Video question answering with LLaMA-VID: every frame is two LLM tokens.",
+    )
+    app.callback()(root)
+    for name in COMMANDS:
+        app.command(name)(getattr(importlib.import_module(f".{name}", __package__), name))
+    evals = typer.Typer(no_args_is_help=True, help=eval_cli.HELP)
+    for name in eval_cli.COMMANDS:
+        evals.command(name)(getattr(eval_cli, name))
+    app.add_typer(evals, name="eval")
+    return app
 
 
 def _parser_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
@@ -61,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("LLAMAVID_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
-    _register()
+    app = build_app()
     usage_errors, cli_errors, aborts = _parser_exceptions()
     try:
         code = app(args=argv, prog_name="llamavid", standalone_mode=False)

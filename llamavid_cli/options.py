@@ -77,12 +77,20 @@ Chapters = Annotated[bool, typer.Option(
 
 # -- output ---------------------------------------------------------------------------------------------------
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout (JSON; JSONL for several records).")]
-Force = Annotated[bool, typer.Option("--force", help="Overwrite an output file that holds something else.")]
+Force = Annotated[bool, typer.Option(
+    "--force", help="Replace an output that holds something else (encode: also encode again an up-to-date output, "
+                    "or one made by another vision encoder).")]
+Verify = Annotated[bool, typer.Option("--verify", help="For a .vidtok: check every block's checksum.")]
 Mcq = Annotated[str, typer.Option(
     "--mcq", help=f"Multiple-choice items: {' or '.join(MCQ_MODES)}. generate: ask with the options listed and read "
                   "the letter from the reply; likelihood: score each option as the answer (as ask --choice does).")]
 QuestionsPerBatch = Annotated[int, typer.Option(
     "--batch-size", help="Questions about one video answered together (one pass through the model).")]
+FramesPerBatch = Annotated[Optional[int], typer.Option(
+    "--frames-per-batch", help="Frames per vision-encoder forward (default 32 on a GPU, 8 on the CPU).")]
+OldBatchSize = Annotated[Optional[int], typer.Option(
+    "--batch-size", hidden=True, help="Deprecated name of --frames-per-batch (encode) / --global-batch-size (train).")]
+Compact = Annotated[bool, typer.Option("--compact", help="Store int8 features with per-token scales (half the size).")]
 
 
 # -- benchmarks and the judge (llamavid eval) ------------------------------------------------------------

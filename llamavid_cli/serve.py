@@ -16,17 +16,14 @@ from typing import Annotated, Any, Optional
 import typer
 
 from . import options as opt
-from .common import load
-from .main import app
 from .output import message
 
 DEFAULT_MAX_BODY_MB = 20.0  # the library's defaults (llamavid.server.app), without importing it for --help
 DEFAULT_MAX_IMAGE_MB = 10.0
 
 
-@app.command()
+@opt.with_groups(opt.MODEL)
 def serve(
-    model: opt.Model = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface; "
                                                      "then also set --api-key).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port; the URL printed says which).")] = 8000,
@@ -42,14 +39,13 @@ def serve(
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body accepted, in MB.")] = DEFAULT_MAX_BODY_MB,
     max_image_mb: Annotated[float, typer.Option(
         "--max-image-mb", help="Largest image accepted in a data: URL (decoded), in MB.")] = DEFAULT_MAX_IMAGE_MB,
-    device: opt.Device = None,
-    dtype: opt.Dtype = None,
-    quantize: opt.Quantize = None,
-    vision_tower: opt.VisionTower = None,
-    qformer_tokenizer: opt.QFormerTokenizer = None,
+    kv_cache: opt.KVCache = None,
+    *,
+    model: opt.ModelChoice,
 ) -> None:
     """Serve the model over HTTP with the OpenAI chat-completions API: llamavid serve --model demo --media-root videos/"""
     from llamavid.core.errors import InputError
+    from llamavid.core.options import AskOptions
     from llamavid.server.app import create_app
     from llamavid.server.media_access import MediaAccess
 
@@ -65,10 +61,10 @@ def serve(
     max_body = _megabytes("--max-body-mb", max_body_mb)
     media = MediaAccess(media_root or (), max_image_bytes=_megabytes("--max-image-mb", max_image_mb))
     sock = _bind(host, port)
-    m = load(model, vision_tower=vision_tower, qformer_tokenizer=qformer_tokenizer, device=device, dtype=dtype,
-             quantize=quantize)
+    defaults = AskOptions(kv_cache=kv_cache or "auto")  # what a request leaves unset
+    m = model.load()
     model_id = served_model_name or m.name
-    application = create_app(m, media, model_id=model_id, api_key=api_key, max_body_bytes=max_body)
+    application = create_app(m, media, model_id=model_id, api_key=api_key, max_body_bytes=max_body, defaults=defaults)
     server = uvicorn.Server(uvicorn.Config(application, log_config=_log_config(), timeout_graceful_shutdown=None,
                                            server_header=False))
     url = _url(sock)

@@ -13,15 +13,14 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import model_args, run_cli
 from media import make_image, make_video, write_srt
 
 import llamavid
-from llamavid.pipeline import planning
-from llamavid.tasks import summary
 from llamavid.model.modeling import LlamaVid
 from llamavid.model.vision import VisionEncoder
+from llamavid.pipeline import planning
+from llamavid.tasks import summary
 
 ASK_KEYS = {"input", "question", "answer", "model", "frames", "prompt_tokens", "seconds"}
 PUBLISHED_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
@@ -299,9 +298,9 @@ def test_python_api_is_what_the_cli_wraps(tiny, tiny_model, media, capsys):
 
 
 def test_a_cached_ask_probes_nothing_hashes_once_opens_once_and_builds_one_prompt(tiny, media, capsys, monkeypatch):
-    from llamavid.pipeline import inputs
-    from llamavid.media import video
     from llamavid.features.vidtok import Vidtok
+    from llamavid.media import video
+    from llamavid.pipeline import materialize, prepare
 
     counts = {"probe": 0, "hash": 0, "open": 0, "prompt": 0}
 
@@ -312,8 +311,10 @@ def test_a_cached_ask_probes_nothing_hashes_once_opens_once_and_builds_one_promp
         return wrapper
 
     monkeypatch.setattr(video, "probe", counted("probe", video.probe))
-    monkeypatch.setattr(inputs, "content_hash", counted("hash", inputs.content_hash))
-    monkeypatch.setattr(inputs, "open_vidtok", counted("open", inputs.open_vidtok))
+    monkeypatch.setattr(prepare, "content_hash", counted("hash", prepare.content_hash))
+    opened = counted("open", prepare.open_vidtok)
+    monkeypatch.setattr(prepare, "open_vidtok", opened)
+    monkeypatch.setattr(materialize, "open_vidtok", opened)
     monkeypatch.setattr(LlamaVid, "build_prompt", counted("prompt", LlamaVid.build_prompt))
     code, _, err = run_cli(capsys, "ask", media["video"], "what?", *model_args(tiny))
     assert code == 0, err

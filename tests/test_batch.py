@@ -13,15 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-
-from media import make_image, make_video
 from conftest import LLAMAVID, model_args, run_cli
+from media import make_image, make_video
 
 import llamavid
-from llamavid.pipeline import inputs
 from llamavid.core.fileio import ResumableJsonl
 from llamavid.model.modeling import LlamaVid
-
+from llamavid.pipeline import materialize, prepare
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +83,10 @@ def test_bad_lines_become_error_records_and_the_batch_goes_on(tiny, videos, tmp_
 
 def test_questions_are_grouped_by_video_one_model_load_one_token_file(tiny, videos, tmp_path, capsys, monkeypatch):
     loads, opens, batches = [], [], []
-    load, open_vidtok, prompt_embeddings = llamavid.load_model, inputs.open_vidtok, LlamaVid.prompt_embeddings
+    load, open_vidtok, prompt_embeddings = llamavid.load_model, prepare.open_vidtok, LlamaVid.prompt_embeddings
     monkeypatch.setattr(llamavid, "load_model", lambda *a, **k: loads.append(1) or load(*a, **k))
-    monkeypatch.setattr(inputs, "open_vidtok", lambda p: opens.append(Path(p)) or open_vidtok(p))
+    for module in (prepare, materialize):  # a cache entry is opened by the one, a new encode by the other
+        monkeypatch.setattr(module, "open_vidtok", lambda p: opens.append(Path(p)) or open_vidtok(p))
     monkeypatch.setattr(LlamaVid, "prompt_embeddings",
                         lambda self, f, ps, **k: batches.append([p.question for p in ps]) or prompt_embeddings(self, f, ps, **k))
     a, b = str(videos / "v0.mp4"), str(videos / "v1.mp4")

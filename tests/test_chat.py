@@ -7,14 +7,11 @@ import json
 import os
 import signal
 import sys
-from pathlib import Path
 
 import pexpect
 import pytest
-
-from media import make_video
 from conftest import LLAMAVID, model_args, run_cli
-
+from media import make_video
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
-
-from llamavid.model.builtin import resolve_builtin
-from llamavid.data import synthetic
 from conftest import run_cli
+
+from llamavid.data import synthetic
+from llamavid.model.builtin import resolve_builtin
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -6,29 +6,31 @@ PyAV), chosen by the published rule, and run through ``VisionEncoder.encode_fram
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from checkpoint_fixture import make_eva_state_dict
+from conftest import LLAMAVID, run_cli
 from media import make_image, make_video, read_index, write_srt
 
 from llamavid.features.encode import (
-    CHUNK_FRAMES, EncodeOptions, encode_file, resume_position, shard_from_env, shard_inputs,
+    CHUNK_FRAMES,
+    EncodeOptions,
+    encode_file,
+    resume_position,
+    shard_from_env,
+    shard_inputs,
 )
 from llamavid.features.vidtok import open_vidtok, partial_dir_for
-from conftest import LLAMAVID, run_cli
 
 GAP = re.compile(r"\d+(\.\d+)? ?s\b.*\d+(\.\d+)? ?s\b")  # a warning naming a stretch by two times
 

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from llamavid.eval import read_jsonl
 from conftest import model_args as tiny_model_args
 from conftest import run_cli
 from media import make_video
+
+from llamavid.eval import read_jsonl
 
 VERDICTS = {
     "cat": "{'pred': 'yes', 'score': 5}",

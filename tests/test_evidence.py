@@ -11,7 +11,6 @@ import re
 import numpy as np
 import pytest
 import torch
-
 from conftest import model_args, run_cli
 from media import make_image, make_video
 
@@ -99,9 +98,9 @@ def test_packed_scoring_equals_plain_forward_passes(tiny_model):
 
 
 def test_choice_answers_with_the_likeliest_option_by_the_documented_rule(tiny, tiny_model, media, capsys):
-    from llamavid.pipeline.inputs import open_input
-    from llamavid.model.likelihood import answer_ids
     from llamavid.core.options import AskOptions
+    from llamavid.model.likelihood import answer_ids
+    from llamavid.pipeline.inputs import open_input
     from llamavid.pipeline.planning import plan_question
 
     options = ["red", "dark blue", "green"]
@@ -251,7 +250,7 @@ def test_ranges_in_a_batch_chat_and_summary(tiny, media, capsys, tmp_path, monke
     code, out, err = run_cli(capsys, "chat", media["video"], "--start", "2", "--end", "4", "--evidence",
                              *model_args(tiny), stdin="what?\nand now?\n", monkeypatch=monkeypatch)
     lines = out.splitlines()
-    assert code == 0 and len(lines) == 4 and all(EVIDENCE_LINE.match(l) for l in lines[1::2]), out
+    assert code == 0 and len(lines) == 4 and all(EVIDENCE_LINE.match(line) for line in lines[1::2]), out
     assert all(m >= "00:02" for m in re.findall(r"(\d\d:\d\d)-", out))
     summary = _json(capsys, "summarize", media["video"], "--start", "3", "--end", "6", "--json", *model_args(tiny))
     assert summary["frames"] == 3 and summary["segments"][0]["start"] == 3.0 and summary["segments"][-1]["end"] == 5.0

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from llamavid.core.errors import InputError
 from llamavid.eval import (
     Judge,
     JudgeError,
@@ -30,7 +31,6 @@ from llamavid.eval import (
     read_jsonl,
     score_file,
 )
-from llamavid.core.errors import InputError
 from llamavid.eval.judge import cache_key
 from llamavid.eval.prompts import PUBLISHED_PROMPTS
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
-
-import llamavid
 from checkpoint_fixture import build_tiny_checkpoint
 from conftest import run_process
+
+import llamavid
 from llamavid.core.errors import CheckpointError, InputError, ModelNotFoundError
 
 

@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from media import make_video
 
 from llamavid.core import locking
-from llamavid.features.encode import EncodeOptions, check_output, content_hash, encode_file, is_up_to_date
 from llamavid.core.errors import LlamaVidError
 from llamavid.core.locking import LockError, LockTimeoutError, exclusive, lock_path_for
+from llamavid.features.encode import EncodeOptions, check_output, content_hash, encode_file, is_up_to_date
 from llamavid.features.vidtok import open_vidtok, partial_dir_for
 
 POSIX = sys.platform != "win32"

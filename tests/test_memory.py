@@ -9,14 +9,14 @@ import pytest
 import torch
 
 import llamavid
-from llamavid_cli.output import error_text
-from llamavid.model import checkpoint as ckpt_io
 from llamavid.core.callbacks import Callbacks
-from llamavid.model.devices import choose_dtype
 from llamavid.core.errors import InputError, MemoryLimitError
+from llamavid.model import checkpoint as ckpt_io
+from llamavid.model.devices import choose_dtype
 from llamavid.model.kvcache import CacheShape, cache_bytes, make_cache, plan_cache
 from llamavid.model.loading import model_weight_bytes
 from llamavid.model.memory import RUNTIME_OVERHEAD, Probes, parse_size
+from llamavid_cli.output import error_text
 
 CPU = torch.device("cpu")
 PLENTY = 1 << 40
@@ -256,8 +256,9 @@ def test_kv_cache_option_reaches_the_model_and_a_vidtok_never_builds_the_encoder
     monkeypatch.setattr(qa, "answer_questions",
                         lambda m, v, questions, **k: seen.extend(q.options.kv_cache for q in questions) or answer(m, v, questions, **k))
     feats = tmp_path / "v.vidtok"
-    from llamavid.features.vidtok import VidtokWriter
     import numpy as np
+
+    from llamavid.features.vidtok import VidtokWriter
 
     w = VidtokWriter(feats, encoder=llamavid.load_vision_encoder(vision_tower=tiny.vision_path).identity(), fps=1.0,
                      source={"name": "v.mp4", "content_hash": "s1:test"})

@@ -6,16 +6,21 @@ import json
 
 import numpy as np
 import pytest
+import reference_impl as ref
 import torch
+from checkpoint_fixture import (
+    QF_HIDDEN,
+    QF_INTER,
+    QF_LAYERS,
+    VISION_BLOCKS_IN_FILE,
+    VISION_WIDTH,
+    build_tiny_checkpoint,
+)
 
 import llamavid
-import reference_impl as ref
-from checkpoint_fixture import (
-    LLM_HEADS, QF_HIDDEN, QF_INTER, QF_LAYERS, VISION_BLOCKS_IN_FILE, VISION_WIDTH, build_tiny_checkpoint,
-)
-from llamavid.pipeline.inputs import FeaturesInMemory
-from llamavid.model.checkpoint import KEY_MAP, is_ignored, to_checkpoint_key, to_module_key
 from llamavid.core.errors import CheckpointError, ContextOverflowError
+from llamavid.model.checkpoint import KEY_MAP, is_ignored, to_checkpoint_key, to_module_key
+from llamavid.pipeline.inputs import FeaturesInMemory
 
 QUESTION = "What color is the shape?"
 

@@ -26,7 +26,6 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from conftest import LLAMAVID, model_args, run_cli
 from media import make_image, make_video
 

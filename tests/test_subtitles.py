@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import subprocess
 
+import media
 import pytest
 
-import media
+from llamavid.core.errors import InputError, LlamaVidError
 from llamavid.media import subtitles as subs
 from llamavid.media import video
-from llamavid.core.errors import InputError, LlamaVidError
 
 # In file order: out of order and overlapping.
 HAND_MADE = [
@@ -30,7 +30,7 @@ EXPECTED_AT_1FPS = ["hello edge", "first", "overlap", "third also", "late"]
 def test_hand_made_overlapping_out_of_order_lines_attach_by_the_published_rule(tmp_path):
     clip = media.make_video(tmp_path / "clip.mp4", seconds=5, fps=10)
     srt = media.write_srt(tmp_path / "clip.srt", HAND_MADE)  # the sidecar of clip.mp4
-    lines, source = subs.load_for_video(clip)
+    lines, source = subs.resolve(clip)
     assert source == "clip.srt"
     assert [line.text for line in lines] == ["hello", "first", "edge", "overlap", "third", "also", "late"]  # by start
     times = video.sample_times(video.probe(clip), 1)
@@ -83,12 +83,12 @@ def test_embedded_mov_text_stream_is_extracted(tmp_path):
     lines = subs.extract_embedded(muxed)
     assert [(line.start, line.end, line.text) for line in lines] == [
         (0.25, 1.2, "inside one"), (1.5, 2.75, "inside two")]
-    found, source = subs.load_for_video(muxed)  # no sidecar named with_subs.srt: the stream is used
+    found, source = subs.resolve(muxed)  # no sidecar named with_subs.srt: the stream is used
     assert found == lines and source.startswith("embedded")
     # frames at 0, 1, 2 s: "inside one" ends 1.2 -> frame 1 (1.0 < 1.2); "inside two" ends 2.75 -> frame 2
     assert subs.attach_to_frames(found, video.sample_times(video.probe(muxed), 1)) == ["", "inside one", "inside two"]
     assert subs.extract_embedded(clip) == []
-    assert subs.load_for_video(clip) == ([], None)
+    assert subs.resolve(clip) == ([], None)
 
 
 def test_malformed_cues_are_skipped_with_a_warning(tmp_path):
@@ -118,5 +118,5 @@ def test_a_file_with_no_readable_cue_is_a_one_line_error(tmp_path, content):
     assert isinstance(caught.value, LlamaVidError)
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
     with pytest.raises(InputError, match="no such file"):
-        subs.load_for_video(tmp_path / "v.mp4", tmp_path / "missing.srt")
+        subs.resolve(tmp_path / "v.mp4", tmp_path / "missing.srt")
     assert subs.load_srt(media.write_srt(tmp_path / "empty.srt", [])) == []  # empty is not malformed

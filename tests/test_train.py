@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+from media import make_image, make_video, write_srt
 
 import llamavid
 from llamavid.core.errors import InputError
@@ -18,7 +19,6 @@ from llamavid.train.data import ConversationDataset, FeatureStore, load_samples
 from llamavid.train.objective import batch_loss
 from llamavid.train.stages import STAGES
 from llamavid.train.trainer import TrainConfig, latest_checkpoint, train
-from media import make_image, make_video, write_srt
 
 ANSWERS = ["red circle", "blue square"]
 

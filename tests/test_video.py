@@ -13,12 +13,12 @@ import sys
 import threading
 from fractions import Fraction
 
+import media
 import numpy as np
 import pytest
 
-import media
-from llamavid.media import video
 from llamavid.core.errors import InputError, LlamaVidError, VideoError
+from llamavid.media import video
 
 # decord is optional (llamavid[decord]); where it is installed it is tested like the others
 BACKENDS = ("pyav", "ffmpeg", "decord") if video.decord_available() else ("pyav", "ffmpeg")

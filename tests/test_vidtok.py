@@ -19,10 +19,9 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from llamavid import __version__
-from llamavid.features import vidtok
 from llamavid.core.errors import InputError, LlamaVidError, VidtokError
+from llamavid.features import vidtok
 from llamavid.features.vidtok import (
-    Vidtok,
     VidtokWriter,
     content_hash,
     content_hash_spans,

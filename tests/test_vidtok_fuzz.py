@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from llamavid.features import vidtok
 from llamavid.core.errors import LlamaVidError, VidtokError
+from llamavid.features import vidtok
 from llamavid.features.vidtok import open_vidtok, write_vidtok
 
 CASES = 20_000

@@ -1,7 +1,8 @@
 """Writing files so that nothing is lost and nothing is clobbered: the one home of these rules.
 
-* ``write_text_atomic``: a whole file or nothing (temp file beside it, fsync, rename), with the mode a
-  plain ``open()`` would give (the umask's, or the replaced file's), never mkstemp's 0600.
+* ``atomic_path`` / ``atomic_output`` / ``write_text_atomic``: a whole file or nothing (temp file beside it,
+  fsync, rename, folder fsync), with the mode a plain ``open()`` would give (the umask's, or the replaced
+  file's), never mkstemp's 0600.
 * ``read_jsonl`` / ``JsonlLog``: JSON Lines that survive kills. Every record is appended, flushed and
   fsync'ed before the caller hears of it; a kill can only tear the last line, which reading drops (and
   ``repair`` cuts off) so that the next record starts on a line of its own.
@@ -17,11 +18,11 @@ import json
 import os
 import stat
 import tempfile
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Protocol
 
-from .errors import InputError
+from .errors import InputError, Opt
 
 
 def _umask() -> int:
@@ -52,27 +53,55 @@ class Closing:
 
 
 @contextmanager
-def atomic_output(path: str | os.PathLike[str], *, mode: int | None = None) -> Iterator[IO[bytes]]:
-    """A binary file to write that appears under ``path`` whole, or not at all (temp file beside it,
-    fsync, rename); a new file gets the umask's mode, a replaced one keeps its mode. The folder must exist."""
+def atomic_path(path: str | os.PathLike[str], *, mode: int | None = None) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write (by any means: a file object, a subprocess) that then
+    appears under ``path`` whole, or not at all: the file is fsync'ed, renamed over ``path`` and the folder
+    fsync'ed. A new file gets the umask's mode, a replaced one keeps its mode. The folder must exist.
+    The one home of atomic file writes."""
     path = Path(path)
     if not path.parent.is_dir():
-        raise InputError(f"{path.parent}: no such directory (for {path})")
+        raise InputError(f"no such directory (for {path})", where=path.parent)
     mode = new_file_mode(path) if mode is None else mode
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
     except OSError as exc:
-        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise InputError(f"cannot write ({exc.strerror or exc})", where=path) from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """Make a rename in ``folder`` durable (where the system allows opening a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike[str], *, mode: int | None = None) -> Iterator[IO[bytes]]:
+    """A binary file to write that appears under ``path`` whole, or not at all (``atomic_path``)."""
+    with atomic_path(path, mode=mode) as tmp:
+        with open(tmp, "wb") as f:
+            yield f
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
@@ -118,9 +147,9 @@ def read_jsonl(path: str | os.PathLike[str], *, repair: bool = False) -> list[di
     except FileNotFoundError:
         return []
     except IsADirectoryError:
-        raise InputError(f"{p}: is a directory, not a JSONL file") from None
+        raise InputError("is a directory, not a JSONL file", where=p) from None
     except OSError as exc:
-        raise InputError(f"{p}: cannot read ({exc.strerror or exc})") from None
+        raise InputError(f"cannot read ({exc.strerror or exc})", where=p) from None
     records: list[dict[str, Any]] = []
     good_end = 0  # byte offset just after the last good line
     offset = 0
@@ -133,7 +162,7 @@ def read_jsonl(path: str | os.PathLike[str], *, repair: bool = False) -> list[di
             if value is None:
                 if index == last_nonblank and line.lstrip().startswith(b"{"):
                     break  # a record torn by a kill (every record starts with "{"): dropped
-                raise InputError(f"{p}: line {index + 1}: not a JSON object (not a JSONL file written by llamavid)")
+                raise InputError(f"line {index + 1}: not a JSON object (not a JSONL file written by llamavid)", where=p)
             records.append(value)
             good_end = end
         offset = end + 1
@@ -176,7 +205,7 @@ class JsonlLog(Closing):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         except OSError as exc:
-            raise InputError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
+            raise InputError(f"cannot write ({exc.strerror or exc})", where=self.path) from None
         self._handle: IO[bytes] | None = os.fdopen(fd, "ab")
 
     def write(self, record: dict[str, Any]) -> None:
@@ -218,11 +247,11 @@ class ResumableJsonl:
         known = set(self.order)
         for source in inputs:
             if same_file(source, self.path):
-                raise InputError(f"{self.path}: is also an input of this job; write the answers to another file")
+                raise InputError("is also an input of this job; write the answers to another file", where=self.path)
         if self.path.is_dir():
-            raise InputError(f"{self.path}: is a directory; give a file name for the answers")
+            raise InputError("is a directory; give a file name for the answers", where=self.path)
         if not self.path.parent.is_dir():
-            raise InputError(f"{self.path.parent}: no such directory (for {self.path})")
+            raise InputError(f"no such directory (for {self.path})", where=self.path.parent)
         self.records: dict[str, dict[str, Any]] = {}
         if self.path.exists() and self.path.stat().st_size > 0:
             why = None
@@ -236,8 +265,8 @@ class ResumableJsonl:
                     else "it holds records without an id"
             foreign = why is not None
             if foreign and not force:
-                raise InputError(f"{self.path}: already exists and is not an earlier output of this job ({why}); "
-                                 "choose another output file, or add --force to overwrite it")
+                raise InputError(f"already exists and is not an earlier output of this job ({why}); choose another "
+                                 "output file, or add ", Opt("force"), " to overwrite it", where=self.path)
             if foreign:
                 write_text_atomic(self.path, "")  # the user asked for it; still never half a file
             else:

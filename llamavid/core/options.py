@@ -48,7 +48,7 @@ def _number(field: str, value: Any, *, low: float | None = None, high: float | N
     return float(value)
 
 
-def _whole(field: str, value: Any, *, low: int) -> int:
+def check_whole(field: str, value: Any, *, low: int) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -109,6 +109,20 @@ def check_choice(field: str, value: Any, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def check_subtitles(value: Any, field: str = "subtitles") -> str:
+    """The path of a subtitles file that exists and can be read."""
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise OptionError(field, value, "must be the path of an .srt file")
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise OptionError(field, str(value), "is a directory, not an .srt file")
+    if not path.is_file():
+        raise OptionError(field, str(value), "no such file")
+    if not os.access(path, os.R_OK):
+        raise OptionError(field, str(value), "cannot be read (permission denied)")
+    return str(value)
+
+
 def _temperature(value: Any) -> float:
     return _number("temperature", value, low=0)
 
@@ -118,11 +132,11 @@ def _top_p(value: Any) -> float:
 
 
 def _max_new_tokens(value: Any) -> int:
-    return _whole("max_new_tokens", value, low=1)
+    return check_whole("max_new_tokens", value, low=1)
 
 
 def _seed(value: Any) -> int:
-    return _whole("seed", value, low=0)
+    return check_whole("seed", value, low=0)
 
 
 @dataclass
@@ -172,22 +186,13 @@ class AskOptions:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
         set_("fps", check_fps(self.fps))
         if self.max_frames is not None:
-            set_("max_frames", _whole("max_frames", self.max_frames, low=1))
+            set_("max_frames", check_whole("max_frames", self.max_frames, low=1))
         if self.long is not None:
             _switch("long", self.long)
         _switch("strict_context", self.strict_context)
         _switch("cache", self.cache)
         if self.subtitles is not None:
-            if not isinstance(self.subtitles, (str, os.PathLike)) or not str(self.subtitles).strip():
-                raise OptionError("subtitles", self.subtitles, "must be the path of an .srt file")
-            path = Path(self.subtitles).expanduser()
-            if path.is_dir():
-                raise OptionError("subtitles", str(self.subtitles), "is a directory, not an .srt file")
-            if not path.is_file():
-                raise OptionError("subtitles", str(self.subtitles), "no such file")
-            if not os.access(path, os.R_OK):
-                raise OptionError("subtitles", str(self.subtitles), "cannot be read (permission denied)")
-            set_("subtitles", str(self.subtitles))
+            set_("subtitles", check_subtitles(self.subtitles))
         if self.temperature is not None:
             set_("temperature", _temperature(self.temperature))
         if self.top_p is not None:

@@ -38,10 +38,13 @@ def parse_time(value: str | int | float) -> float:
     return seconds
 
 
-def format_clock(seconds: float, *, hours: bool | None = None, up: bool = False) -> str:
+def format_clock(seconds: float, *, hours: bool | None = None, up: bool = False, nearest: bool = False) -> str:
     """``MM:SS`` (or ``H:MM:SS`` when ``hours``, by default when the time has hours); whole seconds,
-    rounded down (``up``: rounded up, for the end of a range)."""
-    s = int(math.ceil(seconds - 1e-6)) if up else int(math.floor(seconds + 1e-6))
+    rounded down (``up``: rounded up, for the end of a range; ``nearest``: to the nearest second)."""
+    if nearest:
+        s = int(round(seconds))
+    else:
+        s = int(math.ceil(seconds - 1e-6)) if up else int(math.floor(seconds + 1e-6))
     s = max(0, s)
     if hours is None:
         hours = s >= 3600

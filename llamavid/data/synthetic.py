@@ -27,6 +27,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ..core.fileio import atomic_path, write_text_atomic
+
 SIZE = 224
 NATIVE_FPS = 4
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -131,7 +133,12 @@ def scene_backdrops(clip: Clip, seed: int) -> list[tuple[float, np.ndarray]]:
 def write_clip(clip: Clip, path: str | os.PathLike, *, seed: int = 0) -> Path:
     """Render every frame and pipe it to ffmpeg (H.264, yuv420p); the file appears atomically."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".part" + path.suffix)
+    with atomic_path(path) as tmp:
+        _encode_clip(clip, tmp, seed)
+    return path
+
+
+def _encode_clip(clip: Clip, tmp: Path, seed: int) -> None:
     backdrops = scene_backdrops(clip, seed)
     n = int(round(clip.seconds * clip.fps))
     cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
@@ -146,9 +153,7 @@ def write_clip(clip: Clip, path: str | os.PathLike, *, seed: int = 0) -> Path:
     proc.stdin.close()
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.wait() != 0:
-        raise RuntimeError(f"ffmpeg failed writing {path}: {err.strip()}")
-    os.replace(tmp, path)
-    return path
+        raise RuntimeError(f"ffmpeg failed writing {tmp}: {err.strip()}")
 
 
 def write_srt(lines: Iterable[tuple[float, float, str]], path: str | os.PathLike) -> Path:
@@ -345,9 +350,7 @@ def write_split(clips: list[Clip], folder: str | os.PathLike, *, on_progress: Ca
         if on_progress:
             on_progress(n + 1, len(clips))
     (folder / "clips.json").write_text(json.dumps([asdict(c) for c in clips]) + "\n")
-    tmp = folder / "qa.json.tmp"
-    tmp.write_text(json.dumps(items, indent=1) + "\n")
-    os.replace(tmp, folder / "qa.json")
+    write_text_atomic(folder / "qa.json", json.dumps(items, indent=1) + "\n")
     return folder / "qa.json"
 
 

@@ -12,6 +12,7 @@ Nothing here imports torch: the harness runs on any machine that has the files. 
 
 from __future__ import annotations
 
+from llamavid.core.fileio import read_jsonl
 from llamavid.eval.benchmarks import (
     BENCHMARKS,
     CHOICE_INSTRUCTION,
@@ -25,7 +26,6 @@ from llamavid.eval.benchmarks import (
 )
 from llamavid.eval.judge import Judge, JudgeError, JudgeStats, Verdict, judge_predictions, parse_verdict
 from llamavid.eval.predict import PredictionStats, Progress, group_by_video, run_predictions
-from llamavid.core.fileio import read_jsonl
 from llamavid.eval.prompts import PUBLISHED_PROMPTS, build_messages
 from llamavid.eval.report import render_markdown, report_dict, write_report
 from llamavid.eval.scoring import (

@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from llamavid.core.errors import InputError, LlamaVidError
+from llamavid.core.fileio import JsonlLog, read_jsonl
 from llamavid.eval.benchmarks import get_benchmark
 from llamavid.eval.predict import Progress, ProgressFn
-from llamavid.core.fileio import JsonlLog, read_jsonl
 from llamavid.eval.prompts import PUBLISHED_PROMPTS, build_messages
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

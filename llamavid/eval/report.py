@@ -15,8 +15,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..core import fileio
 from llamavid.eval.scoring import PAPER_LLAMA_VID_7B, BenchmarkResult
+
+from ..core import fileio
 
 REPORT_FORMAT = "llamavid-eval-report/1"
 PAPER_ROW = "LLaMA-VID-7B (paper)"

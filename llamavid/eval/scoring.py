@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from llamavid.core.errors import InputError
-from llamavid.eval.benchmarks import OPTION_LETTERS, get_benchmark
 from llamavid.core.fileio import read_jsonl
+from llamavid.eval.benchmarks import OPTION_LETTERS, get_benchmark
 
 #: LLaMA-VID-7B as published (paper tables); accuracies as fractions.
 PAPER_LLAMA_VID_7B: dict[str, dict[str, float]] = {

@@ -19,34 +19,58 @@ import os
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import InitVar, asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from ..core import locking
+from ..core.errors import InputError, LlamaVidError, Opt, OptionError, VideoError, VidtokError
+from ..core.options import check_choice, check_fps, check_subtitles, check_whole
 from ..media import subtitles as subs
 from ..media import video
-from ..core.errors import InputError, LlamaVidError, VideoError, VidtokError
 from ..media.video import frames_in_range
-from .vidtok import VidtokWriter, check_destination, content_hash, open_vidtok
 from ..model.vision import VisionEncoder, preprocess_frames
+from .vidtok import Vidtok, VidtokWriter, check_destination, content_hash, open_vidtok
 
 CHUNK_FRAMES = 64  # the token file's resume unit; batch sizes divide it
 
 
+STORAGES = ("float16", "int8")
+
+
 @dataclass
 class EncodeOptions:
-    """What ``llamavid encode``'s flags choose; an output is up to date only for the same fps and storage."""
+    """What an encode may set, validated once here (the CLI and the library rely on it); an output is up to
+    date only for the same source, encoder, fps, storage and range."""
 
     fps: float = 1.0
-    storage: str = "float16"  # or "int8" (--compact)
-    batch_size: int | None = None  # None: 32 on a GPU, 8 on the CPU
+    storage: str = "float16"  # or "int8" (compact)
+    frames_per_batch: int | None = None  # frames per vision forward; None: 32 on a GPU, 8 on the CPU
     subtitles: str | os.PathLike | None = None
     force: bool = False
     verify: bool = True  # check every block of an existing output before calling it up to date
     time_range: tuple[float, float] | None = None  # only frames at start <= t < end (seconds; end may be inf)
+    batch_size: InitVar[int | None] = None  # deprecated name of frames_per_batch
+
+    def __post_init__(self, batch_size: int | None) -> None:
+        if batch_size is not None:
+            warnings.warn("EncodeOptions(batch_size=...) is deprecated: use frames_per_batch", DeprecationWarning,
+                          stacklevel=3)
+            self.frames_per_batch = batch_size if self.frames_per_batch is None else self.frames_per_batch
+        self.fps = check_fps(self.fps)
+        self.storage = check_choice("storage", self.storage, STORAGES)
+        if self.subtitles is not None:
+            self.subtitles = check_subtitles(self.subtitles)
+        if self.frames_per_batch is not None:
+            self.frames_per_batch = check_whole("frames_per_batch", self.frames_per_batch, low=1)
+        if self.time_range is not None:
+            start, end = self.time_range
+            if not (0 <= start < end):
+                raise OptionError("time_range", list(self.time_range), "must be (start, end) with 0 <= start < end")
 
 
 @dataclass
@@ -75,8 +99,6 @@ def default_batch_size(device: torch.device) -> int:
 def batch_size_for(requested: int | None, device: torch.device) -> int:
     """A batch size that divides the chunk size, so resumed runs batch frames exactly as fresh ones."""
     size = requested or default_batch_size(device)
-    if size < 1:
-        raise InputError(f"--batch-size {size}: must be at least 1")
     size = min(size, CHUNK_FRAMES)
     while CHUNK_FRAMES % size:
         size -= 1
@@ -91,7 +113,7 @@ def output_path_for(input_path: Path, out: Path | None, *, many: bool) -> Path:
     if out.suffix == ".vidtok" and not many:
         return out
     if out.suffix == ".vidtok":
-        raise InputError(f"{out}: several inputs need an output directory, not one .vidtok file")
+        raise InputError("several inputs need an output directory, not one .vidtok file", where=out)
     return out / name
 
 
@@ -113,6 +135,16 @@ def range_record(time_range: tuple[float, float] | None) -> list[float | None] |
     return [float(start), None if end == float("inf") else float(end)]
 
 
+def made_for(vt: Vidtok, *, source_hash: str, fingerprint: str, fps: float, storage: str,
+             time_range: tuple[float, float] | None = None) -> bool:
+    """Whether a token file holds the features of this job: the same source bytes, vision encoder, frame
+    rate, storage and time range (None: the whole video). The one rule for "this .vidtok is ours" (outputs
+    and cache entries alike); its blocks' checksums are checked apart (``Vidtok.verify``)."""
+    return (vt.source.get("content_hash") == source_hash and vt.encoder.get("fingerprint") == fingerprint
+            and abs(float(vt.fps) - float(fps)) < 1e-9 and vt.storage == storage
+            and vt.source.get("range") == range_record(time_range))
+
+
 def check_output(output: Path, source_hash: str, encoder: dict, fps: float, storage: str, *,
                  verify: bool = True, time_range: tuple[float, float] | None = None) -> OutputState:
     """Classify an existing token file for a job: missing, current, stale, or damaged.
@@ -132,9 +164,8 @@ def check_output(output: Path, source_hash: str, encoder: dict, fps: float, stor
     try:
         with open_vidtok(output) as vt:
             fingerprint = vt.encoder.get("fingerprint")
-            same = (vt.source.get("content_hash") == source_hash and fingerprint == encoder["fingerprint"]
-                    and abs(float(vt.fps) - float(fps)) < 1e-9 and vt.storage == storage
-                    and vt.source.get("range") == range_record(time_range))
+            same = made_for(vt, source_hash=source_hash, fingerprint=encoder["fingerprint"], fps=fps, storage=storage,
+                            time_range=time_range)
             if same and verify:
                 vt.verify()
             return OutputState("current" if same else "stale", vt.num_frames, fingerprint)
@@ -199,14 +230,14 @@ def resume_position(plan_times: list[float], last_timestamp: float) -> int:
     return bisect.bisect_right(plan_times, last_timestamp + 1e-9)
 
 
-def _batches(path: Path, info: video.VideoInfo, fps: float, start: int, batch: int, image_size: int,
-             warnings: list[str], stop: int | None = None) -> Iterator[tuple[torch.Tensor, list[float]]]:
+def _batches(path: Path, info: video.VideoInfo, plan: Sequence[tuple[int, float]], start: int, batch: int,
+             image_size: int, warnings: list[str], stop: int | None = None) -> Iterator[tuple[torch.Tensor, list[float]]]:
     """(pixels, timestamps) batches of exactly ``batch`` frames (the last may be shorter), from frame
     ``start`` up to ``stop`` (positions in the sampling plan)."""
     pending: list[torch.Tensor] = []
     times: list[float] = []
-    for chunk in video.sample_frames(path, fps, chunk_size=min(batch, 16), start=start, stop=stop,
-                                     on_warning=warnings.append, info=info):
+    for chunk in video.sample_frames(path, chunk_size=min(batch, 16), start=start, stop=stop,
+                                     on_warning=warnings.append, info=info, plan=plan):
         pending.append(preprocess_frames(chunk.frames, image_size, pad_to_square=info.is_image))
         times.extend(chunk.timestamps)
         while sum(p.shape[0] for p in pending) >= batch:
@@ -258,6 +289,67 @@ def _prefetch(iterator: Iterator, depth: int = 2, pin: bool = False) -> Iterator
                 thread.join(timeout=0.05)
 
 
+@dataclass(frozen=True)
+class EncodeJob:
+    """One video's encode, resolved before any decoding: the source, the output, the sampling plan and the
+    part of it to encode, and (when the caller resolved them) the subtitles to store. The encoder takes
+    the job as it is: nothing here is computed again."""
+
+    source: Path
+    output: Path
+    options: EncodeOptions
+    info: video.VideoInfo
+    source_hash: str
+    fingerprint: str  # the vision encoder's
+    plan: tuple[tuple[int, float], ...]  # the whole sampling plan: (native frame index, time) per sampled frame
+    first: int  # the part of the plan to encode: positions [first, stop)
+    stop: int
+    subtitles: tuple[tuple[subs.SubtitleLine, ...], str | None] | None = None  # (lines, origin); None: resolve
+
+    @property
+    def times(self) -> list[float]:
+        """Every sampled frame's time (the whole plan)."""
+        return [t for _, t in self.plan]
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        """The frames' times once encoded (frames that fail to decode are left out then)."""
+        return np.asarray(self.times[self.first:self.stop], dtype=np.float64)
+
+    def made(self, vt: Vidtok) -> bool:
+        """Whether ``vt`` holds this job's features (``made_for``)."""
+        o = self.options
+        return made_for(vt, source_hash=self.source_hash, fingerprint=self.fingerprint, fps=o.fps, storage=o.storage,
+                        time_range=o.time_range)
+
+
+def plan_encode(input_path: str | os.PathLike, output: str | os.PathLike, opts: EncodeOptions, *, fingerprint: str,
+                info: video.VideoInfo | None = None, source_hash: str | None = None,
+                subtitles: tuple[list[subs.SubtitleLine], str | None] | None = None) -> EncodeJob:
+    """The encode of one video or image, resolved: probe (unless ``info``), content hash (unless
+    ``source_hash``), sampling plan, the part ``opts.time_range`` asks for. ``subtitles`` (lines, origin):
+    what to store, as the caller resolved them; None: the encoder resolves them, once it knows the output
+    is not up to date (``llamavid.media.subtitles.resolve``)."""
+    src = Path(input_path)
+    if not src.exists():
+        raise InputError("no such file", where=src)
+    if src.is_dir():
+        raise InputError("is a directory (encode takes files; the CLI expands folders)", where=src)
+    info = info or video.probe(src)
+    if info.is_image and opts.subtitles:
+        raise InputError("a still image takes no subtitles", where=src)
+    plan = video.sampling_plan(info, opts.fps)
+    times = [t for _, t in plan]
+    first, stop = 0, len(times)
+    if opts.time_range is not None:
+        inside = frames_in_range(times, opts.time_range)
+        if not inside:
+            raise InputError("no sampled frame lies in the range asked for; widen it or raise ", Opt("fps"), where=src)
+        first, stop = inside[0], inside[-1] + 1
+    return EncodeJob(src, Path(output), opts, info, source_hash or content_hash(src), fingerprint, tuple(plan),
+                     first, stop, None if subtitles is None else (tuple(subtitles[0]), subtitles[1]))
+
+
 def encode_file(
     encoder: VisionEncoder,
     input_path: str | os.PathLike,
@@ -270,65 +362,66 @@ def encode_file(
     info: video.VideoInfo | None = None,
     source_hash: str | None = None,
 ) -> EncodeResult:
-    """Encode one video or image into a .vidtok file (skipped when an up-to-date one exists).
+    """Encode one video or image into a .vidtok file (skipped when an up-to-date one exists):
+    ``plan_encode``, then ``run_encode`` (see both)."""
+    t0 = time.perf_counter()
+    job = plan_encode(input_path, output, opts or EncodeOptions(), fingerprint=encoder.identity()["fingerprint"],
+                      info=info, source_hash=source_hash)
+    return run_encode(encoder, job, on_progress=on_progress, on_warning=on_warning, on_wait=on_wait, t0=t0)
+
+
+def run_encode(encoder: VisionEncoder, job: EncodeJob, *, on_progress: Callable[[int, int], None] | None = None,
+               on_warning: Callable[[str], None] | None = None, on_wait: Callable[[str], None] | None = None,
+               t0: float | None = None) -> EncodeResult:
+    """Encode a planned job (skipped when an up-to-date output exists).
 
     ``on_progress(done, total)`` is called after every batch. Raises LlamaVidError for bad input; a
     KeyboardInterrupt (or a kill) leaves the partial state on disk for the next run to resume. An
-    existing output made with another vision encoder is refused unless ``opts.force``: it may be the
-    only copy of hours of encoding, and the two cannot be mixed. An existing output that fails its
-    checksums is encoded again, with a warning. ``info`` and ``source_hash`` spare a second probe and
-    hash when the caller has them already (the ask path does).
+    existing output made with another vision encoder is refused unless ``force``: it may be the only
+    copy of hours of encoding, and the two cannot be mixed. An existing output that fails its checksums
+    is encoded again, with a warning.
 
     The whole job (the up-to-date check, resuming, writing, finalizing) runs under
     ``llamavid.core.locking.exclusive(output)``: a second process (or thread) encoding to the same output
     waits, ``on_wait`` (default: ``on_warning``) is told so once, and then it finds the output up to
     date and returns "skipped". The lock is re-entrant, so a caller may hold it already.
     """
-    opts = opts or EncodeOptions()
-    t0 = time.perf_counter()
-    src, out = Path(input_path), Path(output)
-    if not src.exists():
-        raise InputError(f"{src}: no such file")
-    if src.is_dir():
-        raise InputError(f"{src}: is a directory (encode takes files; the CLI expands folders)")
-    if opts.fps <= 0:
-        raise InputError(f"--fps {opts.fps}: must be positive")
-    if opts.storage not in ("float16", "int8"):
-        raise InputError(f"storage {opts.storage!r}: expected float16 or int8")
-    info = info or video.probe(src)
+    t0 = time.perf_counter() if t0 is None else t0
     identity = encoder.identity()
-    source_hash = source_hash or content_hash(src)
+    if identity["fingerprint"] != job.fingerprint:
+        raise ValueError("the job was planned for another vision encoder")
     try:
-        check_destination(out)
+        check_destination(job.output)
     except InputError:
         # Nothing can be written there (so no run can be writing there either); a current output still serves.
-        if not opts.force:
-            _, skipped = _output_state(src, out, opts, info, identity, source_hash, t0)
+        if not job.options.force:
+            _, skipped = _output_state(job, identity, t0)
             if skipped is not None:
                 return skipped
         raise
-    with locking.exclusive(out, on_wait=on_wait or on_warning):
-        return _encode_locked(encoder, src, out, opts, info, identity, source_hash, t0, on_progress, on_warning)
+    with locking.exclusive(job.output, on_wait=on_wait or on_warning):
+        return _encode_locked(encoder, job, identity, t0, on_progress, on_warning)
 
 
-def _output_state(src: Path, out: Path, opts: EncodeOptions, info: video.VideoInfo, identity: dict,
-                  source_hash: str, t0: float) -> tuple[OutputState, EncodeResult | None]:
+def _output_state(job: EncodeJob, identity: dict, t0: float) -> tuple[OutputState, EncodeResult | None]:
     """The existing output's state for this job, and the "skipped" result when it is already up to date."""
-    state = check_output(out, source_hash, identity, opts.fps, opts.storage, verify=opts.verify,
-                         time_range=opts.time_range)
+    o = job.options
+    state = check_output(job.output, job.source_hash, identity, o.fps, o.storage, verify=o.verify,
+                         time_range=o.time_range)
     if state.status != "current":
         return state, None
-    return state, EncodeResult(str(src), str(out), "skipped", frames=state.frames, backend=info.backend,
-                               seconds=time.perf_counter() - t0)
+    return state, EncodeResult(str(job.source), str(job.output), "skipped", frames=state.frames,
+                               backend=job.info.backend, seconds=time.perf_counter() - t0)
 
 
-def _encode_locked(encoder: VisionEncoder, src: Path, out: Path, opts: EncodeOptions, info: video.VideoInfo,
-                   identity: dict, source_hash: str, t0: float, on_progress: Callable[[int, int], None] | None,
+def _encode_locked(encoder: VisionEncoder, job: EncodeJob, identity: dict, t0: float,
+                   on_progress: Callable[[int, int], None] | None,
                    on_warning: Callable[[str], None] | None) -> EncodeResult:
-    """``encode_file`` once it holds the output's lock."""
+    """``run_encode`` once it holds the output's lock."""
+    src, out, opts, info = job.source, job.output, job.options, job.info
     notes: list[str] = []
     if not opts.force:
-        state, skipped = _output_state(src, out, opts, info, identity, source_hash, t0)
+        state, skipped = _output_state(job, identity, t0)
         if skipped is not None:
             return skipped
         _refuse_foreign(out, state, identity)
@@ -336,21 +429,16 @@ def _encode_locked(encoder: VisionEncoder, src: Path, out: Path, opts: EncodeOpt
             notes.append(f"{state.problem}; encoding it again")
             if on_warning:
                 on_warning(notes[-1])
-    lines: list = []
-    subtitle_source = None
-    if not info.is_image:
-        lines, subtitle_source = subs.load_for_video(src, opts.subtitles)
-    elif opts.subtitles:
-        raise InputError(f"{src}: a still image takes no subtitles")
-    plan_times = video.sample_times(info, opts.fps)
-    first, stop = 0, len(plan_times)  # the part of the sampling plan to encode
-    if opts.time_range is not None:
-        inside = frames_in_range(plan_times, opts.time_range)
-        if not inside:
-            raise InputError(f"{src}: no sampled frame lies in the range asked for; widen it or raise --fps")
-        first, stop = inside[0], inside[-1] + 1
+    if job.subtitles is not None:
+        lines, subtitle_source = list(job.subtitles[0]), job.subtitles[1]
+    elif info.is_image:
+        lines, subtitle_source = [], None
+    else:
+        lines, subtitle_source = subs.resolve(src, opts.subtitles, on_warning=on_warning)
+    plan_times = job.times
+    first, stop = job.first, job.stop
     source = {
-        "name": src.name, "size": src.stat().st_size, "duration": info.duration, "content_hash": source_hash,
+        "name": src.name, "size": src.stat().st_size, "duration": info.duration, "content_hash": job.source_hash,
         "native_fps": info.native_fps, "width": info.width, "height": info.height, "backend": info.backend,
         "rotation": info.rotation, "is_image": info.is_image, "subtitles": subtitle_source,
     }
@@ -369,14 +457,14 @@ def _encode_locked(encoder: VisionEncoder, src: Path, out: Path, opts: EncodeOpt
         else:
             start = max(first, resume_position(plan_times, last))
     resumed = writer.frames_done
-    warnings: list[str] = []
-    batch = batch_size_for(opts.batch_size, encoder.device)
+    problems: list[str] = []
+    batch = batch_size_for(opts.frames_per_batch, encoder.device)
     done = resumed
     planned = max(stop - start + resumed, resumed)
     if on_progress:
         on_progress(done, planned)
     try:
-        batches = _batches(src, info, opts.fps, start, batch, encoder.image_size, warnings, stop=stop)
+        batches = _batches(src, info, job.plan, start, batch, encoder.image_size, problems, stop=stop)
         for pixels, times in _prefetch(batches, pin=encoder.device.type == "cuda"):
             feats = encoder.encode_pixels(pixels, batch_size=batch)
             writer.append(feats.to("cpu", torch.float32), times)
@@ -387,21 +475,22 @@ def _encode_locked(encoder: VisionEncoder, src: Path, out: Path, opts: EncodeOpt
         if not writer.frames_done:
             writer.abort()  # nothing worth resuming: leave no trace
         raise
-    warnings = list(dict.fromkeys(warnings))  # one warning per problem, in order
+    problems = list(dict.fromkeys(problems))  # one warning per problem, in order
     if writer.frames_total == 0:  # the one-line error says it all; no per-frame warnings before it
         writer.abort()
-        raise VideoError(f"{src}: no frame could be decoded")
+        raise VideoError("no frame could be decoded", where=src)
     if on_warning:
-        for w in warnings:
+        for w in problems:
             on_warning(w)
-    writer.finalize(subtitles=[(l.start, l.end, l.text) for l in lines], warnings=warnings)
+    writer.finalize(subtitles=[(s.start, s.end, s.text) for s in lines], warnings=problems)
     return EncodeResult(str(src), str(out), "resumed" if resumed else "encoded", frames=done,
                         seconds=time.perf_counter() - t0, backend=info.backend, resumed_from=resumed,
-                        subtitles=len(lines), warnings=notes + warnings)
+                        subtitles=len(lines), warnings=notes + problems)
 
 
 def _refuse_foreign(out: Path, state: OutputState, identity: dict) -> None:
     """An existing complete output made with another vision encoder is not silently replaced."""
     if state.status == "stale" and state.fingerprint != identity["fingerprint"]:
-        raise VidtokError(f"{out}: already holds features from vision encoder {state.fingerprint}, not "
-                          f"{identity['fingerprint']}; use --force to replace it, or another -o")
+        raise VidtokError(f"already holds features from vision encoder {state.fingerprint}, not "
+                          f"{identity['fingerprint']}; use ", Opt("force"), " to replace it, or another ", Opt("output"),
+                          where=out)

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import secrets
 import shutil
 import struct
 import tempfile
@@ -43,6 +42,8 @@ from safetensors.numpy import save as _safetensors_bytes
 
 from llamavid import __version__
 from llamavid.core.errors import InputError, VidtokError
+from llamavid.core.fileio import atomic_output, fsync_dir
+from llamavid.core.options import check_fps
 
 FORMAT_NAME = "llamavid.vidtok"
 FORMAT_VERSION = "1.1"
@@ -93,10 +94,10 @@ def content_hash(path: str | os.PathLike) -> str:
                 f.seek(offset)
                 data = f.read(length)
                 if len(data) != length:
-                    raise InputError(f"{label}: the file changed size while it was being hashed")
+                    raise InputError("the file changed size while it was being hashed", where=label)
                 digest.update(data)
     except OSError as e:
-        raise InputError(f"{label}: cannot read the file ({e.strerror or e})") from None
+        raise InputError(f"cannot read the file ({e.strerror or e})", where=label) from None
     return "s1:" + digest.hexdigest()
 
 
@@ -150,33 +151,13 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable; a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(target: Path, data: bytes, label: str) -> None:
-    """Write via temp file + fsync + rename, so ``target`` either exists whole or not at all."""
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    """``target`` exists whole or not at all (``llamavid.core.fileio.atomic_output``)."""
     try:
-        with open(tmp, "xb") as f:
+        with atomic_output(target) as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise VidtokError(f"{label}: cannot write {target} ({e.strerror or e})") from None
-    _fsync_dir(target.parent)
+        raise VidtokError(f"cannot write {target} ({e.strerror or e})", where=label) from None
 
 
 def _json_copy(value: Any, what: str, label: str) -> Any:
@@ -184,7 +165,7 @@ def _json_copy(value: Any, what: str, label: str) -> Any:
     try:
         return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as e:
-        raise InputError(f"{label}: {what} cannot be stored as JSON ({e})") from None
+        raise InputError(f"{what} cannot be stored as JSON ({e})", where=label) from None
 
 
 def partial_dir_for(path: str | os.PathLike) -> Path:
@@ -226,37 +207,37 @@ def _as_float_array(features: Any, label: str) -> np.ndarray:
     if isinstance(features, torch.Tensor):
         t = features.detach().cpu()
         if not t.is_floating_point():
-            raise InputError(f"{label}: features must be floating point, got {t.dtype}")
+            raise InputError(f"features must be floating point, got {t.dtype}", where=label)
         arr = (t if t.dtype == torch.float64 else t.to(torch.float32)).numpy()
     else:
         arr = np.asarray(features)
         if arr.dtype.kind != "f":
-            raise InputError(f"{label}: features must be floating point, got {arr.dtype}")
+            raise InputError(f"features must be floating point, got {arr.dtype}", where=label)
     if arr.ndim != 3:
-        raise InputError(f"{label}: features must have shape (frames, tokens, channels), got {tuple(arr.shape)}")
+        raise InputError(f"features must have shape (frames, tokens, channels), got {tuple(arr.shape)}", where=label)
     return arr
 
 
 def _as_timestamps(timestamps: Any, n: int, label: str) -> np.ndarray:
     ts = np.asarray(timestamps, dtype=np.float64).reshape(-1) if n else np.zeros(0, np.float64)
     if len(ts) != n:
-        raise InputError(f"{label}: {n} frames but {len(ts)} timestamps")
+        raise InputError(f"{n} frames but {len(ts)} timestamps", where=label)
     if not np.isfinite(ts).all():
-        raise InputError(f"{label}: timestamps contain NaN or infinite values")
+        raise InputError("timestamps contain NaN or infinite values", where=label)
     return ts.astype("<f8")
 
 
 def _encode_frames(arr: np.ndarray, ts: np.ndarray, storage: str, label: str) -> _Frames:
     """Convert to the stored representation; refuse values the storage cannot hold."""
     if not np.isfinite(arr).all():
-        raise InputError(f"{label}: features contain NaN or infinite values")
+        raise InputError("features contain NaN or infinite values", where=label)
     if storage == "int8":
         q, scales = quantize_int8(arr)
         return _Frames(q, scales.astype("<f4"), ts)
     with np.errstate(over="ignore"):  # overflow is reported below, as an error
         half = arr.astype("<f2")
     if not np.isfinite(half).all():
-        raise InputError(f"{label}: features exceed the float16 range (|x| > 65504); use int8 storage")
+        raise InputError("features exceed the float16 range (|x| > 65504); use int8 storage", where=label)
     return _Frames(half, None, ts)
 
 
@@ -266,17 +247,17 @@ def check_destination(path: str | os.PathLike, label: str | None = None) -> None
     label = os.fspath(path) if label is None else label
     parent = path.parent
     if path.is_dir():
-        raise InputError(f"{label}: is a directory; give a file name for the .vidtok")
+        raise InputError("is a directory; give a file name for the .vidtok", where=label)
     if parent.exists() and not parent.is_dir():
-        raise InputError(f"{os.fspath(parent)}: is not a directory, so {label} cannot be written there")
+        raise InputError(f"is not a directory, so {label} cannot be written there", where=os.fspath(parent))
     if not parent.is_dir():
-        raise InputError(f"{os.fspath(parent)}: output directory does not exist (for {label})")
+        raise InputError(f"output directory does not exist (for {label})", where=os.fspath(parent))
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise InputError(f"{os.fspath(parent)}: cannot write to the output directory ({e.strerror or e})") from None
+        raise InputError(f"cannot write to the output directory ({e.strerror or e})", where=os.fspath(parent)) from None
 
 
 class VidtokWriter:
@@ -300,9 +281,9 @@ class VidtokWriter:
         self._fps = self._check_fps(fps)
         self._source = self._check_source(source)
         if storage not in STORAGE_MODES:
-            raise InputError(f"{self._label}: storage must be one of {', '.join(STORAGE_MODES)}, got {storage!r}")
+            raise InputError(f"storage must be one of {', '.join(STORAGE_MODES)}, got {storage!r}", where=self._label)
         if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
-            raise InputError(f"{self._label}: chunk_frames must be a positive integer, got {chunk_frames!r}")
+            raise InputError(f"chunk_frames must be a positive integer, got {chunk_frames!r}", where=self._label)
         self._storage = storage
         self._chunk_frames = chunk_frames
         self._shape: tuple[int, int] | None = tuple(int(v) for v in feature_shape) if feature_shape else None
@@ -320,21 +301,18 @@ class VidtokWriter:
 
     def _check_encoder(self, encoder: dict) -> dict:
         if not isinstance(encoder, dict) or not isinstance(encoder.get("fingerprint"), str) or not encoder["fingerprint"]:
-            raise InputError(f"{self._label}: encoder must be a dict with a non-empty 'fingerprint' string")
+            raise InputError("encoder must be a dict with a non-empty 'fingerprint' string", where=self._label)
         return _json_copy(encoder, "the encoder identity", self._label)
 
     def _check_fps(self, fps: float) -> float:
         try:
-            value = float(fps)
-        except (TypeError, ValueError):
-            value = math.nan
-        if not math.isfinite(value) or value <= 0:
-            raise InputError(f"{self._label}: fps must be a positive number, got {fps!r}")
-        return value
+            return check_fps(fps)
+        except InputError as exc:
+            raise InputError(*exc.parts, where=self._label) from None
 
     def _check_source(self, source: dict) -> dict:
         if not isinstance(source, dict) or not isinstance(source.get("content_hash"), str) or not source["content_hash"]:
-            raise InputError(f"{self._label}: source must be a dict with a non-empty 'content_hash' string")
+            raise InputError("source must be a dict with a non-empty 'content_hash' string", where=self._label)
         src = {key: source.get(key) for key in ("name", "size", "duration", "content_hash")}
         src.update(source)
         return _json_copy(src, "the source description", self._label)
@@ -383,7 +361,7 @@ class VidtokWriter:
             k += 1
         for entry in self._partial.iterdir():
             match = _CHUNK_RE.match(entry.name)
-            if ".tmp-" in entry.name or entry.name == _ASSEMBLY or (match and int(match.group(1)) >= k):
+            if entry.name.endswith(".tmp") or ".tmp-" in entry.name or (match and int(match.group(1)) >= k):
                 entry.unlink(missing_ok=True)
         self._chunks = k
         self._durable = k * self._chunk_frames
@@ -418,8 +396,8 @@ class VidtokWriter:
         try:
             self._partial.mkdir(exist_ok=True)
         except OSError as e:
-            raise VidtokError(f"{self._label}: cannot create {self._partial} ({e.strerror or e})") from None
-        _fsync_dir(self._partial.parent)
+            raise VidtokError(f"cannot create {self._partial} ({e.strerror or e})", where=self._label) from None
+        fsync_dir(self._partial.parent)
         _atomic_write(self._partial / _MANIFEST, json.dumps(self._manifest(), indent=1).encode(), self._label)
         self._manifest_written = True
 
@@ -471,7 +449,7 @@ class VidtokWriter:
         if first_frame is not None:
             skip = self.next_frame - int(first_frame)
             if skip < 0:
-                raise InputError(f"{self._label}: frames {first_frame}.. given, but frame {self.next_frame} is next")
+                raise InputError(f"frames {first_frame}.. given, but frame {self.next_frame} is next", where=self._label)
             arr, ts = arr[skip:], ts[skip:]
         if arr.shape[0] == 0:
             return
@@ -489,7 +467,7 @@ class VidtokWriter:
                 self._discard_partial()
                 raise VidtokError(f"{self._label}: new frames have {shape[0]}x{shape[1]} features but the unfinished "
                                   f"encoding has {had}; its partial state was discarded, encode again from frame 0")
-            raise InputError(f"{self._label}: features have {shape[0]}x{shape[1]} per frame, earlier frames {had}")
+            raise InputError(f"features have {shape[0]}x{shape[1]} per frame, earlier frames {had}", where=self._label)
 
     def _take(self, n: int) -> _Frames:
         parts: list[_Frames] = []
@@ -530,7 +508,7 @@ class VidtokWriter:
         meta_parts = (_check_subtitles(subtitles, self._label), _check_warnings(warnings, self._label),
                       _json_copy(extra_meta or {}, "extra_meta", self._label))
         if self.next_frame == 0:
-            raise VidtokError(f"{self._label}: no frames were given; a .vidtok needs at least one frame")
+            raise VidtokError("no frames were given; a .vidtok needs at least one frame", where=self._label)
         self._flush(final=True)
         assembly = self._partial / _ASSEMBLY
         meta = self._final_meta(*meta_parts)
@@ -540,12 +518,12 @@ class VidtokWriter:
             os.replace(assembly, self._path)
         except OSError as e:
             assembly.unlink(missing_ok=True)
-            raise VidtokError(f"{self._label}: cannot write the file ({e.strerror or e})") from None
+            raise VidtokError(f"cannot write the file ({e.strerror or e})", where=self._label) from None
         except VidtokError as e:  # an unreadable chunk: resuming from it again would fail again
             self.abort()
             raise VidtokError(f"{e}; the unfinished encoding was discarded, so running the same command again "
                               f"encodes from frame 0") from None
-        _fsync_dir(self._path.parent)
+        fsync_dir(self._path.parent)
         self._discard_partial()
         self._closed = True
         return self._path
@@ -576,16 +554,16 @@ def _check_subtitles(subtitles: Any, label: str) -> list[list]:
             start, end, text = item
             entry = [float(start), float(end), str(text)]
         except (TypeError, ValueError):
-            raise InputError(f"{label}: subtitles must be (start, end, text) triples, got {item!r:.60}") from None
+            raise InputError(f"subtitles must be (start, end, text) triples, got {item!r:.60}", where=label) from None
         if not (math.isfinite(entry[0]) and math.isfinite(entry[1])):
-            raise InputError(f"{label}: subtitle times must be finite numbers, got {item!r:.60}")
+            raise InputError(f"subtitle times must be finite numbers, got {item!r:.60}", where=label)
         out.append(entry)
     return out
 
 
 def _check_warnings(warnings: Any, label: str) -> list[str]:
     if isinstance(warnings, str):
-        raise InputError(f"{label}: warnings must be a list of strings, not one string")
+        raise InputError("warnings must be a list of strings, not one string", where=label)
     return [str(w) for w in warnings or []]
 
 
@@ -648,7 +626,7 @@ def _assemble(target: Path, chunks: list[Path], meta: dict, label: str) -> None:
         checksums["blocks"] = [h.hexdigest() for h in hashers]
         final_header = _header_bytes(entries, _file_metadata(meta, checksums))
         if len(final_header) != len(header):  # cannot happen: digests are fixed-width hex
-            raise VidtokError(f"{label}: internal error: header size changed while writing")
+            raise VidtokError("internal error: header size changed while writing", where=label)
         out.seek(8)
         out.write(final_header)
         out.flush()
@@ -683,7 +661,7 @@ def _check_opens(path: Path, label: str) -> None:
         with safe_open(path, framework="numpy") as f:
             f.keys()
     except Exception as e:  # noqa: BLE001
-        raise VidtokError(f"{label}: internal error: the assembled file does not open with safetensors ({e})") from None
+        raise VidtokError(f"internal error: the assembled file does not open with safetensors ({e})", where=label) from None
 
 
 def write_vidtok(path: str | os.PathLike, features: torch.Tensor | np.ndarray, timestamps: Sequence[float], *,
@@ -760,25 +738,25 @@ def _read_header(path: Path, label: str) -> _Header:
             size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if len(prefix) < 8:
-                raise VidtokError(f"{label}: file is empty or truncated ({size} bytes); not a .vidtok file")
+                raise VidtokError(f"file is empty or truncated ({size} bytes); not a .vidtok file", where=label)
             (length,) = struct.unpack("<Q", prefix)
             kind = _sniff(prefix) if length == 0 or 8 + length > size else None  # a real length wins
             if kind:
-                raise VidtokError(f"{label}: is {kind}, not a .vidtok file")
+                raise VidtokError(f"is {kind}, not a .vidtok file", where=label)
             if length == 0 or length > _MAX_HEADER_BYTES:
-                raise VidtokError(f"{label}: not a .vidtok file (no safetensors header; the length field is garbage)")
+                raise VidtokError("not a .vidtok file (no safetensors header; the length field is garbage)", where=label)
             if 8 + length > size:
                 raise VidtokError(f"{label}: file is truncated (the header alone needs {8 + length} bytes, "
                                   f"the file has {size})")
             raw = f.read(length)
     except OSError as e:
-        raise InputError(f"{label}: cannot read the file ({e.strerror or e})") from None
+        raise InputError(f"cannot read the file ({e.strerror or e})", where=label) from None
     if len(raw) != length:
-        raise VidtokError(f"{label}: file is truncated (it changed while being read)")
+        raise VidtokError("file is truncated (it changed while being read)", where=label)
     try:
         header = _strict_json(raw.decode("utf-8"))
     except _Duplicate as e:
-        raise VidtokError(f"{label}: the safetensors header names {_short(str(e))} twice; the file is damaged") from None
+        raise VidtokError(f"the safetensors header names {_short(str(e))} twice; the file is damaged", where=label) from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         header = None
     if not isinstance(header, dict):
@@ -788,7 +766,7 @@ def _read_header(path: Path, label: str) -> _Header:
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise VidtokError(f"{label}: the safetensors metadata is not a string map; the file is damaged")
+        raise VidtokError("the safetensors metadata is not a string map; the file is damaged", where=label)
     return _Header(entries=header, metadata=metadata, size=size, data_start=8 + length)
 
 
@@ -797,11 +775,11 @@ def _check_is_file(path: Path, label: str) -> None:
         return
     if path.is_dir():
         hint = " (an unfinished encoding's partial directory)" if path.name.endswith(".partial") else ""
-        raise InputError(f"{label}: is a directory{hint}, not a .vidtok file")
+        raise InputError(f"is a directory{hint}, not a .vidtok file", where=label)
     if partial_dir_for(path).is_dir():
         raise InputError(f"{label}: does not exist; an unfinished encoding is in {partial_dir_for(path).name} "
                          f"(run the encoder again to resume it)")
-    raise InputError(f"{label}: file not found")
+    raise InputError("file not found", where=label)
 
 
 def metadata_checksum(metadata: dict[str, str]) -> str:
@@ -817,37 +795,37 @@ def _check_format(metadata: dict[str, str], label: str) -> dict:
     """Format name, version and metadata checksum, then the JSON metadata; returns the inner dict."""
     fmt = metadata.get("format")
     if fmt == _CHUNK_FORMAT:
-        raise VidtokError(f"{label}: is one chunk of an unfinished encoding, not a .vidtok file")
+        raise VidtokError("is one chunk of an unfinished encoding, not a .vidtok file", where=label)
     if fmt != FORMAT_NAME:
-        raise VidtokError(f"{label}: is a safetensors file but not a .vidtok file (format {_short(fmt)})")
+        raise VidtokError(f"is a safetensors file but not a .vidtok file (format {_short(fmt)})", where=label)
     version = metadata.get("format_version", "")
     match = re.fullmatch(r"([0-9]{1,6})\.([0-9]{1,6})", version)
     if not match:
-        raise VidtokError(f"{label}: unreadable .vidtok format version {_short(version)}")
+        raise VidtokError(f"unreadable .vidtok format version {_short(version)}", where=label)
     major, minor = int(match.group(1)), int(match.group(2))
     if major > FORMAT_MAJOR:
         raise VidtokError(f"{label}: .vidtok format version {version} is newer than this llamavid "
                           f"({__version__}) reads ({FORMAT_MAJOR}.x); upgrade llamavid")
     if major < FORMAT_MAJOR:
-        raise VidtokError(f"{label}: .vidtok format version {version} is not supported")
+        raise VidtokError(f".vidtok format version {version} is not supported", where=label)
     stored = metadata.get("llamavid_checksum")
     if stored is None and minor >= 1:  # 1.0 files predate the metadata checksum
-        raise VidtokError(f"{label}: the .vidtok metadata lacks its checksum; the file is damaged")
+        raise VidtokError("the .vidtok metadata lacks its checksum; the file is damaged", where=label)
     if stored is not None and stored != metadata_checksum(metadata):
-        raise VidtokError(f"{label}: the .vidtok metadata fails its checksum; the file is damaged or was modified")
+        raise VidtokError("the .vidtok metadata fails its checksum; the file is damaged or was modified", where=label)
     try:
         inner = _strict_json(metadata.get("llamavid", ""))
     except (ValueError, RecursionError):
         inner = None
     if not isinstance(inner, dict):
-        raise VidtokError(f"{label}: the .vidtok metadata is not valid JSON; the file is damaged")
+        raise VidtokError("the .vidtok metadata is not valid JSON; the file is damaged", where=label)
     return inner
 
 
 def _require(meta: dict, key: str, kind: type | tuple[type, ...], label: str) -> Any:
     value = meta.get(key)
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise VidtokError(f"{label}: the .vidtok metadata lacks a valid {key!r}; the file is damaged")
+        raise VidtokError(f"the .vidtok metadata lacks a valid {key!r}; the file is damaged", where=label)
     return value
 
 
@@ -879,7 +857,7 @@ class Vidtok:
         try:
             self._file = safe_open(self._path, framework="numpy")
         except Exception as e:  # noqa: BLE001 - never leak raw safetensors errors
-            raise VidtokError(f"{self._label}: cannot be read as safetensors ({' '.join(str(e).split())})") from None
+            raise VidtokError(f"cannot be read as safetensors ({' '.join(str(e).split())})", where=self._label) from None
         self._verified: set[int] = set()
         self._timestamps = self._read_timestamps()
 
@@ -890,18 +868,18 @@ class Vidtok:
         meta, label = self._meta, self._label
 
         def bad(key: str) -> VidtokError:
-            return VidtokError(f"{label}: the .vidtok metadata has an invalid {key!r}; the file is damaged")
+            return VidtokError(f"the .vidtok metadata has an invalid {key!r}; the file is damaged", where=label)
 
         self._num_frames = _require(meta, "num_frames", int, label)
         if self._num_frames < 1:
             raise bad("num_frames")
         shape = _require(meta, "feature_shape", list, label)
         if len(shape) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
-            raise VidtokError(f"{label}: the .vidtok metadata has an invalid feature_shape {_short(shape)}")
+            raise VidtokError(f"the .vidtok metadata has an invalid feature_shape {_short(shape)}", where=label)
         self._shape = (shape[0], shape[1])
         self._storage = _require(meta, "storage", str, label)
         if self._storage not in STORAGE_MODES:
-            raise VidtokError(f"{label}: unknown storage {_short(self._storage)} in the .vidtok metadata")
+            raise VidtokError(f"unknown storage {_short(self._storage)} in the .vidtok metadata", where=label)
         if meta.get("quantization") != (_QUANTIZATION if self._storage == "int8" else None):
             raise bad("quantization")
         fps = meta.get("fps")
@@ -934,7 +912,7 @@ class Vidtok:
                 len(blocks) != -(-self._num_frames // self._block_frames) or \
                 not all(isinstance(b, str) and _HEX_DIGEST.fullmatch(b) for b in blocks) or \
                 not (isinstance(checksums.get("timestamps"), str) and _HEX_DIGEST.fullmatch(checksums["timestamps"])):
-            raise VidtokError(f"{label}: the .vidtok checksum table is inconsistent; the file is damaged")
+            raise VidtokError("the .vidtok checksum table is inconsistent; the file is damaged", where=label)
         self._block_digests = list(blocks)
         # A block size above the frame count means one block of all frames; cap it so that index arithmetic
         # stays within int64 (numpy) for any stored value.
@@ -951,23 +929,23 @@ class Vidtok:
         entries = header.entries
         if set(entries) != set(want) or not all(isinstance(e, dict) and set(e) == {"dtype", "shape", "data_offsets"}
                                                 for e in entries.values()):
-            raise VidtokError(f"{label}: the tensors do not match the .vidtok metadata; the file is damaged")
+            raise VidtokError("the tensors do not match the .vidtok metadata; the file is damaged", where=label)
         if any(entries[n]["dtype"] != want[n]["dtype"] or entries[n]["shape"] != want[n]["shape"] for n in want) or \
                 any(type(d) is not int for n in want for d in entries[n]["shape"]):
-            raise VidtokError(f"{label}: the tensors do not match the .vidtok metadata; the file is damaged")
+            raise VidtokError("the tensors do not match the .vidtok metadata; the file is damaged", where=label)
         spans = []
         for name, entry in entries.items():
             offsets = entry["data_offsets"]
             if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(v) is int for v in offsets)
                     and 0 <= offsets[0] <= offsets[1]
                     and offsets[1] - offsets[0] == want[name]["data_offsets"][1] - want[name]["data_offsets"][0]):
-                raise VidtokError(f"{label}: the safetensors header is damaged (bad data offsets of {name})")
+                raise VidtokError(f"the safetensors header is damaged (bad data offsets of {name})", where=label)
             spans.append((offsets[0], offsets[1]))
         spans.sort()
         end = 0
         for begin, stop in spans:
             if begin != end:
-                raise VidtokError(f"{label}: the safetensors header is damaged (tensors overlap or leave gaps)")
+                raise VidtokError("the safetensors header is damaged (tensors overlap or leave gaps)", where=label)
             end = stop
         expected = header.data_start + end
         if header.size < expected:
@@ -980,7 +958,7 @@ class Vidtok:
     def _read_timestamps(self) -> np.ndarray:
         ts = self._get("timestamps", 0, self._num_frames)
         if _blake(ts) != self._meta["checksums"].get("timestamps"):
-            raise VidtokError(f"{self._label}: the timestamps fail their checksum; the file is damaged or was modified")
+            raise VidtokError("the timestamps fail their checksum; the file is damaged or was modified", where=self._label)
         ts.flags.writeable = False
         return ts
 
@@ -1117,7 +1095,7 @@ class Vidtok:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < 0 or idx.max() >= self._num_frames):
             bad = int(idx.min() if idx.min() < 0 else idx.max())
-            raise InputError(f"{self._label}: frame {bad} is out of range; the file has {self._num_frames} frames")
+            raise InputError(f"frame {bad} is out of range; the file has {self._num_frames} frames", where=self._label)
         out = torch.empty((len(idx), *self._shape), dtype=dtype)
         blocks = idx // self._block_frames
         for block in np.unique(blocks):

@@ -29,7 +29,6 @@ from typing import Callable, Sequence
 
 from ..core.errors import InputError
 
-ENCODINGS = ("utf-8-sig", "utf-16", "cp1252", "latin-1")
 _TAG = re.compile(r"<[^>]*>|\{\\[^}]*\}")
 _BLOCK = re.compile(r"\n[ \t]*\n")
 
@@ -67,7 +66,7 @@ def parse_srt(text: str, source: str = "subtitles", on_warning: Warn | None = No
     try:
         items = pysrt.from_string(text, error_handling=pysrt.ERROR_PASS)
     except Exception as exc:  # pysrt raises a few types on garbage
-        raise InputError(f"{source}: not a subtitle file we can read ({exc})") from None
+        raise InputError(f"not a subtitle file we can read ({exc})", where=source) from None
     lines = []
     for item in items:
         start, end = item.start.ordinal / 1000.0, item.end.ordinal / 1000.0
@@ -86,12 +85,12 @@ def load_srt(path: str | os.PathLike, on_warning: Warn | None = None) -> list[Su
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
+        raise InputError("no such file", where=path) from None
     except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+        raise InputError(f"cannot read ({exc.strerror})", where=path) from None
     lines = parse_srt(_decode(data), source=str(path), on_warning=on_warning)
     if not lines and data.strip():
-        raise InputError(f"{path}: no subtitle cue could be read (is it an .srt file?)")
+        raise InputError("no subtitle cue could be read (is it an .srt file?)", where=path)
     return lines
 
 
@@ -123,19 +122,34 @@ def extract_embedded(video_path: str | os.PathLike) -> list[SubtitleLine]:
         return parse_srt(_decode(out.read_bytes()), source=f"{video_path} (embedded subtitles)")
 
 
-def load_for_video(video_path: str | os.PathLike, subtitles_path: str | os.PathLike | None = None,
-                   on_warning: Warn | None = None) -> tuple[list[SubtitleLine], str | None]:
-    """The subtitles of a video: the file given, else a sidecar .srt, else an embedded stream.
+EMBEDDED = "embedded stream 0:s:0"  # where subtitles read from the video's own stream came from
 
-    Returns (lines, where they came from) — the source is None when there are none.
+
+def resolve(video_path: str | os.PathLike | None, explicit: str | os.PathLike | None = None, *,
+            stored: tuple[Sequence[SubtitleLine], str | None] | None = None,
+            on_warning: Warn | None = None) -> tuple[list[SubtitleLine], str | None]:
+    """The subtitles that apply to a video now, and where they came from (None: there are none).
+
+    The one rule: ``explicit``, a file the user named; else a sidecar ``NAME.srt`` beside the video as it
+    is now; else the stream embedded in the video, as ``stored`` in its features at encode time ((lines,
+    origin)) or read from the video. Stored lines that came from a file which is no longer beside the
+    video do not apply. ``video_path`` None: a ``.vidtok`` on its own, whose stored lines apply as they are.
     """
-    if subtitles_path is not None:
-        return load_srt(subtitles_path, on_warning), Path(subtitles_path).name
-    sidecar = find_sidecar(video_path)
-    if sidecar is not None:
-        return load_srt(sidecar, on_warning), sidecar.name
+    if explicit is not None:
+        return load_srt(explicit, on_warning), Path(explicit).name
+    if video_path is not None:
+        sidecar = find_sidecar(video_path)
+        if sidecar is not None:
+            return load_srt(sidecar, on_warning), sidecar.name
+    if stored is not None:
+        lines, origin = stored
+        if video_path is not None and str(origin or "").lower().endswith(".srt"):
+            return [], None
+        return list(lines), origin if lines else None
+    if video_path is None:
+        return [], None
     embedded = extract_embedded(video_path)
-    return (embedded, "embedded stream 0:s:0") if embedded else ([], None)
+    return (embedded, EMBEDDED) if embedded else ([], None)
 
 
 def attach_to_frames(lines: Sequence[SubtitleLine], frame_times: Sequence[float]) -> list[str]:

@@ -53,6 +53,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ..core.errors import InputError, LlamaVidError, VideoError
+from ..core.options import check_fps
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp"}
@@ -169,9 +170,9 @@ def _stderr_captured() -> Iterator[None]:
 
 def _check_exists(path: Path) -> None:
     if not path.exists():
-        raise InputError(f"{path}: no such file")
+        raise InputError("no such file", where=path)
     if path.is_dir():
-        raise InputError(f"{path}: is a directory, not a video")
+        raise InputError("is a directory, not a video", where=path)
 
 
 def _ffprobe(path: Path) -> dict | None:
@@ -212,7 +213,7 @@ def _image_info(path: Path) -> VideoInfo:
             img = ImageOps.exif_transpose(img)
             width, height = img.size
     except (UnidentifiedImageError, OSError) as exc:
-        raise VideoError(f"{path}: not an image we can decode ({' '.join(str(exc).split())[:120]})") from None
+        raise VideoError(f"not an image we can decode ({' '.join(str(exc).split())[:120]})", where=path) from None
     return VideoInfo(str(path), True, "image", 1.0, 1, 0.0, width, height, 0, False, [0.0])
 
 
@@ -319,7 +320,7 @@ def probe(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
     stream = next((s for s in (meta or {}).get("streams", []) if s.get("codec_type") == "video"
                    and not (s.get("disposition") or {}).get("attached_pic")), None)
     if meta is not None and stream is None:
-        raise VideoError(f"{path}: the file holds no video stream")
+        raise VideoError("the file holds no video stream", where=path)
     rotation = _rotation_from_probe(stream) if stream else 0
     avg = _rate(stream.get("avg_frame_rate")) if stream else 0.0
     real = _rate(stream.get("r_frame_rate")) if stream else 0.0
@@ -336,12 +337,12 @@ def probe(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
         times, keys, fps, size = scan.times, scan.keys, scan.rate or avg, (scan.width, scan.height)
     index_ok = pyav_ok
     if backend == "decord" and rotation in (90, 270):
-        raise VideoError(f"{path}: decord cannot decode video rotated by {rotation} degrees (backend='pyav' can)")
+        raise VideoError(f"decord cannot decode video rotated by {rotation} degrees (backend='pyav' can)", where=path)
     decord_times = None
     if backend == "decord" or (backend == "auto" and not (pyav_ok and times) and rotation == 0):
         decord_times = _frame_times_decord(path)
         if backend == "decord" and decord_times is None:
-            raise VideoError(f"{path}: decord cannot open this file (try backend='pyav')")
+            raise VideoError("decord cannot open this file (try backend='pyav')", where=path)
     if backend == "auto":
         chosen = "pyav" if pyav_ok and times else "decord" if decord_times is not None else "ffmpeg"
     else:
@@ -351,9 +352,9 @@ def probe(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
             times, keys, index_ok = decord_times[0], None, False  # decord's frame numbering rules where it decodes
         fps = decord_times[1] or fps
     if times is None and meta is None:
-        raise VideoError(f"{path}: not a video or image file we can decode (no decoder could open it)")
+        raise VideoError("not a video or image file we can decode (no decoder could open it)", where=path)
     if times is not None and not times:
-        raise VideoError(f"{path}: the video holds no frames")
+        raise VideoError("the video holds no frames", where=path)
 
     width = int(stream.get("width", 0)) if stream else 0
     height = int(stream.get("height", 0)) if stream else 0
@@ -377,7 +378,7 @@ def probe(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
         duration = float((meta or {}).get("format", {}).get("duration") or stream.get("duration") or 0.0)
         count = int(stream.get("nb_frames") or round(duration * (avg or 1.0)))
         if count <= 0:
-            raise VideoError(f"{path}: the video holds no frames")
+            raise VideoError("the video holds no frames", where=path)
         vfr = hint
     if not fps or fps <= 0:
         fps = 1.0
@@ -448,16 +449,6 @@ def _gaps(times: Sequence[float], keys: Sequence[bool] | None, fps: float) -> li
 # the sampling plan
 
 
-def _check_fps(fps: float) -> float:
-    try:
-        value = float(fps)
-    except (TypeError, ValueError):
-        raise InputError(f"--fps {fps!r}: expected a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise InputError(f"--fps {fps}: must be a positive finite number")
-    return value
-
-
 def _plan(info: VideoInfo, fps: float) -> list[tuple[int, float]]:
     """(native frame index, timestamp) of every sampled frame, in order.
 
@@ -467,7 +458,7 @@ def _plan(info: VideoInfo, fps: float) -> list[tuple[int, float]]:
     inside the video; a frame on screen at several sample times is taken once, and its timestamp is its
     own presentation time (not the sample time). Frames inside a damage gap are never chosen.
     """
-    fps = _check_fps(fps)
+    fps = check_fps(fps)
     if info.is_image:
         return [(0, 0.0)]
     times = info.frame_times
@@ -488,6 +479,11 @@ def _plan(info: VideoInfo, fps: float) -> list[tuple[int, float]]:
             plan.append((usable[j], float(arr[j])))
         k += 1
     return plan
+
+
+def sampling_plan(info: VideoInfo, fps: float) -> list[tuple[int, float]]:
+    """The frames sampling at ``fps`` takes: (native frame index, timestamp) each (cheap: no decoding)."""
+    return _plan(info, fps)
 
 
 def sample_times(info: VideoInfo, fps: float) -> list[float]:
@@ -843,7 +839,7 @@ def _decode_ffmpeg(path: Path, info: VideoInfo, plan: Plan, threads: int, proble
     are sampled by frame number in one run.
     """
     if shutil.which("ffmpeg") is None:
-        raise VideoError(f"{path}: no decoder available (install ffmpeg, or PyAV)")
+        raise VideoError("no decoder available (install ffmpeg, or PyAV)", where=path)
     size = info.width * info.height * 3
     failures: list[str] = []
     common = ["ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-threads", str(threads)]
@@ -858,7 +854,7 @@ def _decode_ffmpeg(path: Path, info: VideoInfo, plan: Plan, threads: int, proble
             yield k, np.frombuffer(buf, np.uint8).reshape(info.height, info.width, 3)
             got += 1
         if not got and failures:
-            raise VideoError(f"{path}: ffmpeg could not decode it ({failures[0][:160]})")
+            raise VideoError(f"ffmpeg could not decode it ({failures[0][:160]})", where=path)
         for _, _, t in plan[got:]:
             problems.failed(t)
         return
@@ -886,7 +882,7 @@ def _decode_ffmpeg(path: Path, info: VideoInfo, plan: Plan, threads: int, proble
         if stop.is_set():
             return
         if failures and not os.access(path, os.R_OK):  # not damage: the file is gone or unreadable
-            raise VideoError(f"{path}: ffmpeg could not decode it ({failures[-1][:160]})")
+            raise VideoError(f"ffmpeg could not decode it ({failures[-1][:160]})", where=path)
         for k, _, t in batch:
             if k not in delivered:
                 problems.failed(t)
@@ -1022,9 +1018,11 @@ def _in_order(decode: Callable[[Plan, int, threading.Event], Iterator[tuple[int,
 
 def sample_frames(path: str | os.PathLike, fps: float = 1.0, *, chunk_size: int = 32, start: int = 0,
                   stop: int | None = None, backend: str = "auto", on_warning: Warn | None = None,
-                  info: VideoInfo | None = None, workers: int | None = None) -> Iterator[FrameChunk]:
+                  info: VideoInfo | None = None, workers: int | None = None,
+                  plan: Sequence[tuple[int, float]] | None = None) -> Iterator[FrameChunk]:
     """Sampled frames from ``start`` up to ``stop`` (positions in the sampled sequence; ``stop`` None: to
-    the end), ``chunk_size`` at a time.
+    the end), ``chunk_size`` at a time. ``plan``: the sampling plan already made (``sampling_plan(info,
+    fps)``, e.g. by an encode job), used as it is.
 
     ``workers``: threads decoding segments of the video at once (None: ``auto_workers``); the frames and
     timestamps are the same for any number. Problems are reported through ``on_warning`` when the
@@ -1032,7 +1030,7 @@ def sample_frames(path: str | os.PathLike, fps: float = 1.0, *, chunk_size: int 
     """
     path = Path(path)
     warn = on_warning or (lambda _msg: None)
-    fps = _check_fps(fps)
+    fps = check_fps(fps)
     for name, value, low in (("chunk size", chunk_size, 1), ("start", start, 0), ("stop", stop, 0)):
         if name == "stop" and value is None:
             continue
@@ -1045,7 +1043,7 @@ def sample_frames(path: str | os.PathLike, fps: float = 1.0, *, chunk_size: int 
         if start == 0:
             yield FrameChunk(_load_image(path), [0.0], [0])
         return
-    plan = _plan(info, fps)
+    plan = _plan(info, fps) if plan is None else plan
     problems = _Problems(path.name)
     todo: Plan = [(k, i, t) for k, (i, t) in enumerate(plan)][start:stop]
     if todo:

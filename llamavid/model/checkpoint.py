@@ -16,7 +16,7 @@ from typing import Iterator, Mapping
 
 import torch
 
-from ..core.errors import CheckpointError, ModelNotFoundError
+from ..core.errors import CheckpointError, ModelNotFoundError, Opt
 
 # Checkpoint key prefix -> our module path. Order matters: the first match wins.
 KEY_MAP: tuple[tuple[str, str], ...] = (
@@ -87,10 +87,11 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     if path.is_dir():
         return path
     if path.exists():
-        raise CheckpointError(f"{name}: is a file; a model is a checkpoint directory (config.json, weights, tokenizer.model)")
+        raise CheckpointError("is a file; a model is a checkpoint directory (config.json, weights, tokenizer.model)", where=name)
     if not _HUB_ID.match(name):
-        raise ModelNotFoundError(f"{name}: no such checkpoint directory (and not a Hugging Face id like org/name); "
-                                 "pass --model DIR or set LLAMAVID_MODEL=DIR to a local checkpoint, or use --model demo")
+        raise ModelNotFoundError("no such checkpoint directory (and not a Hugging Face id like org/name); give ",
+                                 Opt("model", "DIR"), " or set LLAMAVID_MODEL=DIR to a local checkpoint, or use ",
+                                 Opt("model", "demo"), where=name)
     return _download(name)
 
 
@@ -98,17 +99,17 @@ def _download(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError
 
-    hint = (f"download it elsewhere (hf download {repo_id} --local-dir DIR) "
-            "and pass --model DIR, or set LLAMAVID_MODEL=DIR")
+    hint = (f"download it elsewhere (hf download {repo_id} --local-dir DIR) and give ", Opt("model", "DIR"),
+            ", or set LLAMAVID_MODEL=DIR")
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
     except HFValidationError:
-        raise ModelNotFoundError(f"{repo_id}: neither a local directory nor a valid Hugging Face model id") from None
+        raise ModelNotFoundError("neither a local directory nor a valid Hugging Face model id", where=repo_id) from None
     except Exception as exc:  # offline, not cached, network down, gated repo, 404
         kind = type(exc).__name__
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         why = "is not in the Hugging Face cache and HF_HUB_OFFLINE is set" if offline else f"could not be fetched from the Hugging Face hub ({kind})"
-        raise ModelNotFoundError(f"{repo_id}: not a local directory, and the model {why}; {hint}") from None
+        raise ModelNotFoundError(f"not a local directory, and the model {why}; ", *hint, where=repo_id) from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -123,16 +124,16 @@ def weight_files(ckpt: Path) -> list[Path]:
             try:
                 weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise CheckpointError(f"{index}: not a valid weight index ({type(exc).__name__}: {exc})") from None
+                raise CheckpointError(f"not a valid weight index ({type(exc).__name__}: {exc})", where=index) from None
             names = sorted(set(weight_map.values()))
             missing = [n for n in names if not (ckpt / n).is_file()]
             if missing:
-                raise CheckpointError(f"{ckpt}: shard(s) named in {index_name} are missing: {', '.join(missing)}")
+                raise CheckpointError(f"shard(s) named in {index_name} are missing: {', '.join(missing)}", where=ckpt)
             return [ckpt / n for n in names]
     for name in SINGLE_WEIGHTS:
         if (ckpt / name).is_file():
             return [ckpt / name]
-    raise CheckpointError(f"{ckpt}: no weights (expected {WEIGHT_INDEXES[1]} with shards, or {SINGLE_WEIGHTS[0]})")
+    raise CheckpointError(f"no weights (expected {WEIGHT_INDEXES[1]} with shards, or {SINGLE_WEIGHTS[0]})", where=ckpt)
 
 
 def read_weight_file(path: Path) -> Mapping[str, torch.Tensor]:
@@ -145,7 +146,7 @@ def read_weight_file(path: Path) -> Mapping[str, torch.Tensor]:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         text = " ".join(str(exc).split())[:160]
-        raise CheckpointError(f"{path}: cannot be read (truncated, corrupt, or not a weights file: {text})") from None
+        raise CheckpointError(f"cannot be read (truncated, corrupt, or not a weights file: {text})", where=path) from None
 
 
 _MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim these pages (file pages are read again if touched; nothing is lost)
@@ -204,10 +205,10 @@ def iter_checkpoint_tensors(ckpt: Path) -> Iterator[tuple[str, torch.Tensor, Pat
     for path in weight_files(ckpt):
         sd = read_weight_file(path)
         if not isinstance(sd, Mapping):
-            raise CheckpointError(f"{path}: expected a state dict of tensors")
+            raise CheckpointError("expected a state dict of tensors", where=path)
         for key, tensor in sd.items():
             if not isinstance(tensor, torch.Tensor):
-                raise CheckpointError(f"{path}: entry {key!r} is not a tensor")
+                raise CheckpointError(f"entry {key!r} is not a tensor", where=path)
             yield key, tensor, path
 
 
@@ -247,7 +248,7 @@ def route_checkpoint(ckpt: Path) -> dict[str, dict[str, torch.Tensor]]:
         groups[component][rest] = tensor
     if unknown:
         shown = ", ".join(sorted(unknown)[:6]) + (f" and {len(unknown) - 6} more" if len(unknown) > 6 else "")
-        raise CheckpointError(f"{ckpt}: unexpected keys in the checkpoint: {shown}")
+        raise CheckpointError(f"unexpected keys in the checkpoint: {shown}", where=ckpt)
     return groups
 
 
@@ -285,7 +286,8 @@ def download_vision_tower(url: str, dest: Path) -> Path:
     import urllib.request
 
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        raise CheckpointError(f"{dest}: vision-tower weights not found and HF_HUB_OFFLINE is set; pass --vision-tower PATH to eva_vit_g.pth")
+        raise CheckpointError("vision-tower weights not found and HF_HUB_OFFLINE is set; give ",
+                              Opt("vision_tower", "PATH"), " to eva_vit_g.pth", where=dest)
     from ..core.fileio import atomic_output
     from ..core.locking import exclusive
 
@@ -298,7 +300,8 @@ def download_vision_tower(url: str, dest: Path) -> Path:
                 while chunk := resp.read(1 << 22):
                     f.write(chunk)
     except OSError as exc:
-        raise CheckpointError(f"{url}: could not download the vision-tower weights ({exc}); pass --vision-tower PATH to eva_vit_g.pth") from None
+        raise CheckpointError(f"could not download the vision-tower weights ({exc}); give ", Opt("vision_tower", "PATH"),
+                              " to eva_vit_g.pth", where=url) from None
     return dest
 
 

@@ -69,21 +69,21 @@ class LlamaVidConfig:
             )
         missing = [k for k in REQUIRED_LLAMA_KEYS if k not in raw]
         if missing:
-            raise CheckpointError(f"{source}: LLaMA fields missing ({', '.join(missing)})")
+            raise CheckpointError(f"LLaMA fields missing ({', '.join(missing)})", where=source)
         if raw.get("mm_use_im_start_end"):
-            raise CheckpointError(f"{source}: mm_use_im_start_end=true is not supported (no released LLaMA-VID model uses it)")
+            raise CheckpointError("mm_use_im_start_end=true is not supported (no released LLaMA-VID model uses it)", where=source)
         if "raw" in str(raw.get("bert_type", "")) or "qformer" not in str(raw.get("bert_type", "")):
-            raise CheckpointError(f"{source}: bert_type {raw.get('bert_type')!r} is not supported (expected a qformer_pretrain variant)")
+            raise CheckpointError(f"bert_type {raw.get('bert_type')!r} is not supported (expected a qformer_pretrain variant)", where=source)
         compress = raw.get("compress_type", None)
         if compress is not None and "mean" not in compress and not _GRID.search(compress):
-            raise CheckpointError(f"{source}: unknown compress_type {compress!r} (expected 'mean', 'mean_concat', 'grid:N' or null)")
+            raise CheckpointError(f"unknown compress_type {compress!r} (expected 'mean', 'mean_concat', 'grid:N' or null)", where=source)
         llm = {k: raw[k] for k in LLAMA_FIELDS if k in raw}
         image_processor = raw.get("image_processor")
         image_size = int(raw.get("image_size") or (336 if image_processor and "336" in str(image_processor) else 224))
         max_token = raw.get("max_token")
         token_types = str(raw.get("token_types", "both"))
         if token_types not in ("both", "context", "content"):
-            raise CheckpointError(f"{source}: token_types {token_types!r} is not one of both, context, content")
+            raise CheckpointError(f"token_types {token_types!r} is not one of both, context, content", where=source)
         long_video = bool(raw.get("long_video", compress == "mean_concat" or (max_token or 0) > 8192))
         return cls(
             llm=llm,
@@ -111,11 +111,11 @@ class LlamaVidConfig:
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise CheckpointError(f"{path}: no such file; a checkpoint directory needs config.json") from None
+            raise CheckpointError("no such file; a checkpoint directory needs config.json", where=path) from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path}: not readable JSON ({exc})") from None
+            raise CheckpointError(f"not readable JSON ({exc})", where=path) from None
         if not isinstance(raw, dict):
-            raise CheckpointError(f"{path}: expected a JSON object")
+            raise CheckpointError("expected a JSON object", where=path)
         return cls.from_dict(raw, source=str(path))
 
     @property

@@ -15,11 +15,11 @@ from typing import Mapping
 
 import torch
 
-from . import checkpoint as ckpt_io
 from ..core.callbacks import NO_CALLBACKS, Callbacks
+from ..core.errors import CheckpointError, InputError, Opt
+from . import checkpoint as ckpt_io
 from .config import LlamaVidConfig
 from .devices import choose_dtype, select_device
-from ..core.errors import CheckpointError, InputError, Opt
 from .memory import RUNTIME_OVERHEAD, SYSTEM, Probes, require_memory, tensor_bytes
 from .modeling import LlamaVid, WeightsInfo, build_modules, finish_llm
 from .prompt import TextTokenizer
@@ -47,7 +47,7 @@ def resolve_vision_weights(
     if explicit is not None:
         path = Path(explicit).expanduser()
         if not path.is_file():
-            raise CheckpointError(f"{explicit}: vision-tower weights file not found")
+            raise CheckpointError("vision-tower weights file not found", where=explicit)
         return _checked(VisionWeights(str(path), lambda: read_lavis_weights(path), size))
     for path in ckpt_io.vision_tower_candidates(cfg.mm_vision_tower, ckpt):
         if path.is_file():
@@ -119,13 +119,13 @@ def load_model(
         check_weights_fit(source, groups, dt, bits, available)
     qcfg = QFormerConfig.from_state_dict(groups["qformer"], source=source)
     if qcfg.num_query != cfg.num_query:
-        raise CheckpointError(f"{source}: config num_query {cfg.num_query} but model.vlm_att_query holds {qcfg.num_query} queries")
+        raise CheckpointError(f"config num_query {cfg.num_query} but model.vlm_att_query holds {qcfg.num_query} queries", where=source)
     qformer, tokens, llm = build_modules(cfg, qcfg, device="meta", attn_implementation=attn_implementation)
     for what, module, group, dest in (("QFormer", qformer, "qformer", dev), ("token-generator", tokens, "tokens", dev)):
         load_strict(module, groups[group], source=source, what=what, device=dest, dtype=dt,
                     display=lambda k, g=group: ckpt_io.to_checkpoint_key(f"{g}.{k}"))
     if qcfg.encoder_width != cfg.mm_hidden_size:
-        raise CheckpointError(f"{source}: QFormer cross-attends to width {qcfg.encoder_width} but mm_hidden_size is {cfg.mm_hidden_size}")
+        raise CheckpointError(f"QFormer cross-attends to width {qcfg.encoder_width} but mm_hidden_size is {cfg.mm_hidden_size}", where=source)
     llm_sd = groups["llm"]
     if cfg.llm.get("tie_word_embeddings") and "lm_head.weight" not in llm_sd and "model.embed_tokens.weight" in llm_sd:
         llm_sd = dict(llm_sd, **{"lm_head.weight": llm_sd["model.embed_tokens.weight"]})
@@ -138,7 +138,7 @@ def load_model(
     text_tokenizer = TextTokenizer.from_dir(ckpt, eos_id=_config_eos(cfg))
     vocab_rows = llm.get_input_embeddings().weight.shape[0]
     if text_tokenizer.vocab_size > vocab_rows:
-        raise CheckpointError(f"{source}: the tokenizer has {text_tokenizer.vocab_size} tokens but the LLM embeds only {vocab_rows}")
+        raise CheckpointError(f"the tokenizer has {text_tokenizer.vocab_size} tokens but the LLM embeds only {vocab_rows}", where=source)
     bert_tok = load_qformer_tokenizer(qformer_tokenizer, checkpoint_dir=ckpt)
     if len(bert_tok) != qcfg.vocab_size:
         raise CheckpointError(
@@ -209,7 +209,7 @@ def load_vision_encoder(
             raise InputError("give a model or a vision-tower file")
         path = Path(vision_tower).expanduser()
         if not path.is_file():
-            raise CheckpointError(f"{vision_tower}: vision-tower weights file not found")
+            raise CheckpointError("vision-tower weights file not found", where=vision_tower)
         weights = _checked(VisionWeights(str(path), lambda: read_lavis_weights(path), image_size or 224))
         pad = True
     else:

@@ -28,7 +28,15 @@ import torch.nn as nn
 
 from ..core.errors import CheckpointError, InputError
 from .config import LlamaVidConfig
-from .prompt import IMAGE_PLACEHOLDER, IMAGE_SLOT, TextTokenizer, get_template, image_message, movie_message, tokenize_prompt
+from .prompt import (
+    IMAGE_PLACEHOLDER,
+    IMAGE_SLOT,
+    TextTokenizer,
+    get_template,
+    image_message,
+    movie_message,
+    tokenize_prompt,
+)
 from .qformer import QFormer, QFormerConfig, encode_questions
 from .tokens import TokenGenerator
 from .vision import EvaVisionTransformer, VisionEncoder, VisionWeights
@@ -212,7 +220,7 @@ class LlamaVid(nn.Module):
 
     def _require_vision(self) -> VisionEncoder:
         if self.vision_encoder is None:
-            raise CheckpointError(f"{self.name}: this model has no vision encoder; pass vision_tower=PATH to eva_vit_g.pth")
+            raise CheckpointError("this model has no vision encoder; pass vision_tower=PATH to eva_vit_g.pth", where=self.name)
         return self.vision_encoder
 
     @property

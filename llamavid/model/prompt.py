@@ -109,7 +109,7 @@ class TextTokenizer:
             try:
                 self._sp = spm.SentencePieceProcessor(model_file=str(path))
             except Exception as exc:
-                raise CheckpointError(f"{path}: not a sentencepiece model ({' '.join(str(exc).split())[:120]})") from None
+                raise CheckpointError(f"not a sentencepiece model ({' '.join(str(exc).split())[:120]})", where=path) from None
             self.bos_id = self._sp.bos_id() if bos_id is None else bos_id
             self.eos_id = self._sp.eos_id() if eos_id is None else eos_id
             self.vocab_size = self._sp.get_piece_size()
@@ -125,14 +125,14 @@ class TextTokenizer:
             try:
                 self._hf = Tokenizer.from_file(str(path))
             except Exception as exc:
-                raise CheckpointError(f"{path}: not a tokenizers JSON file ({' '.join(str(exc).split())[:120]})") from None
+                raise CheckpointError(f"not a tokenizers JSON file ({' '.join(str(exc).split())[:120]})", where=path) from None
             self._hf.no_padding()
             self._hf.no_truncation()
             self.bos_id = bos_id if bos_id is not None else self._hf.token_to_id("<s>")
             self.eos_id = eos_id if eos_id is not None else self._hf.token_to_id("</s>")
             self.vocab_size = self._hf.get_vocab_size()
         if self.bos_id is None or self.bos_id < 0 or self.eos_id is None or self.eos_id < 0:
-            raise CheckpointError(f"{path}: tokenizer has no <s>/</s> tokens")
+            raise CheckpointError("tokenizer has no <s>/</s> tokens", where=path)
 
     @classmethod
     def from_dir(cls, directory: str | os.PathLike, **kw) -> "TextTokenizer":
@@ -140,7 +140,7 @@ class TextTokenizer:
         for name in ("tokenizer.model", "tokenizer.json"):
             if (directory / name).is_file():
                 return cls(directory / name, **kw)
-        raise CheckpointError(f"{directory}: no tokenizer.model or tokenizer.json in the checkpoint directory")
+        raise CheckpointError("no tokenizer.model or tokenizer.json in the checkpoint directory", where=directory)
 
     def encode(self, text: str) -> list[int]:
         """Ids of ``text`` without BOS (sentencepiece adds its dummy-prefix space)."""

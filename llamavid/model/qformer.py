@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.errors import CheckpointError
+from ..core.errors import CheckpointError, Opt
 
 HEAD_WIDTH = 64
 BERT_EPS = 1e-12
@@ -50,16 +50,16 @@ class QFormerConfig:
         need = ("bert.embeddings.word_embeddings.weight", "bert.embeddings.position_embeddings.weight", "query_tokens")
         missing = [k for k in need if k not in sd]
         if missing:
-            raise CheckpointError(f"{source}: QFormer weights missing ({', '.join(missing)}; checkpoint keys model.vlm_att_encoder.bert.*, model.vlm_att_query)")
+            raise CheckpointError(f"QFormer weights missing ({', '.join(missing)}; checkpoint keys model.vlm_att_encoder.bert.*, model.vlm_att_query)", where=source)
         vocab, hidden = sd["bert.embeddings.word_embeddings.weight"].shape
         if hidden % HEAD_WIDTH:
-            raise CheckpointError(f"{source}: QFormer width {hidden} is not a multiple of the head width {HEAD_WIDTH}")
+            raise CheckpointError(f"QFormer width {hidden} is not a multiple of the head width {HEAD_WIDTH}", where=source)
         layers = sorted({int(m.group(1)) for k in sd if (m := _LAYER.match(k))})
         if not layers or layers != list(range(len(layers))):
-            raise CheckpointError(f"{source}: QFormer layers are missing or not numbered 0..n-1 ({layers[:8]})")
+            raise CheckpointError(f"QFormer layers are missing or not numbered 0..n-1 ({layers[:8]})", where=source)
         cross = tuple(i for i in layers if f"bert.encoder.layer.{i}.crossattention.self.key.weight" in sd)
         if not cross:
-            raise CheckpointError(f"{source}: no QFormer layer has cross-attention weights")
+            raise CheckpointError("no QFormer layer has cross-attention weights", where=source)
         query = sd["query_tokens"]
         return cls(
             hidden=int(hidden),
@@ -199,16 +199,6 @@ class QFormer(nn.Module):
         return x[:, :nq]
 
 
-def build_qformer(sd: Mapping[str, torch.Tensor], *, source: str = "checkpoint", device="cpu", dtype=torch.float32,
-                  display: Callable[[str], str] = lambda k: k) -> QFormer:
-    """A QFormer from its state dict (names relative to this module), sizes inferred, strictly loaded."""
-    cfg = QFormerConfig.from_state_dict(sd, source=source)
-    with torch.device("meta"):
-        model = QFormer(cfg)
-    load_strict(model, sd, source=source, what="QFormer", device=device, dtype=dtype, display=display)
-    return model
-
-
 def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, source: str, what: str, device, dtype,
                 display: Callable[[str], str] = lambda k: k) -> None:
     """load_state_dict(strict) with our own one-line message naming missing, unexpected and mis-shaped keys.
@@ -263,16 +253,16 @@ def load_qformer_tokenizer(name_or_path: str | os.PathLike | None, *, checkpoint
         candidates.append(DEFAULT_TOKENIZER_ID)
     source = candidates[0]
     if os.path.isdir(source) and not (Path(source) / "vocab.txt").is_file() and not (Path(source) / "tokenizer.json").is_file():
-        raise CheckpointError(f"{source}: not a BERT tokenizer folder (no vocab.txt or tokenizer.json)")
-    hint = ("pass --qformer-tokenizer PATH (a folder with bert-base-uncased's vocab.txt) "
+        raise CheckpointError("not a BERT tokenizer folder (no vocab.txt or tokenizer.json)", where=source)
+    hint = ("give ", Opt("qformer_tokenizer", "PATH"), " (a folder with bert-base-uncased's vocab.txt) "
             "or put it in <checkpoint>/qformer_tokenizer/")
     try:
         tok = BertTokenizer.from_pretrained(source, truncation_side="left")
     except OSError as exc:
-        raise CheckpointError(f"{source}: cannot load the QFormer's BERT tokenizer ({' '.join(str(exc).split())[:160]}); {hint}") from None
+        raise CheckpointError(f"cannot load the QFormer's BERT tokenizer ({' '.join(str(exc).split())[:160]}); ", *hint, where=source) from None
     if len(tok.get_vocab()) <= len(tok.all_special_tokens) + 1:
         # transformers 5 quietly builds a specials-only tokenizer when no vocabulary file is found
-        raise CheckpointError(f"{source}: cannot load the QFormer's BERT tokenizer (no vocabulary found; offline or not cached); {hint}")
+        raise CheckpointError("cannot load the QFormer's BERT tokenizer (no vocabulary found; offline or not cached); ", *hint, where=source)
     if tok.bos_token != "[DEC]":
         tok.add_special_tokens({"bos_token": "[DEC]"})
     tok.truncation_side = "left"

@@ -12,10 +12,9 @@ import logging
 import torch
 import torch.nn as nn
 
-from .checkpoint import release_file_pages
 from ..core.choices import QUANTIZE_CHOICES
-from ..core.errors import InputError
-
+from ..core.errors import InputError, OptionError
+from .checkpoint import release_file_pages
 
 
 def parse_quantize(value: str | None) -> int | None:
@@ -23,7 +22,7 @@ def parse_quantize(value: str | None) -> int | None:
     if value is None:
         return None
     if value not in QUANTIZE_CHOICES:
-        raise InputError(f"--quantize {value}: expected {' or '.join(QUANTIZE_CHOICES)}")
+        raise OptionError("quantize", value, f"expected {' or '.join(QUANTIZE_CHOICES)}")
     return int(value[0])
 
 

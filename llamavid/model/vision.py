@@ -22,8 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from .checkpoint import convert_tensors, tensor_fingerprint
 from ..core.errors import CheckpointError
+from .checkpoint import convert_tensors, tensor_fingerprint
 
 MAX_DEPTH = 39  # BLIP-2 / LLaMA-VID drop the 40th block of EVA ViT-g (use the penultimate layer's output)
 HEAD_WIDTH = 88
@@ -62,21 +62,21 @@ class VisionConfig:
     def from_state_dict(cls, sd: Mapping[str, torch.Tensor], image_size: int = 224, source: str = "vision tower") -> "VisionConfig":
         for key in ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight"):
             if key not in sd:
-                raise CheckpointError(f"{source}: not an EVA ViT weights file (no {key!r})")
+                raise CheckpointError(f"not an EVA ViT weights file (no {key!r})", where=source)
         width = int(sd["cls_token"].shape[-1])
         if width % HEAD_WIDTH:
-            raise CheckpointError(f"{source}: class token width {width} is not a multiple of the head width {HEAD_WIDTH}")
+            raise CheckpointError(f"class token width {width} is not a multiple of the head width {HEAD_WIDTH}", where=source)
         blocks = {int(m.group(1)) for k in sd if (m := _BLOCK.match(k))}
         depth = 0
         while depth in blocks and depth < MAX_DEPTH:
             depth += 1
         patch = sd["patch_embed.proj.weight"]
         if patch.ndim != 4 or patch.shape[0] != width or patch.shape[1] != 3 or patch.shape[2] != patch.shape[3]:
-            raise CheckpointError(f"{source}: patch_embed.proj.weight has shape {list(patch.shape)}, expected [{width}, 3, p, p]")
+            raise CheckpointError(f"patch_embed.proj.weight has shape {list(patch.shape)}, expected [{width}, 3, p, p]", where=source)
         n_pos = int(sd["pos_embed"].shape[-2]) - 1
         grid = int(round(n_pos ** 0.5))
         if grid * grid != n_pos or sd["pos_embed"].shape[-1] != width:
-            raise CheckpointError(f"{source}: pos_embed has shape {list(sd['pos_embed'].shape)}, expected [1, 1 + g*g, {width}]")
+            raise CheckpointError(f"pos_embed has shape {list(sd['pos_embed'].shape)}, expected [1, 1 + g*g, {width}]", where=source)
         return cls(
             width=width,
             depth=depth,
@@ -215,15 +215,15 @@ def vision_state_dict_for(cfg: VisionConfig, sd: Mapping[str, torch.Tensor], sou
     expected = expected_vision_shapes(cfg)
     missing = sorted(k for k in expected if k not in sd)
     if missing:
-        raise CheckpointError(f"{source}: missing vision-encoder keys {_few(missing)}")
+        raise CheckpointError(f"missing vision-encoder keys {_few(missing)}", where=source)
     wrong = [f"{k} {list(sd[k].shape)} (expected {list(v)})" for k, v in expected.items() if tuple(sd[k].shape) != v]
     if wrong:
-        raise CheckpointError(f"{source}: wrong tensor shapes: {_few(wrong)}")
+        raise CheckpointError(f"wrong tensor shapes: {_few(wrong)}", where=source)
     unexpected = sorted(
         k for k in sd if k not in expected and not ((m := _BLOCK.match(k)) and int(m.group(1)) >= cfg.depth)
     )
     if unexpected:
-        raise CheckpointError(f"{source}: unexpected vision-encoder keys {_few(unexpected)}")
+        raise CheckpointError(f"unexpected vision-encoder keys {_few(unexpected)}", where=source)
     out = {k: sd[k] for k in expected}
     out["pos_embed"] = interpolate_pos_embed(out["pos_embed"], cfg.grid)
     return out
@@ -238,14 +238,14 @@ def read_lavis_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read ``eva_vit_g.pth`` (a torch-saved state dict) safely: weights_only, memory-mapped where possible."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: vision-tower weights file not found")
+        raise CheckpointError("vision-tower weights file not found", where=path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
         except Exception as exc:  # safetensors raises several types for damaged files
-            raise CheckpointError(f"{path}: cannot read vision-tower weights ({_short(exc)})") from None
+            raise CheckpointError(f"cannot read vision-tower weights ({_short(exc)})", where=path) from None
     try:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -254,14 +254,14 @@ def read_lavis_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 raise
             sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except Exception as exc:
-        raise CheckpointError(f"{path}: cannot read vision-tower weights (truncated, corrupt or not a torch file: {_short(exc)})") from None
+        raise CheckpointError(f"cannot read vision-tower weights (truncated, corrupt or not a torch file: {_short(exc)})", where=path) from None
     if isinstance(sd, dict) and "cls_token" not in sd:
         for key in ("model", "state_dict", "module"):
             if isinstance(sd.get(key), dict):
                 sd = sd[key]
                 break
     if not isinstance(sd, dict):
-        raise CheckpointError(f"{path}: expected a state dict of tensors")
+        raise CheckpointError("expected a state dict of tensors", where=path)
     return sd
 
 

@@ -23,8 +23,16 @@ import uuid
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ..core.errors import (ContextOverflowError, JsonStyle, LlamaVidError, MemoryLimitError, RequestError, VideoError,
-                           VidtokError)
+from ..core.errors import (
+    ContextOverflowError,
+    JsonStyle,
+    LlamaVidError,
+    MemoryLimitError,
+    RequestError,
+    VideoError,
+    VidtokError,
+)
+from ..core.options import AskOptions
 from .protocol import OPENAI_NAMES
 from .service import ServiceClosed
 
@@ -36,11 +44,11 @@ _DONE = object()  # end of an answer's text pieces
 
 
 def create_app(model, media, *, model_id: str, api_key: str | None = None,
-               max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 1e6), service=None):
+               max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 1e6), service=None, defaults: AskOptions = AskOptions()):
     """The FastAPI application: /health, /v1/models, /v1/chat/completions over an ``AnswerService``."""
     from fastapi import Depends, FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
     from fastapi.concurrency import run_in_threadpool
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -110,7 +118,7 @@ def create_app(model, media, *, model_id: str, api_key: str | None = None,
     @application.post("/v1/chat/completions", dependencies=auth)
     async def chat_completions(request: Request):
         body = await read_json(request, max_body_bytes)
-        req = await run_in_threadpool(parse_chat_request, body, model_id=model_id, media=media)
+        req = await run_in_threadpool(parse_chat_request, body, model_id=model_id, media=media, defaults=defaults)
         style = HttpStyle(service.names_for(req.media))  # errors name files as the client did
         reply = Reply(model, model_id, style)
         if not req.stream:
@@ -190,9 +198,10 @@ class Reply:
 
     def _extra(self, answered) -> dict[str, Any]:
         """llamavid's own answer fields (frames, seconds; evidence, choices...), as ``ask --json`` has them."""
-        from ..tasks.qa import answer_fields
+        from ..tasks.qa import AnswerRecord
 
-        return {k: v for k, v in answer_fields(self.model, answered).items() if k not in ("answer", "model")}
+        record = AnswerRecord.of(self.model, answered, "").to_json()
+        return {k: v for k, v in record.items() if k not in ("input", "question", "answer", "model")}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..core.errors import InputError, RequestError
+from ..core.errors import InputError, OptionError, RequestError
 
 DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
 
@@ -64,7 +64,7 @@ class MediaAccess:
         for root in roots:
             path = Path(root).expanduser()
             if not path.is_dir():
-                raise InputError(f"--media-root {root}: " + ("no such folder" if not path.exists() else "not a folder"))
+                raise OptionError("media_root", os.fspath(root), "no such folder" if not path.exists() else "not a folder")
             resolved.append(Path(os.path.realpath(path)))
         self.roots: tuple[Path, ...] = tuple(resolved)
         if isinstance(max_image_bytes, bool) or not isinstance(max_image_bytes, int) or max_image_bytes < 1:

@@ -23,13 +23,16 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..core.errors import InputError, Opt, RequestError
-from .media_access import MediaAccess, MediaSource
 from ..core.options import BATCH_OPTION_FIELDS, AskOptions, OptionError, check_text, options_from_json
 from ..tasks.qa import Question
+from .media_access import MediaAccess, MediaSource
 
 # OpenAI fields read here; every other field must be a llamavid question option.
 OPENAI_FIELDS = ("model", "messages", "stream", "stream_options", "n", "temperature", "top_p", "seed", "max_tokens",
                  "max_completion_tokens", "user")
+# llamavid's question options a request may set: a batch line's, but for the KV-cache mode, which is the
+# server's to choose (``llamavid serve --kv-cache``): a request must not make it keep a cache it has no room for.
+REQUEST_OPTION_FIELDS = tuple(name for name in BATCH_OPTION_FIELDS if name != "kv_cache")
 # llamavid options spelled differently in the OpenAI API: the OpenAI name is the one accepted.
 OPENAI_NAMES = {"max_new_tokens": "max_tokens"}
 
@@ -51,7 +54,7 @@ def request_fields() -> frozenset[str]:
 
 def option_fields() -> tuple[str, ...]:
     """The llamavid options a request body may set, under the names it uses for them."""
-    return tuple(OPENAI_NAMES.get(name, name) for name in BATCH_OPTION_FIELDS)
+    return tuple(OPENAI_NAMES.get(name, name) for name in REQUEST_OPTION_FIELDS)
 
 
 def parse_chat_request(body: Any, *, model_id: str, media: MediaAccess,
@@ -64,7 +67,7 @@ def parse_chat_request(body: Any, *, model_id: str, media: MediaAccess,
             continue
         if name in OPENAI_NAMES:
             raise RequestError(f"\"{name}\" is spelled \"{OPENAI_NAMES[name]}\" in this API", param=name)
-        if name not in BATCH_OPTION_FIELDS:
+        if name not in REQUEST_OPTION_FIELDS:
             raise RequestError(f"unknown field \"{name}\"; fields of this API: {', '.join(OPENAI_FIELDS)}, and "
                                f"llamavid's options {', '.join(f for f in option_fields() if f not in OPENAI_FIELDS)}",
                                param=str(name), code="unknown_field")
@@ -104,7 +107,7 @@ def _flag(record: Mapping[str, Any], name: str, param: str | None = None) -> boo
 
 
 def _options(body: Mapping[str, Any], defaults: AskOptions, media: MediaAccess) -> AskOptions:
-    record = {name: body[name] for name in BATCH_OPTION_FIELDS if name in body}
+    record = {name: body[name] for name in REQUEST_OPTION_FIELDS if name in body}
     given = [name for name in ("max_tokens", "max_completion_tokens") if body.get(name) is not None]
     if len(given) == 2 and body["max_tokens"] != body["max_completion_tokens"]:
         raise RequestError("\"max_tokens\" and \"max_completion_tokens\" differ; give one", param="max_tokens")

@@ -34,11 +34,14 @@ from typing import Callable
 
 from ..core.callbacks import NO_CALLBACKS, Callbacks
 from ..core.errors import LlamaVidError
-from ..pipeline.inputs import VideoInput, input_key, open_input
-from .media_access import MediaSource
 from ..core.options import AskOptions
 from ..model.prompt import get_template
+from ..pipeline.inputs import VideoInput
+from ..pipeline.materialize import materialize, timeline_held
+from ..pipeline.planning import Plan, plan_question
+from ..pipeline.prepare import input_key, prepare
 from ..tasks.qa import QUESTIONS_PER_BATCH, Answered, Question, answer_questions
+from .media_access import MediaSource
 
 log = logging.getLogger("llamavid.service")
 
@@ -103,6 +106,7 @@ class _Job:
     on_text: Callable[[str], None] | None
     future: Future
     arrived: float = field(default_factory=time.monotonic)
+    plan: Plan | None = None  # made before the input was encoded, when the job was waiting for it
 
 
 @dataclass
@@ -146,7 +150,7 @@ class AnswerService:
                on_text: Callable[[str], None] | None = None) -> "Future[Answered]":
         """Queue a question about ``media``; ``on_text`` receives the answer's text as it is generated."""
         job = _Job(media, question, on_text, Future())
-        key = (media.key, input_key(question.options))
+        key = input_key(media.key, question.options)
         with self._cond:
             if self._closed:
                 raise ServiceClosed("the server is shutting down")
@@ -247,8 +251,9 @@ class AnswerService:
             if streams[i] is not None:
                 streams[i].push(piece)
 
-        results = answer_questions(self.model, vin, [job.question for job in jobs], on_text=on_text,
-                                   callbacks=self.callbacks, questions_per_batch=self.questions_per_batch)
+        results = answer_questions(self.model, vin, [job.question for job in jobs], plans=[job.plan for job in jobs],
+                                   on_text=on_text, callbacks=self.callbacks,
+                                   questions_per_batch=self.questions_per_batch)
         with self._cond:
             self._stats.batches += 1
             self._stats.answered += sum(r.ok for r in results)
@@ -260,12 +265,12 @@ class AnswerService:
 
     # -- the opener thread -------------------------------------------------------------------------------------
     def _open(self, key: tuple, media: MediaSource, options: AskOptions) -> None:
+        """Prepare the input, plan the questions waiting for it (refusing at once, before any encoding, those
+        that cannot be answered), then materialize its features if a question is left."""
         try:
-            vin = self._open_media(media, options)
+            vin = self._open_media(key, media, options)
         except BaseException as exc:  # noqa: BLE001 - every question waiting for this input hears why
-            if isinstance(exc, LlamaVidError):
-                exc = self._as_client_sees(exc, media)
-            else:
+            if not isinstance(exc, LlamaVidError):
                 log.exception("opening %s failed", media.shown)
             with self._cond:
                 jobs = self._pending.pop(key, [])
@@ -277,37 +282,60 @@ class AnswerService:
                     job.future.set_exception(exc)
             return
         with self._cond:
-            self._inputs[key] = vin
             self._opening.discard(key)
-            self._stats.opened += 1
-            self._stats.encoded += int(vin.encoded)
+            if vin is not None:
+                self._inputs[key] = vin
+                self._stats.opened += 1
+                self._stats.encoded += int(vin.encoded)
             self._cond.notify_all()
 
-    def _open_media(self, media: MediaSource, options: AskOptions) -> VideoInput:
+    def _open_media(self, key: tuple, media: MediaSource, options: AskOptions) -> VideoInput | None:
+        """The input's features, or None when every question waiting for it was refused by planning."""
         if media.path is not None:
-            vin = open_input(self.model, media.path, options, callbacks=self.callbacks)
-        else:  # an inline image: a file only while it is encoded (its features stay in the cache)
-            path = self._inline_path(media)
-            path.write_bytes(media.data)
-            try:
-                vin = open_input(self.model, path, options, callbacks=self.callbacks)
-            finally:
-                os.unlink(path)
-        vin.source = media.shown  # messages about the input (planning's) name it as the client did
-        return vin
+            return self._prepare_plan_materialize(key, media, media.path, options)
+        # an inline image: a file only while it is prepared and encoded (its features stay in the cache)
+        path = self._inline_path(media)
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(media.data)
+        try:
+            return self._prepare_plan_materialize(key, media, path, options)
+        finally:
+            os.unlink(path)
+
+    def _prepare_plan_materialize(self, key: tuple, media: MediaSource, path: Path,
+                                  options: AskOptions) -> VideoInput | None:
+        # messages about the input (planning's) name it as the client did
+        with prepare(self.model, path, options, callbacks=self.callbacks, label=media.shown) as ready:
+            with self._cond:
+                jobs = list(self._pending.get(key, []))
+            refused: list[tuple[_Job, LlamaVidError]] = []
+            for job in jobs:
+                q = job.question
+                try:
+                    job.plan = plan_question(self.model, ready, q.text, q.options, history=q.history)
+                except LlamaVidError as exc:
+                    refused.append((job, exc))
+            if refused:
+                with self._cond:
+                    left = [j for j in self._pending.get(key, []) if all(j is not r for r, _ in refused)]
+                    if left:
+                        self._pending[key] = left
+                    else:
+                        self._pending.pop(key, None)
+                    self._stats.failed += len(refused)
+                for job, exc in refused:
+                    if job.future.set_running_or_notify_cancel():
+                        job.future.set_result(Answered(job.question, error=exc))
+            with self._cond:
+                if not self._pending.get(key):
+                    return None  # nothing left to answer: nothing is encoded
+            vin = materialize(self.model, ready, callbacks=self.callbacks)
+            if not timeline_held(ready, vin):
+                for job in jobs:
+                    job.plan = None  # frames failed to decode: planned again when answered
+            return vin
 
     def _inline_path(self, media: MediaSource) -> Path:
-        return Path(self._inline.name) / f"{media.key[1]}{media.suffix}"
-
-    def _as_client_sees(self, exc: LlamaVidError, media: MediaSource) -> LlamaVidError:
-        """The error with the server's file name for the input replaced by the reference the client sent."""
-        server_name = str(media.path if media.path is not None else self._inline_path(media))
-        text = str(exc)
-        if server_name not in text:
-            return exc
-        try:
-            reworded = type(exc)(text.replace(server_name, media.shown))
-        except TypeError:  # an error type with another signature: keep it as it is
-            return exc
-        reworded.__cause__ = exc.__cause__
-        return reworded
+        """Where an inline image is while it is encoded: its own folder, under the name ``image``, so
+        that even a message naming the file says nothing about the server's folders."""
+        return Path(self._inline.name) / str(media.key[1]) / f"image{media.suffix}"

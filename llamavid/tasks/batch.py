@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..core.callbacks import NO_CALLBACKS, Callbacks
-from ..core.choices import MCQ_MODES
-from ..core.errors import JSON, InputError, LlamaVidError
+from ..core.errors import JSON, InputError
 from ..core.fileio import RecordSink
-from ..pipeline.inputs import open_input
-from ..eval.benchmarks import OPTION_LETTERS
 from ..core.options import BATCH_OPTION_FIELDS, AskOptions, OptionError, check_text, options_from_json
-from .qa import QUESTIONS_PER_BATCH, Question, answer_fields, answer_questions
+from ..pipeline.prepare import input_key
+from .qa import QUESTIONS_PER_BATCH, AnswerRecord, Question, answer_about
 
 BATCH_FIELDS = ("id", "video", "question", *BATCH_OPTION_FIELDS)
 
@@ -144,88 +142,18 @@ def run_batch(model, items: Sequence[BatchItem], sink: RecordSink, *, callbacks:
         if item.error is not None:
             emit({"id": item.id, "error": item.error})
             continue
-        o = item.options
-        groups.setdefault((item.video, o.fps, o.subtitles, o.cache), []).append(item)
+        groups.setdefault(input_key(item.video, item.options), []).append(item)
     quiet = Callbacks(warning=callbacks.warning)  # progress here counts items, not encoded frames
-    for (video, *_), group in groups.items():
-        outcomes = answer_video_questions(model, video, [Question(i.question, i.options) for i in group],
-                                          callbacks=quiet, questions_per_batch=questions_per_batch)
+    for group in groups.values():
+        outcomes = answer_about(model, group[0].video, [Question(i.question, i.options) for i in group],
+                                callbacks=quiet, questions_per_batch=questions_per_batch)
         for item, outcome in zip(group, outcomes):
-            head = {"id": item.id, "video": item.video, "question": item.question}
-            emit({**head, "error": outcome.render(JSON)} if isinstance(outcome, LlamaVidError) else {**head, **outcome})
+            head = {"id": item.id, "video": item.video}
+            if outcome.ok:
+                record = AnswerRecord.of(model, outcome, item.video).to_json()
+                emit(head | {k: v for k, v in record.items() if k != "input"})
+            else:
+                emit(head | {"question": item.question, "error": outcome.error.render(JSON)})
     return counts
 
 
-def answer_video_questions(model, video: str | os.PathLike, questions: Sequence[Question], *,
-                           callbacks: Callbacks = NO_CALLBACKS,
-                           questions_per_batch: int = QUESTIONS_PER_BATCH) -> list[dict[str, Any] | LlamaVidError]:
-    """Questions about one video (all with the same fps, subtitles and cache options): the video is
-    opened once; each result is the answer's fields or the error that stopped that question."""
-    if not questions:
-        return []
-    try:
-        vin = open_input(model, video, covering(questions), callbacks=callbacks)
-    except LlamaVidError as exc:  # an unreadable video fails its own questions only
-        return [exc] * len(questions)
-    with vin:
-        results = answer_questions(model, vin, questions, callbacks=callbacks, questions_per_batch=questions_per_batch)
-    return [answer_fields(model, r) if r.ok else r.error for r in results]
-
-
-def covering(questions: Sequence[Question]) -> AskOptions:
-    """The options a video is opened with for several questions: the first one's, with the smallest time
-    range that holds every question's range (no range if any question wants the whole video), so that a
-    video not cached yet is encoded once, for exactly the part the questions need."""
-    first = questions[0].options
-    ranges = [q.options.time_range for q in questions]
-    if any(r is None for r in ranges):
-        return first.replace(start=None, end=None)
-    start = min(r[0] for r in ranges)
-    end = max(r[1] for r in ranges)
-    return first.replace(start=start or None, end=None if end == float("inf") else end)
-
-
-def check_mcq_mode(mcq: str) -> None:
-    """``--mcq`` must be one of ``MCQ_MODES`` (checked before a model is loaded)."""
-    if mcq not in MCQ_MODES:
-        raise InputError(f"--mcq {mcq}: expected one of {', '.join(MCQ_MODES)}")
-
-
-def video_answerer(model, options: AskOptions, *, callbacks: Callbacks = NO_CALLBACKS,
-                   questions_per_batch: int = QUESTIONS_PER_BATCH, mcq: str = "generate"):
-    """``answer_batch_fn`` for ``llamavid.eval.run_predictions``: items of one video (anything with
-    ``.video`` and ``.question``) -> per item its answer text, or the error that stopped it.
-
-    ``mcq``: how multiple-choice items (``kind == "choice"``, with ``options``) are answered: "generate"
-    asks the formatted question (options listed, answer with a letter) and generates the reply;
-    "likelihood" asks the bare question (``extra["raw_question"]``), scores every option as the answer
-    (``AskOptions.choices``) and replies with the best option's letter.
-    """
-    check_mcq_mode(mcq)
-
-    def question_for(item: Any) -> Question:
-        if mcq == "likelihood" and getattr(item, "kind", None) == "choice" and getattr(item, "options", None):
-            raw = (getattr(item, "extra", None) or {}).get("raw_question") or item.question
-            return Question(raw, options.replace(choices=tuple(item.options)))
-        return Question(item.question, options)
-
-    def answer(items: Sequence[Any]) -> list[str | LlamaVidError]:
-        results: list[str | LlamaVidError | None] = [None] * len(items)
-        asked, questions = [], []
-        for k, item in enumerate(items):
-            try:
-                questions.append(question_for(item))
-                asked.append(k)
-            except LlamaVidError as exc:  # e.g. an item listing the same option twice
-                results[k] = exc
-        outcomes = answer_video_questions(model, items[0].video, questions, callbacks=callbacks,
-                                          questions_per_batch=questions_per_batch) if questions else []
-        for k, outcome in zip(asked, outcomes):
-            if isinstance(outcome, LlamaVidError) or "choices" not in outcome:
-                results[k] = outcome if isinstance(outcome, LlamaVidError) else outcome["answer"]
-            else:  # the chosen option's letter, as the multiple-choice scorer reads it
-                texts = [c["choice"] for c in outcome["choices"]]
-                results[k] = OPTION_LETTERS[texts.index(outcome["answer"])]
-        return results  # type: ignore[return-value]
-
-    return answer

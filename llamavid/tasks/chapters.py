@@ -31,11 +31,13 @@ import torch
 
 from ..core.callbacks import NO_CALLBACKS, Callbacks
 from ..core.errors import InputError
-from ..pipeline.inputs import VideoInput
 from ..core.options import AskOptions
-from ..pipeline.planning import plan_question, range_candidates
-from .qa import Question, answer_questions
 from ..core.timecode import format_clock
+from ..pipeline.inputs import VideoInput
+from ..pipeline.materialize import materialized
+from ..pipeline.planning import plan_question, range_candidates
+from ..pipeline.prepare import prepared
+from .qa import Question, answer_questions
 
 TITLE_QUESTION = "Give a short title for this part of the video."
 SUMMARY_QUESTION = "Describe what happens in this part of the video."
@@ -152,7 +154,7 @@ def find_boundaries(timestamps: Sequence[float], vectors: np.ndarray, *, min_sec
 
 def short_title(text: str, index: int) -> str:
     """The model's title reply as one short line: first line, no quotes or end punctuation, <= 60 characters."""
-    line = next((l for l in text.strip().splitlines() if l.strip()), "").strip()
+    line = next((part for part in text.strip().splitlines() if part.strip()), "").strip()
     line = re.sub(r"^(title|chapter\s*\d*)\s*:\s*", "", line, flags=re.IGNORECASE).strip().strip("\"'").rstrip(".!:;,")
     if len(line) > TITLE_CHARS:
         cut = line[:TITLE_CHARS].rsplit(" ", 1)[0]
@@ -160,17 +162,33 @@ def short_title(text: str, index: int) -> str:
     return line or f"Chapter {index + 1}"
 
 
-def make_chapters(model, vin: VideoInput, options: AskOptions | None = None, *,
+def make_chapters(model, video, options: AskOptions | None = None, *,
                   min_seconds: float = MIN_SECONDS, on_chapter: Callable[[Chapter], None] | None = None,
                   callbacks: Callbacks = NO_CALLBACKS, **overrides: Any) -> Chapters:
-    """Chapters of the video (or of ``--start``/``--end`` of it): boundaries from its features, then a
-    title and a summary of each from the model. ``on_chapter`` gets each chapter as it is done."""
+    """Chapters of the video (or of ``start``/``end`` of it): boundaries from its features, then a title
+    and a summary of each from the model. ``on_chapter`` gets each chapter as it is done.
+
+    ``video``: a path, or an input already prepared or materialized (``llamavid.pipeline``); the range is
+    checked before the video is encoded."""
     t0 = time.perf_counter()
     options = (options or AskOptions()).replace(**overrides)
     options = options.replace(strict_context=False, evidence=False, choices=None)
+    with prepared(model, video, options, callbacks=callbacks) as timeline:
+        if not (range_candidates(timeline, options) or range(len(timeline.timestamps))):
+            raise InputError("no frames to make chapters from", where=timeline.source)
+        vin, owned = materialized(model, timeline, callbacks=callbacks)
+        try:
+            return _make_chapters(model, vin, options, min_seconds, on_chapter, callbacks, t0)
+        finally:
+            if owned:
+                vin.close()
+
+
+def _make_chapters(model, vin: VideoInput, options: AskOptions, min_seconds: float,
+                   on_chapter: Callable[[Chapter], None] | None, callbacks: Callbacks, t0: float) -> Chapters:
     frames = list(range_candidates(vin, options) or range(vin.num_frames))
     if not frames:
-        raise InputError(f"{vin.source}: no frames to make chapters from")
+        raise InputError("no frames to make chapters from", where=vin.source)
     stamps = vin.timestamps[frames]
     vectors = frame_vectors(vin.features, frames)
     cuts = find_boundaries(stamps, vectors, min_seconds=min_seconds)

@@ -20,17 +20,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from ..core.callbacks import NO_CALLBACKS, Callbacks
 from ..core.errors import LlamaVidError
-from .evidence import DEFAULT_METHOD, find_evidence
-from ..media.subtitles import SubtitleLine
-from ..pipeline.inputs import FeaturesInMemory, VideoInput, open_input
-from ..model.likelihood import choose, empty_cache
-from ..model.generation import Answer, generate
 from ..core.options import AskOptions, check_text
+from ..media.subtitles import SubtitleLine
+from ..model.generation import Answer, generate
+from ..model.likelihood import choose, empty_cache
+from ..pipeline.inputs import FeaturesInMemory, VideoInput
+from ..pipeline.materialize import materialize, timeline_held
 from ..pipeline.planning import Batch, Plan, plan_batches, plan_question
+from ..pipeline.prepare import prepare
+from .evidence import DEFAULT_METHOD, find_evidence
 
 QUESTIONS_PER_BATCH = 8
 
@@ -42,6 +42,9 @@ class Question:
     text: str
     options: AskOptions = AskOptions()
     history: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        check_text(self.text)  # the one check of a question's text
 
 
 @dataclass
@@ -167,14 +170,76 @@ def _scored(model, vin: VideoInput, member: Answered, embeds, on_text: Callable[
 
 
 # ---------------------------------------------------------------------------------------------------------
-# ask
+# the path every front end takes
+
+
+def answer_about(
+    model,
+    source: str | os.PathLike,
+    questions: Sequence[Question],
+    *,
+    label: str | None = None,
+    on_text: Callable[[int, str], None] | None = None,
+    callbacks: Callbacks = NO_CALLBACKS,
+    questions_per_batch: int = QUESTIONS_PER_BATCH,
+    evidence_method: str = DEFAULT_METHOD,
+) -> list[Answered]:
+    """Questions about one video, image or .vidtok (with equal ``input_key`` options), the way every front
+    end asks them: the input is prepared once; each question is planned, so that one that cannot be
+    answered is refused before any decoding or encoding; the features are materialized only when a
+    question can be answered; then the questions are answered together (``answer_questions``).
+
+    One ``Answered`` per question, in order: an input that cannot be read, or a question that cannot be
+    answered, fails its own questions only. ``label``: how messages and records name the input.
+    """
+    results = [Answered(q) for q in questions]
+    if not questions:
+        return results
+    try:
+        prepared = prepare(model, source, questions[0].options, callbacks=callbacks, label=label)
+    except LlamaVidError as exc:
+        for r in results:
+            r.error = exc
+        return results
+    with prepared:
+        plans: list[Plan | None] = []
+        for r, q in zip(results, questions):
+            try:
+                plans.append(plan_question(model, prepared, q.text, q.options, history=q.history))
+            except LlamaVidError as exc:
+                r.error = exc
+                plans.append(None)
+        asked = [i for i, p in enumerate(plans) if p is not None]
+        if not asked:
+            return results  # nothing could be answered: nothing is decoded or encoded
+        try:
+            vin = materialize(model, prepared, callbacks=callbacks)
+        except LlamaVidError as exc:
+            for i in asked:
+                results[i].error = exc
+            return results
+    with vin:
+        held = timeline_held(prepared, vin)  # else frames failed to decode: every question is planned again
+        relay = None if on_text is None else (lambda k, piece: on_text(asked[k], piece))
+        done = answer_questions(model, vin, [questions[i] for i in asked],
+                                plans=[plans[i] if held else None for i in asked], on_text=relay, callbacks=callbacks,
+                                questions_per_batch=questions_per_batch, evidence_method=evidence_method)
+    for i, answered in zip(asked, done):
+        results[i] = answered
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------
+# answer records
 
 
 @dataclass
-class AskResult:
-    """One answered question: the record ``llamavid ask --json`` prints.
+class AnswerRecord:
+    """One answered question as every front end reports it: ``ask --json``, a batch's answer lines (with
+    their ``id`` and ``video``), the server's ``llamavid`` field.
 
-    ``frames_available`` is set only when frames were left out to fit the context.
+    ``frames_available`` is set only when frames were left out to fit the context; ``evidence`` and
+    ``choices`` only when they were asked for.
     """
 
     input: str
@@ -188,34 +253,30 @@ class AskResult:
     evidence: list | None = field(default=None)  # EvidenceRange, best first (asked with evidence=True)
     choices: list | None = field(default=None)  # ChoiceScore per option, as given (asked with choices=...)
 
+    @classmethod
+    def of(cls, model, answered: Answered, source: str | os.PathLike, *, seconds: float | None = None) -> "AnswerRecord":
+        """The record of an answered question (``seconds``: default, the question's share of its batch)."""
+        plan, answer = answered.plan, answered.answer
+        return cls(os.fspath(source), answered.question.text, answer.text, model.name, plan.frames,
+                   answer.prompt_tokens, round(answered.seconds if seconds is None else seconds, 3),
+                   plan.frames_available if plan.note else None, answer.evidence, answer.choices)
+
     def to_json(self) -> dict[str, Any]:
         record = {k: v for k, v in asdict(self).items() if k not in ("evidence", "choices")}
         if record["frames_available"] is None:
             del record["frames_available"]
-        return record | scored_fields(self)
+        if self.evidence is not None:
+            record["evidence"] = [r.to_json() for r in self.evidence]
+        if self.choices is not None:
+            record["choices"] = [c.to_json() for c in self.choices]
+        return record
 
 
-def scored_fields(answer) -> dict[str, Any]:
-    """``evidence`` ([{start, end, score}], best first) and ``choices`` ([{choice, score}], as given) of an
-    ``Answer`` or ``AskResult``, each when it was asked for."""
-    fields: dict[str, Any] = {}
-    if answer.evidence is not None:
-        fields["evidence"] = [r.to_json() for r in answer.evidence]
-    if answer.choices is not None:
-        fields["choices"] = [c.to_json() for c in answer.choices]
-    return fields
+AskResult = AnswerRecord  # the name ``ask`` returned it under
 
 
-def answer_fields(model, answered: Answered) -> dict[str, Any]:
-    """The fields every answer record carries (ask --json, batch lines): answer, model, frames,
-    prompt_tokens, seconds; frames_available when frames were left out to fit; ``evidence``
-    ([{start, end, score}], best first) and ``choices`` ([{choice, score}], as given) when asked for."""
-    plan, answer = answered.plan, answered.answer
-    fields: dict[str, Any] = {"answer": answer.text, "model": model.name, "frames": plan.frames,
-                              "prompt_tokens": answer.prompt_tokens, "seconds": round(answered.seconds, 3)}
-    if plan.note:
-        fields["frames_available"] = plan.frames_available
-    return fields | scored_fields(answer)
+# ---------------------------------------------------------------------------------------------------------
+# ask
 
 
 def ask(
@@ -228,32 +289,20 @@ def ask(
     callbacks: Callbacks = NO_CALLBACKS,
     evidence_method: str = DEFAULT_METHOD,
     **overrides: Any,
-) -> AskResult:
+) -> AnswerRecord:
     """Answer one question about a video, image or .vidtok file (encoding a video once, into the cache).
 
     ``options`` (or keyword overrides of its fields: ``fps=2``, ``temperature=0``, ``evidence=True``,
     ``choices=("red", "blue")``, ``start=30``...) as ``AskOptions``. ``stream`` receives the answer piece
-    by piece. A question that cannot fit is refused before encoding.
+    by piece. A question that cannot be answered is refused before any decoding or encoding.
     """
     t0 = time.perf_counter()
-    options = (options or AskOptions()).replace(**overrides)
-    check_text(question)
-    early: list[tuple[Plan, Any]] = []
-
-    def check(timeline) -> None:  # before encoding: refuse what cannot be answered, keep the plan
-        early.append((plan_question(model, timeline, question, options), timeline))
-
-    with open_input(model, source, options, callbacks=callbacks, check=check) as vin:
-        plan = early[0][0] if early and _still_holds(early[0][1], vin) else None
-        [result] = answer_questions(model, vin, [Question(question, options)], plans=[plan],
-                                    on_text=None if stream is None else (lambda _i, piece: stream(piece)),
-                                    callbacks=callbacks, evidence_method=evidence_method)
+    q = Question(question, (options or AskOptions()).replace(**overrides))
+    [result] = answer_about(model, source, [q], on_text=None if stream is None else (lambda _i, piece: stream(piece)),
+                            callbacks=callbacks, evidence_method=evidence_method)
     if result.error is not None:
         raise result.error
-    fields = answer_fields(model, result)
-    return AskResult(str(source), question, fields["answer"], model.name, fields["frames"], fields["prompt_tokens"],
-                     round(time.perf_counter() - t0, 3), fields.get("frames_available"), result.answer.evidence,
-                     result.answer.choices)
+    return AnswerRecord.of(model, result, source, seconds=time.perf_counter() - t0)
 
 
 def answer_features(model, features, question: str, options: AskOptions | None = None, *,
@@ -271,8 +320,3 @@ def answer_features(model, features, question: str, options: AskOptions | None =
     if result.error is not None:
         raise result.error
     return result.answer
-
-
-def _still_holds(timeline, vin: VideoInput) -> bool:
-    """A plan made before encoding holds when encoding gave exactly the planned frames and subtitles."""
-    return np.array_equal(timeline.timestamps, vin.timestamps) and list(timeline.subtitle_lines) == list(vin.subtitle_lines)

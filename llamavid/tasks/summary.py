@@ -10,14 +10,25 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..core.choices import SUMMARY_STYLES
 from ..core.callbacks import NO_CALLBACKS, Callbacks
-from ..model.generation import SamplingOptions, generate
+from ..core.choices import SUMMARY_STYLES
 from ..core.errors import ContextOverflowError, Opt, OptionError
-from ..pipeline.inputs import VideoInput
 from ..core.options import AskOptions
-from ..pipeline.planning import (answer_reserve, fits, most_frames, plan_question, plan_text, range_candidates,
-                                 resolve_long_video)
+from ..core.timecode import format_clock
+from ..model.generation import SamplingOptions, generate
+from ..pipeline.inputs import VideoInput
+from ..pipeline.materialize import materialized, timeline_held
+from ..pipeline.planning import (
+    Plan,
+    answer_reserve,
+    fits,
+    most_frames,
+    plan_question,
+    plan_text,
+    range_candidates,
+    resolve_long_video,
+)
+from ..pipeline.prepare import prepared
 from .qa import Question, answer_questions
 
 SUMMARY_QUESTIONS = {
@@ -54,57 +65,78 @@ class Summary:
 
 
 def fmt_time(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
+    """A segment's time as summaries write it: ``H:MM:SS``, to the nearest second."""
+    return format_clock(seconds, hours=True, nearest=True)
 
 
-def _answer(model, vin: VideoInput, question: str, options: AskOptions, *, candidates=None,
-            stream: Callable[[str], None] | None = None, callbacks: Callbacks = NO_CALLBACKS):
-    plan = plan_question(model, vin, question, options, candidates=candidates)
-    [result] = answer_questions(model, vin, [Question(question, options)], plans=[plan], callbacks=callbacks,
-                                on_text=None if stream is None else (lambda _i, piece: stream(piece)))
-    if result.error is not None:
-        raise result.error
-    return result
-
-
-def summarize(model, vin: VideoInput, options: AskOptions | None = None, *, style: str = "brief",
+def summarize(model, video, options: AskOptions | None = None, *, style: str = "brief",
               stream: Callable[[str], None] | None = None, on_segment: Callable[[Segment], None] | None = None,
               callbacks: Callbacks = NO_CALLBACKS, **overrides: Any) -> Summary:
-    """A summary of the whole video, or of ``--start``/``--end`` of it (every frame: a summary leaves
-    nothing out, so ``max_frames`` is ignored); a video too long for the context is cut into equal
-    contiguous segments that each fit. Segment times are those of the whole video."""
+    """A summary of the whole video, or of ``start``/``end`` of it (every frame: a summary leaves nothing
+    out, so ``max_frames`` is ignored); a video too long for the context is cut into equal contiguous
+    segments that each fit. Segment times are those of the whole video.
+
+    ``video``: a path, or an input already prepared or materialized (``llamavid.pipeline``). Every part
+    is planned before the video is encoded (a summary that cannot be made is refused first)."""
     t0 = time.perf_counter()
     if style not in SUMMARY_QUESTIONS:
         raise OptionError("style", style, f"expected one of {', '.join(STYLES)}")
     options = (options or AskOptions()).replace(strict_context=True, max_frames=None, evidence=False, choices=None,
                                                 **overrides)
+    with prepared(model, video, options, callbacks=callbacks) as timeline:
+        whole, parts = _plan_parts(model, timeline, style, options)
+        vin, owned = materialized(model, timeline, callbacks=callbacks)
+        try:
+            if not timeline_held(timeline, vin):
+                whole, parts = _plan_parts(model, vin, style, options)
+            return _summarize(model, vin, whole, parts, style, options, stream, on_segment, callbacks, t0)
+        finally:
+            if owned:
+                vin.close()
+
+
+def _plan_parts(model, timeline, style: str, options: AskOptions) -> tuple[bool, list[tuple[Plan, int, int]]]:
+    """(whether the whole video fits one prompt, (plan, first, end) of each part to describe): the whole
+    video (one part, the summary question), or equal contiguous segments that each fit (a segment whose
+    subtitles make it too long is halved)."""
     question = SUMMARY_QUESTIONS[style]
-    frames = list(range_candidates(vin, options) or range(vin.num_frames))
+    frames = list(range_candidates(timeline, options) or range(len(timeline.timestamps)))
     n = len(frames)
-    stamps = vin.timestamps[frames]
-    if most_frames(model, vin, question, options) >= n:
-        result = _answer(model, vin, question, options, stream=stream, callbacks=callbacks)
-        seg = Segment(float(stamps[0]), float(stamps[-1]), n, result.answer.text)
-        return Summary(vin.source, style, result.answer.text, model.name, n, [seg], round(time.perf_counter() - t0, 3))
-    fit = most_frames(model, vin, SEGMENT_QUESTION, options)
+    if most_frames(model, timeline, question, options) >= n:
+        return True, [(plan_question(model, timeline, question, options), 0, n)]
+    fit = most_frames(model, timeline, SEGMENT_QUESTION, options)
     if fit < 1:
         raise ContextOverflowError(f"the model's context ({model.context_length} tokens) cannot hold even one frame "
-                                   "and a summary", where=vin.source, context=model.context_length, frames_fit=0)
+                                   "and a summary", where=timeline.source, context=model.context_length, frames_fit=0)
     bounds = np.linspace(0, n, math.ceil(n / fit) + 1).round().astype(int)
-    segments: list[Segment] = []
+    parts: list[tuple[Plan, int, int]] = []
     pending = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
     while pending:
         a, b = pending.pop(0)
         try:
-            result = _answer(model, vin, SEGMENT_QUESTION, options, candidates=frames[a:b], callbacks=callbacks)
+            parts.append((plan_question(model, timeline, SEGMENT_QUESTION, options, candidates=frames[a:b]), a, b))
         except ContextOverflowError:
             if b - a < 2:
                 raise
             mid = (a + b) // 2  # this part's subtitles make it too long: halve it
             pending[:0] = [(a, mid), (mid, b)]
-            continue
-        seg = Segment(float(stamps[a]), float(stamps[b - 1]), b - a, result.answer.text)
+    return False, parts
+
+
+def _summarize(model, vin: VideoInput, whole: bool, parts: list[tuple[Plan, int, int]], style: str,
+               options: AskOptions,
+               stream: Callable[[str], None] | None, on_segment: Callable[[Segment], None] | None,
+               callbacks: Callbacks, t0: float) -> Summary:
+    frames = list(range_candidates(vin, options) or range(vin.num_frames))
+    stamps = vin.timestamps[frames]
+    n = len(frames)
+    if whole:
+        text = _answer(model, vin, parts[0][0], options, stream, callbacks)
+        seg = Segment(float(stamps[0]), float(stamps[-1]), n, text)
+        return Summary(vin.source, style, text, model.name, n, [seg], round(time.perf_counter() - t0, 3))
+    segments: list[Segment] = []
+    for plan, a, b in parts:
+        seg = Segment(float(stamps[a]), float(stamps[b - 1]), b - a, _answer(model, vin, plan, options, None, callbacks))
         segments.append(seg)
         if on_segment:
             on_segment(seg)
@@ -112,6 +144,15 @@ def summarize(model, vin: VideoInput, options: AskOptions | None = None, *, styl
     texts = [f"[{fmt_time(s.start)}-{fmt_time(s.end)}] {s.summary}" for s in segments]
     final = merge_summaries(model, texts, style, sampling, stream, kv_cache=options.kv_cache, callbacks=callbacks)
     return Summary(vin.source, style, final, model.name, n, segments, round(time.perf_counter() - t0, 3))
+
+
+def _answer(model, vin: VideoInput, plan: Plan, options: AskOptions, stream: Callable[[str], None] | None,
+            callbacks: Callbacks) -> str:
+    [result] = answer_questions(model, vin, [Question(plan.question, options)], plans=[plan], callbacks=callbacks,
+                                on_text=None if stream is None else (lambda _i, piece: stream(piece)))
+    if result.error is not None:
+        raise result.error
+    return result.answer.text
 
 
 def merge_summaries(model, texts: list[str], style: str, sampling: SamplingOptions,

@@ -20,13 +20,13 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..media import subtitles as subs
-from ..features.encode import EncodeOptions, encode_file
 from ..core.errors import InputError
-from ..model.prompt import IMAGE_PLACEHOLDER
-from ..pipeline.planning import uniform_indices
+from ..features.encode import EncodeOptions, encode_file
 from ..features.vidtok import content_hash, open_vidtok
+from ..media import subtitles as subs
+from ..model.prompt import IMAGE_PLACEHOLDER
 from ..model.vision import VisionEncoder
+from ..pipeline.planning import uniform_indices
 
 MEDIA_KEYS = ("vidtok", "video", "image")
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.fileio import atomic_output
 from ..data import synthetic as syn
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
@@ -223,9 +223,8 @@ def train_vision(path: Path, r: DemoRecipe) -> Path:
             log(f"vision step {step}: loss {float(loss.detach()):.3f}, batch colour acc {acc_c:.2f}, shape acc {acc_s:.2f}, "
                 f"{time.perf_counter() - t0:.0f} s")
     sd = {k: v.detach().to(torch.bfloat16).to(torch.float32).contiguous() for k, v in vit.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(sd, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as f:
+        torch.save(sd, f)
     return path
 
 

@@ -19,7 +19,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-
 SHORT_TYPES = ("color", "shape", "count", "first", "last")
 LONG_TYPES = ("subtitle", "needle")
 
@@ -29,12 +28,11 @@ def first_word(text: str) -> str:
     return words[0] if words else ""
 
 
-def run_items(model, items: list[dict], root: Path, *, progress: bool = True) -> list[dict]:
+def run_items(model, items: list[dict], root: Path, *, progress: bool = True, kv_cache: str = "auto") -> list[dict]:
     """Answer each item (greedily, the questions of a video together); records with the answer and
     whether it is right."""
-    from ..tasks.batch import answer_video_questions
     from ..core.options import AskOptions
-    from ..tasks.qa import Question
+    from ..tasks.qa import Question, answer_about
 
     by_video: dict[str, list[dict]] = defaultdict(list)
     for item in items:
@@ -42,14 +40,16 @@ def run_items(model, items: list[dict], root: Path, *, progress: bool = True) ->
     records = []
     t0 = time.perf_counter()
     for n, (video, group) in enumerate(by_video.items()):
-        questions = [Question(_question(item), AskOptions(long=bool(item.get("long")), temperature=0.0, max_new_tokens=8))
+        questions = [Question(_question(item), AskOptions(long=bool(item.get("long")), temperature=0.0, max_new_tokens=8,
+                                                     kv_cache=kv_cache))
                      for item in group]
-        for item, q, outcome in zip(group, questions, answer_video_questions(model, root / video, questions)):
-            if isinstance(outcome, Exception):
-                raise outcome
+        for item, q, outcome in zip(group, questions, answer_about(model, root / video, questions)):
+            if outcome.error is not None:
+                raise outcome.error
+            answer = outcome.answer.text
             records.append({"id": item["id"], "type": item["question_type"], "question": q.text,
-                            "expected": item["answer"], "answer": outcome["answer"], "frames": outcome["frames"],
-                            "correct": first_word(outcome["answer"]) == item["answer"]})
+                            "expected": item["answer"], "answer": answer, "frames": outcome.plan.frames,
+                            "correct": first_word(answer) == item["answer"]})
         if progress and (n + 1) % 25 == 0:
             sys.stderr.write(f"  {n + 1}/{len(by_video)} videos ({time.perf_counter() - t0:.0f} s)\n")
     return records

@@ -77,9 +77,9 @@ def evaluate_evidence(model, data: Path, methods: tuple[str, ...] | None = None)
     """Every method on every case, through ``qa.answer_questions`` (greedy), timed side by side with the
     plain answer of the same question on the same token file (best of two runs each, to damp noise
     from other processes)."""
-    from ..tasks.evidence import METHODS
-    from ..pipeline.inputs import open_input
     from ..core.options import AskOptions
+    from ..pipeline.inputs import open_input
+    from ..tasks.evidence import METHODS
     from ..tasks.qa import Question, answer_questions
     from .demo_eval import first_word
 
@@ -154,9 +154,9 @@ def evaluate_choices(model, data: Path) -> dict[str, Any]:
     two ``--mcq`` modes), scored by the multiple-choice scorer."""
     import tempfile
 
-    from ..tasks.batch import video_answerer
-    from ..eval import load_benchmark, run_predictions, score_file
     from ..core.options import AskOptions
+    from ..eval import load_benchmark, run_predictions, score_file
+    from ..eval.answerer import video_answerer
 
     root = data / "test"
     mc = root / "mc.json"
@@ -184,9 +184,9 @@ def evaluate_choices(model, data: Path) -> dict[str, Any]:
 
 def evaluate_chapters(model, data: Path) -> dict[str, Any]:
     """Boundaries found in the features of the scene clips vs the true scene changes."""
-    from ..tasks.chapters import find_boundaries, frame_vectors
-    from ..pipeline.inputs import open_input
     from ..core.options import AskOptions
+    from ..pipeline.inputs import open_input
+    from ..tasks.chapters import find_boundaries, frame_vectors
 
     root = data / "test-scenes"
     clips = _ensure(root, "scenes", N_SCENES, scene_seconds=(12.0, 24.0))

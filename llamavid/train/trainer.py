@@ -22,8 +22,9 @@ from typing import Callable
 
 import torch
 
-from ..model.checkpoint import VISION_TOWER_NAME
 from ..core.errors import InputError
+from ..core.fileio import write_text_atomic
+from ..model.checkpoint import VISION_TOWER_NAME
 from .data import ConversationDataset, FeatureStore, collate, load_samples
 from .objective import TrainingModule
 from .stages import apply_freezing, get_stage
@@ -233,9 +234,7 @@ def _save(accelerator, module, output: Path, step: int, epoch: int, batch_in_epo
                         extra_config={} if embed else {"mm_vision_tower": VISION_TOWER_NAME})
         if not embed:
             _link_or_copy(vision_file, model_dir / VISION_TOWER_NAME)
-        tmp = ckpt / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps({"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch}))
-        os.replace(tmp, ckpt / STATE_FILE)
+        write_text_atomic(ckpt / STATE_FILE, json.dumps({"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch}))
         old = sorted((int(d.name.split("-")[-1]), d) for d in output.glob("checkpoint-*") if d.name.split("-")[-1].isdigit())
         for _, d in old[: max(0, len(old) - cfg.save_total_limit)]:
             shutil.rmtree(d, ignore_errors=True)

@@ -1,0 +1,56 @@
+"""Step three of every question's path: *materialize* a prepared input's features.
+
+    prepare (prepare.py) -> plan (planning.py, per question) -> materialize (this module)
+
+Features that exist (a ``.vidtok``, or a cache entry found whole) are handed on as they are. Otherwise the
+encode that preparing planned (``EncodeJob``) runs exactly as planned, under the encoder's lock on the
+entry (``llamavid.core.locking``), so two processes asking about the same new video encode it once; a
+damaged entry is encoded again, with a warning, never used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.callbacks import NO_CALLBACKS, Callbacks
+from ..features.encode import run_encode
+from ..features.vidtok import open_vidtok
+from .inputs import VideoInput
+from .prepare import Prepared
+
+
+def materialize(model, prepared: Prepared, *, callbacks: Callbacks = NO_CALLBACKS) -> VideoInput:
+    """The prepared input with its features, ready for answering. The ``VideoInput`` takes over what the
+    ``Prepared`` held open (its features, its temporary folder): close the input, not the preparation."""
+    encoded = False
+    if prepared.features is not None:
+        features, prepared.features = prepared.features, None
+        if prepared.cache_entry is not None:
+            callbacks.say(f"using cached features {prepared.cache_entry}")
+    else:
+        job = prepared.job
+        assert job is not None, "a prepared input holds its features or the job that makes them"
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        result = run_encode(model.vision_encoder, job, on_progress=callbacks.progress, on_warning=callbacks.warning,
+                            on_wait=callbacks.status)
+        encoded = result.status != "skipped"
+        features = open_vidtok(job.output)
+        where = job.output if prepared.cache_entry is not None else "a temporary file"
+        callbacks.say(f"encoded {len(features)} frames into {where}" if encoded else f"using cached features {where}")
+    tmpdir, prepared._tmpdir = prepared._tmpdir, None
+    return VideoInput(prepared.source, features, list(prepared.subtitle_lines), encoded=encoded,
+                      cache_entry=prepared.cache_entry, _tmpdir=tmpdir)
+
+
+def materialized(model, video, *, callbacks: Callbacks = NO_CALLBACKS) -> tuple[VideoInput, bool]:
+    """(the features of ``video``, whether they are new): a ``Prepared`` input is materialized now (the caller
+    closes the ``VideoInput`` it gets), a ``VideoInput`` is handed back as it is."""
+    if isinstance(video, VideoInput):
+        return video, False
+    return materialize(model, video, callbacks=callbacks), True
+
+
+def timeline_held(planned, vin: VideoInput) -> bool:
+    """Whether plans made on ``planned`` hold for ``vin``: the same frames (frames that fail to decode are
+    left out by encoding; then every question is planned again)."""
+    return planned is vin or np.array_equal(planned.timestamps, vin.timestamps)
