@@ -12,6 +12,7 @@ from checkpoint_fixture import build_tiny_checkpoint
 from conftest import run_process
 
 import llamavid
+from llamavid_cli.output import error_text
 from llamavid.core.errors import CheckpointError, InputError, ModelNotFoundError
 
 
@@ -48,15 +49,17 @@ def test_uncached_hub_id_offline_says_how_to_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError) as info:
         llamavid.load_model("YanweiLi/llama-vid-7b-full-224-video-fps-1")
-    text = str(info.value)
+    text = error_text(info.value)  # as the command line says it
     assert "HF_HUB_OFFLINE" in text and "--model DIR" in text and "LLAMAVID_MODEL" in text
+    assert "model='DIR'" in str(info.value)  # as Python says it
 
 
 def test_qformer_tokenizer_lookup_order(tmp_path, monkeypatch):
     fx = build_tiny_checkpoint(tmp_path, qformer_tokenizer=False)  # vocabulary outside the checkpoint
     use_hf_cache(monkeypatch, tmp_path / "empty")
-    with pytest.raises(CheckpointError, match="bert-base-uncased.*--qformer-tokenizer"):
+    with pytest.raises(CheckpointError, match="bert-base-uncased.*qformer_tokenizer='PATH'") as info:
         llamavid.load_model(fx.path, vision_tower=fx.vision_path)  # falls through to the hub id, offline
+    assert "--qformer-tokenizer PATH" in error_text(info.value)
     model = llamavid.load_model(fx.path, vision_tower=fx.vision_path, qformer_tokenizer=fx.extra["bert_dir"])
     assert model.qformer_tokenizer.bos_token == "[DEC]"
     shutil.copytree(fx.extra["bert_dir"], fx.path / "qformer_tokenizer")

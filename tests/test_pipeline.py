@@ -53,10 +53,16 @@ def args(small, *more) -> list[str]:
     return [*model_args(small), *more, *UNANSWERABLE]
 
 
-@pytest.mark.parametrize("extra", [[], ["--evidence"], ["--choice", "red", "--choice", "blue"], ["--strict-context"]])
-def test_ask_refuses_before_encoding(small, clip, tmp_path, capsys, encodes, extra):
+@pytest.mark.parametrize("extra, why", [
+    ([], "the answer needs room for"),
+    (["--evidence"], "the answer needs room for"),
+    (["--strict-context"], "the answer needs room for"),
+    # a choice needs no room to generate: refused for a range past the end of the 4-second clip instead
+    (["--choice", "red", "--choice", "blue", "--start", "0:09"], "past the end of the video"),
+])
+def test_ask_refuses_before_encoding(small, clip, tmp_path, capsys, encodes, extra, why):
     code, out, err = run_cli(capsys, "ask", clip, "what color?", *args(small), *extra)
-    assert code == 1 and out == "" and "the answer needs room for" in err.splitlines()[-1]
+    assert code == 1 and out == "" and why in err.splitlines()[-1]
     assert encodes == [] and cache_is_empty(tmp_path)
 
 
@@ -81,7 +87,7 @@ def test_chat_refuses_a_turn_before_encoding(small, clip, tmp_path, capsys, monk
 def test_summarize_and_chapters_refuse_before_encoding(small, clip, tmp_path, capsys, encodes, extra):
     code, out, err = run_cli(capsys, "summarize", clip, *args(small), *extra)
     assert code == 1 and out == ""
-    assert ("past the end of the video" if extra else "the answer needs room for") in err.splitlines()[-1]
+    assert ("past the end of the video" if extra else "cannot hold even one frame and a summary") in err.splitlines()[-1]
     assert encodes == [] and cache_is_empty(tmp_path)
 
 

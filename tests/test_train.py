@@ -143,7 +143,7 @@ def test_a_model_trained_from_the_demo_is_self_contained(tmp_path, capsys):
     (tmp_path / "d.json").write_text(json.dumps([{"id": "a", "video": "v.mp4", "conversations": [
         {"from": "human", "value": "<image>\nWhat color?"}, {"from": "gpt", "value": "red"}]}]))
     code, out, err = run_cli(capsys, "train", "--stage", "2", "--data", tmp_path / "d.json", "--model", "demo",
-                             "-o", tmp_path / "run", "--batch-size", "1", "--micro-batch-size", "1")
+                             "-o", tmp_path / "run", "--global-batch-size", "1", "--micro-batch-size", "1")
     assert code == 0, err
     assert "warning" not in err.lower() and "Removed shared tensor" not in err
     moved = tmp_path / "elsewhere"
@@ -164,7 +164,7 @@ def test_a_model_trained_from_a_vision_file_links_it_beside_itself(tiny, dataset
     from conftest import run_cli
 
     code, out, err = run_cli(capsys, "train", "--stage", "1", "--data", dataset, "--model", tiny.path,
-                             "--vision-tower", tiny.vision_path, "-o", tmp_path / "run", "--batch-size", "2",
+                             "--vision-tower", tiny.vision_path, "-o", tmp_path / "run", "--global-batch-size", "2",
                              "--micro-batch-size", "2", "--epochs", "0.5")
     assert code == 0, err
     model_dir = tmp_path / "run" / "model"

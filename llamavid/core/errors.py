@@ -101,8 +101,8 @@ class LlamaVidError(Exception):
         super().__init__(self.render())
 
     def render(self, style: Style = PYTHON) -> str:
-        text = _one_line("".join(p if isinstance(p, str) else style.option(p) for p in self.parts))
-        return f"{style.where(self.where)}: {text}" if self.where is not None else text
+        text = "".join(p if isinstance(p, str) else style.option(p) for p in self.parts)
+        return _one_line(f"{style.where(self.where)}: {text}" if self.where is not None else text)
 
     def __reduce__(self) -> tuple:
         # keep the parts and data across pickling (multiprocessing), whatever the subclass's signature
@@ -133,8 +133,8 @@ class OptionError(InputError):
         super().__init__(Opt(field, value), " ", reason, where=where)
 
     def render(self, style: Style = PYTHON) -> str:
-        text = f"{style.subject(Opt(self.field, self.value))} {_one_line(self.reason)}"
-        return f"{style.where(self.where)}: {text}" if self.where is not None else text
+        text = f"{style.subject(Opt(self.field, self.value))} {self.reason}"
+        return _one_line(f"{style.where(self.where)}: {text}" if self.where is not None else text)
 
 
 class CheckpointError(LlamaVidError):
