@@ -167,7 +167,8 @@ def main() -> None:
     print()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads; model LLaMA {args.llm_layers} x {args.llm_hidden}, EVA 4 x 264")
-    print(f"video: {args.minutes:g} min at {args.native_fps} fps -> {first.frames} frames, {first.prompt_tokens} prompt "
+    print(f"video: {args.minutes:g} min at {args.native_fps} fps -> {first.frames} frames, "
+          f"{first.prompt_tokens} prompt "
           f"tokens; greedy, {args.max_new_tokens} new tokens; medians of {args.repeats} interleaved repeats")
     print()
     print("| side | wall s (median) | CPU s (median) | wall runs |")
@@ -181,10 +182,12 @@ def main() -> None:
     model_cpu = statistics.median([med_cpu[n] - med_out[n] for n in sides])
     oa, ob, oc = (med_out[n] for n in list(sides)[:3])
     print(f"the model's own CPU time (median over sides): {model_cpu:.3f} s; with it, the path's cost as ratios:")
-    print(f"    (a)/(b) = {(model_cpu + oa) / (model_cpu + ob):.3f}    (b)/(c) = {(model_cpu + ob) / (model_cpu + oc):.3f}")
+    print(f"    (a)/(b) = {(model_cpu + oa) / (model_cpu + ob):.3f}    (b)/(c) = "
+          f"{(model_cpu + ob) / (model_cpu + oc):.3f}")
     print()
     print("ratio        wall   CPU")
-    print(f"(a)/(b)   {a / b:7.3f} {ca / cb:6.3f}   goal <= 1.05: asking about a cached video costs what asking its .vidtok does")
+    print(f"(a)/(b)   {a / b:7.3f} {ca / cb:6.3f}   goal <= 1.05: asking about a cached video costs what asking its "
+          ".vidtok does")
     print(f"(b)/(c)   {b / c:7.3f} {cb / cc:6.3f}   goal <= 1.10: the ask path adds little to the model's own work")
     print(f"(c)/(d)   {c / d:7.3f} {cc / cd:6.3f}   reading and checking the features from the file")
     if batch_line:

@@ -64,7 +64,8 @@ def demo_hour(root: Path) -> None:
         times = [float((vin.timestamps[i - 1] + vin.timestamps[i]) / 2) for i in bounds]
         truth = [start for start, _ in clip.scenes[1:]]
         found = sum(min(abs(t - x) for t in times) <= 1.0 for x in truth) if times else 0
-        print(f"    boundary finding on the .vidtok ({tok.stat().st_size / 1e6:.0f} MB): {w:.2f} s wall, {c:.2f} s CPU; "
+        print(f"    boundary finding on the .vidtok ({tok.stat().st_size / 1e6:.0f} MB): {w:.2f} s wall, "
+              f"{c:.2f} s CPU; "
               f"{len(times)} boundaries, {found}/{len(truth)} true changes within 1 s", flush=True)
     with open_input(model, tok, AskOptions()) as vin:
         w, c, result = timed(lambda: make_chapters(model, vin, AskOptions(temperature=0.0, max_new_tokens=16)))

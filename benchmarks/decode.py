@@ -67,7 +67,8 @@ def make_clip(path: Path, size: str, seconds: int, *, bframes: bool = True) -> P
         return path
     args = ["-preset", "veryfast"] + ([] if bframes else ["-bf", "0"])
     tmp = path.with_suffix(".part.mp4")
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=24", "-t", str(seconds),
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=24", "-t",
+                    str(seconds),
                     "-c:v", "libx264", *args, "-pix_fmt", "yuv420p", str(tmp)], check=True)
     tmp.rename(path)
     return path
@@ -91,7 +92,8 @@ def _pixels(chunks) -> torch.Tensor:
 
 
 def anchor(path: Path) -> torch.Tensor:
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-vf", f"fps={FPS:g},scale=-2:224,crop=224:224",
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-vf",
+                          f"fps={FPS:g},scale=-2:224,crop=224:224",
                           "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
     frames = torch.from_numpy(np.frombuffer(raw, np.uint8).reshape(-1, 224, 224, 3).copy())
     x = frames.permute(0, 3, 1, 2).float().div_(255.0)
@@ -143,7 +145,8 @@ def torchcodec_probe() -> str | None:
             version = md.version("torchcodec")
         except md.PackageNotFoundError:
             version = "not installed"
-        return f"torchcodec {version}: " + " <- ".join(f"{type(c).__name__}: {str(c).splitlines()[0][:160]}" for c in causes)
+        return f"torchcodec {version}: " + " <- ".join(f"{type(c).__name__}: {str(c).splitlines()[0][:160]}"
+                                                       for c in causes)
     return None
 
 
@@ -169,7 +172,8 @@ def sampling_only(workers: int, threads: int | None) -> Callable[[Path], int]:
     def run(path: Path) -> int:
         info = video.probe(path)
         if threads is None:
-            return sum(len(c.frames) for c in video.sample_frames(path, FPS, chunk_size=CHUNK, info=info, workers=workers))
+            return sum(len(c.frames)
+                       for c in video.sample_frames(path, FPS, chunk_size=CHUNK, info=info, workers=workers))
         todo = [(k, i, t) for k, (i, t) in enumerate(video._plan(info, FPS))]
         segments = video._segments(info, todo, workers)
         problems = video._Problems(path.name)
@@ -196,7 +200,8 @@ def cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def interleaved(contenders: dict[str, Callable[[Path], object]], path: Path, repeats: int) -> dict[str, list[tuple[float, float]]]:
+def interleaved(contenders: dict[str, Callable[[Path], object]], path: Path,
+                repeats: int) -> dict[str, list[tuple[float, float]]]:
     """(wall, cpu) of every contender, ``repeats`` rounds; the order rotates each round."""
     names = list(contenders)
     times: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
@@ -227,7 +232,8 @@ def main() -> None:
     ap.add_argument("--no-bframes", action="store_true", help="also a 1080p clip without B-frames")
     ap.add_argument("--skip-360p", action="store_true")
     ap.add_argument("--sections", default="abc", help="which of (a), (b), (c) to run, e.g. 'a' or 'bc'")
-    ap.add_argument("--decoders", default="", help="comma-separated name prefixes for (a) and (c), e.g. 'anchor,pyav ('")
+    ap.add_argument("--decoders", default="",
+                    help="comma-separated name prefixes for (a) and (c), e.g. 'anchor,pyav ('")
     args = ap.parse_args()
     if args.repeats < 1 or args.seconds < 10:
         ap.error("--repeats must be >= 1 and --seconds >= 10")
@@ -267,7 +273,8 @@ def main() -> None:
         print(f"# torchcodec unavailable: {why_not}")
     if args.decoders:
         prefixes = [p.strip() for p in args.decoders.split(",") if p.strip()]
-        contenders = {n: f for n, f in contenders.items() if n.startswith("anchor") or any(n.startswith(p) for p in prefixes)}
+        contenders = {n: f for n, f in contenders.items() if n.startswith("anchor")
+                      or any(n.startswith(p) for p in prefixes)}
 
     if "a" in args.sections:
         run_a(args, clips, contenders)
@@ -279,7 +286,8 @@ def main() -> None:
 
 
 def run_a(args, clips, contenders) -> None:
-    print(f"\n## (a) sampling at {FPS:g} frame/s + preprocessing to 224x224, medians of {args.repeats} interleaved runs\n")
+    print(f"\n## (a) sampling at {FPS:g} frame/s + preprocessing to 224x224, medians of {args.repeats} "
+          "interleaved runs\n")
     print("ratio to anchor: of the medians; paired: the median over rounds of (this run / the anchor's run in the"
           " same round), less sensitive to the load drifting between rounds.\n")
     print("| clip | decoder | seconds | ratio to anchor | paired ratio | CPU seconds | CPU ratio |")
@@ -292,7 +300,8 @@ def run_a(args, clips, contenders) -> None:
         for name, runs in times.items():
             wall, cpu = median(w for w, _ in runs), median(c for _, c in runs)
             paired = median(w / a for (w, _), (a, _) in zip(runs, ref))
-            print(f"| {label} | {name} | {wall:.2f} | {wall / base:.3f} | {paired:.3f} | {cpu:.2f} | {cpu / base_cpu:.3f} |",
+            print(f"| {label} | {name} | {wall:.2f} | {wall / base:.3f} | {paired:.3f} | {cpu:.2f} | "
+                  f"{cpu / base_cpu:.3f} |",
                   flush=True)
     for label, path in clips.items():
         print(f"\n{label}: {clip_facts(path)}; runs (wall s): " + "; ".join(
@@ -330,7 +339,8 @@ def run_b(args, clips) -> None:
           " its work); the critical path is the busiest worker's, i.e. the wall time with one free core per worker."
           " The zlib control shows how much a second thread can gain on this machine at the time of the run.\n")
     par = {"1 worker x 1 thread": sampling_only(1, 1), "2 workers x 1 thread": sampling_only(2, 1),
-           "1 worker, decoder threads (default)": sampling_only(1, None), "2 workers (auto threads)": sampling_only(2, None),
+           "1 worker, decoder threads (default)": sampling_only(1, None),
+           "2 workers (auto threads)": sampling_only(2, None),
            "control: 2 zlib jobs, 1 thread": zlib_control(1), "control: 2 zlib jobs, 2 threads": zlib_control(2)}
     print("| clip | run | seconds | CPU seconds | per-worker CPU (critical path) |")
     print("|---|---|---|---|---|")
@@ -356,13 +366,15 @@ def run_b(args, clips) -> None:
                 cpu_col = f"{' + '.join(f'{c:.2f}' for c in last)} ({median(paths[name]):.2f})"
             print(f"| {label} | {name} | {walls[name]:.2f} | {median(c for _, c in runs):.2f} | {cpu_col} |")
         one, two = "1 worker x 1 thread", "2 workers x 1 thread"
-        print(f"| {label} | speed-up, 2 workers x 1 thread over 1 worker x 1 thread: wall | {walls[one] / walls[two]:.2f}x | | |")
+        print(f"| {label} | speed-up, 2 workers x 1 thread over 1 worker x 1 thread: wall | "
+              f"{walls[one] / walls[two]:.2f}x | | |")
         print(f"| {label} | speed-up, same, critical path (CPU of the busiest worker) | | | "
               f"{median(paths[one]) / median(paths[two]):.2f}x |")
         print(f"| {label} | speed-up, 2 workers over 1 worker with decoder threads: wall | "
               f"{walls['1 worker, decoder threads (default)'] / walls['2 workers (auto threads)']:.2f}x | | |")
         print(f"| {label} | control: 2 threads of GIL-free zlib over 1 thread: wall | "
-              f"{walls['control: 2 zlib jobs, 1 thread'] / walls['control: 2 zlib jobs, 2 threads']:.2f}x | | |", flush=True)
+              f"{walls['control: 2 zlib jobs, 1 thread'] / walls['control: 2 zlib jobs, 2 threads']:.2f}x | | |",
+              flush=True)
 
 
 

@@ -191,7 +191,8 @@ def long_vidtok(work: Path, frames: int, shape: tuple[int, int]) -> dict:
         opens.append(t1 - t0)
         reads.append(t2 - t1)
         assert part.shape == (64, *shape)
-    return {"frames": frames, "shape": list(shape), "range": [mid, mid + 63], "bytes": path.stat().st_size, "write_s": write_s,
+    return {"frames": frames, "shape": list(shape), "range": [mid, mid + 63], "bytes": path.stat().st_size,
+            "write_s": write_s,
             "open_s": statistics.median(opens), "read64_s": statistics.median(reads)}
 
 
@@ -232,7 +233,8 @@ def main() -> None:
         pixels, t_decode = sampled_pixels(clip, 1.0, encoder.image_size)
         for _ in range(3):
             t0 = time.perf_counter()
-            enc = encode_file(encoder, clip, work / "clip-f16.vidtok", EncodeOptions(fps=1.0, batch_size=batch, force=True))
+            enc = encode_file(encoder, clip, work / "clip-f16.vidtok",
+                              EncodeOptions(fps=1.0, batch_size=batch, force=True))
             encodes.append(time.perf_counter() - t0)
             reference, t = forward_seconds(encoder, pixels, batch)
             forwards.append(t)
@@ -247,7 +249,8 @@ def main() -> None:
               f"{t_encode / (t_decode + t_forward):.3f}", flush=True)
 
         # (c) bytes per frame and int8 error
-        encode_file(encoder, clip, work / "clip-i8.vidtok", EncodeOptions(fps=1.0, storage="int8", batch_size=batch, force=True))
+        encode_file(encoder, clip, work / "clip-i8.vidtok",
+                    EncodeOptions(fps=1.0, storage="int8", batch_size=batch, force=True))
         with open_vidtok(work / "clip-f16.vidtok") as a, open_vidtok(work / "clip-i8.vidtok") as b:
             fa, fb, n = a.features(), b.features(), a.num_frames
         sizes = {m: (work / f"clip-{m}.vidtok").stat().st_size for m in ("f16", "i8")}
@@ -297,7 +300,8 @@ def main() -> None:
         print(f"(d) {d['frames']:,} frames x {shape[0]}x{shape[1]} float16 ({d['bytes'] / 1e9:.2f} GB, written in "
               f"{d['write_s']:.1f} s): open {d['open_s'] * 1e3:.2f} ms | read frames {d['range'][0]}-{d['range'][1]} "
               f"{d['read64_s'] * 1e3:.2f} ms ({d['read64_s'] / 64 * 1e6:.0f} us/frame, "
-              f"{d['bytes'] / d['frames'] / 1e3:.1f} kB/frame; real shape is {real_f16 / (d['bytes'] / d['frames']):.1f}x "
+              f"{d['bytes'] / d['frames'] / 1e3:.1f} kB/frame; real shape is "
+              f"{real_f16 / (d['bytes'] / d['frames']):.1f}x "
               f"the bytes per frame)", flush=True)
         print(f"total benchmark time {time.perf_counter() - t_start:.0f} s; load average now "
               f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} (other work on the machine perturbs timings)")

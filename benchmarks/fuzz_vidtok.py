@@ -214,7 +214,8 @@ def m_set_byte(seed: Seed, rng: random.Random) -> Mutation:
     region, a, b = _pick_region(seed, rng)
     pos = rng.randrange(a, b)
     data = bytearray(seed.data)
-    choices = [v for v in (0, 0xFF, 0x20, 0x22, 0x5C, 0x7B, 0x7D, 0x30, 0x39, 0x80, rng.randrange(256)) if v != data[pos]]
+    choices = [v for v in (0, 0xFF, 0x20, 0x22, 0x5C, 0x7B, 0x7D, 0x30, 0x39, 0x80, rng.randrange(256))
+               if v != data[pos]]
     data[pos] = rng.choice(choices)
     return f"byte:{region}", f"byte {pos} = {data[pos]}", bytes(data), None
 
@@ -233,7 +234,8 @@ def m_shift(seed: Seed, rng: random.Random) -> Mutation:
     pos = rng.randrange(len(seed.data))
     if rng.random() < 0.5:
         n = rng.randrange(1, 9)
-        return "insert", f"{n} at {pos}", seed.data[:pos] + bytes(rng.randrange(256) for _ in range(n)) + seed.data[pos:], None
+        return ("insert", f"{n} at {pos}",
+                seed.data[:pos] + bytes(rng.randrange(256) for _ in range(n)) + seed.data[pos:], None)
     n = rng.randrange(1, 9)
     return "delete", f"{n} at {pos}", seed.data[:pos] + seed.data[pos + n:], None
 
@@ -528,7 +530,8 @@ def m_foreign(seed: Seed, rng: random.Random) -> Mutation:
         return "foreign:text", text[:12], text.encode(), None
     if choice == 10:  # a safetensors header claiming a .vidtok, nothing else right
         md = {"format": "llamavid.vidtok", "format_version": "1.0", "llamavid": "{}"}
-        return "foreign:safetensors", "vidtok metadata, other tensors", st_save({"x": np.zeros(3, np.float32)}, metadata=md), None
+        return ("foreign:safetensors", "vidtok metadata, other tensors",
+                st_save({"x": np.zeros(3, np.float32)}, metadata=md), None)
     # two seeds glued: header of one, data of another
     other = rng.choice([b"", seed.data[seed.data_start:][::-1], seed.data])
     return "foreign:spliced", "seed + seed", seed.data[:seed.data_start] + other, None
@@ -585,7 +588,8 @@ def _equal(a: Any, b: Any) -> bool:
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         a, b = np.asarray(a), np.asarray(b)
         return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-    return type(a) is type(b) and (json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str))
+    return type(a) is type(b) and (json.dumps(a, sort_keys=True, default=str)
+                                   == json.dumps(b, sort_keys=True, default=str))
 
 
 def _valid_by_spec(got: dict) -> str | None:
@@ -663,7 +667,8 @@ class Report:
         for c in self.by_class.values():
             total.update(c)
         lines.append("-" * len(head))
-        lines.append("all".ljust(width) + "".join(f"{total.get(o, 0):>22}" for o in outcomes) + f"{sum(total.values()):>8}")
+        lines.append("all".ljust(width) + "".join(f"{total.get(o, 0):>22}" for o in outcomes)
+                     + f"{sum(total.values()):>8}")
         return "\n".join(lines)
 
 

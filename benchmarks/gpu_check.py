@@ -130,7 +130,8 @@ def agree(args) -> dict:
         same = sum(a == b for a, b in zip(answers, ref_answers))
         out[dtype] = {"features_rel": rel(f, feats), "tokens_rel": rel(t, ref_tokens), "tolerance": tol,
                       "answers_identical": same, "answers": len(questions),
-                      "ok": rel(f, feats) < tol and rel(t, ref_tokens) < tol and (dtype != "float32" or same == len(questions))}
+                      "ok": rel(f, feats) < tol and rel(t, ref_tokens) < tol
+                      and (dtype != "float32" or same == len(questions))}
         print(f"agree {args.device} {dtype}: features rel {out[dtype]['features_rel']:.2e}, tokens rel "
               f"{out[dtype]['tokens_rel']:.2e} (tolerance {tol:g}); greedy answers identical {same}/{len(questions)}",
               flush=True)
@@ -156,7 +157,8 @@ def table(args) -> None:
     if a:
         for dtype, r in a.items():
             rows.append((f"CUDA vs CPU, {dtype}", "pass" if r["ok"] else "FAIL",
-                         f"features rel {r['features_rel']:.1e}, tokens rel {r['tokens_rel']:.1e} (< {r['tolerance']:g}); "
+                         f"features rel {r['features_rel']:.1e}, tokens rel {r['tokens_rel']:.1e} (< "
+                         f"{r['tolerance']:g}); "
                          f"answers identical {r['answers_identical']}/{r['answers']}"))
     rs = _load(out / "realsize.json")
     if rs:
@@ -172,7 +174,8 @@ def table(args) -> None:
         for run in rs.get("kv", {}).get("runs", []):
             if "error" not in run and "cuda_peak" in run:
                 rows.append((f"KV {run['mode']} depth {run['depth']} {run['tokens']:,}", "measured",
-                             f"{run['cache_bytes'] / run['tokens']:,.0f} B/token, device peak {run['cuda_peak'] / 1e9:.2f} GB, "
+                             f"{run['cache_bytes'] / run['tokens']:,.0f} B/token, device peak "
+                             f"{run['cuda_peak'] / 1e9:.2f} GB, "
                              f"prefill {run['prefill_s']:.1f} s"))
     width = [max(len(str(r[i])) for r in rows) for i in range(2)]
     for i, r in enumerate(rows):

@@ -76,7 +76,8 @@ def _tensor_specs() -> list[tuple[str, tuple[int, ...], str]]:
         return [(name + ".weight", (width,), "one"), (name + ".bias", (width,), "zero")]
 
     specs += [(b + "embeddings.word_embeddings.weight", (QF["vocab"], q), "w"),
-              (b + "embeddings.position_embeddings.weight", (QF["positions"], q), "w")] + ln(b + "embeddings.LayerNorm", q)
+              (b + "embeddings.position_embeddings.weight", (QF["positions"], q), "w")] + ln(
+                  b + "embeddings.LayerNorm", q)
     for i in range(QF["layers"]):
         p = f"{b}encoder.layer.{i}."
         for n in ("query", "key", "value"):
@@ -91,7 +92,8 @@ def _tensor_specs() -> list[tuple[str, tuple[int, ...], str]]:
         specs += ln(p + "output_query.LayerNorm", q)
     specs += [("model.vlm_att_query", (1, QF["queries"], q), "w")] + ln("model.vlm_att_ln", w)
     specs += lin("model.vlm_att_projector", w, q) + lin("model.vlm_att_key_projector", w, w)
-    specs += lin("model.vlm_att_val_projector", h, w) + lin("model.mm_projector.0", h, w) + lin("model.mm_projector.2", h, h)
+    specs += (lin("model.vlm_att_val_projector", h, w) + lin("model.mm_projector.0", h, w)
+              + lin("model.mm_projector.2", h, h))
     return specs
 
 
@@ -136,11 +138,13 @@ def write_checkpoint(work: Path, *, shard_bytes: int = 4 * GiB) -> tuple[Path, P
             total += sum(t.numel() * 2 for t in sd.values())
             weight_map.update({key: name for key in sd})
             del sd
-            print(f"  wrote {name} ({(short / name).stat().st_size / 1e9:.2f} GB, {time.perf_counter() - t0:.0f} s)", flush=True)
+            print(f"  wrote {name} ({(short / name).stat().st_size / 1e9:.2f} GB, {time.perf_counter() - t0:.0f} s)",
+                  flush=True)
         (short / "pytorch_model.bin.index.json").write_text(json.dumps(
             {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
         write_llama_tokenizer(short / "tokenizer.model")
-        (short / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>",
+        (short / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer",
+                                                                 "bos_token": "<s>",
                                                                  "eos_token": "</s>", "unk_token": "<unk>"}))
         qt = short / "qformer_tokenizer"
         qt.mkdir()
@@ -162,7 +166,8 @@ def write_checkpoint(work: Path, *, shard_bytes: int = 4 * GiB) -> tuple[Path, P
             else:
                 os.link(f, long / f.name)
         cfg = json.loads((short / "config.json").read_text())
-        cfg.update({"_name_or_path": "./work_dirs/llama-vid/llama-vid-7b-full-224-long-video", "compress_type": "mean_concat",
+        cfg.update({"_name_or_path": "./work_dirs/llama-vid/llama-vid-7b-full-224-long-video",
+                    "compress_type": "mean_concat",
                     "bert_type": "qformer_pretrain_freeze", "max_token": 65536,
                     "rope_scaling": {"type": "linear", "factor": 16.0},
                     "image_processor": "./model_zoo/OpenAI/clip-vit-large-patch14"})
@@ -193,7 +198,8 @@ def write_bert_vocab(folder: Path) -> None:
     words = list(dict.fromkeys(words))
     words += [f"w{i}" for i in range(QF["vocab"] - 1 - len(words))]
     (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "tokenizer_class": "BertTokenizer"}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True,
+                                                              "tokenizer_class": "BertTokenizer"}))
 
 
 def write_eva(path: Path) -> Path:
@@ -224,7 +230,8 @@ def write_eva(path: Path) -> Path:
 def make_clip(path: Path, seconds: int) -> Path:
     if not path.exists():
         subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=24",
-                        "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)],
+                        "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+                        str(path)],
                        check=True)
     return path
 
@@ -495,7 +502,8 @@ def run_child(name: str, args: dict, timeout: float | None = None) -> dict:
         return {"error": f"exit {proc.returncode}: {tail}"}
     out = json.loads(lines[-1])
     out["wall_s"] = time.perf_counter() - t0
-    out["stderr_notes"] = [line for line in proc.stderr.splitlines() if line.startswith("llamavid: ") and "loading" in line]
+    out["stderr_notes"] = [line for line in proc.stderr.splitlines() if line.startswith("llamavid: ")
+                           and "loading" in line]
     return out
 
 
@@ -516,7 +524,8 @@ def main() -> None:
     parser.add_argument("--kv-long", type=int, default=65536, help="one int4 run at this length, depth 1 (0: skip)")
     parser.add_argument("--kv-modes", default="full,int8,int4")
     parser.add_argument("--kv-compute-all", action="store_true",
-                        help="prefill every chunk (default: fill the cache with random keys/values and prefill the last chunk)")
+                        help="prefill every chunk (default: fill the cache with random keys/values and prefill "
+                             "the last chunk)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per measurement")
     parser.add_argument("--output", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--figures", type=Path, default=None, help="an earlier --output to build the fits table from")
@@ -562,8 +571,10 @@ def main() -> None:
                           args.timeout)
             figures[part] = r
             print(f"encode ({label}, 16 s clip at 1 frame/s): " + (r["error"] if "error" in r else
-                  f"{r['frames']} frames in {r['seconds']:.1f} s ({r['frames'] / r['seconds']:.2f} frames/s incl. start-up), "
-                  f"peak RSS {r['peak'] / 1e6:,.0f} MB = {r['peak'] / 1e6 / PUBLISHED_ENCODE_PEAK_MB:.3f} x the published "
+                  f"{r['frames']} frames in {r['seconds']:.1f} s ({r['frames'] / r['seconds']:.2f} frames/s "
+                  "incl. start-up), "
+                  f"peak RSS {r['peak'] / 1e6:,.0f} MB = {r['peak'] / 1e6 / PUBLISHED_ENCODE_PEAK_MB:.3f} x "
+                  "the published "
                   f"code's {PUBLISHED_ENCODE_PEAK_MB:,} MB; notes: {r.get('stderr_notes')}"), flush=True)
     for part, extra, label in (("ask", {}, "(defaults)"), ("ask4bit", {"quantize": "4bit"}, "--quantize 4bit")):
         if part not in parts:
@@ -575,7 +586,8 @@ def main() -> None:
         figures[part] = r
         built = f"; vision encoder built {r['vision_built']} times" if "vision_built" in r else ""
         print(f"ask FILE.vidtok {label}: " + (r["error"] if "error" in r else
-              f"{r['seconds']:.1f} s, peak RSS {gb(r['peak'])} = {r['peak'] / ckpt_bytes:.3f} x the checkpoint's bytes{built}"),
+              f"{r['seconds']:.1f} s, peak RSS {gb(r['peak'])} = {r['peak'] / ckpt_bytes:.3f} x the checkpoint's "
+              f"bytes{built}"),
               flush=True)
     if "llm" in parts:
         # CPU: one timed run (a second, warmed-up run doubles minutes of 7B compute for little); GPU: warm-up first
@@ -637,7 +649,8 @@ def kv_part(long: Path, dev: str, args, ckpt_bytes: int, load: dict) -> dict:
     for tokens in [int(t) for t in args.kv_tokens.split(",") if t]:
         for mode in args.kv_modes.split(","):
             for depth in (1, 2):
-                r = run_child("kv", {"config": str(long / "config.json"), "depth": depth, "tokens": tokens, "mode": mode,
+                r = run_child("kv",
+                              {"config": str(long / "config.json"), "depth": depth, "tokens": tokens, "mode": mode,
                                      "device": dev, "fill": not args.kv_compute_all}, args.timeout)
                 runs.append(r)
                 if "error" in r:
@@ -653,7 +666,8 @@ def kv_part(long: Path, dev: str, args, ckpt_bytes: int, load: dict) -> dict:
           "prompt prefilled in chunks, measured at depth 1 and 2:", flush=True)
     print("(each run: the cache filled up to the last 4,096-token chunk with random keys and values, then that chunk "
           "prefilled through the model and a few tokens decoded; peak = VmHWM during those, above the RSS before them)")
-    print("| mode | prompt tokens | depth | KV bytes/token (measured) | peak above start (last chunk + decode) | last chunk s | decode s/token |")
+    print("| mode | prompt tokens | depth | KV bytes/token (measured) | peak above start (last chunk + decode) | last "
+          "chunk s | decode s/token |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in ok:
         print(f"| {r['mode']} | {r['tokens']:,} | {r['depth']} | {r['cache_bytes'] / r['tokens']:,.0f} | "
@@ -668,11 +682,13 @@ def kv_part(long: Path, dev: str, args, ckpt_bytes: int, load: dict) -> dict:
     long_runs = [r for r in ok if r["tokens"] == args.kv_long and r["depth"] == 1]
     for r in long_runs:
         print(f"measured at {r['tokens']:,} tokens, {r['mode']}, depth 1: cache {gb(r['cache_bytes'])}, working memory "
-              f"{gb(working_of(r))} (attention mask, one layer's keys and values in bf16, activations of a chunk), last "
+              f"{gb(working_of(r))} (attention mask, one layer's keys and values in bf16, activations of a "
+              "chunk), last "
               f"chunk {r['prefill_s']:.0f} s, decode {r['decode_s_per_token']:.2f} s/token", flush=True)
         extrap[f"measured_long/{r['tokens']}"] = {"working": working_of(r), "cache": r["cache_bytes"]}
     long_working = working_of(long_runs[0]) if long_runs else None
-    print(f"Extrapolated to 32 layers, per layer: KV(32) = 32 x (cache bytes at depth 2 - at depth 1) / tokens x prompt "
+    print("Extrapolated to 32 layers, per layer: KV(32) = 32 x (cache bytes at depth 2 - at depth 1) / "
+          "tokens x prompt "
           f"tokens; working = the depth-1 run's (at {args.kv_long:,} tokens: the measured long run's); total = weights "
           f"resident after load ({gb(weights_rss)}) + KV(32) + working:")
     print("| mode | prompt tokens | KV bytes/token, 32 layers | KV cache | working | total |")
@@ -688,7 +704,8 @@ def kv_part(long: Path, dev: str, args, ckpt_bytes: int, load: dict) -> dict:
             total = weights_rss + per_token * target + working
             extrap[f"{mode}/{target}"] = {"per_token": per_token, "kv": per_token * target, "working": working,
                                           "total": total, "measured_at": tokens}
-            print(f"| {mode} | {target:,} | {per_token:,.0f} | {gb(per_token * target)} | {gb(working)} | {gb(total)} |")
+            print(f"| {mode} | {target:,} | {per_token:,.0f} | {gb(per_token * target)} | {gb(working)} | "
+                  f"{gb(total)} |")
     return {"runs": runs, "extrapolated": extrap}
 
 

@@ -142,7 +142,8 @@ def main() -> None:
                  for i in range(args.questions)]
     sampling = ["--temperature", "0", "--max-new-tokens", str(args.max_tokens), "--fps", f"{args.fps:g}"]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
-          f"model {args.model}; video {video.name} at {args.fps:g} frame/s; {args.questions} questions; work dir {work}", file=sys.stderr)
+          f"model {args.model}; video {video.name} at {args.fps:g} frame/s; {args.questions} questions; "
+          f"work dir {work}", file=sys.stderr)
 
     # warm the shared cache: both sides then read the same features (encoding is not what is compared)
     subprocess.run([*LLAMAVID, "ask", str(video), questions[0], "--model", args.model, *sampling],
@@ -222,7 +223,8 @@ def main() -> None:
         "answers_same_every_round": all_same,
         "speedup": separate_wall / served_wall, "speedup_with_startup": separate_wall / (served_wall + startup),
         "answers_equal": same, "batches_for_32": batches,
-        "latency_p50": percentile(latencies, 50), "latency_p95": percentile(latencies, 95), "latency_max": max(latencies),
+        "latency_p50": percentile(latencies, 50), "latency_p95": percentile(latencies, 95),
+        "latency_max": max(latencies),
         "single_latency_median": statistics.median(single_latencies),
         "memory_requests": args.requests, "memory_seconds": mem_wall,
         "memory_latency_p50": percentile(mem_latencies, 50), "memory_latency_p95": percentile(mem_latencies, 95),
@@ -234,23 +236,32 @@ def main() -> None:
     print(f"""
 | {f['questions']} questions on one video ({f['model']}, <= {f['max_tokens']} new tokens) | seconds | per question |
 |---|---:|---:|
-| {f['questions']} separate `llamavid ask` processes, one after the other | {f['separate_seconds']:.2f} | {f['separate_seconds'] / f['questions']:.2f} |
-| one `llamavid serve`, {f['clients']} concurrent `openai` clients (median of {len(walls)} rounds) | {f['served_seconds']:.2f} | {f['served_seconds'] / f['questions']:.3f} |
+| {f['questions']} separate `llamavid ask` processes, one after the other | {f['separate_seconds']:.2f} | \
+{f['separate_seconds'] / f['questions']:.2f} |
+| one `llamavid serve`, {f['clients']} concurrent `openai` clients (median of {len(walls)} rounds) | \
+{f['served_seconds']:.2f} | {f['served_seconds'] / f['questions']:.3f} |
 | (server start-up, once: imports + model load) | {f['server_startup_seconds']:.2f} | |
 
-Separate / served = {f['speedup']:.1f}x (median process x {f['questions']} / median round: {f['speedup_median']:.1f}x; counting the
-server's start-up once: {f['speedup_with_startup']:.1f}x). Rounds: {', '.join(f'{w:.2f}' for w in walls)} s; separate processes: median
-{f['separate_median_per_process']:.2f} s. Answers identical to the separate runs: {f['answers_equal']}/{f['questions']} (every round the same:
+Separate / served = {f['speedup']:.1f}x (median process x {f['questions']} / median round: {f['speedup_median']:.1f}x; \
+counting the
+server's start-up once: {f['speedup_with_startup']:.1f}x). Rounds: {', '.join(f'{w:.2f}' for w in walls)} s; separate \
+processes: median
+{f['separate_median_per_process']:.2f} s. Answers identical to the separate runs: \
+{f['answers_equal']}/{f['questions']} (every round the same:
 {f['answers_same_every_round']}); the median round went through the model in {f['batches_for_32']} batches.
 
 | latency (s) | p50 | p95 | max |
 |---|---:|---:|---:|
-| {f['questions']} requests from {f['clients']} concurrent clients (median round) | {f['latency_p50']:.3f} | {f['latency_p95']:.3f} | {f['latency_max']:.3f} |
-| {f['memory_requests']} requests, {f['clients']} clients (memory run) | {f['memory_latency_p50']:.3f} | {f['memory_latency_p95']:.3f} | |
+| {f['questions']} requests from {f['clients']} concurrent clients (median round) | {f['latency_p50']:.3f} | \
+{f['latency_p95']:.3f} | {f['latency_max']:.3f} |
+| {f['memory_requests']} requests, {f['clients']} clients (memory run) | {f['memory_latency_p50']:.3f} | \
+{f['memory_latency_p95']:.3f} | |
 | one request alone (median of 4) | {f['single_latency_median']:.3f} | | |
 
-Server RSS over {f['memory_requests']} requests after 100 warm-up requests (every 100): {', '.join(f'{x:.1f}' for x in rss)} MiB;
-growth {f['rss_growth_mb']:+.1f} MiB (peak {f['rss_peak_mb']:.1f} MiB), {f['memory_seconds']:.1f} s. Inputs encoded by the server:
+Server RSS over {f['memory_requests']} requests after 100 warm-up requests (every 100): \
+{', '.join(f'{x:.1f}' for x in rss)} MiB;
+growth {f['rss_growth_mb']:+.1f} MiB (peak {f['rss_peak_mb']:.1f} MiB), {f['memory_seconds']:.1f} s. Inputs encoded by \
+the server:
 {f['encoded_total']} (the video was in the cache already) for {f['questions_total']} questions. SIGTERM: exit code
 {f['sigterm_exit_code']} after {f['sigterm_seconds']:.2f} s.
 """)

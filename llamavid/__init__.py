@@ -23,13 +23,16 @@ _EXPORTS = {
     "LlamaVid": "model.modeling", "Answer": "model.generation", "Prompt": "model.modeling",
     "SamplingOptions": "model.generation", "AskOptions": "core.options", "Callbacks": "core.callbacks",
     "open_input": "pipeline.inputs", "VideoInput": "pipeline.inputs",
-    "ask": "tasks.qa", "answer_features": "tasks.qa", "AskResult": "tasks.qa", "Question": "tasks.qa", "answer_questions": "tasks.qa",
+    "ask": "tasks.qa", "answer_features": "tasks.qa", "AskResult": "tasks.qa", "Question": "tasks.qa",
+    "answer_questions": "tasks.qa",
     "ChatSession": "tasks.chat", "summarize": "tasks.summary",
     "make_chapters": "tasks.chapters", "Chapter": "tasks.chapters", "Chapters": "tasks.chapters",
     "find_evidence": "tasks.evidence", "EvidenceRange": "tasks.evidence", "ChoiceScore": "model.likelihood",
     "read_batch": "tasks.batch", "run_batch": "tasks.batch",
-    "LlamaVidError": "core.errors", "InputError": "core.errors", "CheckpointError": "core.errors", "ModelNotFoundError": "core.errors",
-    "VideoError": "core.errors", "VidtokError": "core.errors", "ContextOverflowError": "core.errors", "MemoryLimitError": "core.errors",
+    "LlamaVidError": "core.errors", "InputError": "core.errors", "CheckpointError": "core.errors",
+    "ModelNotFoundError": "core.errors",
+    "VideoError": "core.errors", "VidtokError": "core.errors", "ContextOverflowError": "core.errors",
+    "MemoryLimitError": "core.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -17,12 +17,14 @@ from .output import Reporter, is_terminal, message, print_result, write_evidence
 
 @opt.with_groups(opt.MODEL, opt.QUESTION)
 def ask(
-    input: Annotated[Optional[str], typer.Argument(help="A video, image, .vidtok file, a folder of videos, or - for paths on stdin.")] = None,
+    input: Annotated[Optional[str], typer.Argument(
+        help="A video, image, .vidtok file, a folder of videos, or - for paths on stdin.")] = None,
     question: Annotated[Optional[str], typer.Argument(help="The question.")] = None,
     batch: Annotated[Optional[str], typer.Option(
         "--batch", help="JSONL questions file ({\"id\"?, \"video\", \"question\", options...}); - for stdin.")] = None,
     output: Annotated[Optional[Path], typer.Option(
-        "-o", "--output", help="Write JSONL answers here (a rerun resumes; only an earlier output of the same batch is replaced).")] = None,
+        "-o", "--output", help="Write JSONL answers here (a rerun resumes; only an earlier output of the same batch "
+                               "is replaced).")] = None,
     force: opt.Force = False,
     batch_size: opt.QuestionsPerBatch = 8,
     json_out: opt.Json = False,

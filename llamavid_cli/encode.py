@@ -13,7 +13,8 @@ from .output import Reporter, error_text, message, print_json, warn
 
 
 def encode(
-    inputs: Annotated[List[str], typer.Argument(help="Video/image files, folders (searched recursively), or - for paths on stdin.")],
+    inputs: Annotated[List[str], typer.Argument(
+        help="Video/image files, folders (searched recursively), or - for paths on stdin.")],
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", help="A .vidtok file (one input) or a folder. Default: beside each input.")] = None,
     fps: opt.Fps = 1.0,

@@ -94,14 +94,16 @@ def _predict(benchmark: str, files: opt.BenchmarkFiles, output_for, model: opt.M
     message(f"llamavid: {spec.name}: {stats.written - stats.errors} answered, {stats.errors} failed, "
             f"{stats.skipped} already done -> {output}")
     if stats.errors:
-        warn(f"{stats.errors} items failed (lines with \"error\" in {output}); delete those lines and rerun to retry them")
+        warn(f"{stats.errors} items failed (lines with \"error\" in {output}); delete those lines and rerun "
+             "to retry them")
     return spec, asdict(stats) | {"output": str(output)}
 
 
 @opt.with_groups(opt.BENCHMARK_FILES, opt.MODEL, EVAL_QUESTION)
 def predict(
     benchmark: opt.Benchmark,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Predictions JSONL (a rerun skips the items already there).")],
+    output: Annotated[Path, typer.Option(
+        "-o", "--output", help="Predictions JSONL (a rerun skips the items already there).")],
     batch_size: opt.QuestionsPerBatch = 8,
     mcq: opt.Mcq = "generate",
     *,
@@ -170,7 +172,8 @@ def _judge(spec, predictions: Path, output: Path, *, base_url: Optional[str], ju
 
 def judge(
     benchmark: Annotated[str, typer.Argument(help=f"Benchmark name (judged ones: {', '.join(JUDGED)}).")],
-    predictions: Annotated[Path, typer.Argument(help="Predictions JSONL from `llamavid eval predict` (or a published prediction file).")],
+    predictions: Annotated[Path, typer.Argument(
+        help="Predictions JSONL from `llamavid eval predict` (or a published prediction file).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Judged JSONL (a rerun judges only what is missing).")],
     base_url: opt.BaseUrl = None,
     judge_model: opt.JudgeModel = None,
@@ -184,7 +187,8 @@ def judge(
     temperature: Annotated[Optional[float], typer.Option(
         "--judge-temperature", help="Send a temperature (the published scripts send none).")] = None,
     consistency_q2: Annotated[str, typer.Option(
-        "--consistency-q2", help="published: show Q1 twice as the published consistency script does; fixed: the real Q2.")] = "published",
+        "--consistency-q2", help="published: show Q1 twice as the published consistency script does; fixed: "
+                                 "the real Q2.")] = "published",
 ) -> None:
     """Ask an OpenAI-compatible judge the published prompts; prints the run's counts as JSON."""
     from llamavid.eval import get_benchmark
@@ -221,11 +225,13 @@ def _write_json(path: Path, value: Any) -> None:
 
 def score(
     benchmark: opt.Benchmark,
-    path: Annotated[Path, typer.Argument(help="The judged JSONL (judged benchmarks) or the predictions JSONL (multiple choice, synthetic).")],
+    path: Annotated[Path, typer.Argument(
+        help="The judged JSONL (judged benchmarks) or the predictions JSONL (multiple choice, synthetic).")],
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", help="Also write the result JSON here (input for `eval report`).")] = None,
     raw_scores: Annotated[bool, typer.Option(
-        "--raw-scores", help="Average the judge's scores as given (the published scorer truncates each to an integer).")] = False,
+        "--raw-scores", help="Average the judge's scores as given (the published scorer truncates each to "
+                             "an integer).")] = False,
 ) -> None:
     """Compute accuracy / scores from a file (no model, no judge: rerun at will); prints the result as JSON."""
     result = _score(benchmark, path, raw_scores=raw_scores)
@@ -244,7 +250,8 @@ def _read_result(spec: str):
         return [_score(name, Path(rest), raw_scores=False)]
     path = Path(spec)
     if not path.is_file():
-        raise InputError(f"{spec}: no such file (give a result .json from `llamavid eval score -o`, or BENCH=FILE.jsonl)")
+        raise InputError(f"{spec}: no such file (give a result .json from `llamavid eval score -o`, or "
+                         "BENCH=FILE.jsonl)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -267,7 +274,7 @@ def report(
     md: Annotated[Optional[Path], typer.Option("--md", help="Write the Markdown report here.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here.")] = None,
 ) -> None:
-    """Tables in the paper's layout with LLaMA-VID-7B's published figures beside ours (Markdown on stdout by default)."""
+    """Tables in the paper's layout with LLaMA-VID-7B's published figures beside ours (Markdown on stdout by default)."""  # noqa: E501
     import sys
 
     from llamavid.eval import render_markdown, report_dict
@@ -281,7 +288,8 @@ def report(
     if md is None and json_path is None:
         sys.stdout.write(render_markdown(results))
     else:
-        message(f"llamavid: report on {len(results)} benchmark(s) -> " + ", ".join(str(p) for p in (md, json_path) if p))
+        message(f"llamavid: report on {len(results)} benchmark(s) -> "
+                + ", ".join(str(p) for p in (md, json_path) if p))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -292,7 +300,8 @@ def report(
 def run(
     benchmark: opt.Benchmark,
     out_dir: Annotated[Path, typer.Option(
-        "--out-dir", help="Folder for BENCH.pred.jsonl, BENCH.judged.jsonl, BENCH.result.json and report.md/.json (a rerun resumes).")],
+        "--out-dir", help="Folder for BENCH.pred.jsonl, BENCH.judged.jsonl, BENCH.result.json and report.md/.json (a "
+                          "rerun resumes).")],
     batch_size: opt.QuestionsPerBatch = 8,
     mcq: opt.Mcq = "generate",
     base_url: opt.BaseUrl = None,

@@ -12,7 +12,8 @@ from .output import print_json
 
 
 def info(
-    target: Annotated[str, typer.Argument(help="A .vidtok file, or a model: checkpoint directory, Hugging Face id or built-in name.")],
+    target: Annotated[str, typer.Argument(
+        help="A .vidtok file, or a model: checkpoint directory, Hugging Face id or built-in name.")],
     json_out: opt.Json = False,
     verify: opt.Verify = False,
     vision_tower: opt.VisionTower = None,

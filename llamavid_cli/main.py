@@ -23,8 +23,10 @@ def _version(value: bool) -> None:
 
 
 def root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (also accepted after the subcommand)."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug",
+                               help="Show full tracebacks on errors (also accepted after the subcommand)."),
 ) -> None:
     """Video question answering with LLaMA-VID: every frame is two LLM tokens."""
 
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.stderr.write(f"llamavid: error: {error_text(exc)}\n")
             sys.exit(exc.exit_code)
         text = " ".join(str(exc).split()) or type(exc).__name__
-        sys.stderr.write(f"llamavid: internal error: {type(exc).__name__}: {text} (run with --debug for the traceback)\n")
+        sys.stderr.write(f"llamavid: internal error: {type(exc).__name__}: {text} (run with --debug for the "
+                         "traceback)\n")
         sys.exit(1)
     if code == 130:
         sys.stderr.write("llamavid: interrupted\n")

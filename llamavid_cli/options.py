@@ -29,12 +29,15 @@ Dtype = Annotated[Optional[str], typer.Option(
 Quantize = Annotated[Optional[str], typer.Option(
     "--quantize", help=f"Load the LLM in {' or '.join(QUANTIZE_CHOICES)} through bitsandbytes.")]
 KVCache = Annotated[Optional[str], typer.Option(
-    "--kv-cache", help=f"How the prompt's keys and values are kept: {', '.join(KV_CACHE_CHOICES)} (auto: full precision "
+    "--kv-cache", help=f"How the prompt's keys and values are kept: {', '.join(KV_CACHE_CHOICES)} (auto: "
+                       "full precision "
                        "when it fits the memory left, else int8, then int4; offload: host memory, GPUs only).")]
 VisionTower = Annotated[Optional[Path], typer.Option(
-    "--vision-tower", help="Path to eva_vit_g.pth (default: the config's path, the checkpoint, the embedded copy, the cache).")]
+    "--vision-tower", help="Path to eva_vit_g.pth (default: the config's path, the checkpoint, the embedded "
+                           "copy, the cache).")]
 QFormerTokenizer = Annotated[Optional[str], typer.Option(
-    "--qformer-tokenizer", help="Folder or id of the bert-base-uncased tokenizer (default: <checkpoint>/qformer_tokenizer).")]
+    "--qformer-tokenizer", help="Folder or id of the bert-base-uncased tokenizer (default: "
+                                "<checkpoint>/qformer_tokenizer).")]
 
 # -- sampling -------------------------------------------------------------------------------------------------
 Temperature = Annotated[Optional[float], typer.Option(
@@ -53,14 +56,17 @@ MaxFrames = Annotated[Optional[int], typer.Option(
 Subtitles = Annotated[Optional[Path], typer.Option(
     "--subtitles", help="An .srt file for the video (default: NAME.srt beside it, else a stream inside it).")]
 Long = Annotated[Optional[bool], typer.Option(
-    "--long/--short", help="The long-video (movie) prompt with per-frame subtitles, or the short one (default: as the model was trained).")]
+    "--long/--short", help="The long-video (movie) prompt with per-frame subtitles, or the short one (default: as the "
+                           "model was trained).")]
 StrictContext = Annotated[bool, typer.Option(
-    "--strict-context", help="Refuse when the frames do not fit the context, instead of using the most frames that fit.")]
+    "--strict-context", help="Refuse when the frames do not fit the context, instead of using the most "
+                             "frames that fit.")]
 NoCache = Annotated[bool, typer.Option(
     "--no-cache", help="Do not keep the video's features in the cache (encode into a temporary file).")]
 Style = Annotated[str, typer.Option("--style", help=f"Summary style: {', '.join(SUMMARY_STYLES)}.")]
 Start = Annotated[Optional[str], typer.Option(
-    "--start", help="Use the video from this time on: seconds or [HH:]MM:SS. Times in answers stay those of the whole video.")]
+    "--start", help="Use the video from this time on: seconds or [HH:]MM:SS. Times in answers stay those of the "
+                    "whole video.")]
 End = Annotated[Optional[str], typer.Option(
     "--end", help="Use the video up to this time (exclusive): seconds or [HH:]MM:SS.")]
 
@@ -76,7 +82,8 @@ Chapters = Annotated[bool, typer.Option(
                        "and a summary for each; prints '00:00 Title' lines (--json: {\"chapters\": [...]}).")]
 
 # -- output ---------------------------------------------------------------------------------------------------
-Json = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout (JSON; JSONL for several records).")]
+Json = Annotated[bool, typer.Option("--json",
+                                    help="Machine-readable output on stdout (JSON; JSONL for several records).")]
 Force = Annotated[bool, typer.Option(
     "--force", help="Replace an output that holds something else (encode: also encode again an up-to-date output, "
                     "or one made by another vision encoder).")]
@@ -106,14 +113,16 @@ Videos = Annotated[Optional[Path], typer.Option(
     "--videos", help="Folder holding the benchmark's videos (names from the file, trying .mp4 .mkv .avi .mov .webm).")]
 Limit = Annotated[Optional[int], typer.Option("--limit", help="Only the first N items (a quick trial run).")]
 BaseUrl = Annotated[Optional[str], typer.Option(
-    "--base-url", help="Judge: OpenAI-compatible API base (.../v1); default $LLAMAVID_JUDGE_BASE_URL, $OPENAI_BASE_URL, then OpenAI.")]
+    "--base-url", help="Judge: OpenAI-compatible API base (.../v1); default $LLAMAVID_JUDGE_BASE_URL, "
+                       "$OPENAI_BASE_URL, then OpenAI.")]
 JudgeModel = Annotated[Optional[str], typer.Option(
     "--judge-model", help="Judge model; default $LLAMAVID_JUDGE_MODEL, else gpt-3.5-turbo (as published).")]
 ApiKey = Annotated[Optional[str], typer.Option(
     "--api-key", help="Judge bearer token; default $LLAMAVID_JUDGE_API_KEY, then $OPENAI_API_KEY (none: no header).")]
 Workers = Annotated[int, typer.Option("--workers", help="Judge requests in parallel.")]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait for one judge reply.")]
-MaxRetries = Annotated[int, typer.Option("--max-retries", help="Judge retries after timeouts, 429 and 5xx (exponential backoff).")]
+MaxRetries = Annotated[int, typer.Option("--max-retries",
+                                         help="Judge retries after timeouts, 429 and 5xx (exponential backoff).")]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -26,9 +26,11 @@ DEFAULT_MAX_IMAGE_MB = 10.0
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface; "
                                                      "then also set --api-key).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port; the URL printed says which).")] = 8000,
+    port: Annotated[int, typer.Option(
+        "--port", help="Port to listen on (0: any free port; the URL printed says which).")] = 8000,
     media_root: Annotated[Optional[list[Path]], typer.Option(
-        "--media-root", metavar="DIR", help="A folder whose files requests may name (repeatable). Without one, no file is readable; "
+        "--media-root", metavar="DIR", help="A folder whose files requests may name (repeatable). Without one, no file "
+                                            "is readable; "
                              "images can still be sent as data: URLs.")] = None,
     api_key: Annotated[Optional[str], typer.Option(
         "--api-key", metavar="KEY", envvar="LLAMAVID_API_KEY", show_envvar=True,
@@ -36,14 +38,15 @@ def serve(
              "visible to other users).")] = None,
     served_model_name: Annotated[Optional[str], typer.Option(
         "--served-model-name", help="The model id clients send (default: --model as given).")] = None,
-    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body accepted, in MB.")] = DEFAULT_MAX_BODY_MB,
+    max_body_mb: Annotated[float, typer.Option(
+        "--max-body-mb", help="Largest request body accepted, in MB.")] = DEFAULT_MAX_BODY_MB,
     max_image_mb: Annotated[float, typer.Option(
         "--max-image-mb", help="Largest image accepted in a data: URL (decoded), in MB.")] = DEFAULT_MAX_IMAGE_MB,
     kv_cache: opt.KVCache = None,
     *,
     model: opt.ModelChoice,
 ) -> None:
-    """Serve the model over HTTP with the OpenAI chat-completions API: llamavid serve --model demo --media-root videos/"""
+    """Serve the model over HTTP with the OpenAI chat-completions API: llamavid serve --model demo --media-root videos/"""  # noqa: E501
     from llamavid.core.errors import InputError
     from llamavid.core.options import AskOptions
     from llamavid.server.app import create_app

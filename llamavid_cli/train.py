@@ -12,29 +12,52 @@ from .output import message, print_json, warn
 
 
 def train(
-    stage: Annotated[int, typer.Option("--stage", help="1 alignment (projectors), 2 instruction (+LLM, QFormer), 3 long video (LLM, QFormer frozen).")],
-    data: Annotated[List[Path], typer.Option("--data", help="LLaVA-style JSON with image, video or vidtok entries (repeatable).")],
-    model: Annotated[str, typer.Option("--model", help="The checkpoint to start from (published layout; a previous stage's output/model).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory: checkpoint-N/ (resume), model/ (final), train_log.jsonl.")],
-    media_root: Annotated[Optional[Path], typer.Option("--media-root", help="Base of relative media paths (default: each JSON file's folder).")] = None,
-    feature_cache: Annotated[Optional[Path], typer.Option("--feature-cache", help="Where video features are cached (default: OUTPUT/features).")] = None,
+    stage: Annotated[int, typer.Option(
+        "--stage", help="1 alignment (projectors), 2 instruction (+LLM, QFormer), 3 long video (LLM, "
+                        "QFormer frozen).")],
+    data: Annotated[List[Path], typer.Option(
+        "--data", help="LLaVA-style JSON with image, video or vidtok entries (repeatable).")],
+    model: Annotated[str, typer.Option(
+        "--model", help="The checkpoint to start from (published layout; a previous stage's output/model).")],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Run directory: checkpoint-N/ (resume), model/ (final), train_log.jsonl.")],
+    media_root: Annotated[Optional[Path], typer.Option(
+        "--media-root", help="Base of relative media paths (default: each JSON file's folder).")] = None,
+    feature_cache: Annotated[Optional[Path], typer.Option(
+        "--feature-cache", help="Where video features are cached (default: OUTPUT/features).")] = None,
     vision_tower: opt.VisionTower = None,
     epochs: Annotated[float, typer.Option("--epochs", help="Passes over the data (fractions allowed).")] = 1.0,
-    global_batch_size: Annotated[Optional[int], typer.Option("--global-batch-size", help="Samples per optimizer step, over all processes (default: 256 / 128 / 8 by stage).")] = None,
+    global_batch_size: Annotated[Optional[int], typer.Option(
+        "--global-batch-size", help="Samples per optimizer step, over all processes (default: 256 / 128 / "
+                                    "8 by stage).")] = None,
     batch_size: opt.OldBatchSize = None,
-    micro_batch_size: Annotated[int, typer.Option("--micro-batch-size", help="Samples per process per forward (the rest is gradient accumulation).")] = 4,
-    learning_rate: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default: 1e-3 / 2e-5 / 2e-5 by stage).")] = None,
-    warmup_ratio: Annotated[float, typer.Option("--warmup-ratio", help="Share of the steps spent warming the learning rate up (published: 0.03).")] = 0.03,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Truncate samples (default 2048, 65536 in stage 3).")] = None,
+    micro_batch_size: Annotated[int, typer.Option(
+        "--micro-batch-size", help="Samples per process per forward (the rest is gradient accumulation).")] = 4,
+    learning_rate: Annotated[Optional[float], typer.Option(
+        "--lr", help="Peak learning rate (default: 1e-3 / 2e-5 / 2e-5 by stage).")] = None,
+    warmup_ratio: Annotated[float, typer.Option(
+        "--warmup-ratio", help="Share of the steps spent warming the learning rate up (published: 0.03).")] = 0.03,
+    max_tokens: Annotated[Optional[int], typer.Option(
+        "--max-tokens", help="Truncate samples (default 2048, 65536 in stage 3).")] = None,
     max_frames: opt.MaxFrames = None,
     fps: opt.Fps = 1.0,
-    bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="bf16 mixed precision (default: on with a GPU).")] = None,
-    gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in the backward pass to save memory (default: on with a GPU).")] = None,
-    long: Annotated[Optional[bool], typer.Option("--long/--short", help="Use the movie prompt for every sample (default: per sample's \"long\").")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the data order and dropout (a rerun is repeatable).")] = 0,
-    save_steps: Annotated[int, typer.Option("--save-steps", help="Write a resumable checkpoint every N optimizer steps.")] = 500,
-    save_format: Annotated[str, typer.Option("--save-format", help="safetensors (default; no pickle), or bin: the published pickled shards (loaded with weights_only).")] = "safetensors",
-    embed_vision: Annotated[bool, typer.Option("--embed-vision", help="Store a bf16 copy of the vision encoder in the checkpoint (always done when the starting model carried one); otherwise eva_vit_g.pth is linked beside it.")] = False,
+    bf16: Annotated[Optional[bool], typer.Option(
+        "--bf16/--no-bf16", help="bf16 mixed precision (default: on with a GPU).")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option(
+        "--gradient-checkpointing/--no-gradient-checkpointing",
+        help="Recompute activations in the backward pass to save memory (default: on with a GPU).")] = None,
+    long: Annotated[Optional[bool], typer.Option(
+        "--long/--short", help="Use the movie prompt for every sample (default: per sample's \"long\").")] = None,
+    seed: Annotated[int, typer.Option(
+        "--seed", help="Seed of the data order and dropout (a rerun is repeatable).")] = 0,
+    save_steps: Annotated[int, typer.Option(
+        "--save-steps", help="Write a resumable checkpoint every N optimizer steps.")] = 500,
+    save_format: Annotated[str, typer.Option(
+        "--save-format", help="safetensors (default; no pickle), or bin: the published pickled shards (loaded with "
+                              "weights_only).")] = "safetensors",
+    embed_vision: Annotated[bool, typer.Option(
+        "--embed-vision", help="Store a bf16 copy of the vision encoder in the checkpoint (always done when the "
+                               "starting model carried one); otherwise eva_vit_g.pth is linked beside it.")] = False,
     device: opt.Device = None,
     json_out: opt.Json = False,
 ) -> None:
@@ -59,7 +82,8 @@ def train(
         if json_out:
             print_json(record)
         elif "loss" in record:
-            message(f"step {record['step']}: loss {record['loss']:.4f}, lr {record['lr']:.2e}, {record['seconds']:.0f} s")
+            message(f"step {record['step']}: loss {record['loss']:.4f}, lr {record['lr']:.2e}, "
+                    f"{record['seconds']:.0f} s")
         else:
             message(f"llamavid: {record}")
 

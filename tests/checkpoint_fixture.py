@@ -71,7 +71,8 @@ def _randn(gen: torch.Generator, *shape: int, std: float = 0.02) -> torch.Tensor
     return torch.randn(*shape, generator=gen) * std
 
 
-def _linear(sd: dict, prefix: str, out_f: int, in_f: int, gen: torch.Generator, std: float = 0.02, bias: bool = True) -> None:
+def _linear(sd: dict, prefix: str, out_f: int, in_f: int, gen: torch.Generator, std: float = 0.02,
+            bias: bool = True) -> None:
     sd[prefix + ".weight"] = _randn(gen, out_f, in_f, std=std)
     if bias:
         sd[prefix + ".bias"] = _randn(gen, out_f, std=std)
@@ -104,7 +105,8 @@ def make_eva_state_dict(gen: torch.Generator, *, width: int = VISION_WIDTH, bloc
     return sd
 
 
-def make_qformer_state_dict(gen: torch.Generator, vocab: int, *, encoder_width: int = VISION_WIDTH) -> dict[str, torch.Tensor]:
+def make_qformer_state_dict(gen: torch.Generator, vocab: int, *,
+                            encoder_width: int = VISION_WIDTH) -> dict[str, torch.Tensor]:
     """QFormer tensors under the checkpoint's names (model.vlm_att_encoder.bert.*, vlm_att_query, vlm_att_ln)."""
     sd: dict[str, torch.Tensor] = {}
     p = "model.vlm_att_encoder.bert."
@@ -282,7 +284,8 @@ def build_tiny_checkpoint(root: Path, *, seed: int = 0, compress_type: str | Non
             sd["model.vision_tower.vision_tower." + k] = v.to(torch.bfloat16)
     write_shards(ckpt, sd, n_shards)
 
-    config = published_config(compress_type=compress_type, mm_projector_type=projector, vocab_size=sp_size, **config_overrides)
+    config = published_config(compress_type=compress_type, mm_projector_type=projector, vocab_size=sp_size,
+                              **config_overrides)
     (ckpt / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     (ckpt / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "temperature": 0.9, "top_p": 0.6,

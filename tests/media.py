@@ -170,7 +170,8 @@ def make_rotated_video(path: str | Path, rotation: int, *, seconds: float = 1.0,
 
 def _write_png(path: Path, img: np.ndarray) -> None:
     height, width = img.shape[:2]
-    _ffmpeg(["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-i", "-", str(path)], stdin=img.tobytes())
+    _ffmpeg(["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-i", "-", str(path)],
+            stdin=img.tobytes())
 
 
 def make_image(path: str | Path, index: int = 5, *, width: int = WIDTH, height: int = HEIGHT) -> Path:

@@ -24,7 +24,8 @@ def gelu(x):
 
 def eva_features(sd: dict, pixels: torch.Tensor, depth: int, heads: int) -> torch.Tensor:
     """EVA ViT (BLIP-2 variant) forward, plain: conv patches, CLS, position, `depth` pre-norm blocks, no final norm."""
-    x = F.conv2d(pixels, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=sd["patch_embed.proj.weight"].shape[-1])
+    x = F.conv2d(pixels, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"],
+                 stride=sd["patch_embed.proj.weight"].shape[-1])
     b, c = x.shape[:2]
     x = x.reshape(b, c, -1).transpose(1, 2)
     grid = int(math.isqrt(x.shape[1]))
@@ -32,7 +33,8 @@ def eva_features(sd: dict, pixels: torch.Tensor, depth: int, heads: int) -> torc
     src = int(math.isqrt(pos.shape[1] - 1))
     if src != grid:
         p = pos[:, 1:].reshape(1, src, src, c).permute(0, 3, 1, 2)
-        p = F.interpolate(p, size=(grid, grid), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, grid * grid, c)
+        p = (F.interpolate(p, size=(grid, grid), mode="bicubic", align_corners=False)
+             .permute(0, 2, 3, 1).reshape(1, grid * grid, c))
         pos = torch.cat([pos[:, :1], p], dim=1)
     x = torch.cat([sd["cls_token"].expand(b, 1, c), x], dim=1) + pos
     hd = c // heads
@@ -70,7 +72,8 @@ def transformers_qformer(sd: dict, vocab: int, hidden: int, layers: int, heads: 
             continue
         name = key[len(prefix):]
         name = name.replace("embeddings.LayerNorm", "embeddings.layernorm")
-        name = name.replace(".attention.self.", ".attention.attention.").replace(".crossattention.self.", ".crossattention.attention.")
+        name = name.replace(".attention.self.", ".attention.attention.").replace(".crossattention.self.",
+                                                                                 ".crossattention.attention.")
         mapped[name] = value
     missing, unexpected = model.load_state_dict(mapped, strict=False)
     assert not unexpected, unexpected
@@ -88,7 +91,8 @@ def qformer_queries(hf_qformer, sd: dict, input_ids, attention_mask, image: torc
     return out.last_hidden_state[:, : queries.shape[1]]
 
 
-def frame_tokens(sd: dict, queries: torch.Tensor, patches: torch.Tensor, compress: str | None, projector: str) -> torch.Tensor:
+def frame_tokens(sd: dict, queries: torch.Tensor, patches: torch.Tensor, compress: str | None,
+                 projector: str) -> torch.Tensor:
     """The published two-token formulas, per frame, from raw tensors. queries (B, 32, D), patches (B, P, C)."""
     lin = lambda x, name: x @ sd[name + ".weight"].T + sd[name + ".bias"]  # noqa: E731
     text_q = lin(queries, "model.vlm_att_projector")
@@ -131,7 +135,8 @@ def _is_punct(ch: str) -> bool:
 
 
 def wordpiece_ids(text: str, vocab: list[str]) -> list[int]:
-    """[CLS] + greedy longest-match-first WordPiece of the lower-cased, accent-stripped, punctuation-split text + [SEP]."""
+    """[CLS] + greedy longest-match-first WordPiece of the lower-cased, accent-stripped, punctuation-split text +
+    [SEP]."""
     index = {w: i for i, w in enumerate(vocab)}
     text = unicodedata.normalize("NFD", text.lower())
     text = "".join(ch for ch in text if unicodedata.category(ch) != "Mn")

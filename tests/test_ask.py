@@ -60,7 +60,8 @@ def cached_files(tmp_path):
 def test_ask_video_is_encoded_once_then_read_from_the_cache(tiny, media, tmp_path, capsys, monkeypatch):
     calls = []
     original = VisionEncoder.encode_pixels
-    monkeypatch.setattr(VisionEncoder, "encode_pixels", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(VisionEncoder, "encode_pixels",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     code, out1, err1 = run_cli(capsys, "ask", media["video"], "What color is the shape?", "--json", *model_args(tiny))
     assert code == 0, err1
     [cache] = cached_files(tmp_path)
@@ -86,7 +87,8 @@ def test_ask_video_is_encoded_once_then_read_from_the_cache(tiny, media, tmp_pat
     # the token count: text tokens of the published prompt + 2 tokens for each of the 4 frames
     m = llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, device="cpu", dtype="float32")
     prompt = f"{PUBLISHED_SYSTEM} USER: <image>\nWhat color is the shape? ASSISTANT:"
-    text_ids = [1] + m.text_tokenizer.encode(prompt.split("<image>")[0]) + m.text_tokenizer.encode("\nWhat color is the shape? ASSISTANT:")
+    text_ids = ([1] + m.text_tokenizer.encode(prompt.split("<image>")[0])
+                + m.text_tokenizer.encode("\nWhat color is the shape? ASSISTANT:"))
     assert abs(a["prompt_tokens"] - (len(text_ids) + 4 * 2)) <= 1  # tokenizer boundary at the split
 
     # the cached token file is a .vidtok like any other: asking it gives the same answer
@@ -143,13 +145,15 @@ def test_long_prompt_is_the_published_movie_prompt_with_per_frame_subtitles(tiny
     srt = write_srt(tmp_path / "clip.srt", [(0.5, 1.5, "hello there"), (2.2, 2.8, "bye now")])
     prompts = []
     original = LlamaVid.build_prompt
-    monkeypatch.setattr(LlamaVid, "build_prompt", lambda self, *a, **k: prompts.append(original(self, *a, **k)) or prompts[-1])
+    monkeypatch.setattr(LlamaVid, "build_prompt",
+                        lambda self, *a, **k: prompts.append(original(self, *a, **k)) or prompts[-1])
     code, out, err = run_cli(capsys, "ask", media["video"], "Who says bye?", "--long", "--subtitles", srt, "--json",
                              *model_args(tiny))
     assert code == 0, err
     # frames at 0,1,2,3 s; a line goes with the last frame before its end (published rule)
     expected = (f"{PUBLISHED_SYSTEM} USER: Below is a movie. Memorize the content and answer my question after "
-                "watching this movie.<image><image>hello there<image>bye now<image>Now the movie end.\nWho says bye? ASSISTANT:")
+                "watching this movie.<image><image>hello there<image>bye now<image>Now the movie end.\nWho says "
+                "bye? ASSISTANT:")
     assert prompts[-1] == expected
     code, out_short, _ = run_cli(capsys, "ask", media["video"], "Who says bye?", "--json", *model_args(tiny))
     assert prompts[-1] == f"{PUBLISHED_SYSTEM} USER: <image>\nWho says bye? ASSISTANT:"
@@ -168,7 +172,8 @@ def test_context_overflow_strict_is_refused_before_encoding_with_a_hint_that_wor
     # the suggested frame count does fit, strictly
     monkeypatch.setenv("LLAMAVID_CACHE", str(long_cache))
     suggested = int(lines[-1].split("--max-frames ")[1].split()[0])
-    code, out, err = run_cli(capsys, "ask", media["long"], "what?", "--max-frames", suggested, "--strict-context", "--json",
+    code, out, err = run_cli(capsys, "ask", media["long"], "what?", "--max-frames", suggested, "--strict-context",
+                             "--json",
                              *model_args(small))
     assert code == 0, err
     assert json.loads(out)["frames"] == suggested and "frames_available" not in json.loads(out)
@@ -178,7 +183,8 @@ def test_context_overflow_strict_is_refused_before_encoding_with_a_hint_that_wor
     assert code == 1 and f"--max-frames {suggested}" in err
 
 
-def test_context_overflow_by_default_uses_the_most_frames_that_fit(small, media, capsys, monkeypatch, shared_long_cache):
+def test_context_overflow_by_default_uses_the_most_frames_that_fit(small, media, capsys, monkeypatch,
+                                                                   shared_long_cache):
     seen = []
     original = LlamaVid.prompt_embeddings
     monkeypatch.setattr(LlamaVid, "prompt_embeddings",
@@ -209,7 +215,8 @@ def test_max_frames_samples_uniformly_then_fits(small, media, capsys, monkeypatc
     seen = []
     original = LlamaVid.prompt_embeddings
     monkeypatch.setattr(LlamaVid, "prompt_embeddings",
-                        lambda self, *a, **k: seen.append(list(k.get("frame_indices") or [])) or original(self, *a, **k))
+                        lambda self, *a, **k: seen.append(list(k.get("frame_indices") or []))
+                        or original(self, *a, **k))
     code, out, err = run_cli(capsys, "ask", media["long"], "what?", "--max-frames", "20", "--json", *model_args(small))
     assert code == 0, err
     record = json.loads(out)
@@ -227,8 +234,10 @@ def test_summarize_segments_a_video_too_long_for_the_context(small, media, capsy
     questions = []
     original = LlamaVid.prompt_embeddings
     monkeypatch.setattr(LlamaVid, "prompt_embeddings",
-                        lambda self, f, prompts, **k: questions.extend(p.question for p in prompts) or original(self, f, prompts, **k))
-    code, out, err = run_cli(capsys, "summarize", media["long"], "--style", style, "--json", *model_args(small, max_new=6))
+                        lambda self, f, prompts, **k: questions.extend(p.question for p in prompts)
+                        or original(self, f, prompts, **k))
+    code, out, err = run_cli(capsys, "summarize", media["long"], "--style", style, "--json",
+                             *model_args(small, max_new=6))
     assert code == 0, err
     record = json.loads(out)
     assert set(record) == {"input", "style", "summary", "model", "frames", "segments", "seconds"}
@@ -330,7 +339,8 @@ def test_a_cached_ask_probes_nothing_hashes_once_opens_once_and_builds_one_promp
     model = llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, device="cpu", dtype="bfloat16")
     dtypes = []
     original = Vidtok.features
-    monkeypatch.setattr(Vidtok, "features", lambda self, *a, **k: dtypes.append(k.get("dtype")) or original(self, *a, **k))
+    monkeypatch.setattr(Vidtok, "features",
+                        lambda self, *a, **k: dtypes.append(k.get("dtype")) or original(self, *a, **k))
     llamavid.ask(model, media["video"], "what?", temperature=0.0, max_new_tokens=2)
     assert dtypes and set(dtypes) == {torch.bfloat16}
 
@@ -338,16 +348,19 @@ def test_a_cached_ask_probes_nothing_hashes_once_opens_once_and_builds_one_promp
 def test_subtitles_given_at_ask_time_are_used_even_when_the_video_is_cached(tiny, media, tmp_path, capsys, monkeypatch):
     prompts = []
     original = LlamaVid.build_prompt
-    monkeypatch.setattr(LlamaVid, "build_prompt", lambda self, *a, **k: prompts.append(original(self, *a, **k)) or prompts[-1])
+    monkeypatch.setattr(LlamaVid, "build_prompt",
+                        lambda self, *a, **k: prompts.append(original(self, *a, **k)) or prompts[-1])
     video = shutil.copy(media["video"], tmp_path / "v.mp4")
     code, first, err = run_cli(capsys, "ask", video, "Who speaks?", "--long", "--json", *model_args(tiny))
     assert code == 0, err
     assert "encoded" in err and "hello there" not in prompts[-1]
     srt = write_srt(tmp_path / "given.srt", [(0.5, 1.5, "hello there")])
-    code, cached, err = run_cli(capsys, "ask", video, "Who speaks?", "--long", "--subtitles", srt, "--json", *model_args(tiny))
+    code, cached, err = run_cli(capsys, "ask", video, "Who speaks?", "--long", "--subtitles", srt, "--json",
+                                *model_args(tiny))
     assert code == 0 and "using cached features" in err
     with_cache = prompts[-1]
-    code, fresh, err = run_cli(capsys, "ask", video, "Who speaks?", "--long", "--subtitles", srt, "--no-cache", "--json",
+    code, fresh, err = run_cli(capsys, "ask", video, "Who speaks?", "--long", "--subtitles", srt, "--no-cache",
+                               "--json",
                                *model_args(tiny))
     assert code == 0 and "encoded" in err
     assert "hello there" in with_cache and prompts[-1] == with_cache  # the cache changes nothing

@@ -88,7 +88,8 @@ def test_questions_are_grouped_by_video_one_model_load_one_token_file(tiny, vide
     for module in (prepare, materialize):  # a cache entry is opened by the one, a new encode by the other
         monkeypatch.setattr(module, "open_vidtok", lambda p: opens.append(Path(p)) or open_vidtok(p))
     monkeypatch.setattr(LlamaVid, "prompt_embeddings",
-                        lambda self, f, ps, **k: batches.append([p.question for p in ps]) or prompt_embeddings(self, f, ps, **k))
+                        lambda self, f, ps, **k: batches.append([p.question for p in ps])
+                        or prompt_embeddings(self, f, ps, **k))
     a, b = str(videos / "v0.mp4"), str(videos / "v1.mp4")
     lines = [{"id": "1", "video": a, "question": "what color?"}, {"id": "2", "video": b, "question": "who?"},
              {"id": "3", "video": a, "question": "how many?"}, {"id": "4", "video": b, "question": "where?"},
@@ -205,7 +206,8 @@ def test_folder_and_stdin_list_of_videos(tiny, videos, capsys, monkeypatch):
     code, out2, err = run_cli(capsys, "ask", "-", "Is there a dog?", *model_args(tiny))
     assert code == 0, err
     by_id = {r["id"]: r for r in got}
-    assert records(out2) == [dict(by_id[str(videos / n)], seconds=r["seconds"]) for n, r in zip(("v2.mp4", "v0.mp4"), records(out2))]
+    assert records(out2) == [dict(by_id[str(videos / n)], seconds=r["seconds"])
+                             for n, r in zip(("v2.mp4", "v0.mp4"), records(out2))]
 
 
 def test_shell_pipeline(tiny, videos, tmp_path):
@@ -226,7 +228,8 @@ def test_answer_files_and_saved_chats_get_the_umask_mode(tiny, videos, tmp_path,
     try:
         code, _, err = run_cli(capsys, "ask", "--batch", q, "-o", tmp_path / "answers.jsonl", *model_args(tiny))
         assert code == 0, err
-        code, _, err = run_cli(capsys, "chat", videos / "v0.mp4", *model_args(tiny), stdin=f"/save {tmp_path / 'chat.json'}\n",
+        code, _, err = run_cli(capsys, "chat", videos / "v0.mp4", *model_args(tiny),
+                               stdin=f"/save {tmp_path / 'chat.json'}\n",
                                monkeypatch=monkeypatch)
         assert code == 0, err
     finally:

@@ -23,7 +23,8 @@ def spawn(tiny, clip, tmp_path) -> pexpect.spawn:
     env = dict(os.environ, LLAMAVID_CACHE=str(tmp_path / "cache"), TERM="dumb", HOME=str(tmp_path))
     # A terminal's Ctrl-C: restore SIGINT's default in the child, since a runner that started the test
     # suite in the background (nohup, `cmd &` in a script) passes SIGINT down as ignored.
-    child = pexpect.spawn(LLAMAVID[0], [*LLAMAVID[1:], "chat", str(clip), *model_args(tiny)], env=env, cwd=str(tmp_path),
+    child = pexpect.spawn(LLAMAVID[0], [*LLAMAVID[1:], "chat", str(clip), *model_args(tiny)], env=env,
+                          cwd=str(tmp_path),
                           encoding="utf-8", codec_errors="replace", timeout=60, dimensions=(40, 200),
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     child.expect_exact("you> ")
@@ -88,7 +89,8 @@ def test_chat_piped_one_answer_line_per_question_line(tiny, clip, capsys, monkey
 
     prompts, qformer_questions = [], []
     build, tokens = LlamaVid.build_prompt, LlamaVid.video_tokens_batch
-    monkeypatch.setattr(LlamaVid, "build_prompt", lambda self, *a, **k: prompts.append(build(self, *a, **k)) or prompts[-1])
+    monkeypatch.setattr(LlamaVid, "build_prompt",
+                        lambda self, *a, **k: prompts.append(build(self, *a, **k)) or prompts[-1])
     monkeypatch.setattr(LlamaVid, "video_tokens_batch",
                         lambda self, f, qs, **k: qformer_questions.extend(qs) or tokens(self, f, qs, **k))
     questions = ["what color is the shape?", "", "how many shapes?", "who is murphy?"]
@@ -119,7 +121,8 @@ def test_piped_chat_carries_out_slash_commands_and_stops_at_quit(tiny, clip, tmp
     saved = tmp_path / "chat.json"
     lines = ["what color is the shape?", f"/save {saved}", "/reset", "/bogus", "how many shapes?", "/quit",
              "never asked?"]
-    code, out, err = run_cli(capsys, "chat", clip, *model_args(tiny), stdin="\n".join(lines) + "\n", monkeypatch=monkeypatch)
+    code, out, err = run_cli(capsys, "chat", clip, *model_args(tiny), stdin="\n".join(lines) + "\n",
+                             monkeypatch=monkeypatch)
     assert code == 0, err
     assert asked == ["what color is the shape?", "how many shapes?"]  # commands are not questions; /quit stops
     assert len(out.splitlines()) == 2  # one answer line per question, none for commands

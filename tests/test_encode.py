@@ -162,7 +162,8 @@ def test_inputs_folder_stdin_skip_force_json(tmp_path, tiny, capsys, monkeypatch
     out_dir = tmp_path / "out"
     code, out, err = run_cli(capsys, "encode", lib, "--vision-tower", tiny.vision_path, "-o", out_dir, "--json")
     assert code == 0, err
-    assert [(r["input"], r["status"], r["frames"]) for r in records(out)] == [(str(a), "encoded", 1), (str(b), "encoded", 1)]
+    assert [(r["input"], r["status"], r["frames"]) for r in records(out)] == [(str(a), "encoded", 1),
+                                                                              (str(b), "encoded", 1)]
     assert sorted(p.name for p in out_dir.iterdir()) == ["a.vidtok", "b.vidtok"]
     assert "\x1b[" not in err  # no progress bar when stderr is not a terminal
 

@@ -88,12 +88,14 @@ def test_activitynet_pairs_by_question_id(tmp_path, videos):
     # Answers in the other order: pairing by question_id still gets them right.
     a = write_json(
         tmp_path / "test_a.json",
-        [{"answer": "red", "type": 4, "question_id": "v_xyz_0"}, {"answer": "yes", "type": 3, "question_id": "v_abc_0"}],
+        [{"answer": "red", "type": 4, "question_id": "v_xyz_0"},
+         {"answer": "yes", "type": 3, "question_id": "v_abc_0"}],
     )
     items = load_benchmark("activitynet-qa", [q, a], videos)
     assert [(i.id, i.answer, i.extra["type"]) for i in items] == [("v_abc_0", "yes", 3), ("v_xyz_0", "red", 4)]
     assert [i.video for i in items] == [str(videos / "v_abc.mp4"), str(videos / "v_xyz.mkv")]
-    assert [i.id for i in load_benchmark("activitynet-qa", tmp_path, videos)] == ["v_abc_0", "v_xyz_0"]  # a directory works
+    assert ([i.id for i in load_benchmark("activitynet-qa", tmp_path, videos)]
+            == ["v_abc_0", "v_xyz_0"])  # a directory works
 
     write_json(a, [{"answer": "red", "type": 4, "question_id": "v_xyz_0"}])
     with pytest.raises(InputError, match=r"test_a\.json.*no answer for question_id 'v_abc_0'"):
@@ -109,14 +111,17 @@ def test_activitynet_positional_answers(tmp_path):
 def test_videochatgpt_files(tmp_path):
     general = write_json(
         tmp_path / "generic_qa.json",
-        [{"Q": "Describe.", "A": "A man cooks.", "video_name": "v_abc"}, {"Q": "Where?", "A": "Kitchen.", "video_name": "v_abc"}],
+        [{"Q": "Describe.", "A": "A man cooks.", "video_name": "v_abc"},
+         {"Q": "Where?", "A": "Kitchen.", "video_name": "v_abc"}],
     )
     items = load_benchmark("videochatgpt-general", general)
     assert [(i.id, i.kind) for i in items] == [("v_abc_0", "generative"), ("v_abc_1", "generative")]
     assert load_benchmark("videochatgpt-temporal", general)[1].question == "Where?"
-    consistency = write_json(tmp_path / "consistency_qa.json", [{"Q1": "What?", "Q2": "Which?", "A": "Ski.", "video_name": "v_q"}])
+    consistency = write_json(tmp_path / "consistency_qa.json",
+                             [{"Q1": "What?", "Q2": "Which?", "A": "Ski.", "video_name": "v_q"}])
     (item,) = load_benchmark("videochatgpt-consistency", consistency)
-    assert (item.id, item.kind, item.question, item.extra["question2"], item.answer) == ("v_q_0", "consistency", "What?", "Which?", "Ski.")
+    assert (item.id, item.kind, item.question, item.extra["question2"], item.answer) == ("v_q_0", "consistency",
+                                                                                         "What?", "Which?", "Ski.")
 
 
 def test_choice_question_wording():
@@ -130,18 +135,21 @@ def test_videomme_flat_jsonl_and_nested_json(tmp_path, videos):
     flat = write_jsonl(
         tmp_path / "videomme.jsonl",
         [
-            {"videoID": "clip", "question_id": "001-1", "question": "Color?", "options": ["A. red", "B. blue", "C. green", "D. black"], "answer": "C", "task_type": "Attribute"},
+            {"videoID": "clip", "question_id": "001-1", "question": "Color?",
+             "options": ["A. red", "B. blue", "C. green", "D. black"], "answer": "C", "task_type": "Attribute"},
             {"video": "clip", "question": "Count?", "options": ["A. 1", "B. 2", "C. 3", "D. 4"], "answer": "A"},
         ],
     )
     items = load_benchmark("videomme", flat, videos)
-    assert [(i.id, i.answer, i.options) for i in items] == [("001-1", "C", ["red", "blue", "green", "black"]), ("clip_0", "A", ["1", "2", "3", "4"])]
+    assert [(i.id, i.answer, i.options) for i in items] == [("001-1", "C", ["red", "blue", "green", "black"]),
+                                                            ("clip_0", "A", ["1", "2", "3", "4"])]
     assert items[0].question == format_choice_question("Color?", ["red", "blue", "green", "black"])
     assert items[0].extra["raw_question"] == "Color?" and items[0].extra["task_type"] == "Attribute"
     assert items[0].video == str(videos / "clip.webm")
     nested = write_json(
         tmp_path / "videomme.json",
-        [{"videoID": "clip", "duration": "short", "questions": [{"question_id": "q1", "question": "?", "options": ["A. x", "B. y"], "answer": "B"}]}],
+        [{"videoID": "clip", "duration": "short",
+          "questions": [{"question_id": "q1", "question": "?", "options": ["A. x", "B. y"], "answer": "B"}]}],
     )
     (item,) = load_benchmark("videomme", nested)
     assert (item.id, item.answer, item.extra["duration"]) == ("q1", "B", "short")
@@ -169,13 +177,17 @@ def test_mvbench(tmp_path):
         tmp_path / "action_sequence.json",
         [
             {"video": "a.mp4", "question": "What next?", "candidates": ["sit", "stand", "walk"], "answer": "walk"},
-            {"video": "b.mp4", "question": "What first?", "candidates": ["jump", "run"], "answer": "jump", "start": 1.0, "end": 4.5},
+            {"video": "b.mp4", "question": "What first?", "candidates": ["jump", "run"], "answer": "jump", "start": 1.0,
+             "end": 4.5},
         ],
     )
     items = load_benchmark("mvbench", path)
-    assert [(i.id, i.answer, i.extra["task"]) for i in items] == [("action_sequence_0", "C", "action_sequence"), ("action_sequence_1", "A", "action_sequence")]
+    assert [(i.id, i.answer, i.extra["task"]) for i in items] == [("action_sequence_0", "C", "action_sequence"),
+                                                                  ("action_sequence_1", "A", "action_sequence")]
     assert items[1].extra["start"] == 1.0
-    write_json(path, [{"video": "a.mp4", "question": "?", "candidates": ["x", "y"], "answer": "x"}, {"video": "b.mp4", "question": "?", "candidates": ["x", "y"], "answer": "z"}])
+    write_json(path,
+               [{"video": "a.mp4", "question": "?", "candidates": ["x", "y"], "answer": "x"},
+                {"video": "b.mp4", "question": "?", "candidates": ["x", "y"], "answer": "z"}])
     with pytest.raises(InputError, match=r"action_sequence\.json: item 1: answer 'z' is not one of the candidates"):
         load_benchmark("mvbench", path)
 
@@ -187,11 +199,13 @@ def test_synthetic(tmp_path):
             {
                 "id": "s1",
                 "video": "movie.mp4",
-                "conversations": [{"from": "human", "value": "<image>\nHow many cars?"}, {"from": "gpt", "value": "Two cars."}],
+                "conversations": [{"from": "human", "value": "<image>\nHow many cars?"},
+                                  {"from": "gpt", "value": "Two cars."}],
                 "question_type": "count",
                 "answer": "2",
             },
-            {"id": "s2", "video": "movie.mp4", "conversations": [{"from": "human", "value": "<image>\nColor?"}, {"from": "gpt", "value": "Red"}]},
+            {"id": "s2", "video": "movie.mp4",
+             "conversations": [{"from": "human", "value": "<image>\nColor?"}, {"from": "gpt", "value": "Red"}]},
         ],
     )
     items = load_benchmark("synthetic", path)
@@ -204,14 +218,21 @@ def test_synthetic(tmp_path):
 @pytest.mark.parametrize(
     "name, content, message",
     [
-        ("msvd-qa", '[{"video_id": "a", "question": "q", "answer": "x"},\n {"video_id": "b", "question": "q" "answer": "y"}]', r"bad\.json: line 2: not valid JSON"),
-        ("msvd-qa", '{"video_id": "a", "question": "q", "answer": "x"}\n{"video_id": "b", "question": \n', r"bad\.json: line 2: not valid JSON"),
-        ("msvd-qa", '[{"video_id": "a", "question": "q", "answer": "x"}, {"video_id": "b", "answer": "y"}]', r"bad\.json: item 1: missing field 'question'"),
-        ("msvd-qa", '[{"video_id": "a", "question": ["q"], "answer": "x"}]', r"bad\.json: item 0: field 'question' should be text"),
+        ("msvd-qa",
+         '[{"video_id": "a", "question": "q", "answer": "x"},\n {"video_id": "b", "question": "q" "answer": "y"}]',
+         r"bad\.json: line 2: not valid JSON"),
+        ("msvd-qa", '{"video_id": "a", "question": "q", "answer": "x"}\n{"video_id": "b", "question": \n',
+         r"bad\.json: line 2: not valid JSON"),
+        ("msvd-qa", '[{"video_id": "a", "question": "q", "answer": "x"}, {"video_id": "b", "answer": "y"}]',
+         r"bad\.json: item 1: missing field 'question'"),
+        ("msvd-qa", '[{"video_id": "a", "question": ["q"], "answer": "x"}]',
+         r"bad\.json: item 0: field 'question' should be text"),
         ("msvd-qa", '"just a string"', r"bad\.json: expected a JSON list"),
         ("msvd-qa", "", r"bad\.json: file is empty"),
-        ("videomme", '[{"video": "a", "question": "q", "options": ["A. x", "B. y"], "answer": "E"}]', r"bad\.json: item 0: answer 'E' is not one of the option letters A-B"),
-        ("synthetic", '[{"id": "1", "video": "v", "conversations": "no"}]', r"bad\.json: item 0: field 'conversations'"),
+        ("videomme", '[{"video": "a", "question": "q", "options": ["A. x", "B. y"], "answer": "E"}]',
+         r"bad\.json: item 0: answer 'E' is not one of the option letters A-B"),
+        ("synthetic", '[{"id": "1", "video": "v", "conversations": "no"}]',
+         r"bad\.json: item 0: field 'conversations'"),
         ("videochatgpt-general", '[{"video_name": "v", "Q": "q"}]', r"bad\.json: item 0: missing field 'A'"),
     ],
 )
@@ -256,9 +277,12 @@ def test_predictions_record_errors_and_go_on(tmp_path):
     assert (stats.total, stats.skipped, stats.written, stats.errors) == (3, 0, 3, 1)
     rows = read_jsonl(out)
     assert [r["id"] for r in rows] == ["q0", "q1", "q2"]
-    assert rows[0] == {"id": "q0", "video": "v", "question": "question 0?", "answer": "a0", "pred": "A0", "kind": "open", "extra": {}}
+    assert rows[0] == {"id": "q0", "video": "v", "question": "question 0?", "answer": "a0", "pred": "A0",
+                       "kind": "open", "extra": {}}
     assert rows[1] == {"id": "q1", "video": "v", "kind": "open", "error": "RuntimeError: cannot decode video"}
-    assert [(e.done, e.total, e.item_id, e.error is not None) for e in events] == [(1, 3, "q0", False), (2, 3, "q1", True), (3, 3, "q2", False)]
+    assert [(e.done, e.total, e.item_id, e.error is not None) for e in events] == [(1, 3, "q0", False),
+                                                                                   (2, 3, "q1", True),
+                                                                                   (3, 3, "q2", False)]
 
 
 def test_resume_after_kill_with_torn_line(tmp_path):
@@ -336,7 +360,8 @@ def test_consistency_items_are_asked_twice(tmp_path):
     out = tmp_path / "pred.jsonl"
     run_predictions([item], lambda it: f"answer to {it.question}", out)
     (row,) = read_jsonl(out)
-    assert (row["question"], row["question2"], row["pred1"], row["pred2"]) == ("What?", "Which?", "answer to What?", "answer to Which?")
+    assert (row["question"], row["question2"], row["pred1"], row["pred2"]) == ("What?", "Which?", "answer to What?",
+                                                                               "answer to Which?")
     out2 = tmp_path / "pred2.jsonl"
     run_predictions([item], None, out2, answer_batch_fn=lambda batch: [f"b:{it.question}" for it in batch])
     assert read_jsonl(out2)[0]["pred2"] == "b:Which?"
@@ -405,8 +430,10 @@ def test_score_choice(tmp_path, videos):
     path = write_jsonl(
         tmp_path / "videomme.jsonl",
         [
-            {"videoID": "clip", "question_id": f"q{i}", "question": "?", "options": ["A. dog", "B. cat", "C. car", "D. bus"], "answer": answer, "task_type": task}
-            for i, (answer, task) in enumerate([("A", "t1"), ("B", "t1"), ("C", "t2"), ("D", "t2"), ("A", "t2"), ("B", "t2")])
+            {"videoID": "clip", "question_id": f"q{i}", "question": "?",
+             "options": ["A. dog", "B. cat", "C. car", "D. bus"], "answer": answer, "task_type": task}
+            for i, (answer, task) in enumerate([("A", "t1"), ("B", "t1"), ("C", "t2"), ("D", "t2"), ("A", "t2"),
+                                                ("B", "t2")])
         ],
     )
     items = load_benchmark("videomme", path, videos)
@@ -428,7 +455,9 @@ def test_score_choice(tmp_path, videos):
 
 
 def test_score_choice_counts_unlabeled(tmp_path):
-    questions = write_json(tmp_path / "q.json", [{"q_uid": u, "question": "?", **{f"option {k}": f"o{k}" for k in range(5)}} for u in ("e1", "e2")])
+    questions = write_json(tmp_path / "q.json",
+                           [{"q_uid": u, "question": "?", **{f"option {k}": f"o{k}" for k in range(5)}}
+                            for u in ("e1", "e2")])
     answers = write_json(tmp_path / "a.json", {"e1": 2})
     preds = tmp_path / "pred.jsonl"
     run_predictions(load_benchmark("egoschema", [questions, answers]), lambda item: "C", preds)
@@ -454,18 +483,22 @@ def test_score_synthetic(tmp_path):
         ("action", "running", "walking"),  # wrong
     ]
     items = [
-        {"id": f"s{i}", "video": "m.mp4", "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": gt}], "question_type": t, "answer": gt}
+        {"id": f"s{i}", "video": "m.mp4",
+         "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": gt}], "question_type": t,
+         "answer": gt}
         for i, (t, gt, _) in enumerate(rows)
     ]
     loaded = load_benchmark("synthetic", write_json(tmp_path / "s.json", items))
     preds = tmp_path / "pred.jsonl"
     replies = {f"s{i}": reply for i, (_, _, reply) in enumerate(rows)}
-    run_predictions(loaded + [EvalItem("s9", "m.mp4", "q", "x", "exact", extra={"question_type": "count"})], lambda item: replies.get(item.id) or 1 / 0, preds)
+    run_predictions(loaded + [EvalItem("s9", "m.mp4", "q", "x", "exact", extra={"question_type": "count"})],
+                    lambda item: replies.get(item.id) or 1 / 0, preds)
     result = score_file("synthetic", preds)
     # 3 right of 5 scored = 0.6; count 1/2, color 2/2, action 0/1; s9 raised -> 1 error, not scored.
     assert result.metrics == {"accuracy": 0.6}
     assert result.counts == {"total": 6, "errors": 1, "scored": 5, "correct": 3}
-    assert result.breakdown == {"action": {"accuracy": 0.0, "n": 1}, "color": {"accuracy": 1.0, "n": 2}, "count": {"accuracy": 0.5, "n": 2}}
+    assert result.breakdown == {"action": {"accuracy": 0.0, "n": 1}, "color": {"accuracy": 1.0, "n": 2},
+                                "count": {"accuracy": 0.5, "n": 2}}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -474,16 +507,23 @@ def test_score_synthetic(tmp_path):
 
 def test_report_layout(tmp_path):
     results = [
-        BenchmarkResult("msvd-qa", "MSVD-QA", {"accuracy": 0.6823, "score": 3.614}, {"total": 10, "errors": 1, "judge_errors": 0, "judged": 8, "unparsed": 1}, paper={"accuracy": 0.697, "score": 3.7}),
-        BenchmarkResult("videochatgpt-temporal", "Video-ChatGPT (temporal)", {"temporal": 2.5}, {"total": 3, "errors": 0, "judge_errors": 0, "judged": 3, "unparsed": 0}),
-        BenchmarkResult("videomme", "Video-MME", {"accuracy": 0.6}, {"total": 6, "errors": 1, "scored": 5, "correct": 3, "no_option": 1, "unlabeled": 0}),
-        BenchmarkResult("synthetic", "llamavid synthetic", {"accuracy": 0.6}, {"total": 5, "errors": 0, "scored": 5, "correct": 3}, breakdown={"count": {"accuracy": 0.5, "n": 2}}),
+        BenchmarkResult("msvd-qa", "MSVD-QA", {"accuracy": 0.6823, "score": 3.614},
+                        {"total": 10, "errors": 1, "judge_errors": 0, "judged": 8, "unparsed": 1},
+                        paper={"accuracy": 0.697, "score": 3.7}),
+        BenchmarkResult("videochatgpt-temporal", "Video-ChatGPT (temporal)", {"temporal": 2.5},
+                        {"total": 3, "errors": 0, "judge_errors": 0, "judged": 3, "unparsed": 0}),
+        BenchmarkResult("videomme", "Video-MME", {"accuracy": 0.6},
+                        {"total": 6, "errors": 1, "scored": 5, "correct": 3, "no_option": 1, "unlabeled": 0}),
+        BenchmarkResult("synthetic", "llamavid synthetic", {"accuracy": 0.6},
+                        {"total": 5, "errors": 0, "scored": 5, "correct": 3},
+                        breakdown={"count": {"accuracy": 0.5, "n": 2}}),
     ]
     md, js = tmp_path / "out" / "report.md", tmp_path / "out" / "report.json"
     write_report(results, md, js)
     text = md.read_text()
     assert text == render_markdown(results)
-    assert "| Method | MSVD-QA Acc | MSVD-QA Score | MSRVTT-QA Acc | MSRVTT-QA Score | ActivityNet-QA Acc | ActivityNet-QA Score |" in text
+    assert ("| Method | MSVD-QA Acc | MSVD-QA Score | MSRVTT-QA Acc | MSRVTT-QA Score | ActivityNet-QA Acc | "
+            "ActivityNet-QA Score |" in text)
     assert "| LLaMA-VID-7B (paper) | 69.7 | 3.7 | 57.7 | 3.2 | 47.4 | 3.3 |" in text
     assert "| This run | 68.2 | 3.61 | – | – | – | – |" in text
     assert "| LLaMA-VID-7B (paper) | 2.96 | 3.00 | 3.53 | 2.46 | 2.51 |" in text

@@ -41,9 +41,12 @@ MSVD = [
 ]
 
 VIDEOMME = [
-    {"videoID": "vid1", "question_id": "q1", "question": "What shape?", "options": ["A. circle", "B. square", "C. triangle"], "answer": "B"},
-    {"videoID": "vid2", "question_id": "q2", "question": "What color?", "options": ["A. red", "B. green", "C. blue", "D. yellow"], "answer": "A"},
-    {"videoID": "vid2", "question_id": "q3", "question": "How many?", "options": ["A. one", "B. two", "C. three"], "answer": "C"},
+    {"videoID": "vid1", "question_id": "q1", "question": "What shape?",
+     "options": ["A. circle", "B. square", "C. triangle"], "answer": "B"},
+    {"videoID": "vid2", "question_id": "q2", "question": "What color?",
+     "options": ["A. red", "B. green", "C. blue", "D. yellow"], "answer": "A"},
+    {"videoID": "vid2", "question_id": "q3", "question": "How many?", "options": ["A. one", "B. two", "C. three"],
+     "answer": "C"},
 ]
 
 
@@ -106,7 +109,8 @@ class VerdictServer:
 def judge_server(monkeypatch) -> Iterator[VerdictServer]:
     for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
-    for name in ("LLAMAVID_JUDGE_BASE_URL", "LLAMAVID_JUDGE_MODEL", "LLAMAVID_JUDGE_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
+    for name in ("LLAMAVID_JUDGE_BASE_URL", "LLAMAVID_JUDGE_MODEL", "LLAMAVID_JUDGE_API_KEY", "OPENAI_BASE_URL",
+                 "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     server = VerdictServer()
     yield server
@@ -258,7 +262,8 @@ def test_judge_score_report_end_to_end(msvd_preds, judge_server, tmp_path, capsy
     assert result["metrics"]["accuracy"] == pytest.approx(2 / 3)
     assert result["metrics"]["score"] == pytest.approx((5 + 4 + 1) / 3)
     counts = result["counts"]
-    assert (counts["total"], counts["judged"], counts["unparsed"], counts["errors"], counts["yes"], counts["no"]) == (5, 3, 1, 1, 2, 1)
+    assert (counts["total"], counts["judged"], counts["unparsed"], counts["errors"], counts["yes"],
+            counts["no"]) == (5, 3, 1, 1, 2, 1)
     assert "1 errors" in stderr and "1 unparsed" in stderr
     code, stdout, _ = run_cli(capsys, "eval", "score", "msvd-qa", judged, "--raw-scores")
     assert last_json(stdout)["metrics"]["score"] == pytest.approx((5 + 4.8 + 1) / 3)
@@ -307,11 +312,14 @@ def test_run_chains_predict_judge_score_report(bench, tiny, judge_server, tmp_pa
 
 
 def test_clear_errors(bench, tmp_path, capsys, judge_server):
-    code, _, err = run_cli(capsys, "eval", "predict", "msvd-qa", "-q", tmp_path / "nope.json", "-o", tmp_path / "p.jsonl")
+    code, _, err = run_cli(capsys, "eval", "predict", "msvd-qa", "-q", tmp_path / "nope.json", "-o",
+                           tmp_path / "p.jsonl")
     assert code == 1 and err == f"llamavid: error: {tmp_path / 'nope.json'}: file not found\n"
 
-    code, _, err = run_cli(capsys, "eval", "predict", "msvd-qb", "-q", bench / "test_qa.json", "-o", tmp_path / "p.jsonl")
-    assert code == 1 and err.startswith("llamavid: error: unknown benchmark 'msvd-qb'; known: msvd-qa") and err.count("\n") == 1
+    code, _, err = run_cli(capsys, "eval", "predict", "msvd-qb", "-q", bench / "test_qa.json", "-o",
+                           tmp_path / "p.jsonl")
+    assert code == 1 and err.startswith("llamavid: error: unknown benchmark 'msvd-qb'; "
+                                        "known: msvd-qa") and err.count("\n") == 1
 
     code, _, err = run_cli(capsys, "eval", "score", "nope", tmp_path / "p.jsonl")
     assert code == 1 and "unknown benchmark 'nope'" in err and err.count("\n") == 1
@@ -327,8 +335,10 @@ def test_clear_errors(bench, tmp_path, capsys, judge_server):
     code, _, err = run_cli(capsys, "eval", "judge", "msvd-qa", preds, "-o", tmp_path / "j.jsonl", "--base-url",
                        f"http://127.0.0.1:{port}/v1", "--max-retries", "0")
     assert code == 1 and err.count("\n") == 2  # the "judging ... with" line, then the error
-    assert err.splitlines()[-1].startswith(f"llamavid: error: judge endpoint http://127.0.0.1:{port}/v1/chat/completions failed 1 times")
+    assert err.splitlines()[-1].startswith("llamavid: error: judge endpoint "
+                                           f"http://127.0.0.1:{port}/v1/chat/completions failed 1 times")
     assert "cannot connect" in err
 
     code, _, err = run_cli(capsys, "eval", "report", tmp_path / "missing.json")
-    assert code == 1 and err.startswith(f"llamavid: error: {tmp_path / 'missing.json'}: no such file") and err.count("\n") == 1
+    assert code == 1 and err.startswith(f"llamavid: error: {tmp_path / 'missing.json'}: "
+                                        "no such file") and err.count("\n") == 1

@@ -258,7 +258,8 @@ def test_ranges_in_a_batch_chat_and_summary(tiny, media, capsys, tmp_path, monke
 
 def test_range_errors_are_one_line(tiny, media, capsys):
     video, image = media["video"], media["image"]
-    assert "past the end of the video" in _one_line_error(capsys, "ask", video, "q?", "--start", "0:09", *model_args(tiny))
+    assert "past the end of the video" in _one_line_error(capsys, "ask", video, "q?", "--start", "0:09",
+                                                          *model_args(tiny))
     assert "range would be empty" in _one_line_error(capsys, "ask", video, "q?", "--start", "5", "--end", "00:05",
                                                      *model_args(tiny))
     assert "still image" in _one_line_error(capsys, "ask", image, "q?", "--start", "1", *model_args(tiny))
@@ -319,7 +320,8 @@ def test_eval_scores_multiple_choice_by_likelihood(tiny, media, capsys, tmp_path
     mc = tmp_path / "mc.json"
     mc.write_text(json.dumps(items))
     out = tmp_path / "pred.jsonl"
-    code, stdout, err = run_cli(capsys, "eval", "predict", "synthetic-mc", "-q", mc, "--videos", media["root"], "-o", out,
+    code, stdout, err = run_cli(capsys, "eval", "predict", "synthetic-mc", "-q", mc, "--videos", media["root"], "-o",
+                                out,
                                 "--mcq", "likelihood", *model_args(tiny))
     assert code == 0, err
     preds = [json.loads(line)["pred"] for line in out.read_text().splitlines()]

@@ -230,7 +230,8 @@ def test_temperature_is_sent_only_when_chosen(server):
 def test_environment_defaults():
     judge = Judge(env={"OPENAI_BASE_URL": "http://x/v1/", "OPENAI_API_KEY": "k1"})
     assert (judge.url, judge.model, judge.api_key) == ("http://x/v1/chat/completions", "gpt-3.5-turbo", "k1")
-    judge = Judge(env={"LLAMAVID_JUDGE_BASE_URL": "http://y", "OPENAI_BASE_URL": "http://x", "LLAMAVID_JUDGE_MODEL": "m", "LLAMAVID_JUDGE_API_KEY": "k2", "OPENAI_API_KEY": "k1"})
+    judge = Judge(env={"LLAMAVID_JUDGE_BASE_URL": "http://y", "OPENAI_BASE_URL": "http://x",
+                       "LLAMAVID_JUDGE_MODEL": "m", "LLAMAVID_JUDGE_API_KEY": "k2", "OPENAI_API_KEY": "k1"})
     assert (judge.url, judge.model, judge.api_key) == ("http://y/chat/completions", "m", "k2")
     assert Judge(env={}).url == "https://api.openai.com/v1/chat/completions"
 
@@ -255,7 +256,8 @@ def test_judge_predictions_counts_unparsed_and_resumes(server, tmp_path):
         ],
     )
     # Replies in request order (workers=1): q1 yes/4, q2 no/1, q4 malformed.
-    server.script = [Reply(content="{'pred': 'yes', 'score': 4}"), Reply(content="{'pred': 'no', 'score': 1}"), Reply(content="Sorry, I cannot.")]
+    server.script = [Reply(content="{'pred': 'yes', 'score': 4}"), Reply(content="{'pred': 'no', 'score': 1}"),
+                     Reply(content="Sorry, I cannot.")]
     judged = tmp_path / "judged.jsonl"
     stats = judge_predictions(preds, "msvd-qa", make_judge(server), judged)
     assert server.count == 3
@@ -304,7 +306,9 @@ def test_fatal_error_stops_run_and_keeps_finished_items(server, tmp_path):
 
 def test_item_level_4xx_is_recorded_and_run_goes_on(server, tmp_path):
     preds = tmp_path / "pred.jsonl"
-    write_predictions(preds, [{"id": "q0", "question": "q", "answer": "a", "pred": "x"}, {"id": "q1", "question": "q", "answer": "a", "pred": "y"}])
+    write_predictions(preds,
+                      [{"id": "q0", "question": "q", "answer": "a", "pred": "x"},
+                       {"id": "q1", "question": "q", "answer": "a", "pred": "y"}])
     server.script = [Reply(status=400), Reply()]
     judged = tmp_path / "judged.jsonl"
     stats = judge_predictions(preds, "msvd-qa", make_judge(server), judged)
@@ -330,12 +334,14 @@ def test_videochatgpt_general_asks_three_dimensions_in_published_format(server, 
     assert score_file("videochatgpt-general", judged, truncate_scores=False).metrics["context"] == 4.6
 
 
-@pytest.mark.parametrize("mode, expected_q2", [("published", "What is he doing?"), ("fixed", "What activity is shown?")])
+@pytest.mark.parametrize("mode, expected_q2",
+                         [("published", "What is he doing?"), ("fixed", "What activity is shown?")])
 def test_consistency_question2(server, tmp_path, mode, expected_q2):
     preds = tmp_path / "pred.jsonl"
     write_predictions(
         preds,
-        [{"id": "v_0", "question": "What is he doing?", "question2": "What activity is shown?", "answer": "skiing", "pred": "skiing", "pred1": "skiing", "pred2": "snowboarding"}],
+        [{"id": "v_0", "question": "What is he doing?", "question2": "What activity is shown?", "answer": "skiing",
+          "pred": "skiing", "pred1": "skiing", "pred2": "snowboarding"}],
     )
     server.script = [Reply(content="{'score': 2}")]
     judge_predictions(preds, "videochatgpt-consistency", make_judge(server), tmp_path / "j.jsonl", consistency_q2=mode)
@@ -411,13 +417,16 @@ def _published_messages(source: str, values: dict[str, str]) -> list[dict[str, s
     raise AssertionError("no messages= in published file")
 
 
-@pytest.mark.skipif(not PUBLISHED_REPO.exists() or shutil.which("git") is None, reason="published LLaMA-VID repository not available")
+@pytest.mark.skipif(not PUBLISHED_REPO.exists() or shutil.which("git") is None,
+                    reason="published LLaMA-VID repository not available")
 @pytest.mark.parametrize("filename", sorted(PUBLISHED_FILES))
 def test_prompts_match_published_files(filename):
     source = subprocess.run(
-        ["git", "-C", str(PUBLISHED_REPO), "show", f"HEAD:llamavid/eval/{filename}"], capture_output=True, text=True, check=True
+        ["git", "-C", str(PUBLISHED_REPO), "show", f"HEAD:llamavid/eval/{filename}"], capture_output=True, text=True,
+        check=True
     ).stdout
-    values = {"question": "Q {x}?", "question1": "Q {x}?", "question2": "Q2", "answer": "A'", "pred": 'P"', "pred1": 'P"', "pred2": "P2"}
+    values = {"question": "Q {x}?", "question1": "Q {x}?", "question2": "Q2", "answer": "A'", "pred": 'P"',
+              "pred1": 'P"', "pred2": "P2"}
     mine = build_messages(PUBLISHED_FILES[filename], "Q {x}?", "A'", 'P"', question2="Q2", pred2="P2")
     assert mine == _published_messages(source, values)
 

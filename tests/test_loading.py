@@ -184,4 +184,5 @@ def test_vision_encoder_alone_from_a_file_or_a_model(tmp_path, tiny, tiny_model)
     fx = build_tiny_checkpoint(tmp_path, embed_vision=True, n_shards=3)
     enc = llamavid.load_vision_encoder(fx.path, device="cpu")
     assert "embedded" in enc.weights.description
-    assert enc.identity()["fingerprint"] == llamavid.load_vision_encoder(vision_tower=fx.vision_path).identity()["fingerprint"]
+    assert (enc.identity()["fingerprint"]
+            == llamavid.load_vision_encoder(vision_tower=fx.vision_path).identity()["fingerprint"])

@@ -43,7 +43,8 @@ def tiny_bytes(tiny):
 def test_dtype_rule_on_the_cpu():
     weights = lambda dt: 27_000_000_000 if dt == torch.float32 else 13_500_000_000  # noqa: E731
     native = choose_dtype(None, CPU, weight_bytes=weights, probes=probes(bf16="AVX512-BF16"))
-    assert native.dtype == torch.bfloat16 and "natively (AVX512-BF16)" in native.note and "float32 to override" in native.note
+    assert (native.dtype == torch.bfloat16 and "natively (AVX512-BF16)" in native.note
+            and "float32 to override" in native.note)
     roomy = choose_dtype(None, CPU, weight_bytes=weights, probes=probes(available=40_000_000_000))
     assert roomy.dtype == torch.float32 and roomy.note is None
     tight = choose_dtype("auto", CPU, weight_bytes=weights, probes=probes(available=22_100_000_000))
@@ -53,13 +54,15 @@ def test_dtype_rule_on_the_cpu():
     unknown = choose_dtype(None, CPU, weight_bytes=weights, probes=probes(available=None))
     assert unknown.dtype == torch.float32
     # an explicit dtype is kept as given, whatever the machine
-    assert choose_dtype("float32", CPU, weight_bytes=weights, probes=probes(available=1, bf16="AMX-BF16")).dtype == torch.float32
+    assert choose_dtype("float32", CPU, weight_bytes=weights,
+                        probes=probes(available=1, bf16="AMX-BF16")).dtype == torch.float32
     assert choose_dtype("bf16", CPU, probes=probes()).dtype == torch.bfloat16
 
 
 def test_load_model_default_dtype_follows_the_rule_and_says_so_once(tiny, tiny_bytes):
     lines, cb = said()
-    model = llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, callbacks=cb, probes=probes(bf16="AVX512-BF16"))
+    model = llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, callbacks=cb,
+                                probes=probes(bf16="AVX512-BF16"))
     assert model.dtype == torch.bfloat16 and model.llm.model.embed_tokens.weight.dtype == torch.bfloat16
     assert len(lines) == 1 and lines[0].startswith("loading in bfloat16: this CPU computes it natively")
     lines, cb = said()
@@ -131,7 +134,8 @@ def test_vision_encoder_loads_fp16_file_straight_into_bf16(tiny, tmp_path):
     assert ((a - b).norm() / b.norm()).item() < 0.02
     with pytest.raises(MemoryLimitError, match="vision encoder's weights in float32.*dtype='bfloat16'"):
         llamavid.load_vision_encoder(vision_tower=half, device="cpu", dtype="float32",
-                                     probes=probes(available=RUNTIME_OVERHEAD + enc.weights.weight_bytes(torch.float32) // 2 + 4096))
+                                     probes=probes(available=RUNTIME_OVERHEAD
+                                                   + enc.weights.weight_bytes(torch.float32) // 2 + 4096))
 
 
 def test_release_file_pages_keeps_the_data(tmp_path):
@@ -160,10 +164,13 @@ def test_auto_picks_the_first_mode_that_fits_and_refuses_with_the_tokens_that_fi
     tokens, chunk = 60_000, 4096
     need = {m: sum(SEVEN_B.need(m, tokens, chunk, 1)) for m in ("full", "int8", "int4")}
     assert need["int4"] < need["int8"] < need["full"]
-    assert plan_cache(SEVEN_B, "auto", tokens=tokens, batch=1, chunk=chunk, device=CPU, available=int(need["full"]) + 1) == ("full", None)
-    mode, note = plan_cache(SEVEN_B, "auto", tokens=tokens, batch=1, chunk=chunk, device=CPU, available=int(need["int8"]) + 1)
+    assert plan_cache(SEVEN_B, "auto", tokens=tokens, batch=1, chunk=chunk, device=CPU,
+                      available=int(need["full"]) + 1) == ("full", None)
+    mode, note = plan_cache(SEVEN_B, "auto", tokens=tokens, batch=1, chunk=chunk, device=CPU,
+                            available=int(need["int8"]) + 1)
     assert mode == "int8" and "60,000-token" in note and "full KV cache to insist" in note
-    assert plan_cache(SEVEN_B, "auto", tokens=tokens, batch=1, chunk=chunk, device=CPU, available=int(need["int4"]) + 1)[0] == "int4"
+    assert plan_cache(SEVEN_B, "auto", tokens=tokens, batch=1, chunk=chunk, device=CPU,
+                      available=int(need["int4"]) + 1)[0] == "int4"
     with pytest.raises(MemoryLimitError) as info:
         plan_cache(SEVEN_B, "auto", tokens=tokens, batch=1, chunk=chunk, device=CPU, available=int(need["int4"]) // 2)
     fit = info.value.fit_tokens
@@ -193,7 +200,8 @@ def test_quantized_cache_stays_close_to_the_full_one(tiny_model, mode, max_rel, 
         outs = []
         with torch.inference_mode():
             for start in range(0, 40, 16):  # chunked prefill, then one-token steps
-                out = llm(inputs_embeds=emb[:, start:start + 16], position_ids=torch.arange(start, min(40, start + 16))[None],
+                out = llm(inputs_embeds=emb[:, start:start + 16],
+                          position_ids=torch.arange(start, min(40, start + 16))[None],
                           use_cache=True, **{cache_argument(llm): cache})
                 outs.append(out.logits)
         logits[m], caches[m] = torch.cat(outs, dim=1), cache
@@ -209,7 +217,8 @@ def test_quantized_cache_stays_close_to_the_full_one(tiny_model, mode, max_rel, 
 
 def test_answers_use_the_chosen_cache_and_a_prompt_that_fits_nothing_names_max_frames(tiny, monkeypatch):
     lines, cb = said()
-    model = llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, dtype="float32", callbacks=cb, probes=probes())
+    model = llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, dtype="float32", callbacks=cb,
+                                probes=probes())
     used = []
     import llamavid.model.kvcache as kv
 
@@ -254,7 +263,8 @@ def test_kv_cache_option_reaches_the_model_and_a_vidtok_never_builds_the_encoder
 
     answer = qa.answer_questions
     monkeypatch.setattr(qa, "answer_questions",
-                        lambda m, v, questions, **k: seen.extend(q.options.kv_cache for q in questions) or answer(m, v, questions, **k))
+                        lambda m, v, questions, **k: seen.extend(q.options.kv_cache for q in questions)
+                        or answer(m, v, questions, **k))
     feats = tmp_path / "v.vidtok"
     import numpy as np
 

@@ -34,7 +34,8 @@ def reference_tokens(fx, features: torch.Tensor, question: str, compress, projec
     vocab = [line for line in (fx.extra["bert_dir"] / "vocab.txt").read_text().splitlines() if line]
     ids = torch.tensor([ref.wordpiece_ids(question, vocab)] * features.shape[0])
     mask = torch.ones_like(ids)
-    hf = ref.transformers_qformer(fx.state_dict, len(vocab) + 1, QF_HIDDEN, QF_LAYERS, QF_HIDDEN // 64, QF_INTER, VISION_WIDTH)
+    hf = ref.transformers_qformer(fx.state_dict, len(vocab) + 1, QF_HIDDEN, QF_LAYERS, QF_HIDDEN // 64, QF_INTER,
+                                  VISION_WIDTH)
     image = features[:, 1:] if long_video else features
     with torch.no_grad():
         queries = ref.qformer_queries(hf, fx.state_dict, ids, mask, image)
@@ -142,10 +143,12 @@ def test_vision_features_equal_transformers_instructblip_before_post_norm(tiny, 
     for i in range(VISION_BLOCKS_IN_FILE):
         b, h = f"blocks.{i}.", f"encoder.layers.{i}."
         mapped[h + "self_attn.qkv.weight"] = sd[b + "attn.qkv.weight"]
-        mapped[h + "self_attn.qkv.bias"] = torch.cat([sd[b + "attn.q_bias"], torch.zeros(VISION_WIDTH), sd[b + "attn.v_bias"]])
+        mapped[h + "self_attn.qkv.bias"] = torch.cat([sd[b + "attn.q_bias"], torch.zeros(VISION_WIDTH),
+                                                      sd[b + "attn.v_bias"]])
         mapped[h + "self_attn.projection.weight"] = sd[b + "attn.proj.weight"]
         mapped[h + "self_attn.projection.bias"] = sd[b + "attn.proj.bias"]
-        for ours, theirs in (("norm1", "layer_norm1"), ("norm2", "layer_norm2"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+        for ours, theirs in (("norm1", "layer_norm1"), ("norm2", "layer_norm2"), ("mlp.fc1", "mlp.fc1"),
+                             ("mlp.fc2", "mlp.fc2")):
             mapped[h + theirs + ".weight"] = sd[b + ours + ".weight"]
             mapped[h + theirs + ".bias"] = sd[b + ours + ".bias"]
     missing, _ = hf.load_state_dict(mapped, strict=False)
@@ -177,7 +180,8 @@ def test_preprocessing_matches_clip_image_processor(size):
     from llamavid.model.vision import CLIP_MEAN, CLIP_STD, preprocess_frames
 
     proc = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, resample=3,
-                              do_center_crop=True, do_normalize=True, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD),
+                              do_center_crop=True, do_normalize=True, image_mean=list(CLIP_MEAN),
+                              image_std=list(CLIP_STD),
                               do_convert_rgb=True)
     rng = np.random.default_rng(sum(size))
     frames = rng.integers(0, 256, size=(2, *size, 3), dtype=np.uint8)
@@ -346,7 +350,8 @@ def test_prompt_matches_published_templates_byte_for_byte(tiny_model):
     p = tiny_model.build_prompt("Who is Murphy?", n_frames=3, long_video=False)
     assert p == SYSTEM + " USER: <image>\nWho is Murphy? ASSISTANT:"
     p = tiny_model.build_prompt("Who is Murphy?", n_frames=3, long_video=False, template="llava_v1")
-    assert p == ("A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+    assert p == ("A chat between a curious human and an artificial intelligence assistant. The assistant "
+                 "gives helpful, "
                  "detailed, and polite answers to the human's questions. USER: <image>\nWho is Murphy? ASSISTANT:")
     p = tiny_model.build_prompt("And then?", n_frames=1, long_video=False, history=[("What is it?", "A dog.")])
     assert p == SYSTEM + " USER: What is it? ASSISTANT: A dog.</s>USER: <image>\nAnd then? ASSISTANT:"
@@ -481,7 +486,8 @@ def test_config_without_llamavid_keys(tmp_path):
     for key in ("mm_vision_tower", "bert_type"):
         cfg.pop(key)
     (fx.path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"config\.json: not a LLaMA-VID config \(missing mm_vision_tower, bert_type\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"config\.json: not a LLaMA-VID config \(missing mm_vision_tower, bert_type\)"):
         llamavid.load_model(fx.path)
 
 

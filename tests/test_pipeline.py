@@ -40,7 +40,8 @@ def encodes(monkeypatch) -> list[int]:
 
     calls: list[int] = []
     original = VisionEncoder.encode_pixels
-    monkeypatch.setattr(VisionEncoder, "encode_pixels", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(VisionEncoder, "encode_pixels",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     return calls
 
 

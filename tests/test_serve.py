@@ -339,7 +339,8 @@ def _refusal_cases(media: Path, tmp: Path):
 
     outside = media["outside"] / "secret.mp4"
     return [  # (name, body or raw bytes, status, code, param)
-        ("file:// outside the root", chat(f"file://{outside}"), 403, "media_access_denied", "messages[0].content[0].video_url.url"),
+        ("file:// outside the root", chat(f"file://{outside}"), 403, "media_access_denied",
+         "messages[0].content[0].video_url.url"),
         ("absolute path outside", chat(str(outside)), 403, "media_access_denied", None),
         ("dot-dot escape", chat("../outside/secret.mp4"), 403, "media_access_denied", None),
         ("symlink escape", chat("escape.mp4"), 403, "media_access_denied", None),
@@ -354,7 +355,8 @@ def _refusal_cases(media: Path, tmp: Path):
         ("data URL as a video", chat(_png_data_url(tmp)), 400, "unsupported_url", None),
         ("data URL too large", chat(_png_data_url(tmp, 60_000), part="image_url"), 413, "image_too_large", None),
         ("data URL not base64", chat("data:image/png;base64,@@@@", part="image_url"), 400, None, None),
-        ("data URL of another type", chat("data:text/plain;base64,aGk=", part="image_url"), 400, "unsupported_media_type", None),
+        ("data URL of another type", chat("data:text/plain;base64,aGk=", part="image_url"), 400,
+         "unsupported_media_type", None),
         ("body too large", chat("clip.mp4", question="x" * 1_100_000), 413, "request_too_large", None),
         ("n > 1", chat("clip.mp4", n=2), 400, None, "n"),
         ("unknown field", chat("clip.mp4", colour="red"), 400, "unknown_field", "colour"),
@@ -364,7 +366,8 @@ def _refusal_cases(media: Path, tmp: Path):
         ("option out of range", chat("clip.mp4", max_tokens=0), 400, None, "max_tokens"),
         ("temperature of the wrong type", chat("clip.mp4", temperature="hot"), 400, None, "temperature"),
         ("llamavid's name for max_tokens", chat("clip.mp4", max_new_tokens=5), 400, None, "max_new_tokens"),
-        ("subtitles outside the root", chat("clip.mp4", subtitles=str(outside)), 403, "media_access_denied", "subtitles"),
+        ("subtitles outside the root", chat("clip.mp4", subtitles=str(outside)), 403, "media_access_denied",
+         "subtitles"),
         ("another model", {**chat("clip.mp4"), "model": "gpt-4o"}, 404, "model_not_found", "model"),
         ("no model", {k: v for k, v in chat("clip.mp4").items() if k != "model"}, 400, None, "model"),
         ("not JSON", b"{\"model\": ", 400, None, None),
@@ -372,23 +375,29 @@ def _refusal_cases(media: Path, tmp: Path):
         ("not an object", b"[1, 2]", 400, None, None),
         ("empty body", b"", 400, None, None),
         ("no messages", chat("clip.mp4", messages=[]), 400, None, "messages"),
-        ("system message", chat("clip.mp4", messages=[{"role": "system", "content": "be brief"}, *video("clip.mp4", q)]),
+        ("system message",
+         chat("clip.mp4", messages=[{"role": "system", "content": "be brief"}, *video("clip.mp4", q)]),
          400, "unsupported_role", "messages[0].role"),
         ("tool role", chat("clip.mp4", messages=[{"role": "tool", "content": "x"}]), 400, None, "messages[0].role"),
-        ("last message not from the user", chat("clip.mp4", messages=[*video("clip.mp4", q), {"role": "assistant", "content": "red"}]),
+        ("last message not from the user",
+         chat("clip.mp4", messages=[*video("clip.mp4", q), {"role": "assistant", "content": "red"}]),
          400, None, "messages"),
         ("no video", chat("clip.mp4", messages=[{"role": "user", "content": q}]), 400, "missing_media", "messages"),
         ("two videos", chat("clip.mp4", messages=[*video("clip.mp4", q), {"role": "assistant", "content": "a"},
                                                    *video("fresh.mp4", q)]), 400, None, None),
         ("no question", chat("clip.mp4", question=" "), 400, None, "messages[0].content"),
         ("content part of another type", chat("clip.mp4", messages=[{"role": "user", "content": [
-            {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]), 400, "unsupported_content", None),
+            {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]), 400, "unsupported_content",
+         None),
         ("content of the wrong type", chat("clip.mp4", messages=[{"role": "user", "content": 5}]), 400, None, None),
         ("<image> in the question", chat("clip.mp4", question="what <image> is it?"), 400, None, None),
         ("lone surrogate", chat("clip.mp4", question="what \ud800?"), 400, None, None),
-        ("question beyond the context", chat("clip.mp4", question="shape " * 5000), 400, "context_length_exceeded", None),
-        ("... also when streaming", chat("clip.mp4", question="shape " * 5000, stream=True), 400, "context_length_exceeded", None),
-        ("stream_options without stream", chat("clip.mp4", stream_options={"include_usage": True}), 400, None, "stream_options"),
+        ("question beyond the context", chat("clip.mp4", question="shape " * 5000), 400, "context_length_exceeded",
+         None),
+        ("... also when streaming", chat("clip.mp4", question="shape " * 5000, stream=True), 400,
+         "context_length_exceeded", None),
+        ("stream_options without stream", chat("clip.mp4", stream_options={"include_usage": True}), 400, None,
+         "stream_options"),
         ("stream not a boolean", chat("clip.mp4", stream="yes"), 400, None, "stream"),
     ]
 
@@ -490,7 +499,8 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(servers, media, tiny)
     assert refused
     assert answered == 2, "the streamed question was already answered when SIGTERM was sent"  # the two earlier ones
     assert any(c.choices and c.choices[0].delta.content for c in chunks[received:])
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] in (["stop"], ["length"])
+    assert ([c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+            in (["stop"], ["length"]))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text and chunks[-1].usage.completion_tokens > 1
     assert bare.proc.wait(60) == 0

@@ -96,7 +96,8 @@ def test_stage_trains_only_its_parameters(stage, tiny, dataset, tmp_path):
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(tiny, dataset, tmp_path):
     out = tmp_path / "run"
-    common = dict(stage=1, data=[str(dataset)], model=str(tiny.path), output=str(out), vision_tower=str(tiny.vision_path),
+    common = dict(stage=1, data=[str(dataset)], model=str(tiny.path), output=str(out),
+                  vision_tower=str(tiny.vision_path),
                   feature_cache=str(tmp_path / "features"), epochs=4, batch_size=4, micro_batch_size=2,
                   learning_rate=1e-3, save_steps=2, seed=3)
 

@@ -158,7 +158,8 @@ def test_rotated_video_comes_out_upright(tmp_path, rotation):
     assert numbers == [0, 2, 4, 6, 8] and stamps == pytest.approx([0, 0.2, 0.4, 0.6, 0.8], abs=1e-6)
     # ffmpeg's own autorotation is the independent judge of "upright"
     raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-vf", "select='not(mod(n\\,2))'", "-fps_mode",
-                          "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+                          "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True,
+                         check=True).stdout
     upright = np.frombuffer(raw, np.uint8).reshape(-1, media.HEIGHT, media.WIDTH, 3)
     assert len(upright) == len(frames)
     for a, b in zip(frames, upright):
@@ -249,7 +250,8 @@ def _damaged_ts(tmp_path):
     return damaged
 
 
-COUNTED = re.compile(r"^(\S+): (damaged data|decoding failed for)\D*?(\d+) frames? .*?between ([\d.]+) s and ([\d.]+) s; skipped$")
+COUNTED = re.compile(r"^(\S+): (damaged data|decoding failed for)\D*?(\d+) frames? .*?between ([\d.]+) s and "
+                     r"([\d.]+) s; skipped$")
 
 
 def test_video_damaged_in_the_middle_decodes_what_it_can_and_names_the_gap_once(tmp_path):
@@ -370,7 +372,8 @@ def test_skipped_decoding_gives_exactly_the_pixels_of_a_full_decode(tmp_path, op
     path = media.make_video(tmp_path / "bf.mp4", seconds=20, fps=24, gop=48, bframes=3)
     if open_gop:  # x264 open GOP in Matroska: keyframes whose group shows frames before them
         reenc = tmp_path / "og.mkv"
-        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(path), "-c:v", "libx264", "-preset", "ultrafast", "-bf", "3",
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(path), "-c:v", "libx264", "-preset", "ultrafast",
+                        "-bf", "3",
                         "-g", "48", "-x264-params", "open-gop=1:b-pyramid=normal:scenecut=0", str(reenc)], check=True)
         path = reenc
     info = video.probe(path)
@@ -524,7 +527,8 @@ def test_native_decoder_output_never_reaches_stderr(tmp_path, tiny):
     notes = tmp_path / "notes.mp4"
     notes.write_text("this is not a video\n" * 20)
     files = [str(damaged), str(bad), str(notes)]
-    proc = subprocess.run([sys.executable, "-c", QUIET_CHILD, ",".join(BACKENDS), *files], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", QUIET_CHILD, ",".join(BACKENDS), *files], capture_output=True,
+                          text=True,
                           timeout=120)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
     out = proc.stdout.splitlines()

@@ -85,7 +85,8 @@ def test_damage_is_refused_and_valid_rewrites_are_read(report):
 def good(tmp_path) -> Path:
     x = np.random.default_rng(0).standard_normal((70, 3, 4)).astype(np.float32)
     return write_vidtok(tmp_path / "clip.vidtok", x, np.arange(70) * 0.5, encoder={"fingerprint": "eva-x"}, fps=2.0,
-                        source={"content_hash": "s1:abc", "name": "clip.mp4"}, subtitles=[(0.0, 1.0, "the code is 1234")])
+                        source={"content_hash": "s1:abc", "name": "clip.mp4"},
+                        subtitles=[(0.0, 1.0, "the code is 1234")])
 
 
 def split(path: Path) -> tuple[dict, bytes]:

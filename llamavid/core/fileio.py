@@ -138,7 +138,8 @@ def read_jsonl(path: str | os.PathLike[str], *, repair: bool = False) -> list[di
     """The objects of a JSONL file written by ``JsonlLog``, tolerating a torn last line.
 
     A kill can only tear the last line, so an unparseable LAST line that begins like a record (``{``) is
-    dropped (and, with ``repair``, cut from the file so that appending continues on a clean line). An unparseable line anywhere else means
+    dropped (and, with ``repair``, cut from the file so that appending continues on a clean line). An unparseable line
+    anywhere else means
     the file is not ours or was edited: ``InputError`` naming the line. A missing file is empty.
     """
     p = Path(path)
@@ -236,7 +237,8 @@ class ResumableJsonl:
     ``order`` lists every id of the job. An existing file is taken over only when it is an earlier run's
     output of the same job: JSONL objects whose ids are all in ``order``. Anything else (another program's
     file, another batch's answers, the questions file itself) is refused unless ``force``. ``done`` ids
-    are skipped by a rerun; records that hold an ``"error"`` count as not done when ``retry_errors``. ``close`` rewrites the file
+    are skipped by a rerun; records that hold an ``"error"`` count as not done when ``retry_errors``. ``close`` rewrites
+    the file
     atomically in input order, one record per id.
     """
 

@@ -36,7 +36,8 @@ def check_text(text: Any, what: str = "the question") -> str:
     return text
 
 
-def _number(field: str, value: Any, *, low: float | None = None, high: float | None = None, low_open: bool = False) -> float:
+def _number(field: str, value: Any, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise OptionError(field, value, "must be a number")
     if not math.isfinite(value):

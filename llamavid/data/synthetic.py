@@ -46,7 +46,8 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
     "first": ("What color is the first shape?", "Which color appears first?"),
     "last": ("What color is the last shape?", "Which color appears last?"),
     "subtitle": ("What is the code word?", "Which code word is said in the video?"),
-    "needle": ("One frame of this video shows a shape. What color is it?", "What color is the shape that appears once?"),
+    "needle": ("One frame of this video shows a shape. What color is it?",
+               "What color is the shape that appears once?"),
 }
 
 
@@ -207,7 +208,8 @@ def single_clip(rng: np.random.Generator, clip_id: str) -> Clip:
 def sequence_clip(rng: np.random.Generator, clip_id: str) -> Clip:
     k = int(rng.integers(1, 4))
     colors = [list(COLORS)[i] for i in rng.permutation(len(COLORS))[:k]]
-    events = [_event(rng, SHAPES[int(rng.integers(len(SHAPES)))], c, 3.0 * i, 3.0 * i + 2.0) for i, c in enumerate(colors)]
+    events = [_event(rng, SHAPES[int(rng.integers(len(SHAPES)))], c, 3.0 * i, 3.0 * i + 2.0)
+              for i, c in enumerate(colors)]
     seconds = 3.0 * k
     subs, word = _subtitle(rng, seconds)
     clip = Clip(clip_id, "sequence", seconds, NATIVE_FPS, int(rng.integers(15, 70)), events, subs)
@@ -271,7 +273,8 @@ def scene_clip(rng: np.random.Generator, clip_id: str, *, scenes: tuple[int, int
 SPLIT_SEEDS = {"train": 1000, "test": 2000}
 
 
-def make_clips(split: str, *, n_single: int, n_sequence: int, n_needle: int = 0, needle_seconds: int | tuple[int, int] = 3600,
+def make_clips(split: str, *, n_single: int, n_sequence: int, n_needle: int = 0,
+               needle_seconds: int | tuple[int, int] = 3600,
                seed: int = 0) -> list[Clip]:
     """The clip designs of one split (cheap: nothing is rendered). Splits draw from different seeds."""
     rng = np.random.default_rng(SPLIT_SEEDS[split] + seed)
@@ -371,12 +374,14 @@ def vocabulary() -> list[str]:
     words.update(SHAPES)
     words.update(NUMBERS)
     words.update(CODE_WORDS)
-    words.update("the code word is below a movie memorize content and answer my question after watching this now end".split())
+    words.update("the code word is below a movie memorize content and answer my question after watching "
+                 "this now end".split())
     return sorted(words)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m llamavid.data.synthetic OUT [--split test] [--single N] [--sequence N] [--needle N --needle-seconds S]"""
+    """python -m llamavid.data.synthetic OUT [--split test] [--single N] [--sequence N]
+    [--needle N --needle-seconds S]"""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m llamavid.data.synthetic", description=__doc__.split("\n")[0])

@@ -269,7 +269,8 @@ def _activitynet_paths(paths: list[Path]) -> tuple[Path, Path]:
     if len(paths) == 1 and paths[0].is_dir():
         return paths[0] / "test_q.json", paths[0] / "test_a.json"
     if len(paths) != 2:
-        raise InputError(f"activitynet-qa needs two files, test_q.json and test_a.json (or their directory), got {len(paths)}")
+        raise InputError("activitynet-qa needs two files, test_q.json and test_a.json (or their directory), got "
+                         f"{len(paths)}")
     return paths[0], paths[1]
 
 
@@ -407,7 +408,8 @@ def _letter_index(path: Path, record: _Record, answer: str, n_options: int) -> i
     """The option index of an answer given as "B", "(B)" or "B. text"."""
     match = re.match(r"^\s*\(?([A-Za-z])\)?(?:$|[\s.):])", answer)
     if not match or OPTION_LETTERS.find(match.group(1).upper()) >= n_options:
-        raise _fail(path, record.where, f"answer {answer!r} is not one of the option letters A-{OPTION_LETTERS[n_options - 1]}")
+        raise _fail(path, record.where,
+                    f"answer {answer!r} is not one of the option letters A-{OPTION_LETTERS[n_options - 1]}")
     return OPTION_LETTERS.index(match.group(1).upper())
 
 
@@ -516,7 +518,8 @@ def _load_mvbench(paths: list[Path], video_dir: Path | None) -> list[EvalItem]:
         for index, record in enumerate(_read_records(path)):
             video = _text(path, record, "video")
             candidates = record.data.get("candidates")
-            if not isinstance(candidates, list) or len(candidates) < 2 or not all(isinstance(c, str) for c in candidates):
+            if (not isinstance(candidates, list) or len(candidates) < 2
+                    or not all(isinstance(c, str) for c in candidates)):
                 raise _fail(path, record.where, "field 'candidates' should be a list of at least 2 texts")
             if len(candidates) > len(OPTION_LETTERS):
                 raise _fail(path, record.where, "too many candidates")
@@ -575,7 +578,8 @@ def _load_synthetic(paths: list[Path], video_dir: Path | None) -> list[EvalItem]
                 question=_IMAGE_TOKEN.sub("", human).strip(),
                 answer=answer,
                 kind="exact",
-                extra={"video_name": video, "question_type": _text(path, record, "question_type", required=False) or "unknown"},
+                extra={"video_name": video,
+                       "question_type": _text(path, record, "question_type", required=False) or "unknown"},
             )
         )
     return items
@@ -610,7 +614,8 @@ BENCHMARKS: Mapping[str, BenchmarkSpec] = MappingProxyType(
         for spec in (
             BenchmarkSpec("msvd-qa", "MSVD-QA", "open", "test_qa.json", 1, 1, _load_msvd_style, ("qa",)),
             BenchmarkSpec("msrvtt-qa", "MSRVTT-QA", "open", "test_qa.json", 1, 1, _load_msvd_style, ("qa",)),
-            BenchmarkSpec("activitynet-qa", "ActivityNet-QA", "open", "test_q.json test_a.json (or their directory)", 1, 2, _load_activitynet, ("qa",)),
+            BenchmarkSpec("activitynet-qa", "ActivityNet-QA", "open", "test_q.json test_a.json (or their directory)", 1,
+                          2, _load_activitynet, ("qa",)),
             BenchmarkSpec(
                 "videochatgpt-general",
                 "Video-ChatGPT (correctness, detail, context)",
@@ -621,13 +626,18 @@ BENCHMARKS: Mapping[str, BenchmarkSpec] = MappingProxyType(
                 _load_videochatgpt_qa,
                 ("correctness", "detail", "context"),
             ),
-            BenchmarkSpec("videochatgpt-temporal", "Video-ChatGPT (temporal)", "generative", "temporal_qa.json", 1, 1, _load_videochatgpt_qa, ("temporal",)),
-            BenchmarkSpec("videochatgpt-consistency", "Video-ChatGPT (consistency)", "consistency", "consistency_qa.json", 1, 1, _load_videochatgpt_consistency, ("consistency",)),
+            BenchmarkSpec("videochatgpt-temporal", "Video-ChatGPT (temporal)", "generative", "temporal_qa.json", 1, 1,
+                          _load_videochatgpt_qa, ("temporal",)),
+            BenchmarkSpec("videochatgpt-consistency", "Video-ChatGPT (consistency)", "consistency",
+                          "consistency_qa.json", 1, 1, _load_videochatgpt_consistency, ("consistency",)),
             BenchmarkSpec("videomme", "Video-MME", "choice", "a .json or .jsonl question file", 1, 1, _load_videomme),
-            BenchmarkSpec("egoschema", "EgoSchema", "choice", "questions.json [subset_answers.json]", 1, 2, _load_egoschema),
+            BenchmarkSpec("egoschema", "EgoSchema", "choice", "questions.json [subset_answers.json]", 1, 2,
+                          _load_egoschema),
             BenchmarkSpec("mvbench", "MVBench", "choice", "one or more task .json files", 1, 64, _load_mvbench),
-            BenchmarkSpec("synthetic", "llamavid synthetic", "exact", "a LLaVA-style .json list", 1, 1, _load_synthetic),
-            BenchmarkSpec("synthetic-mc", "llamavid synthetic (multiple choice)", "choice", "mc.json", 1, 1, _load_synthetic_mc),
+            BenchmarkSpec("synthetic", "llamavid synthetic", "exact", "a LLaVA-style .json list", 1, 1,
+                          _load_synthetic),
+            BenchmarkSpec("synthetic-mc", "llamavid synthetic (multiple choice)", "choice", "mc.json", 1, 1,
+                          _load_synthetic_mc),
         )
     }
 )

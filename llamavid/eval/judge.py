@@ -272,7 +272,8 @@ class Judge:
             base_url or env.get("LLAMAVID_JUDGE_BASE_URL") or env.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
         ).rstrip("/")
         self.model = model or env.get("LLAMAVID_JUDGE_MODEL") or DEFAULT_MODEL
-        self.api_key = api_key if api_key is not None else (env.get("LLAMAVID_JUDGE_API_KEY") or env.get("OPENAI_API_KEY"))
+        self.api_key = api_key if api_key is not None else (env.get("LLAMAVID_JUDGE_API_KEY")
+                                                            or env.get("OPENAI_API_KEY"))
         self.retry = RetryPolicy(timeout, max_retries, backoff, max_backoff, max_retry_after)
         self.temperature = temperature
         self.url = f"{self.base_url}/chat/completions"
@@ -341,7 +342,8 @@ class Judge:
                 if attempt == self.retry.max_retries:
                     break
                 self._sleep(self._delay(attempt, retry.delay))
-        raise JudgeError(f"judge endpoint {self.url} failed {self.retry.max_retries + 1} times; last: {last}", fatal=True)
+        raise JudgeError(f"judge endpoint {self.url} failed {self.retry.max_retries + 1} times; last: {last}",
+                         fatal=True)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -380,7 +382,8 @@ class Judge:
         finally:
             exc.close()
         if status in RETRY_STATUSES or status >= 500:
-            raise _Retry(f"HTTP {status}: {detail}", _retry_after_seconds(exc.headers.get("Retry-After") if exc.headers else None))
+            raise _Retry(f"HTTP {status}: {detail}",
+                         _retry_after_seconds(exc.headers.get("Retry-After") if exc.headers else None))
         hint = " (check LLAMAVID_JUDGE_API_KEY)" if status in (401, 403) else ""
         hint = " (check LLAMAVID_JUDGE_BASE_URL and LLAMAVID_JUDGE_MODEL)" if status in (404, 405) else hint
         raise JudgeError(
@@ -395,7 +398,8 @@ class Judge:
             data = json.loads(body.decode("utf-8"))
             message = data["choices"][0]["message"]
         except (UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError):
-            raise _Retry(f"not a chat-completions response: {_one_line(body.decode('utf-8', 'replace'), 120)}") from None
+            raise _Retry("not a chat-completions response: "
+                         f"{_one_line(body.decode('utf-8', 'replace'), 120)}") from None
         content = message.get("content") if isinstance(message, dict) else None
         return content if isinstance(content, str) else ""
 
@@ -476,8 +480,10 @@ def _messages_for(dimension: str, record: dict[str, Any], consistency_q2: str) -
     )
 
 
-def _judge_record(judge: Judge, dimensions: tuple[str, ...], record: dict[str, Any], consistency_q2: str) -> dict[str, Any]:
-    base = {k: record[k] for k in ("id", "video", "question", "question2", "answer", "pred", "pred1", "pred2", "kind") if k in record}
+def _judge_record(judge: Judge, dimensions: tuple[str, ...], record: dict[str, Any],
+                  consistency_q2: str) -> dict[str, Any]:
+    base = {k: record[k] for k in ("id", "video", "question", "question2", "answer", "pred", "pred1", "pred2", "kind")
+            if k in record}
     if "error" in record:
         return {**base, "error": record["error"]}
     judgements = {}
@@ -485,7 +491,8 @@ def _judge_record(judge: Judge, dimensions: tuple[str, ...], record: dict[str, A
         for dimension in dimensions:
             wants_yes_no = PUBLISHED_PROMPTS[dimension].wants_yes_no
             verdict = judge.judge(_messages_for(dimension, record, consistency_q2), wants_yes_no=wants_yes_no)
-            judgements[dimension] = {"parsed": verdict.parsed, "pred": verdict.pred, "score": verdict.score, "raw": verdict.raw}
+            judgements[dimension] = {"parsed": verdict.parsed, "pred": verdict.pred, "score": verdict.score,
+                                     "raw": verdict.raw}
     except JudgeError as exc:
         if exc.fatal:
             raise
@@ -543,7 +550,8 @@ def judge_predictions(
                 counts["unparsed"] += sum(not j["parsed"] for j in result["judgements"].values())
             if on_progress is not None:
                 done_now = sum(counts[k] for k in ("judged", "errors", "judge_errors"))
-                on_progress(Progress(done_now, len(pending), result["id"], result.get("error") or result.get("judge_error")))
+                on_progress(Progress(done_now, len(pending), result["id"],
+                                     result.get("error") or result.get("judge_error")))
 
         work = lambda record: _judge_record(judge, spec.judge_dimensions, record, consistency_q2)  # noqa: E731
         if workers <= 1:

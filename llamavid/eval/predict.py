@@ -117,7 +117,8 @@ def _answer_batch(batch: list[EvalItem], answer_batch_fn: AnswerBatchFn) -> list
     except Exception as exc:  # noqa: BLE001 - the whole batch failed: every item in it is an error
         return [error_record(item, exc) for item in batch]
     if len(answers) != len(flat):
-        return [error_record(item, f"answer_batch_fn: expected {len(flat)} answers, got {len(answers)}") for item in batch]
+        return [error_record(item, f"answer_batch_fn: expected {len(flat)} answers, got {len(answers)}")
+                for item in batch]
     records, start = [], 0
     for item in batch:
         n = len(queries(item))
@@ -168,7 +169,8 @@ def run_predictions(
 
     Give either ``answer_fn(item) -> str`` or ``answer_batch_fn(items) -> list[str | exception]``; the
     batch form gets the items of one video at a time (at most ``batch_size``; see ``group_by_video`` for
-    the order) so a model can encode each video once, and returns per query its answer or its error. Consistency items are asked twice (``queries``); in batch mode both
+    the order) so a model can encode each video once, and returns per query its answer or its error. Consistency items
+    are asked twice (``queries``); in batch mode both
     questions travel in the same batch.
 
     Lines: ``{"id", "video", "question", "answer", "pred", "kind", ...}`` for answers, ``{"id", "video",

@@ -64,7 +64,8 @@ def _qa_section(found: dict[str, BenchmarkResult]) -> list[str]:
         paper += [_pct(figures["accuracy"]), _num(figures["score"], 1)]
         result = found.get(name)
         ours += [_pct(result.metrics.get("accuracy")), _num(result.metrics.get("score"))] if result else [DASH, DASH]
-    return ["## Zero-shot video question answering", "", "Accuracy in %, score 0-5 (GPT judge).", "", *_table(header, [paper, ours]), ""]
+    return ["## Zero-shot video question answering", "", "Accuracy in %, score 0-5 (GPT judge).", "",
+            *_table(header, [paper, ours]), ""]
 
 
 def _vcgpt_section(found: dict[str, BenchmarkResult]) -> list[str]:
@@ -76,7 +77,8 @@ def _vcgpt_section(found: dict[str, BenchmarkResult]) -> list[str]:
     for dim, _, bench in VCGPT_COLUMNS:
         result = found.get(bench)
         ours.append(_num(result.metrics.get(dim)) if result else DASH)
-    return ["## Video-ChatGPT generative benchmark", "", "Scores 0-5 (GPT judge).", "", *_table(header, [paper, ours]), ""]
+    return ["## Video-ChatGPT generative benchmark", "", "Scores 0-5 (GPT judge).", "", *_table(header, [paper, ours]),
+            ""]
 
 
 def _choice_section(results: Sequence[BenchmarkResult]) -> list[str]:
@@ -84,10 +86,13 @@ def _choice_section(results: Sequence[BenchmarkResult]) -> list[str]:
     if not choice:
         return []
     rows = [
-        [r.title, _pct(r.metrics.get("accuracy")), str(r.counts["scored"]), str(r.counts["no_option"]), str(r.counts["errors"]), str(r.counts["unlabeled"])]
+        [r.title, _pct(r.metrics.get("accuracy")), str(r.counts["scored"]), str(r.counts["no_option"]),
+         str(r.counts["errors"]), str(r.counts["unlabeled"])]
         for r in choice
     ]
-    lines = ["## Multiple choice", "", *_table(["Benchmark", "Accuracy (%)", "Scored", "No option found", "Prediction errors", "Unlabeled"], rows), ""]
+    lines = ["## Multiple choice", "",
+             *_table(["Benchmark", "Accuracy (%)", "Scored", "No option found", "Prediction errors", "Unlabeled"],
+                     rows), ""]
     for r in choice:
         if r.breakdown:
             group_rows = [[name, _pct(v["accuracy"]), str(v["n"])] for name, v in r.breakdown.items()]
@@ -102,7 +107,8 @@ def _synthetic_section(results: Sequence[BenchmarkResult]) -> list[str]:
             continue
         rows = [["all", _pct(r.metrics.get("accuracy")), str(r.counts["scored"])]]
         rows += [[name, _pct(v["accuracy"]), str(v["n"])] for name, v in r.breakdown.items()]
-        lines += [f"## {r.title} (normalized exact match)", "", *_table(["Question type", "Accuracy (%)", "n"], rows), ""]
+        lines += [f"## {r.title} (normalized exact match)", "", *_table(["Question type", "Accuracy (%)", "n"], rows),
+                  ""]
     return lines
 
 
@@ -112,9 +118,12 @@ def _counts_section(results: Sequence[BenchmarkResult]) -> list[str]:
         c = r.counts
         judged = c.get("judged", c.get("scored"))
         rows.append(
-            [r.title, str(c.get("total", 0)), str(judged if judged is not None else DASH), str(c.get("unparsed", 0)), str(c.get("errors", 0)), str(c.get("judge_errors", 0))]
+            [r.title, str(c.get("total", 0)), str(judged if judged is not None else DASH), str(c.get("unparsed", 0)),
+             str(c.get("errors", 0)), str(c.get("judge_errors", 0))]
         )
-    lines = ["## Counts", "", *_table(["Benchmark", "Items", "Judged / scored", "Unparsed verdicts", "Prediction errors", "Judge errors"], rows), ""]
+    lines = ["## Counts", "",
+             *_table(["Benchmark", "Items", "Judged / scored", "Unparsed verdicts", "Prediction errors",
+                      "Judge errors"], rows), ""]
     warnings = [
         f"- {r.title}: {r.counts.get('unparsed', 0)} unparsed verdicts, {r.counts.get('errors', 0)} prediction errors, "
         f"{r.counts.get('judge_errors', 0)} judge errors are not in the averages."
@@ -149,7 +158,8 @@ def report_dict(results: Sequence[BenchmarkResult]) -> dict[str, Any]:
     }
 
 
-def write_report(results: Sequence[BenchmarkResult], md_path: str | os.PathLike[str], json_path: str | os.PathLike[str]) -> None:
+def write_report(results: Sequence[BenchmarkResult], md_path: str | os.PathLike[str],
+                 json_path: str | os.PathLike[str]) -> None:
     """Write the Markdown and JSON reports (parent directories are created)."""
     for path, text in (
         (Path(md_path), render_markdown(results)),

@@ -74,7 +74,8 @@ def _read(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return read_jsonl(p)
 
 
-def _result(benchmark: str, metrics: dict[str, float | None], counts: dict[str, int], path: str | os.PathLike[str], **kw: Any) -> BenchmarkResult:
+def _result(benchmark: str, metrics: dict[str, float | None], counts: dict[str, int], path: str | os.PathLike[str],
+            **kw: Any) -> BenchmarkResult:
     spec = get_benchmark(benchmark)
     return BenchmarkResult(
         benchmark=spec.name,
@@ -97,7 +98,8 @@ def _judged_counts(records: Iterable[dict[str, Any]], path: str | os.PathLike[st
     for index, record in enumerate(records):
         if not any(key in record for key in ("judgements", "error", "judge_error")):
             raise InputError(
-                f"{os.fspath(path)}: line {index + 1}: no 'judgements' (pass the file judge_predictions wrote, not the predictions)"
+                f"{os.fspath(path)}: line {index + 1}: no 'judgements' (pass the file judge_predictions wrote, not the "
+                "predictions)"
             )
         counts["total"] += 1
         counts["errors"] += "error" in record
@@ -105,7 +107,8 @@ def _judged_counts(records: Iterable[dict[str, Any]], path: str | os.PathLike[st
     return counts
 
 
-def score_open(judged_path: str | os.PathLike[str], benchmark: str = "msvd-qa", *, truncate_scores: bool = True) -> BenchmarkResult:
+def score_open(judged_path: str | os.PathLike[str], benchmark: str = "msvd-qa", *,
+               truncate_scores: bool = True) -> BenchmarkResult:
     """Accuracy (share of "yes") and mean score of a judged open-ended QA file."""
     records = _read(judged_path)
     counts = _judged_counts(records, judged_path) | {"judged": 0, "unparsed": 0, "yes": 0, "no": 0}
@@ -229,7 +232,8 @@ def score_choice(pred_path: str | os.PathLike[str], benchmark: str = "videomme")
             continue
         options = record.get("options")
         if not isinstance(options, list):
-            raise InputError(f"{os.fspath(pred_path)}: line {index + 1}: no 'options' (not a multiple-choice prediction file)")
+            raise InputError(f"{os.fspath(pred_path)}: line {index + 1}: no 'options' (not a multiple-choice "
+                             "prediction file)")
         letter = extract_option(str(record.get("pred", "")), options)
         counts["scored"] += 1
         counts["no_option"] += letter is None

@@ -231,7 +231,8 @@ def resume_position(plan_times: list[float], last_timestamp: float) -> int:
 
 
 def _batches(path: Path, info: video.VideoInfo, plan: Sequence[tuple[int, float]], start: int, batch: int,
-             image_size: int, warnings: list[str], stop: int | None = None) -> Iterator[tuple[torch.Tensor, list[float]]]:
+             image_size: int, warnings: list[str],
+             stop: int | None = None) -> Iterator[tuple[torch.Tensor, list[float]]]:
     """(pixels, timestamps) batches of exactly ``batch`` frames (the last may be shorter), from frame
     ``start`` up to ``stop`` (positions in the sampling plan)."""
     pending: list[torch.Tensor] = []
@@ -492,5 +493,6 @@ def _refuse_foreign(out: Path, state: OutputState, identity: dict) -> None:
     """An existing complete output made with another vision encoder is not silently replaced."""
     if state.status == "stale" and state.fingerprint != identity["fingerprint"]:
         raise VidtokError(f"already holds features from vision encoder {state.fingerprint}, not "
-                          f"{identity['fingerprint']}; use ", Opt("force"), " to replace it, or another ", Opt("output"),
+                          f"{identity['fingerprint']}; use ", Opt("force"), " to replace it, or another ",
+                          Opt("output"),
                           where=out)

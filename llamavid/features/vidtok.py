@@ -300,7 +300,8 @@ class VidtokWriter:
     # -- validation of the job description --------------------------------------------------------------
 
     def _check_encoder(self, encoder: dict) -> dict:
-        if not isinstance(encoder, dict) or not isinstance(encoder.get("fingerprint"), str) or not encoder["fingerprint"]:
+        if (not isinstance(encoder, dict) or not isinstance(encoder.get("fingerprint"), str)
+                or not encoder["fingerprint"]):
             raise InputError("encoder must be a dict with a non-empty 'fingerprint' string", where=self._label)
         return _json_copy(encoder, "the encoder identity", self._label)
 
@@ -311,7 +312,8 @@ class VidtokWriter:
             raise InputError(*exc.parts, where=self._label) from None
 
     def _check_source(self, source: dict) -> dict:
-        if not isinstance(source, dict) or not isinstance(source.get("content_hash"), str) or not source["content_hash"]:
+        if (not isinstance(source, dict) or not isinstance(source.get("content_hash"), str)
+                or not source["content_hash"]):
             raise InputError("source must be a dict with a non-empty 'content_hash' string", where=self._label)
         src = {key: source.get(key) for key in ("name", "size", "duration", "content_hash")}
         src.update(source)
@@ -449,7 +451,8 @@ class VidtokWriter:
         if first_frame is not None:
             skip = self.next_frame - int(first_frame)
             if skip < 0:
-                raise InputError(f"frames {first_frame}.. given, but frame {self.next_frame} is next", where=self._label)
+                raise InputError(f"frames {first_frame}.. given, but frame {self.next_frame} is next",
+                                 where=self._label)
             arr, ts = arr[skip:], ts[skip:]
         if arr.shape[0] == 0:
             return
@@ -661,7 +664,8 @@ def _check_opens(path: Path, label: str) -> None:
         with safe_open(path, framework="numpy") as f:
             f.keys()
     except Exception as e:  # noqa: BLE001
-        raise VidtokError(f"internal error: the assembled file does not open with safetensors ({e})", where=label) from None
+        raise VidtokError(f"internal error: the assembled file does not open with safetensors ({e})",
+                          where=label) from None
 
 
 def write_vidtok(path: str | os.PathLike, features: torch.Tensor | np.ndarray, timestamps: Sequence[float], *,
@@ -744,7 +748,8 @@ def _read_header(path: Path, label: str) -> _Header:
             if kind:
                 raise VidtokError(f"is {kind}, not a .vidtok file", where=label)
             if length == 0 or length > _MAX_HEADER_BYTES:
-                raise VidtokError("not a .vidtok file (no safetensors header; the length field is garbage)", where=label)
+                raise VidtokError("not a .vidtok file (no safetensors header; the length field is garbage)",
+                                  where=label)
             if 8 + length > size:
                 raise VidtokError(f"{label}: file is truncated (the header alone needs {8 + length} bytes, "
                                   f"the file has {size})")
@@ -756,7 +761,8 @@ def _read_header(path: Path, label: str) -> _Header:
     try:
         header = _strict_json(raw.decode("utf-8"))
     except _Duplicate as e:
-        raise VidtokError(f"the safetensors header names {_short(str(e))} twice; the file is damaged", where=label) from None
+        raise VidtokError(f"the safetensors header names {_short(str(e))} twice; the file is damaged",
+                          where=label) from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         header = None
     if not isinstance(header, dict):
@@ -857,7 +863,8 @@ class Vidtok:
         try:
             self._file = safe_open(self._path, framework="numpy")
         except Exception as e:  # noqa: BLE001 - never leak raw safetensors errors
-            raise VidtokError(f"cannot be read as safetensors ({' '.join(str(e).split())})", where=self._label) from None
+            raise VidtokError(f"cannot be read as safetensors ({' '.join(str(e).split())})",
+                              where=self._label) from None
         self._verified: set[int] = set()
         self._timestamps = self._read_timestamps()
 
@@ -958,7 +965,8 @@ class Vidtok:
     def _read_timestamps(self) -> np.ndarray:
         ts = self._get("timestamps", 0, self._num_frames)
         if _blake(ts) != self._meta["checksums"].get("timestamps"):
-            raise VidtokError("the timestamps fail their checksum; the file is damaged or was modified", where=self._label)
+            raise VidtokError("the timestamps fail their checksum; the file is damaged or was modified",
+                              where=self._label)
         ts.flags.writeable = False
         return ts
 

@@ -179,7 +179,8 @@ def _ffprobe(path: Path) -> dict | None:
     """Stream metadata from ffprobe, or None when ffprobe is missing or cannot read the file."""
     if shutil.which("ffprobe") is None:
         return None
-    proc = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-show_format", str(path)],
+    proc = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-show_format",
+                           str(path)],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         return None
@@ -301,7 +302,8 @@ def _scan_pyav(path: Path, variable_hint: bool) -> _Scan | None:
             if usable and len(pts) > 1 and np.any(np.diff(packet_pts[order]) == 0):
                 usable = False  # two packets with one timestamp: which frame is which is ambiguous
             return _Scan(times, [keys[i] for i in order], rate, width, height, codec,
-                         packet_pts if usable and pts else None, np.asarray(keys, dtype=bool) if usable and pts else None)
+                         packet_pts if usable and pts else None,
+                         np.asarray(keys, dtype=bool) if usable and pts else None)
     except Exception:  # any container PyAV cannot parse
         return None
 
@@ -382,7 +384,8 @@ def probe(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
         vfr = hint
     if not fps or fps <= 0:
         fps = 1.0
-    info = VideoInfo(str(path), False, chosen, float(fps), count, float(duration), width, height, rotation, vfr, times, gaps,
+    info = VideoInfo(str(path), False, chosen, float(fps), count, float(duration), width, height, rotation, vfr, times,
+                     gaps,
                      start_time=t0)
     if scan is not None:
         info.codec = scan.codec
@@ -786,7 +789,8 @@ def _select_tree(times: Sequence[float]) -> str:
     return f"if(lt(t\\,{split:.6f})\\,{_select_tree(times[:mid])}\\,{_select_tree(times[mid:])})"
 
 
-def _ffmpeg_frames(cmd: list[str], size: int, stop: threading.Event, failures: list[str]) -> Iterator[tuple[bytes, int | None]]:
+def _ffmpeg_frames(cmd: list[str], size: int, stop: threading.Event,
+                   failures: list[str]) -> Iterator[tuple[bytes, int | None]]:
     """Run ffmpeg, yield (raw frame, pts in microseconds from showinfo or None); its stderr never reaches
     the terminal. When it fails without giving any frame, its last line goes to ``failures``."""
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -864,7 +868,8 @@ def _decode_ffmpeg(path: Path, info: VideoInfo, plan: Plan, threads: int, proble
         by_us = {round(a * 1e6): k for a, (k, _, _) in zip(absolute, batch)}
         seek = max(0.0, batch[0][2] - 2.0)  # -ss counts from the container's start, at or before the video's
         chain = f"trim=end={absolute[-1] + 0.5:.6f},select='{_select_tree(absolute)}',settb=AVTB,showinfo"
-        cmd = common + ["-v", "info", "-copyts", "-noaccurate_seek", "-ss", f"{seek:.6f}", "-i", str(path), "-vf", chain] + out
+        cmd = common + ["-v", "info", "-copyts", "-noaccurate_seek", "-ss", f"{seek:.6f}", "-i", str(path), "-vf",
+                        chain] + out
         delivered = set()
         for buf, pts in _ffmpeg_frames(cmd, size, stop, failures):
             if pts is None:  # no timestamp printed (an ffmpeg that words showinfo otherwise): by order
@@ -993,7 +998,8 @@ def _in_order(decode: Callable[[Plan, int, threading.Event], Iterator[tuple[int,
             finally:
                 frames.close()
 
-    pool = [threading.Thread(target=work, daemon=True, name=f"llamavid-decode-{n}") for n in range(min(workers, len(segments)))]
+    pool = [threading.Thread(target=work, daemon=True, name=f"llamavid-decode-{n}")
+            for n in range(min(workers, len(segments)))]
     for t in pool:
         t.start()
     try:

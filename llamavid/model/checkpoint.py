@@ -87,7 +87,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     if path.is_dir():
         return path
     if path.exists():
-        raise CheckpointError("is a file; a model is a checkpoint directory (config.json, weights, tokenizer.model)", where=name)
+        raise CheckpointError("is a file; a model is a checkpoint directory (config.json, weights, tokenizer.model)",
+                              where=name)
     if not _HUB_ID.match(name):
         raise ModelNotFoundError("no such checkpoint directory (and not a Hugging Face id like org/name); give ",
                                  Opt("model", "DIR"), " or set LLAMAVID_MODEL=DIR to a local checkpoint, or use ",
@@ -108,7 +109,8 @@ def _download(repo_id: str) -> Path:
     except Exception as exc:  # offline, not cached, network down, gated repo, 404
         kind = type(exc).__name__
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        why = "is not in the Hugging Face cache and HF_HUB_OFFLINE is set" if offline else f"could not be fetched from the Hugging Face hub ({kind})"
+        why = ("is not in the Hugging Face cache and HF_HUB_OFFLINE is set" if offline
+               else f"could not be fetched from the Hugging Face hub ({kind})")
         raise ModelNotFoundError(f"not a local directory, and the model {why}; ", *hint, where=repo_id) from None
 
 
@@ -146,7 +148,8 @@ def read_weight_file(path: Path) -> Mapping[str, torch.Tensor]:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         text = " ".join(str(exc).split())[:160]
-        raise CheckpointError(f"cannot be read (truncated, corrupt, or not a weights file: {text})", where=path) from None
+        raise CheckpointError(f"cannot be read (truncated, corrupt, or not a weights file: {text})",
+                              where=path) from None
 
 
 _MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim these pages (file pages are read again if touched; nothing is lost)
@@ -300,7 +303,8 @@ def download_vision_tower(url: str, dest: Path) -> Path:
                 while chunk := resp.read(1 << 22):
                     f.write(chunk)
     except OSError as exc:
-        raise CheckpointError(f"could not download the vision-tower weights ({exc}); give ", Opt("vision_tower", "PATH"),
+        raise CheckpointError(f"could not download the vision-tower weights ({exc}); give ",
+                              Opt("vision_tower", "PATH"),
                               " to eva_vit_g.pth", where=url) from None
     return dest
 

@@ -71,12 +71,15 @@ class LlamaVidConfig:
         if missing:
             raise CheckpointError(f"LLaMA fields missing ({', '.join(missing)})", where=source)
         if raw.get("mm_use_im_start_end"):
-            raise CheckpointError("mm_use_im_start_end=true is not supported (no released LLaMA-VID model uses it)", where=source)
+            raise CheckpointError("mm_use_im_start_end=true is not supported (no released LLaMA-VID model uses it)",
+                                  where=source)
         if "raw" in str(raw.get("bert_type", "")) or "qformer" not in str(raw.get("bert_type", "")):
-            raise CheckpointError(f"bert_type {raw.get('bert_type')!r} is not supported (expected a qformer_pretrain variant)", where=source)
+            raise CheckpointError(f"bert_type {raw.get('bert_type')!r} is not supported (expected a "
+                                  "qformer_pretrain variant)", where=source)
         compress = raw.get("compress_type", None)
         if compress is not None and "mean" not in compress and not _GRID.search(compress):
-            raise CheckpointError(f"unknown compress_type {compress!r} (expected 'mean', 'mean_concat', 'grid:N' or null)", where=source)
+            raise CheckpointError(f"unknown compress_type {compress!r} (expected 'mean', 'mean_concat', "
+                                  "'grid:N' or null)", where=source)
         llm = {k: raw[k] for k in LLAMA_FIELDS if k in raw}
         image_processor = raw.get("image_processor")
         image_size = int(raw.get("image_size") or (336 if image_processor and "336" in str(image_processor) else 224))

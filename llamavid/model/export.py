@@ -61,7 +61,8 @@ def _shards(sd: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch
     return shards
 
 
-def write_weights(folder: Path, sd: dict[str, torch.Tensor], *, fmt: str = "bin", max_shard_bytes: int = 10 << 30) -> None:
+def write_weights(folder: Path, sd: dict[str, torch.Tensor], *, fmt: str = "bin",
+                  max_shard_bytes: int = 10 << 30) -> None:
     """Weights in the published sharded ``.bin`` layout (with index), or safetensors (one file or shards)."""
     shards = _shards(sd, max_shard_bytes)
     n = len(shards)
@@ -84,10 +85,12 @@ def write_weights(folder: Path, sd: dict[str, torch.Tensor], *, fmt: str = "bin"
     else:
         raise ValueError(f"unknown weights format {fmt!r}")
     weight_map = {key: name for name, shard in zip(names, shards) for key in shard}
-    (folder / index_name).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (folder / index_name).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                                indent=2))
 
 
-def save_checkpoint(model: "LlamaVid", destination: str | os.PathLike, *, fmt: str = "bin", dtype: torch.dtype | None = None,
+def save_checkpoint(model: "LlamaVid", destination: str | os.PathLike, *, fmt: str = "bin",
+                    dtype: torch.dtype | None = None,
                     embed_vision: bool = False, vision_dtype: torch.dtype | None = torch.bfloat16,
                     max_shard_bytes: int = 10 << 30, extra_config: dict | None = None) -> Path:
     """Write ``model`` as a checkpoint directory at ``destination`` (replaced atomically if it exists)."""

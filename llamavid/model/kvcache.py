@@ -5,7 +5,8 @@ Modes (the ``kv_cache`` option of a question; planning picks the mode, llamavid.
 * ``full``: the model's dtype (a transformers ``DynamicCache``): 2 x layers x kv_heads x head_dim x 2 bytes
   per token in bf16, 512 KiB for LLaMA-7B, so 32 GiB for a 64K-token movie prompt;
 * ``int8``: 8-bit codes per (token, head) with one float32 scale (symmetric), 0.52 x the bf16 bytes;
-* ``int4``: 4-bit codes in groups of 32 values (or the head width if smaller) with a bfloat16 scale and a uint8 zero point (asymmetric),
+* ``int4``: 4-bit codes in groups of 32 values (or the head width if smaller) with a bfloat16 scale and a uint8 zero
+  point (asymmetric),
   two codes per byte, 0.30 x the bf16 bytes;
 * ``offload`` (CUDA only): full precision, kept in host memory and brought to the GPU one layer at a time
   (transformers' offloaded ``DynamicCache``);
@@ -105,7 +106,8 @@ def plan_cache(shape: CacheShape, mode: str, *, tokens: int, batch: int, chunk: 
         if fits(m, tokens):
             if mode == "auto" and m != "full":
                 full = shape.bytes_per_token("full") * tokens * batch
-                return m, (f"KV cache in {m}: the {tokens:,}-token prompt's full cache ({format_gb(full)}) would not fit "
+                return m, (f"KV cache in {m}: the {tokens:,}-token prompt's full cache ({format_gb(full)}) "
+                           "would not fit "
                            f"the {format_gb(available or 0)} left; ask for a full KV cache to insist")
             return m, None
     smallest = allowed[-1]

@@ -119,13 +119,15 @@ def load_model(
         check_weights_fit(source, groups, dt, bits, available)
     qcfg = QFormerConfig.from_state_dict(groups["qformer"], source=source)
     if qcfg.num_query != cfg.num_query:
-        raise CheckpointError(f"config num_query {cfg.num_query} but model.vlm_att_query holds {qcfg.num_query} queries", where=source)
+        raise CheckpointError(f"config num_query {cfg.num_query} but model.vlm_att_query holds "
+                              f"{qcfg.num_query} queries", where=source)
     qformer, tokens, llm = build_modules(cfg, qcfg, device="meta", attn_implementation=attn_implementation)
     for what, module, group, dest in (("QFormer", qformer, "qformer", dev), ("token-generator", tokens, "tokens", dev)):
         load_strict(module, groups[group], source=source, what=what, device=dest, dtype=dt,
                     display=lambda k, g=group: ckpt_io.to_checkpoint_key(f"{g}.{k}"))
     if qcfg.encoder_width != cfg.mm_hidden_size:
-        raise CheckpointError(f"QFormer cross-attends to width {qcfg.encoder_width} but mm_hidden_size is {cfg.mm_hidden_size}", where=source)
+        raise CheckpointError(f"QFormer cross-attends to width {qcfg.encoder_width} but mm_hidden_size is "
+                              f"{cfg.mm_hidden_size}", where=source)
     llm_sd = groups["llm"]
     if cfg.llm.get("tie_word_embeddings") and "lm_head.weight" not in llm_sd and "model.embed_tokens.weight" in llm_sd:
         llm_sd = dict(llm_sd, **{"lm_head.weight": llm_sd["model.embed_tokens.weight"]})
@@ -138,7 +140,8 @@ def load_model(
     text_tokenizer = TextTokenizer.from_dir(ckpt, eos_id=_config_eos(cfg))
     vocab_rows = llm.get_input_embeddings().weight.shape[0]
     if text_tokenizer.vocab_size > vocab_rows:
-        raise CheckpointError(f"the tokenizer has {text_tokenizer.vocab_size} tokens but the LLM embeds only {vocab_rows}", where=source)
+        raise CheckpointError(f"the tokenizer has {text_tokenizer.vocab_size} tokens but the LLM embeds only "
+                              f"{vocab_rows}", where=source)
     bert_tok = load_qformer_tokenizer(qformer_tokenizer, checkpoint_dir=ckpt)
     if len(bert_tok) != qcfg.vocab_size:
         raise CheckpointError(
@@ -181,10 +184,12 @@ def check_weights_fit(source: str, groups: Mapping[str, Mapping[str, torch.Tenso
     need = model_weight_bytes(groups, dtype, bits) + RUNTIME_OVERHEAD
     alternatives = []
     if dtype == torch.float32:
-        alternatives.append(((Opt("dtype", "bfloat16"),), model_weight_bytes(groups, torch.bfloat16, bits) + RUNTIME_OVERHEAD))
+        alternatives.append(((Opt("dtype", "bfloat16"),),
+                             model_weight_bytes(groups, torch.bfloat16, bits) + RUNTIME_OVERHEAD))
     if bits != 4:
         half = torch.bfloat16 if dtype == torch.float32 else dtype
-        alternatives.append(((Opt("quantize", "4bit"),) + ((" ", Opt("dtype", "bfloat16")) if dtype == torch.float32 else ()),
+        alternatives.append(((Opt("quantize", "4bit"),)
+                             + ((" ", Opt("dtype", "bfloat16")) if dtype == torch.float32 else ()),
                              model_weight_bytes(groups, half, 4) + RUNTIME_OVERHEAD))
     what = f"the weights in {name}" + (f" with {bits}-bit layers" if bits else "") + " (and room to run)"
     require_memory(source, what, need, available, alternatives)
@@ -217,7 +222,8 @@ def load_vision_encoder(
         cfg = LlamaVidConfig.from_json(ckpt / "config.json")
         if image_size is not None:
             cfg.image_size = image_size
-        embedded = ckpt_io.read_prefixed_tensors(ckpt, "model.vision_tower.vision_tower.") if vision_tower is None else {}
+        embedded = (ckpt_io.read_prefixed_tensors(ckpt, "model.vision_tower.vision_tower.") if vision_tower is None
+                    else {})
         weights = resolve_vision_weights(vision_tower, cfg, ckpt, embedded)
         pad = cfg.image_aspect_ratio == "pad"
     choice = choose_dtype(dtype, dev, weight_bytes=weights.weight_bytes, probes=probes, what="vision weights")
@@ -226,7 +232,8 @@ def load_vision_encoder(
     if choice.dtype is not None:
         alternatives = [((Opt("dtype", "bfloat16"),), weights.weight_bytes(torch.bfloat16) + RUNTIME_OVERHEAD)] \
             if choice.dtype == torch.float32 else []
-        require_memory(weights.description, f"the vision encoder's weights in {str(choice.dtype).replace('torch.', '')} "
+        require_memory(weights.description,
+                       f"the vision encoder's weights in {str(choice.dtype).replace('torch.', '')} "
                        "(and room to run)", weights.weight_bytes(choice.dtype) + RUNTIME_OVERHEAD,
                        probes.available(dev), alternatives)
     return VisionEncoder(weights, device=dev, dtype=choice.dtype, pad_images=pad)

@@ -47,7 +47,8 @@ class FeatureSource(Protocol):
 
     def __len__(self) -> int: ...
 
-    def features(self, start: int = 0, stop: int | None = None, *, dtype: torch.dtype = torch.float32) -> torch.Tensor: ...
+    def features(self, start: int = 0, stop: int | None = None, *,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor: ...
 
 
 Features = torch.Tensor | np.ndarray | FeatureSource
@@ -220,7 +221,8 @@ class LlamaVid(nn.Module):
 
     def _require_vision(self) -> VisionEncoder:
         if self.vision_encoder is None:
-            raise CheckpointError("this model has no vision encoder; pass vision_tower=PATH to eva_vit_g.pth", where=self.name)
+            raise CheckpointError("this model has no vision encoder; pass vision_tower=PATH to eva_vit_g.pth",
+                                  where=self.name)
         return self.vision_encoder
 
     @property
@@ -239,7 +241,8 @@ class LlamaVid(nn.Module):
         self.vision  # noqa: B018 - builds and checks the encoder
         return self.vision_encoder.encode_pixels(pixel_values, batch_size=batch_size)
 
-    def encode_frames(self, frames: np.ndarray | Sequence, *, is_image: bool = False, batch_size: int = 16) -> torch.Tensor:
+    def encode_frames(self, frames: np.ndarray | Sequence, *, is_image: bool = False,
+                      batch_size: int = 16) -> torch.Tensor:
         """RGB uint8 frames (T, H, W, 3) -> features; still images are padded to square first, as published."""
         self.vision  # noqa: B018
         return self.vision_encoder.encode_frames(frames, is_image=is_image, batch_size=batch_size)
@@ -413,7 +416,8 @@ class LlamaVid(nn.Module):
         return Prompt(text, rendered, tuple(ids), 0, False, len(ids), template)
 
 
-def _refuse_placeholder(question: str, history: Sequence[tuple[str, str]], frame_subtitles: Sequence[str] | None) -> None:
+def _refuse_placeholder(question: str, history: Sequence[tuple[str, str]],
+                        frame_subtitles: Sequence[str] | None) -> None:
     """Text may not contain ``<image>``: the prompt marks the places of visual tokens with it."""
     texts = [("the question", question)] + [("an earlier turn", t) for turn in history for t in turn]
     texts += [("a subtitle", t) for t in frame_subtitles or ()]

@@ -109,7 +109,8 @@ class TextTokenizer:
             try:
                 self._sp = spm.SentencePieceProcessor(model_file=str(path))
             except Exception as exc:
-                raise CheckpointError(f"not a sentencepiece model ({' '.join(str(exc).split())[:120]})", where=path) from None
+                raise CheckpointError(f"not a sentencepiece model ({' '.join(str(exc).split())[:120]})",
+                                      where=path) from None
             self.bos_id = self._sp.bos_id() if bos_id is None else bos_id
             self.eos_id = self._sp.eos_id() if eos_id is None else eos_id
             self.vocab_size = self._sp.get_piece_size()
@@ -118,14 +119,17 @@ class TextTokenizer:
             # piece (each with its own dummy prefix).
             specials = {self._sp.id_to_piece(i): i for i in (self._sp.unk_id(), self.bos_id, self.eos_id) if i >= 0}
             self._specials = specials
-            self._special_split = re.compile("(" + "|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)) + ")")
+            self._special_split = re.compile("("
+                                             + "|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))
+                                             + ")")
         else:
             from tokenizers import Tokenizer
 
             try:
                 self._hf = Tokenizer.from_file(str(path))
             except Exception as exc:
-                raise CheckpointError(f"not a tokenizers JSON file ({' '.join(str(exc).split())[:120]})", where=path) from None
+                raise CheckpointError(f"not a tokenizers JSON file ({' '.join(str(exc).split())[:120]})",
+                                      where=path) from None
             self._hf.no_padding()
             self._hf.no_truncation()
             self.bos_id = bos_id if bos_id is not None else self._hf.token_to_id("<s>")

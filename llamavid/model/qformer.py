@@ -50,10 +50,12 @@ class QFormerConfig:
         need = ("bert.embeddings.word_embeddings.weight", "bert.embeddings.position_embeddings.weight", "query_tokens")
         missing = [k for k in need if k not in sd]
         if missing:
-            raise CheckpointError(f"QFormer weights missing ({', '.join(missing)}; checkpoint keys model.vlm_att_encoder.bert.*, model.vlm_att_query)", where=source)
+            raise CheckpointError(f"QFormer weights missing ({', '.join(missing)}; checkpoint keys "
+                                  "model.vlm_att_encoder.bert.*, model.vlm_att_query)", where=source)
         vocab, hidden = sd["bert.embeddings.word_embeddings.weight"].shape
         if hidden % HEAD_WIDTH:
-            raise CheckpointError(f"QFormer width {hidden} is not a multiple of the head width {HEAD_WIDTH}", where=source)
+            raise CheckpointError(f"QFormer width {hidden} is not a multiple of the head width {HEAD_WIDTH}",
+                                  where=source)
         layers = sorted({int(m.group(1)) for k in sd if (m := _LAYER.match(k))})
         if not layers or layers != list(range(len(layers))):
             raise CheckpointError(f"QFormer layers are missing or not numbered 0..n-1 ({layers[:8]})", where=source)
@@ -252,17 +254,20 @@ def load_qformer_tokenizer(name_or_path: str | os.PathLike | None, *, checkpoint
     else:
         candidates.append(DEFAULT_TOKENIZER_ID)
     source = candidates[0]
-    if os.path.isdir(source) and not (Path(source) / "vocab.txt").is_file() and not (Path(source) / "tokenizer.json").is_file():
+    if (os.path.isdir(source) and not (Path(source) / "vocab.txt").is_file()
+            and not (Path(source) / "tokenizer.json").is_file()):
         raise CheckpointError("not a BERT tokenizer folder (no vocab.txt or tokenizer.json)", where=source)
     hint = ("give ", Opt("qformer_tokenizer", "PATH"), " (a folder with bert-base-uncased's vocab.txt) "
             "or put it in <checkpoint>/qformer_tokenizer/")
     try:
         tok = BertTokenizer.from_pretrained(source, truncation_side="left")
     except OSError as exc:
-        raise CheckpointError(f"cannot load the QFormer's BERT tokenizer ({' '.join(str(exc).split())[:160]}); ", *hint, where=source) from None
+        raise CheckpointError(f"cannot load the QFormer's BERT tokenizer ({' '.join(str(exc).split())[:160]}); ", *hint,
+                              where=source) from None
     if len(tok.get_vocab()) <= len(tok.all_special_tokens) + 1:
         # transformers 5 quietly builds a specials-only tokenizer when no vocabulary file is found
-        raise CheckpointError("cannot load the QFormer's BERT tokenizer (no vocabulary found; offline or not cached); ", *hint, where=source)
+        raise CheckpointError("cannot load the QFormer's BERT tokenizer (no vocabulary found; offline or not cached); ",
+                              *hint, where=source)
     if tok.bos_token != "[DEC]":
         tok.add_special_tokens({"bos_token": "[DEC]"})
     tok.truncation_side = "left"
@@ -271,7 +276,8 @@ def load_qformer_tokenizer(name_or_path: str | os.PathLike | None, *, checkpoint
 
 def encode_questions(tokenizer, questions: Sequence[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and mask of the QFormer's text input: [CLS] ... [SEP], left-truncated to 256, padded to the longest."""
-    enc = tokenizer(list(questions), padding="longest", truncation=True, max_length=MAX_TEXT_TOKENS, return_tensors="pt")
+    enc = tokenizer(list(questions), padding="longest", truncation=True, max_length=MAX_TEXT_TOKENS,
+                    return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"]
     if device is not None:
         ids, mask = ids.to(device), mask.to(device)

@@ -66,7 +66,8 @@ def pool_content(patches: torch.Tensor, compress_type: str | None) -> torch.Tens
 class TokenGenerator(nn.Module):
     """Query outputs + patch features -> [context, content...] LLM-space tokens per frame."""
 
-    def __init__(self, qformer_width: int, vision_width: int, llm_width: int, projector_type: str, compress_type: str | None,
+    def __init__(self, qformer_width: int, vision_width: int, llm_width: int, projector_type: str,
+                 compress_type: str | None,
                  token_types: str = "both"):
         super().__init__()
         self.compress_type = compress_type

@@ -59,24 +59,28 @@ class VisionConfig:
         return 1 + self.grid * self.grid
 
     @classmethod
-    def from_state_dict(cls, sd: Mapping[str, torch.Tensor], image_size: int = 224, source: str = "vision tower") -> "VisionConfig":
+    def from_state_dict(cls, sd: Mapping[str, torch.Tensor], image_size: int = 224,
+                        source: str = "vision tower") -> "VisionConfig":
         for key in ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight"):
             if key not in sd:
                 raise CheckpointError(f"not an EVA ViT weights file (no {key!r})", where=source)
         width = int(sd["cls_token"].shape[-1])
         if width % HEAD_WIDTH:
-            raise CheckpointError(f"class token width {width} is not a multiple of the head width {HEAD_WIDTH}", where=source)
+            raise CheckpointError(f"class token width {width} is not a multiple of the head width {HEAD_WIDTH}",
+                                  where=source)
         blocks = {int(m.group(1)) for k in sd if (m := _BLOCK.match(k))}
         depth = 0
         while depth in blocks and depth < MAX_DEPTH:
             depth += 1
         patch = sd["patch_embed.proj.weight"]
         if patch.ndim != 4 or patch.shape[0] != width or patch.shape[1] != 3 or patch.shape[2] != patch.shape[3]:
-            raise CheckpointError(f"patch_embed.proj.weight has shape {list(patch.shape)}, expected [{width}, 3, p, p]", where=source)
+            raise CheckpointError(f"patch_embed.proj.weight has shape {list(patch.shape)}, expected [{width}, 3, p, p]",
+                                  where=source)
         n_pos = int(sd["pos_embed"].shape[-2]) - 1
         grid = int(round(n_pos ** 0.5))
         if grid * grid != n_pos or sd["pos_embed"].shape[-1] != width:
-            raise CheckpointError(f"pos_embed has shape {list(sd['pos_embed'].shape)}, expected [1, 1 + g*g, {width}]", where=source)
+            raise CheckpointError(f"pos_embed has shape {list(sd['pos_embed'].shape)}, expected [1, 1 + g*g, {width}]",
+                                  where=source)
         return cls(
             width=width,
             depth=depth,
@@ -254,7 +258,8 @@ def read_lavis_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 raise
             sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except Exception as exc:
-        raise CheckpointError(f"cannot read vision-tower weights (truncated, corrupt or not a torch file: {_short(exc)})", where=path) from None
+        raise CheckpointError("cannot read vision-tower weights (truncated, corrupt or not a torch file: "
+                              f"{_short(exc)})", where=path) from None
     if isinstance(sd, dict) and "cls_token" not in sd:
         for key in ("model", "state_dict", "module"):
             if isinstance(sd.get(key), dict):
@@ -340,7 +345,8 @@ class VisionEncoder:
     ``llamavid encode`` needs only this (not the LLM); ``LlamaVid`` holds one too.
     """
 
-    def __init__(self, weights: "VisionWeights", *, device: torch.device | str = "cpu", dtype: torch.dtype | None = torch.float32,
+    def __init__(self, weights: "VisionWeights", *, device: torch.device | str = "cpu",
+                 dtype: torch.dtype | None = torch.float32,
                  pad_images: bool = True):
         self.weights = weights
         self.device = torch.device(device)

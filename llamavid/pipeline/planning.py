@@ -314,7 +314,8 @@ def cache_mode(model: "LlamaVid", tokens: int, batch: int = 1, *, new_tokens: in
         frames = max(0, ((exc.fit_tokens or 0) - new_tokens - text_tokens) // model.tokens_per_frame)
         advice: list[str | Opt] = ["use ", Opt("max_frames", frames)] if frames else ["no frame fits beside the text"]
         if keep:
-            advice += [", or ask without ", Opt("evidence"), " / ", Opt("choices"), " (they keep a full-precision cache)"]
+            advice += [", or ask without ", Opt("evidence"), " / ", Opt("choices"),
+                       " (they keep a full-precision cache)"]
         elif (asked or requested) in ("full", "int8"):
             advice += [", or ", Opt("kv_cache", "auto")]
         if not model.weights.bits:

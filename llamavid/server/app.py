@@ -153,7 +153,8 @@ class Reply:
 
     def completion(self, answered) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model_id,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answered.answer.text, "refusal": None},
+                "choices": [{"index": 0,
+                             "message": {"role": "assistant", "content": answered.answer.text, "refusal": None},
                              "logprobs": None, "finish_reason": self._finish(answered)}],
                 "usage": self._usage(answered), "system_fingerprint": None, "llamavid": self._extra(answered)}
 

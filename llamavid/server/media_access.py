@@ -64,7 +64,8 @@ class MediaAccess:
         for root in roots:
             path = Path(root).expanduser()
             if not path.is_dir():
-                raise OptionError("media_root", os.fspath(root), "no such folder" if not path.exists() else "not a folder")
+                raise OptionError("media_root", os.fspath(root),
+                                  "no such folder" if not path.exists() else "not a folder")
             resolved.append(Path(os.path.realpath(path)))
         self.roots: tuple[Path, ...] = tuple(resolved)
         if isinstance(max_image_bytes, bool) or not isinstance(max_image_bytes, int) or max_image_bytes < 1:
@@ -166,7 +167,8 @@ class MediaAccess:
             raise RequestError(f"{param}: a data: URL must be base64-encoded (data:{mime};base64,...)", param=param)
         payload = "".join(payload.split())  # base64 may be wrapped over lines
         if len(payload) // 4 * 3 > self.max_image_bytes + 2:  # checked before decoding anything
-            raise RequestError(f"{param}: the image is larger than this server's limit of {self.max_image_bytes:,} bytes",
+            raise RequestError(f"{param}: the image is larger than this server's limit of "
+                               f"{self.max_image_bytes:,} bytes",
                                status=413, param=param, code="image_too_large")
         try:
             data = base64.b64decode(payload, validate=True)
@@ -175,7 +177,8 @@ class MediaAccess:
         if not data:
             raise RequestError(f"{param}: the data: URL holds no data", param=param)
         if len(data) > self.max_image_bytes:
-            raise RequestError(f"{param}: the image is larger than this server's limit of {self.max_image_bytes:,} bytes",
+            raise RequestError(f"{param}: the image is larger than this server's limit of "
+                               f"{self.max_image_bytes:,} bytes",
                                status=413, param=param, code="image_too_large")
         digest = hashlib.sha256(data).hexdigest()
         return MediaSource(("data", digest), f"data:{mime};base64,... ({len(data):,} bytes)", data=data, suffix=suffix)

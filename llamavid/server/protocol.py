@@ -143,7 +143,8 @@ def _conversation(messages: Any, media: MediaAccess) -> tuple[MediaSource, str, 
             raise RequestError(f"{where}.role must be \"user\" or \"assistant\", not {role!r}", param=f"{where}.role")
         unknown = sorted(set(message) - {"role", "content", "name"})
         if unknown:
-            raise RequestError(f"{where}: unsupported field(s) {', '.join(map(str, unknown))}", param=f"{where}.{unknown[0]}")
+            raise RequestError(f"{where}: unsupported field(s) {', '.join(map(str, unknown))}",
+                               param=f"{where}.{unknown[0]}")
         texts = _content(message.get("content"), role, where, media, sources)
         if turns and turns[-1][0] == role:
             turns[-1][1].extend(texts)

@@ -67,7 +67,8 @@ def _parse_record(record: Any, number: int, where: str, seen: set[str], defaults
     if not isinstance(record, dict):
         return BatchItem(fallback, error=f"{where}: expected a JSON object")
     raw_id = record.get("id", fallback)
-    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or (isinstance(raw_id, str) and not raw_id.strip()):
+    if (isinstance(raw_id, bool) or not isinstance(raw_id, (str, int))
+            or (isinstance(raw_id, str) and not raw_id.strip())):
         return BatchItem(fallback, error=f"{where}: \"id\" must be a non-empty string or a whole number")
     item_id = str(raw_id)
     if item_id in seen:

@@ -89,7 +89,8 @@ def frame_vectors(features, indices: Sequence[int] | None = None, *, read_frames
         return np.zeros((0, 0), dtype=np.float32)
     lo, hi = indices[0], indices[-1] + 1
     if indices != list(range(lo, hi)):
-        picked = features.frames(indices) if hasattr(features, "frames") else torch.as_tensor(np.asarray(features)[indices])
+        picked = (features.frames(indices) if hasattr(features, "frames")
+                  else torch.as_tensor(np.asarray(features)[indices]))
         return picked.mean(dim=1, dtype=torch.float32).numpy()
     parts = [_read(features, a, min(hi, a + read_frames)).mean(dim=1, dtype=torch.float32).numpy()
              for a in range(lo, hi, read_frames)]

@@ -254,7 +254,8 @@ class AnswerRecord:
     choices: list | None = field(default=None)  # ChoiceScore per option, as given (asked with choices=...)
 
     @classmethod
-    def of(cls, model, answered: Answered, source: str | os.PathLike, *, seconds: float | None = None) -> "AnswerRecord":
+    def of(cls, model, answered: Answered, source: str | os.PathLike, *,
+           seconds: float | None = None) -> "AnswerRecord":
         """The record of an answered question (``seconds``: default, the question's share of its batch)."""
         plan, answer = answered.plan, answered.answer
         return cls(os.fspath(source), answered.question.text, answer.text, model.name, plan.frames,
@@ -316,7 +317,8 @@ def answer_features(model, features, question: str, options: AskOptions | None =
     source = features if hasattr(features, "frames") else FeaturesInMemory(features, timestamps)
     vin = VideoInput("features", source, list(subtitles))
     [result] = answer_questions(model, vin, [Question(question, options, tuple(history))],
-                                on_text=None if stream is None else (lambda _i, piece: stream(piece)), callbacks=callbacks)
+                                on_text=None if stream is None else (lambda _i, piece: stream(piece)),
+                                callbacks=callbacks)
     if result.error is not None:
         raise result.error
     return result.answer

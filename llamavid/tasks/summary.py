@@ -136,7 +136,8 @@ def _summarize(model, vin: VideoInput, whole: bool, parts: list[tuple[Plan, int,
         return Summary(vin.source, style, text, model.name, n, [seg], round(time.perf_counter() - t0, 3))
     segments: list[Segment] = []
     for plan, a, b in parts:
-        seg = Segment(float(stamps[a]), float(stamps[b - 1]), b - a, _answer(model, vin, plan, options, None, callbacks))
+        seg = Segment(float(stamps[a]), float(stamps[b - 1]), b - a,
+                      _answer(model, vin, plan, options, None, callbacks))
         segments.append(seg)
         if on_segment:
             on_segment(seg)

@@ -70,7 +70,8 @@ def _parse_item(item: object, index: int, json_path: Path, root: Path) -> Sample
     turns = []
     for k in range(0, len(convs), 2):
         human, gpt = convs[k], convs[k + 1]
-        if not (isinstance(human, dict) and isinstance(gpt, dict) and human.get("from") == "human" and gpt.get("from") == "gpt"):
+        if not (isinstance(human, dict) and isinstance(gpt, dict) and human.get("from") == "human"
+                and gpt.get("from") == "gpt"):
             raise InputError(f"{where}: turn {k // 2} is not a human turn followed by a gpt turn")
         question = str(human.get("value", "")).replace(IMAGE_PLACEHOLDER, "").strip()
         turns.append((question, str(gpt.get("value", "")).strip()))

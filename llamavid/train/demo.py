@@ -64,9 +64,12 @@ class DemoRecipe:
     llm_heads: int = 4
     llm_intermediate: int = 688
     max_positions: int = 8192
-    stage1: dict = field(default_factory=lambda: {"epochs": 0.5, "batch_size": 16, "micro_batch_size": 8, "learning_rate": 1e-3})
-    stage2: dict = field(default_factory=lambda: {"epochs": 3, "batch_size": 16, "micro_batch_size": 8, "learning_rate": 6e-4})
-    stage3: dict = field(default_factory=lambda: {"epochs": 2, "batch_size": 8, "micro_batch_size": 2, "learning_rate": 1.5e-4})
+    stage1: dict = field(default_factory=lambda: {"epochs": 0.5, "batch_size": 16, "micro_batch_size": 8,
+                                                  "learning_rate": 1e-3})
+    stage2: dict = field(default_factory=lambda: {"epochs": 3, "batch_size": 16, "micro_batch_size": 8,
+                                                  "learning_rate": 6e-4})
+    stage3: dict = field(default_factory=lambda: {"epochs": 2, "batch_size": 8, "micro_batch_size": 2,
+                                                  "learning_rate": 1.5e-4})
     n_window: int = 150  # window clips in stage 3 (two questions each) ...
     window_seconds: tuple[int, int] = (12, 24)
     window_width: tuple[int, int] = (2, 4)
@@ -148,7 +151,8 @@ def make_tokenizers(folder: Path, r: DemoRecipe) -> tuple[Path, Path]:
     words = sorted({w for line in corpus for w in line.lower().replace("?", " ").replace(".", " ").replace(",", " ")
                     .replace("'", " ").replace(":", " ").split()})
     letters = list("abcdefghijklmnopqrstuvwxyz0123456789")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *".,?!'\":;-", *words, *letters, *("##" + c for c in letters)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *".,?!'\":;-", *words, *letters,
+             *("##" + c for c in letters)]
     (bert_dir / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
     (bert_dir / "tokenizer_config.json").write_text(json.dumps({
         "do_lower_case": True, "model_max_length": 512, "tokenizer_class": "BertTokenizer", "unk_token": "[UNK]",
@@ -211,7 +215,8 @@ def train_vision(path: Path, r: DemoRecipe) -> Path:
         loss = (torch.nn.functional.cross_entropy(heads["color"](pooled), colors)
                 + torch.nn.functional.cross_entropy(heads["shape"](pooled), shapes)
                 + torch.nn.functional.cross_entropy(heads["patch"](h[:, 1:]).flatten(0, 1), patches.flatten())
-                + torch.nn.functional.cross_entropy(heads["patch_shape"](h[:, 1:]).flatten(0, 1), patch_shapes.flatten()))
+                + torch.nn.functional.cross_entropy(heads["patch_shape"](h[:, 1:]).flatten(0, 1),
+                                                    patch_shapes.flatten()))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -220,7 +225,8 @@ def train_vision(path: Path, r: DemoRecipe) -> Path:
         if step % 40 == 0 or step == r.vision_steps - 1:
             acc_c = float((heads["color"](pooled).argmax(-1) == colors).float().mean())
             acc_s = float((heads["shape"](pooled).argmax(-1) == shapes).float().mean())
-            log(f"vision step {step}: loss {float(loss.detach()):.3f}, batch colour acc {acc_c:.2f}, shape acc {acc_s:.2f}, "
+            log(f"vision step {step}: loss {float(loss.detach()):.3f}, batch colour acc {acc_c:.2f}, "
+                f"shape acc {acc_s:.2f}, "
                 f"{time.perf_counter() - t0:.0f} s")
     sd = {k: v.detach().to(torch.bfloat16).to(torch.float32).contiguous() for k, v in vit.state_dict().items()}
     with atomic_output(path) as f:
@@ -241,7 +247,8 @@ def run_stage(number: int, data: Path, start: str, out: Path, features: Path, se
 
     def on_log(record: dict) -> None:
         if "loss" in record:
-            log(f"stage {number} step {record['step']}: loss {record['loss']:.4f} lr {record['lr']:.2e} ({record['seconds']:.0f} s)")
+            log(f"stage {number} step {record['step']}: loss {record['loss']:.4f} lr {record['lr']:.2e} "
+                f"({record['seconds']:.0f} s)")
 
     result = train(cfg, on_log=on_log)
     log(f"stage {number}: {result.steps} steps in {result.seconds:.0f} s, final loss {result.losses[-1]:.4f}")
@@ -309,11 +316,13 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train the demo model from scratch")
     t.add_argument("--output", "-o", type=Path, default=Path("runs/demo"))
-    t.add_argument("--data", type=Path, default=Path("runs/data"), help="where the synthetic set is written (shared by runs)")
+    t.add_argument("--data", type=Path, default=Path("runs/data"),
+                   help="where the synthetic set is written (shared by runs)")
     t.add_argument("--ship", action="store_true", help="copy the result into llamavid/assets/demo")
     t.add_argument("--token-types", default="both", choices=["both", "context", "content"])
     t.add_argument("--stages", default="1,2,3")
-    t.add_argument("--reuse", type=Path, default=None, help="take the vision encoder, tokenizers and features of this run")
+    t.add_argument("--reuse", type=Path, default=None,
+                   help="take the vision encoder, tokenizers and features of this run")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override a recipe field")
     e = sub.add_parser("evaluate", help="held-out accuracy, token-type ablation and the needle test")

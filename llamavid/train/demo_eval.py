@@ -40,7 +40,8 @@ def run_items(model, items: list[dict], root: Path, *, progress: bool = True, kv
     records = []
     t0 = time.perf_counter()
     for n, (video, group) in enumerate(by_video.items()):
-        questions = [Question(_question(item), AskOptions(long=bool(item.get("long")), temperature=0.0, max_new_tokens=8,
+        questions = [Question(_question(item),
+                              AskOptions(long=bool(item.get("long")), temperature=0.0, max_new_tokens=8,
                                                      kv_cache=kv_cache))
                      for item in group]
         for item, q, outcome in zip(group, questions, answer_about(model, root / video, questions)):
@@ -128,7 +129,8 @@ def render_markdown(result: dict) -> str:
              f"come from `python -m llamavid.train.demo evaluate --model {result['model']} ...` "
              f"({result['seconds']:.0f} s on the CPU).", "",
              "## Held-out synthetic questions", "",
-             "Videos of the test split were never seen in training. Greedy decoding; right = first word equals the answer.",
+             "Videos of the test split were never seen in training. Greedy decoding; right = first word "
+             "equals the answer.",
              "", "| question type | what it asks | questions | accuracy |", "|---|---|---:|---:|"]
     meaning = {"color": "colour of the one moving shape", "shape": "kind of the one moving shape",
                "count": "how many shapes appear one after another (1-3)", "first": "colour of the first shape",
@@ -143,10 +145,12 @@ def render_markdown(result: dict) -> str:
                   "The same recipe trained three times, each model keeping one kind of visual token per frame "
                   "(`token_types` in config.json), evaluated on the same held-out short-video questions."
                   + (" (Carried over from the previous evaluation: these models run stages 1-2 only, which the "
-                     "later recipe changes leave bit for bit as they were.)" if result.get("ablation_from") else ""), "",
+                     "later recipe changes leave bit for bit as they were.)" if result.get("ablation_from") else ""),
+                  "",
                   "| question type | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
         for qtype in SHORT_TYPES:
-            cells = [f"{result['ablation'][k][qtype]['accuracy']:.1f}%" if qtype in result["ablation"][k] else "-" for k in kinds]
+            cells = [f"{result['ablation'][k][qtype]['accuracy']:.1f}%" if qtype in result["ablation"][k] else "-"
+                     for k in kinds]
             lines.append(f"| {qtype} | " + " | ".join(cells) + " |")
     from .pointing_eval import render as render_pointing
 

@@ -24,7 +24,8 @@ from ..model.qformer import encode_questions
 IGNORE = -100
 
 
-def conversation_inputs(model: LlamaVid, item: dict, *, long_video: bool, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def conversation_inputs(model: LlamaVid, item: dict, *, long_video: bool,
+                        max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One sample -> (input embeddings (L, H), labels (L,)), truncated to max_tokens."""
     sample = item["sample"]
     feats = item["features"]
@@ -45,7 +46,8 @@ def conversation_inputs(model: LlamaVid, item: dict, *, long_video: bool, max_to
             message = image_message(question)
         text = template.render([(message, None)])
         if turn:
-            text = text[len(template.system + template.sep):] if template.style == "two" else text[len(template.system):]
+            text = (text[len(template.system + template.sep):] if template.style == "two"
+                    else text[len(template.system):])
         ids = tokenize_prompt(text, tok)
         if turn:
             ids = ids[1:]  # BOS only at the very start

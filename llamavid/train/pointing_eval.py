@@ -232,7 +232,8 @@ def render(result: dict[str, Any]) -> list[str]:
                   "`ask --evidence` on held-out clips whose generator knows when each shape is on screen. A question "
                   "counts as localised when the top-1 range overlaps the seconds the answer is shown. *window*: one "
                   f"shape on screen for 2-4 s of a quiet 12-24 s video ({n.get('window', 0)} clips); *first*/*last*: "
-                  f"sequences of two or three shapes ({n.get('first', 0)} clips). Cost: time of an answer with evidence "
+                  f"sequences of two or three shapes ({n.get('first', 0)} clips). Cost: time of an answer with "
+                  "evidence "
                   "divided by the plain answer's, same question and token file, medians (best of two runs each).", "",
                   "| method | window | first | last | top-1 range (s, window) | time with evidence / plain answer |",
                   "|---|---:|---:|---:|---:|---:|"]
@@ -259,7 +260,8 @@ def render(result: dict[str, Any]) -> list[str]:
     if mc:
         types = sorted(mc["generate"]["by_type"])
         lines += ["", "## Multiple choice: generation vs likelihood", "",
-                  f"The held-out colour, shape, count, first and last questions as a multiple-choice set ({mc['n']} items, "
+                  "The held-out colour, shape, count, first and last questions as a multiple-choice set "
+                  f"({mc['n']} items, "
                   "four options, three for counts; `llamavid eval predict synthetic-mc -q mc.json --videos ... "
                   "--mcq generate|likelihood`). *generate*: the options are listed in the question and the letter "
                   "(or the option's text) is read from the reply; *likelihood*: each option is scored as the answer "
@@ -269,16 +271,20 @@ def render(result: dict[str, Any]) -> list[str]:
                   "|---|---:|" + "---:|" * len(types) + "---:|---:|"]
         for mode in ("generate", "likelihood"):
             r = mc[mode]
-            lines.append(f"| {mode} | {r['accuracy']:.1f}% | " + " | ".join(f"{r['by_type'].get(t, 0):.1f}%" for t in types)
+            lines.append(f"| {mode} | {r['accuracy']:.1f}% | "
+                         + " | ".join(f"{r['by_type'].get(t, 0):.1f}%" for t in types)
                          + f" | {r['no_option']} | {r['seconds']:.0f} |")
     ch = result.get("chapters")
     if ch:
         lines += ["", "## Chapters: boundaries from the features", "",
-                  f"`summarize --chapters` boundary finding on {ch['clips']} held-out scene clips (3-6 scenes of 12-24 s, "
-                  f"{ch['changes']} scene changes at any tenth of a second, sampled at 1 frame/s). A change is found when "
+                  f"`summarize --chapters` boundary finding on {ch['clips']} held-out scene clips "
+                  "(3-6 scenes of 12-24 s, "
+                  f"{ch['changes']} scene changes at any tenth of a second, sampled at 1 frame/s). A change is "
+                  "found when "
                   f"a boundary lies within {TOLERANCE:g} s of it.", "",
                   "| changes found (within 1 s) | boundaries that are real changes | clips with exactly the right "
-                  "boundaries | mean error of found changes | boundary finding per clip |", "|---:|---:|---:|---:|---:|",
+                  "boundaries | mean error of found changes | boundary finding per clip |",
+                  "|---:|---:|---:|---:|---:|",
                   f"| {ch['recall']:.1f}% | {ch['precision']:.1f}% | {ch['exact_clips']:.1f}% | "
                   f"{ch['mean_error']:.2f} s | {1000 * ch['seconds_per_clip']:.1f} ms |"]
     return lines

@@ -77,5 +77,6 @@ def init_checkpoint(destination: str | os.PathLike, *, sizes: ModelSizes, vision
                                  vision_encoder=VisionEncoder(weights), name=str(dest), device="cpu")
     save_checkpoint(model, dest, fmt="safetensors")
     shutil.copyfile(vision_path, dest / "eva_vit_g.pth")
-    (dest / "generation_config.json").write_text(json.dumps({"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id}) + "\n")
+    (dest / "generation_config.json").write_text(json.dumps({"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id})
+                                                 + "\n")
     return dest

@@ -17,7 +17,8 @@ class Stage:
     max_tokens: int
 
 
-PROJECTORS = ("tokens.query_projector.", "tokens.key_projector.", "tokens.value_projector.", "tokens.content_projector.")
+PROJECTORS = ("tokens.query_projector.", "tokens.key_projector.", "tokens.value_projector.",
+              "tokens.content_projector.")
 
 STAGES: dict[int, Stage] = {
     1: Stage(1, "alignment", PROJECTORS, batch_size=256, learning_rate=1e-3, max_tokens=2048),

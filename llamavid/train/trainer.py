@@ -234,8 +234,10 @@ def _save(accelerator, module, output: Path, step: int, epoch: int, batch_in_epo
                         extra_config={} if embed else {"mm_vision_tower": VISION_TOWER_NAME})
         if not embed:
             _link_or_copy(vision_file, model_dir / VISION_TOWER_NAME)
-        write_text_atomic(ckpt / STATE_FILE, json.dumps({"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch}))
-        old = sorted((int(d.name.split("-")[-1]), d) for d in output.glob("checkpoint-*") if d.name.split("-")[-1].isdigit())
+        write_text_atomic(ckpt / STATE_FILE,
+                          json.dumps({"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch}))
+        old = sorted((int(d.name.split("-")[-1]), d) for d in output.glob("checkpoint-*")
+                     if d.name.split("-")[-1].isdigit())
         for _, d in old[: max(0, len(old) - cfg.save_total_limit)]:
             shutil.rmtree(d, ignore_errors=True)
     accelerator.wait_for_everyone()
