@@ -12,8 +12,8 @@ from checkpoint_fixture import build_tiny_checkpoint
 from conftest import run_process
 
 import llamavid
-from llamavid_cli.output import error_text
 from llamavid.core.errors import CheckpointError, InputError, ModelNotFoundError
+from llamavid_cli.output import error_text
 
 
 def use_hf_cache(monkeypatch, cache) -> None:

@@ -88,7 +88,8 @@ def test_chat_refuses_a_turn_before_encoding(small, clip, tmp_path, capsys, monk
 def test_summarize_and_chapters_refuse_before_encoding(small, clip, tmp_path, capsys, encodes, extra):
     code, out, err = run_cli(capsys, "summarize", clip, *args(small), *extra)
     assert code == 1 and out == ""
-    assert ("past the end of the video" if extra else "cannot hold even one frame and a summary") in err.splitlines()[-1]
+    why = "past the end of the video" if extra else "cannot hold even one frame and a summary"
+    assert why in err.splitlines()[-1]
     assert encodes == [] and cache_is_empty(tmp_path)
 
 
