@@ -21,11 +21,12 @@ from ..core.fileio import Closing
 from ..core.options import AskOptions
 from ..features.vidtok import Vidtok
 from ..media import subtitles as subs
+from .planning import Frames
 from .prepare import cache_path_for, input_key, video_duration  # noqa: F401  (re-exported)
 
 
 @dataclass
-class VideoInput(Closing):
+class VideoInput(Frames, Closing):
     """A video ready for questions: its features (a ``.vidtok``), and the subtitles to use."""
 
     source: str
@@ -39,9 +40,6 @@ class VideoInput(Closing):
     def timestamps(self) -> np.ndarray:
         return self.features.timestamps
 
-    @property
-    def num_frames(self) -> int:
-        return len(self.features)
 
     @property
     def step(self) -> float:
@@ -56,11 +54,6 @@ class VideoInput(Closing):
     def duration(self) -> float:
         """The whole video's length in seconds (as probed when it was encoded, else up to its last frame)."""
         return video_duration(self.features)
-
-    def frame_subtitles(self, indices: Sequence[int] | None = None) -> list[str]:
-        """Per-frame subtitle text for the chosen frames (all by default), by the published rule."""
-        times = self.timestamps if indices is None else self.timestamps[list(indices)]
-        return subs.attach_to_frames(self.subtitle_lines, times.tolist())
 
     def close(self) -> None:
         self.features.close()

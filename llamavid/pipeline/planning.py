@@ -37,6 +37,7 @@ import torch
 from ..core.errors import ContextOverflowError, InputError, MemoryLimitError, Opt
 from ..core.options import SamplingOptions
 from ..core.timecode import format_clock
+from ..media.subtitles import attach_to_frames
 from ..media.video import frames_in_range
 from ..model.generation import PREFILL_CHUNK
 from ..model.kvcache import CacheShape, plan_cache
@@ -58,6 +59,22 @@ class Timeline(Protocol):
     def timestamps(self) -> np.ndarray: ...
 
     def frame_subtitles(self, indices: Sequence[int] | None = None) -> list[str]: ...
+
+
+class Frames:
+    """A ``Timeline`` from frame times and subtitle lines (``Prepared`` and ``VideoInput`` alike)."""
+
+    timestamps: np.ndarray
+    subtitle_lines: list
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.timestamps)
+
+    def frame_subtitles(self, indices: Sequence[int] | None = None) -> list[str]:
+        """Per-frame subtitle text for the chosen frames (all by default), by the published rule."""
+        times = self.timestamps if indices is None else self.timestamps[list(indices)]
+        return attach_to_frames(self.subtitle_lines, times.tolist())
 
 
 def answer_reserve(sampling: SamplingOptions) -> int:

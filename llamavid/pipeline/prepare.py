@@ -28,7 +28,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 
@@ -41,13 +41,13 @@ from ..features.vidtok import Vidtok, content_hash, looks_like_vidtok, open_vidt
 from ..media import subtitles as subs
 from ..media import video
 from ..model.checkpoint import user_cache_dir
-from .planning import check_range
+from .planning import Frames, check_range
 
 CACHE_STORAGE = "float16"
 
 
 @dataclass
-class Prepared(Closing):
+class Prepared(Frames, Closing):
     """A video, image or ``.vidtok`` resolved for questions: its timeline (what planning reads) and where its
     features come from (``features``, open, when they exist; else the ``job`` that will encode them)."""
 
@@ -68,14 +68,6 @@ class Prepared(Closing):
         """Seconds between sampled frames (1 / the sampling rate)."""
         return 1.0 / float(self.fps)
 
-    @property
-    def num_frames(self) -> int:
-        return len(self.timestamps)
-
-    def frame_subtitles(self, indices: Sequence[int] | None = None) -> list[str]:
-        """Per-frame subtitle text for the chosen frames (all by default), by the published rule."""
-        times = self.timestamps if indices is None else self.timestamps[list(indices)]
-        return subs.attach_to_frames(self.subtitle_lines, times.tolist())
 
     def close(self) -> None:
         if self.features is not None:
