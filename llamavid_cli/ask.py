@@ -35,13 +35,14 @@ def ask(
     """Answer a question about a video: llamavid ask movie.mp4 "Who is Murphy?" """
     from llamavid.core.errors import InputError
     from llamavid.core.options import check_text
+    from llamavid.pipeline.prepare import check_source
 
     if batch is None and (input is None or question is None):
         raise InputError("give INPUT and QUESTION, or --batch FILE")
     if batch is not None and (input is not None or question is not None):
         raise InputError("--batch takes its questions from the file; give no INPUT or QUESTION")
-    if batch is None and input != "-" and not Path(input).exists():
-        raise InputError(f"{input}: no such file")
+    if batch is None and input != "-" and not Path(input).is_dir():
+        check_source(input)  # a missing, empty or unreadable input is refused before the model loads
     if question is not None:
         check_text(question)
     if batch_size < 1:
@@ -80,8 +81,13 @@ def _batch_items(batch: str | None, input: str | None, question: str | None, opt
         return read_batch(sys.stdin.buffer if hasattr(sys.stdin, "buffer") else sys.stdin, defaults=options,
                           source="stdin")
     path = Path(batch)
-    if not path.is_file():
-        raise InputError(f"{batch}: no such file")
+    if path.is_dir():
+        raise InputError("is a folder; --batch takes a JSONL file of questions (to ask one question about every "
+                         "video in a folder: llamavid ask FOLDER QUESTION)", where=batch)
+    if not path.exists():
+        raise InputError("no such file", where=batch)
+    if not (path.is_file() or path.is_fifo()):
+        raise InputError("is not a regular file (a device?); --batch takes a JSONL file of questions", where=batch)
     with open(path, "rb") as f:
         return read_batch(f, defaults=options, base_dir=path.parent, source=path.name)
 

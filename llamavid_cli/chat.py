@@ -24,8 +24,10 @@ def chat(
     """Talk about a video. On a terminal: line editing and history; piped: one question a line in, one
     answer a line out (with --evidence, each answer line is followed by an 'evidence: ...' line).
     /reset, /save FILE.json and /quit work in both."""
+    from llamavid.pipeline.prepare import check_source
     from llamavid.tasks.chat import open_chat
 
+    check_source(input)  # a missing, empty or unreadable input is refused before the model loads
     m = model.load()
     # the video is prepared now and encoded (if it is not cached) by the first question that can be answered
     with Reporter(f"encoding {Path(input).name}") as reporter, \

@@ -21,9 +21,11 @@ def load(option: str | None, *, vision_tower: Path | str | None = None, qformer_
     """Load the model the user asked for, saying so on stderr (it can take a while), with the library's
     notes (the dtype it chose, the KV cache a long prompt gets) as stderr lines."""
     import llamavid
+    from llamavid.model.checkpoint import user_cache_dir
     from llamavid.model.quantize import parse_quantize
 
     bits = parse_quantize(quantize)
+    user_cache_dir()  # a cache setting that cannot work is refused before the model loads
     name = model_name(option)
     message(f"llamavid: loading {name}")
     return llamavid.load_model(name, vision_tower=str(vision_tower) if vision_tower else None,

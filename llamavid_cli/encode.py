@@ -31,21 +31,31 @@ def encode(
 ) -> None:
     """Encode videos into .vidtok files of vision features (with timestamps and subtitles)."""
     import llamavid
-    from llamavid.core.errors import InputError, LlamaVidError
-    from llamavid.features.encode import EncodeOptions, encode_file, output_path_for, shard_from_env, shard_inputs
+    from llamavid.core.errors import InputError, LlamaVidError, Opt
+    from llamavid.features.encode import (
+        EncodeOptions,
+        encode_file,
+        guard_output,
+        output_is_folder,
+        output_path_for,
+        shard_from_env,
+        shard_inputs,
+    )
     from llamavid.model.builtin import default_model_name
+    from llamavid.model.devices import check_device_dtype
 
     if batch_size is not None:
         warn("--batch-size is deprecated for encode: use --frames-per-batch")
         frames_per_batch = batch_size if frames_per_batch is None else frames_per_batch
     opts = EncodeOptions(fps=fps, storage="int8" if compact else "float16", frames_per_batch=frames_per_batch,
                          subtitles=subtitles, force=force)  # every option checked here, before any model loads
+    check_device_dtype(device, dtype)
     paths = expand_inputs(inputs)
     if not paths:
         raise InputError("no inputs")
     if subtitles is not None and len(paths) > 1:
         raise InputError("--subtitles takes one input (put NAME.srt beside each video instead)")
-    many = len(paths) > 1 or (output is not None and output.suffix != ".vidtok")
+    many = output_is_folder(output, len(paths))
     outputs = [output_path_for(p, output, many=many) for p in paths]
     clashes = {o for o in outputs if outputs.count(o) > 1}
     rank, world, local_rank = shard_from_env()
@@ -57,11 +67,24 @@ def encode(
             device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     else:
         jobs = list(zip(paths, outputs))
-    if output is not None and output.suffix != ".vidtok":
+    if output is not None and many:
         try:
             output.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise InputError(f"{output}: cannot create the output directory ({exc.strerror or exc})") from None
+            raise InputError(f"cannot create the output directory ({exc.strerror or exc})", where=output) from None
+    refused: dict[Path, LlamaVidError] = {}
+    for src, dst in jobs:  # before any model loads: an output that holds something else is refused
+        try:
+            if dst in clashes:
+                raise InputError(f"another input also maps to {dst}; use ", Opt("output"), " with one input at a time",
+                                 where=src)
+            guard_output(dst, src, force=force)
+        except LlamaVidError as exc:
+            refused[dst] = exc
+    if len(refused) == len(jobs) == 1:
+        raise next(iter(refused.values()))
+    if len(refused) == len(jobs):
+        _report_failures(jobs, refused, json_out)
     if vision_tower is not None:
         encoder = llamavid.load_vision_encoder(vision_tower=vision_tower, device=device, dtype=dtype,
                                                callbacks=status_callbacks())
@@ -71,8 +94,8 @@ def encode(
     failures = 0
     for src, dst in jobs:
         try:
-            if dst in clashes:
-                raise InputError(f"{src}: another input also maps to {dst}; use -o with one input at a time")
+            if dst in refused:
+                raise refused[dst]
             with Reporter(src.name, status=False) as reporter:
                 cb = reporter.callbacks()
                 result = encode_file(encoder, src, dst, opts, on_progress=cb.progress, on_warning=cb.warning,
@@ -98,3 +121,13 @@ def encode(
         if len(jobs) > 1:
             message(f"llamavid: {failures} of {len(jobs)} inputs failed")
         raise SystemExit(1)
+
+
+def _report_failures(jobs, refused, json_out: bool) -> None:
+    """Every input was refused before any work: each says why, and the command fails without loading a model."""
+    for src, dst in jobs:
+        if json_out:
+            print_json({"input": str(src), "output": str(dst), "status": "failed", "error": error_text(refused[dst])})
+        message(f"llamavid: error: {error_text(refused[dst])}")
+    message(f"llamavid: {len(jobs)} of {len(jobs)} inputs failed")
+    raise SystemExit(1)

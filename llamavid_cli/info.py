@@ -19,8 +19,13 @@ def info(
     vision_tower: opt.VisionTower = None,
 ) -> None:
     """Show what a .vidtok features file or a model checkpoint holds."""
+    from llamavid.core.errors import InputError
     from llamavid.features.vidtok import looks_like_vidtok
+    from llamavid.media.video import is_image_path, is_video_path
 
+    if Path(target).is_file() and not looks_like_vidtok(target) and (is_video_path(target) or is_image_path(target)):
+        raise InputError("is a video or image; llamavid info reads a .vidtok or a model (encode it first: "
+                         "llamavid encode)", where=target)
     if target.endswith(".vidtok") or looks_like_vidtok(target):
         record = vidtok_info(Path(target), verify=verify)
     else:

@@ -100,6 +100,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         sys.stderr.write("llamavid: interrupted\n")
         sys.exit(130)
+    except OSError as exc:  # the system refused a file the command was given: a name too long, a full disk...
+        if debug:
+            raise
+        where = f"{os.fsdecode(exc.filename)}: " if exc.filename else ""
+        sys.stderr.write(f"llamavid: error: {' '.join(f'{where}{exc.strerror or exc}'.split())}\n")
+        sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - the one place every error is turned into a line
         from llamavid.core.errors import LlamaVidError
 

@@ -141,6 +141,15 @@ class ModelChoice:
     vision_tower: Optional[Path] = None
     qformer_tokenizer: Optional[str] = None
 
+    def __post_init__(self) -> None:
+        """What can be checked before loading is checked here, when the command line is read: the device
+        exists, the dtype runs on it, the quantization is one we know."""
+        from llamavid.model.devices import check_device_dtype
+        from llamavid.model.quantize import parse_quantize
+
+        parse_quantize(self.quantize)
+        check_device_dtype(self.device, self.dtype)
+
     def load(self):
         from .common import load
 

@@ -6,7 +6,6 @@ Progress bars appear only when stderr is a terminal, so pipelines stay quiet.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -69,7 +68,9 @@ def warn(text: str) -> None:
 
 def print_json(record: Any) -> None:
     """One JSON record on one stdout line, flushed at once (for pipes and `jq`)."""
-    sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+    from llamavid.core.fileio import dump_record
+
+    sys.stdout.write(dump_record(record))  # valid UTF-8 whatever a file name holds
     sys.stdout.flush()
 
 

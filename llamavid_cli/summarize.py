@@ -34,6 +34,9 @@ def summarize(
     from llamavid.tasks.summary import summarize as summarize_video
 
     check_choice("style", style, SUMMARY_STYLES)
+    from llamavid.pipeline.prepare import check_source
+
+    check_source(input)  # a missing, empty or unreadable input is refused before the model loads
     m = model.load()
     if chapters:
         with Reporter(f"encoding {Path(input).name}") as reporter:

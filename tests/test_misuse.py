@@ -40,6 +40,8 @@ class Case:
     stdin: str | None = None
     untouched: tuple[str, ...] = ()
     records: dict[str, str] = field(default_factory=dict)  # batch: error record id -> what its error says
+    env: dict[str, str] = field(default_factory=dict)  # environment variables ({name} filled like args)
+    early: bool = False  # refused before any model loads (loading fails the case)
 
 
 def _line(**record) -> str:
@@ -164,6 +166,73 @@ CASES = [
                   "nanfps": '"fps": Infinity must be a finite number', "field": "unknown field(s) colour",
                   "good#dup11": "duplicate id 'good'", "line-12": '"id" must be a non-empty string or a whole number',
                   "surrogate": "not valid UTF-8", "novideo": "missing video", "subs": "none.srt"}),
+    # --- numbers past what the code can hold (every front end: flags here, batch lines below) ---------------
+    Case("seed-beyond-a-generator", "numbers", ("ask", "{video}", "What?", *DEMO, "--seed", str(2**70)),
+         "--seed 1180591620717411303424: must be at most 18446744073709551615", early=True),
+    Case("top-p-rounds-to-zero", "numbers", ("ask", "{video}", "What?", *DEMO, "--top-p", "1e-50"),
+         "rounds to 0 in float32", early=True),
+    Case("temperature-tiny", "numbers", ("ask", "{video}", "What?", *DEMO, "--temperature", "1e-30"),
+         "must be 0 (greedy) or at least 1e-06", early=True),
+    Case("fps-tiny", "numbers", ("ask", "{video}", "What?", "--fps", "1e-300", *DEMO), "must be at least 0.0001",
+         early=True),
+    Case("max-frames-beyond-int64", "numbers", ("ask", "{video}", "What?", "--max-frames", str(10**30), *DEMO),
+         "must be at most 9223372036854775807", code=1, early=True),
+    Case("batch-lines-with-numbers-too-large", "numbers", ("ask", "--batch", "-", *DEMO), "1 answered, 5 failed",
+         stdin="\n".join([_line(id="good"), '{"id": "mf", "video": "{video}", "question": "q?", "max_frames": 1' +
+                           "0" * 400 + "}",
+                           '{"id": "fps", "video": "{video}", "question": "q?", "fps": 1' + "0" * 400 + "}",
+                           '{"id": "start", "video": "{video}", "question": "q?", "start": 1' + "0" * 400 + "}",
+                           _line(id="seed", seed=2**64), _line(id="topp", top_p=1e-300)]) + "\n",
+         records={"mf": '"max_frames": 1', "fps": "is too large to be a number", "start": "is too large to be a number",
+                  "seed": "must be at most 18446744073709551615", "topp": "rounds to 0 in float32"}),
+    # --- encode -o onto something that is not ours ----------------------------------------------------------
+    Case("encode-over-a-foreign-file", "outputs", ("encode", "{video}", "-o", "{text}", "--model", "demo"),
+         "notes.txt: already exists and is not a .vidtok", untouched=("text",), early=True),
+    Case("encode-over-an-srt", "outputs", ("encode", "{video}", "-o", "{garbage_srt}", "--model", "demo"),
+         "garbage.srt: already exists and is not a .vidtok", untouched=("garbage_srt",), early=True),
+    Case("encode-over-a-symlink", "outputs", ("encode", "{video}", "-o", "{link}", "--model", "demo"),
+         "link.vidtok: is a symbolic link", untouched=("text",), early=True),
+    Case("encode-over-its-input", "outputs", ("encode", "{video}", "-o", "{video}", "--model", "demo", "--force"),
+         "is the input being encoded", untouched=("video",), early=True),
+    Case("encode-into-a-device", "outputs", ("encode", "{video}", "-o", "/dev/null", "--model", "demo", "--force"),
+         "/dev/null: is not a regular file", early=True),
+    Case("encode-frames-per-batch-zero", "options", ("encode", "{video}", "--frames-per-batch", "0", "--model", "demo"),
+         "--frames-per-batch 0: must be at least 1", early=True),
+    Case("encode-old-batch-size-zero", "options", ("encode", "{video}", "--batch-size", "0", "--model", "demo"),
+         "--frames-per-batch 0: must be at least 1", early=True),
+    # --- names, environment and paths -----------------------------------------------------------------------
+    Case("file-name-too-long", "inputs", ("ask", "{dir}/" + "x" * 300 + ".mp4", "What?", *DEMO), "File name too long",
+         early=True),
+    Case("cache-is-a-file", "environment", ("ask", "{video}", "What?", *DEMO),
+         "llamavid's cache must be a folder", env={"LLAMAVID_CACHE": "{text}"}, untouched=("text",), early=True),
+    Case("train-output-is-a-file", "train",
+         ("train", "--stage", "1", "--data", "{synthetic}", "--model", "demo", "-o", "{text}"),
+         "notes.txt: already exists and is not a folder", untouched=("text",), early=True),
+    Case("batch-is-a-folder", "usage", ("ask", "--batch", "{empty_dir}", *DEMO), "is a folder; --batch takes",
+         early=True),
+    Case("batch-is-a-device", "usage", ("ask", "--batch", "/dev/zero", *DEMO), "/dev/zero: is not a regular file",
+         early=True),
+    Case("info-on-a-video", "info", ("info", "{video}"), "is a video or image; llamavid info reads", early=True),
+    # --- validation at the edge, before the model loads ----------------------------------------------------
+    Case("kv-cache-unknown", "options", ("ask", "{video}", "What?", "--kv-cache", "fast", *DEMO),
+         "--kv-cache fast: expected one of auto, full, int8, int4, offload", early=True),
+    Case("text-file-refused-early", "inputs", ("ask", "{text}", "What?", *DEMO), "notes.txt: not a video we can read",
+         untouched=("text",), early=True),
+    Case("empty-video-refused-early", "inputs", ("ask", "{zero}", "What?", *DEMO), "empty.mp4: is empty (0 bytes)",
+         early=True),
+    Case("zero-width-question", "question", ("ask", "{video}", "\u200b\u200b\u2060", *DEMO),
+         "holds nothing visible", early=True),
+    Case("huge-choice", "question", ("ask", "{video}", "What?", "--choice", "x" * 100_000, "--choice", "y", *DEMO),
+         "holds an option of 100,000 characters (at most 2,000)", early=True),
+    Case("two-hundred-choices", "question", ("ask", "{video}", "What?", *sum((["--choice", f"c{i}"]
+                                                                              for i in range(200)), []), *DEMO),
+         "takes at most 26 options", early=True),
+    Case("dtype-float16-on-cpu-early", "options",
+         ("ask", "{video}", "What?", "--dtype", "float16", "--device", "cpu", *DEMO), "not supported on the CPU",
+         early=True),
+    Case("encode-dtype-float16-on-cpu", "options",
+         ("encode", "{video}", "--dtype", "float16", "--device", "cpu", "--model", "demo"), "not supported on the CPU",
+         early=True),
     # --- other commands -------------------------------------------------------------------------------------
     Case("encode-missing", "encode", ("encode", "{dir}/missing.mp4", "--model", "demo"), "missing.mp4: no such file"),
     Case("encode-not-a-video", "encode", ("encode", "{text}", "--model", "demo"), "notes.txt", untouched=("text",)),
@@ -224,6 +293,8 @@ def files(tmp_path_factory, tiny) -> dict[str, Path]:
     other = load_vision_encoder(vision_tower=tiny.vision_path, device="cpu", dtype="float32")
     f["foreign_vidtok"] = root / "foreign.vidtok"
     encode_file(other, f["video"], f["foreign_vidtok"], EncodeOptions())
+    f["link"] = root / "link.vidtok"
+    f["link"].symlink_to(f["text"])
     return f
 
 
@@ -241,6 +312,16 @@ def test_misuse_gets_one_clear_line_and_harms_nothing(case, files, capsys, monke
     args = [a.format(**fill) if "{" in a else a for a in case.args]
     before = {name: _snapshot(files[name]) for name in case.untouched}
     stdin = case.stdin.replace("{video}", fill["video"]) if case.stdin else None
+    for name, value in case.env.items():
+        monkeypatch.setenv(name, value.format(**fill))
+    if case.early:  # refused before any model loads
+        import llamavid
+
+        def no_load(*_a, **_k):
+            raise AssertionError(f"{case.id}: a model was loaded before the refusal")
+
+        monkeypatch.setattr(llamavid, "load_model", no_load)
+        monkeypatch.setattr(llamavid, "load_vision_encoder", no_load)
     code, out, err = run_cli(capsys, *args, stdin=stdin, monkeypatch=monkeypatch)
     assert code == case.code, (code, err)
     assert "Traceback" not in err and "internal error" not in err, err
@@ -258,6 +339,7 @@ def test_misuse_gets_one_clear_line_and_harms_nothing(case, files, capsys, monke
         assert case.says in errors[0], errors[0]
     for name, snap in before.items():
         assert _snapshot(files[name]) == snap, f"{name} was changed"
+    assert all(len(line) < 400 for line in errors), "an error line runs on"
 
 
 def markdown_table() -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import tempfile
 from contextlib import contextmanager
@@ -76,6 +77,9 @@ def atomic_path(path: str | os.PathLike[str], *, mode: int | None = None) -> Ite
         finally:
             os.close(fd)
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a folder gone: nothing half-written stays, the old file is kept
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"cannot write ({exc.strerror or exc})", where=path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -187,9 +191,17 @@ def _cut_after(path: Path, data: bytes, good_end: int) -> None:
             os.fsync(handle.fileno())
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def dump_record(record: dict[str, Any]) -> str:
-    """One record as one JSONL line (UTF-8 kept as is; anything not JSON becomes its str)."""
-    return json.dumps(record, ensure_ascii=False, default=str) + "\n"
+    """One record as one JSONL line: valid UTF-8 whatever it holds (anything not JSON becomes its str).
+
+    Text stays as it is, except lone surrogates, which are written as JSON escapes (``\\udcff``): they are
+    what Python makes of the bytes of a file name that is not UTF-8 (``surrogateescape``), and a JSON
+    reader gives them back, so ``os.fsencode(record["video"])`` is the file's name again."""
+    text = json.dumps(record, ensure_ascii=False, default=str)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
 
 
 class JsonlLog(Closing):
@@ -197,28 +209,64 @@ class JsonlLog(Closing):
 
     Why fsync per line: after a crash every line the caller was told about is on disk, so resuming never
     loses a paid-for answer. Call ``read_jsonl(path, repair=True)`` first so that a torn line from an
-    earlier kill does not get glued to the first new line.
+    earlier kill does not get glued to the first new line. A write that fails (a full disk) is cut off
+    again, so the file never holds half a record, and is a one-line ``InputError``; a file this log made
+    and never wrote to is removed again.
     """
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            existed = self.path.exists()
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         except OSError as exc:
             raise InputError(f"cannot write ({exc.strerror or exc})", where=self.path) from None
+        self._made = not existed  # by this log: removed again if nothing was ever written to it
         self._handle: IO[bytes] | None = os.fdopen(fd, "ab")
 
     def write(self, record: dict[str, Any]) -> None:
         assert self._handle is not None, "JsonlLog is closed"
-        self._handle.write(dump_record(record).encode("utf-8"))
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        data = dump_record(record).encode("utf-8")
+        start = self._handle.seek(0, os.SEEK_END)
+        try:
+            self._handle.write(data)
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as exc:
+            self._cut(start)
+            raise InputError(f"cannot write ({exc.strerror or exc})", where=self.path) from None
+        self._made = False
+
+    def _cut(self, size: int) -> None:
+        """Back to ``size`` bytes after a failed write (what a full disk took of the record is dropped)."""
+        try:
+            os.ftruncate(self._handle.fileno(), size)
+        except (OSError, ValueError):
+            pass
+        self._handle = self._reopened()
+
+    def _reopened(self) -> IO[bytes] | None:
+        """A fresh handle (a failed buffered write would retry its buffer on the next flush)."""
+        try:
+            self._handle.close()
+        except OSError:
+            pass
+        try:
+            return open(self.path, "ab")
+        except OSError:
+            return None
 
     def close(self) -> None:
         if self._handle is not None:
-            self._handle.close()
+            try:
+                self._handle.close()
+            except OSError:
+                pass
             self._handle = None
+        if self._made:
+            self.path.unlink(missing_ok=True)
+            self._made = False
 
 
 class RecordSink(Protocol):
@@ -280,15 +328,18 @@ class ResumableJsonl:
         return str(record_id) in self.records
 
     def write(self, record: dict[str, Any]) -> None:
+        self._log.write(record)  # durable first: a record that could not be written is not "done"
         self.records[str(record["id"])] = record
-        self._log.write(record)
 
     def close(self) -> None:
-        """Rewrite the file in input order, one record per id (atomically)."""
+        """Rewrite the file in input order, one record per id (atomically); a job that wrote nothing
+        leaves no file of its own."""
         if self._log is None:
             return
         self._log.close()
         self._log = None
+        if not self.records and not self.path.exists():
+            return
         write_text_atomic(self.path, "".join(dump_record(self.records[i]) for i in self.order if i in self.records))
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import struct
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,41 +23,66 @@ from .timecode import format_clock, parse_time
 
 MAX_FPS = 240.0
 MAX_CHOICES = 26
+MAX_CHOICE_CHARS = 2000  # an option is an answer, not a document
 
 
 def check_text(text: Any, what: str = "the question") -> str:
-    """A non-empty string that is valid Unicode (no lone surrogates from undecodable bytes)."""
+    """A string that is valid Unicode (no lone surrogates from undecodable bytes) and shows something: not
+    empty, and not only spaces, control characters or invisible format characters (zero-width spaces)."""
     if not isinstance(text, str):
         raise InputError(f"{what} must be text, not {type(text).__name__}")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise InputError(f"{what} is not valid UTF-8 text") from None
-    if not text.strip():
-        raise InputError(f"{what} is empty")
+    if not any(not c.isspace() and unicodedata.category(c) not in _INVISIBLE for c in text):
+        raise InputError(f"{what} is empty" if not text.strip() else f"{what} holds nothing visible (only "
+                         "spaces, control or zero-width characters)")
     return text
+
+
+_INVISIBLE = ("Cc", "Cf", "Zs", "Zl", "Zp")
+INT64_MAX = 2**63 - 1
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes an unsigned 64-bit seed
+MIN_FPS = 1e-4  # one frame every 10,000 s
+MIN_TEMPERATURE = 1e-6  # below it, sampling is greedy in all but name and its arithmetic overflows: use 0
+
+
+def _float(field: str, value: Any) -> float:
+    """A JSON/CLI number as a Python float: refuses what is not a number, or is too large to be one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise OptionError(field, value, "must be a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise OptionError(field, value, "is too large to be a number") from None
+    if not math.isfinite(number):
+        raise OptionError(field, value, "must be a finite number")
+    return number
 
 
 def _number(field: str, value: Any, *, low: float | None = None, high: float | None = None,
             low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise OptionError(field, value, "must be a number")
-    if not math.isfinite(value):
-        raise OptionError(field, value, "must be a finite number")
-    if low is not None and (value < low or (low_open and value == low)):
+    number = _float(field, value)
+    if low is not None and (number < low or (low_open and number == low)):
         raise OptionError(field, value, f"must be {'>' if low_open else '>='} {low:g}")
-    if high is not None and value > high:
+    if high is not None and number > high:
         raise OptionError(field, value, f"must be <= {high:g}")
-    return float(value)
+    return number
 
 
-def check_whole(field: str, value: Any, *, low: int) -> int:
-    if isinstance(value, float) and value.is_integer():
+def check_whole(field: str, value: Any, *, low: int, high: int = INT64_MAX) -> int:
+    """A whole number in [low, high] (by default what a 64-bit integer holds)."""
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise OptionError(field, value, "must be a whole number")
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise OptionError(field, value, "must be a whole number")
     if value < low:
         raise OptionError(field, value, f"must be at least {low}")
+    if value > high:
+        raise OptionError(field, value, f"must be at most {high}")
     return value
 
 
@@ -67,10 +94,12 @@ def _switch(field: str, value: Any) -> bool:
 
 def _time(field: str, value: Any) -> float:
     """Seconds, or [HH:]MM:SS text (the command line gives text, JSON may give either)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        _float(field, value)  # a number too large to be one is refused as such
     try:
         return parse_time(value)
-    except ValueError as exc:
-        raise OptionError(field, value, str(exc)) from None
+    except (ValueError, OverflowError) as exc:
+        raise OptionError(field, value, str(exc) if isinstance(exc, ValueError) else "is out of range") from None
 
 
 def _choices(value: Any) -> tuple[str, ...]:
@@ -92,6 +121,8 @@ def _choices(value: Any) -> tuple[str, ...]:
             check_text(text, "an option")
         except InputError as exc:
             raise fail(str(exc)) from None
+        if len(text) > MAX_CHOICE_CHARS:
+            raise fail(f"holds an option of {len(text):,} characters (at most {MAX_CHOICE_CHARS:,})")
         if text.strip() in out:
             raise fail(f"lists the option {text.strip()!r} twice")
         out.append(text.strip())
@@ -99,8 +130,12 @@ def _choices(value: Any) -> tuple[str, ...]:
 
 
 def check_fps(value: Any, field: str = "fps") -> float:
-    """A sampling rate in frames per second: a finite number in (0, ``MAX_FPS``] (the one check of it)."""
-    return _number(field, value, low=0, low_open=True, high=MAX_FPS)
+    """A sampling rate in frames per second: a finite number in (0, ``MAX_FPS``] (the one check of it); below
+    ``MIN_FPS`` the sampling arithmetic would overflow."""
+    fps = _number(field, value, low=0, low_open=True, high=MAX_FPS)
+    if fps < MIN_FPS:
+        raise OptionError(field, value, f"must be at least {MIN_FPS:g} (one frame every {1 / MIN_FPS:,.0f} s)")
+    return fps
 
 
 def check_choice(field: str, value: Any, allowed: tuple[str, ...]) -> str:
@@ -125,11 +160,17 @@ def check_subtitles(value: Any, field: str = "subtitles") -> str:
 
 
 def _temperature(value: Any) -> float:
-    return _number("temperature", value, low=0)
+    temperature = _number("temperature", value, low=0)
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise OptionError("temperature", value, f"must be 0 (greedy) or at least {MIN_TEMPERATURE:g}")
+    return temperature
 
 
 def _top_p(value: Any) -> float:
-    return _number("top_p", value, low=0, low_open=True, high=1)
+    top_p = _number("top_p", value, low=0, low_open=True, high=1)
+    if struct.unpack("f", struct.pack("f", top_p))[0] == 0.0:  # tokens are picked in float32: no mass at all
+        raise OptionError("top_p", value, "rounds to 0 in float32 (the smallest is 1.4e-45)")
+    return top_p
 
 
 def _max_new_tokens(value: Any) -> int:
@@ -137,7 +178,7 @@ def _max_new_tokens(value: Any) -> int:
 
 
 def _seed(value: Any) -> int:
-    return check_whole("seed", value, low=0)
+    return check_whole("seed", value, low=0, high=SEED_MAX)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import os
 import queue
+import stat
 import threading
 import time
 import warnings
@@ -34,7 +35,7 @@ from ..media import subtitles as subs
 from ..media import video
 from ..media.video import frames_in_range
 from ..model.vision import VisionEncoder, preprocess_frames
-from .vidtok import Vidtok, VidtokWriter, check_destination, content_hash, open_vidtok
+from .vidtok import Vidtok, VidtokWriter, check_destination, content_hash, looks_like_vidtok, open_vidtok
 
 CHUNK_FRAMES = 64  # the token file's resume unit; batch sizes divide it
 
@@ -105,16 +106,54 @@ def batch_size_for(requested: int | None, device: torch.device) -> int:
     return size
 
 
+def output_is_folder(out: Path | None, inputs: int) -> bool:
+    """Whether ``-o`` names a folder: an existing folder, or a new name without the ``.vidtok`` suffix (or
+    several inputs). An existing file is a file target: the guard of ``run_encode`` decides whether it may
+    be replaced."""
+    if out is None:
+        return False
+    if out.is_dir():
+        return True
+    if out.exists() or out.is_symlink():
+        if inputs > 1:
+            raise InputError("is a file, but several inputs need an output folder", where=out)
+        return False
+    if inputs > 1 and out.suffix == ".vidtok":
+        raise InputError("several inputs need an output directory, not one .vidtok file", where=out)
+    return inputs > 1 or out.suffix != ".vidtok"
+
+
 def output_path_for(input_path: Path, out: Path | None, *, many: bool) -> Path:
-    """Where an input's token file goes: ``-o FILE.vidtok`` for one input, ``-o DIR/NAME.vidtok``, or beside it."""
+    """Where an input's token file goes: beside it (no ``out``), ``DIR/NAME.vidtok`` (``many``: ``out`` is a
+    folder, ``output_is_folder``), or ``out`` itself."""
     name = input_path.stem + ".vidtok"
     if out is None:
         return input_path.with_name(name)
-    if out.suffix == ".vidtok" and not many:
-        return out
-    if out.suffix == ".vidtok":
-        raise InputError("several inputs need an output directory, not one .vidtok file", where=out)
-    return out / name
+    if many:
+        if out.suffix == ".vidtok" and not out.is_dir():
+            raise InputError("several inputs need an output directory, not one .vidtok file", where=out)
+        return out / name
+    return out
+
+
+def guard_output(output: Path, source: Path, *, force: bool) -> None:
+    """Never destroy what the encode was not asked to: the input itself (never, even with ``force``), a
+    device or anything else that is not a regular file (never), a symbolic link (``force`` replaces the
+    link, not what it points to), or a file that is not a ``.vidtok`` (``force`` replaces it)."""
+    if not (output.exists() or output.is_symlink()):
+        return
+    from ..core.fileio import same_file
+
+    if same_file(output, source):
+        raise InputError("is the input being encoded; give another output", where=output)
+    if output.is_symlink() and not force:
+        raise InputError("is a symbolic link; give another output, or add ", Opt("force"),
+                         " to replace the link (not what it points to)", where=output)
+    if output.exists() and not output.is_symlink() and not stat.S_ISREG(output.stat().st_mode):
+        raise InputError("is not a regular file (a device, a pipe or a socket); give a .vidtok path", where=output)
+    if not force and output.is_file() and not output.is_symlink() and not looks_like_vidtok(output):
+        raise InputError("already exists and is not a .vidtok; give another output, or add ", Opt("force"),
+                         " to replace it", where=output)
 
 
 @dataclass(frozen=True)
@@ -391,6 +430,7 @@ def run_encode(encoder: VisionEncoder, job: EncodeJob, *, on_progress: Callable[
     identity = encoder.identity()
     if identity["fingerprint"] != job.fingerprint:
         raise ValueError("the job was planned for another vision encoder")
+    guard_output(job.output, job.source, force=job.options.force)
     try:
         check_destination(job.output)
     except InputError:

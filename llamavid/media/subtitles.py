@@ -88,9 +88,12 @@ def load_srt(path: str | os.PathLike, on_warning: Warn | None = None) -> list[Su
         raise InputError("no such file", where=path) from None
     except OSError as exc:
         raise InputError(f"cannot read ({exc.strerror})", where=path) from None
-    lines = parse_srt(_decode(data), source=str(path), on_warning=on_warning)
-    if not lines and data.strip():
+    text = _decode(data)
+    lines = parse_srt(text, source=str(path), on_warning=on_warning)
+    if not lines and text.strip():
         raise InputError("no subtitle cue could be read (is it an .srt file?)", where=path)
+    if not lines and on_warning is not None:
+        on_warning(f"{path}: is empty: the video is answered without subtitles")
     return lines
 
 

@@ -308,6 +308,33 @@ def _scan_pyav(path: Path, variable_hint: bool) -> _Scan | None:
         return None
 
 
+def check_readable(path: str | os.PathLike) -> None:
+    """Refuse, cheaply, a file that is not a video or image we can decode: only the container's (or the
+    image's) header is read, so a text file, an audio file or a damaged header is refused in milliseconds,
+    before anything expensive (a model load, a probe that reads every packet) is spent on it."""
+    path = Path(path)
+    if is_image_path(path):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path):
+                return
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise VideoError(f"not an image we can read ({' '.join(str(exc).split())[:120]})", where=path) from None
+    import av
+
+    _quiet_pyav()
+    try:
+        with av.open(str(path)) as container:
+            if not any(s.type == "video" and not (s.disposition & av.stream.Disposition.attached_pic)
+                       for s in container.streams):
+                raise VideoError("the file holds no video stream", where=path)
+    except VideoError:
+        raise
+    except Exception as exc:  # PyAV's own errors: the container cannot be opened at all
+        raise VideoError(f"not a video we can read ({' '.join(str(exc).split())[:120]})", where=path) from None
+
+
 def probe(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
     """What a file is: still image or video, frame rate, frame count, size, rotation, and the decoder to use."""
     path = Path(path)

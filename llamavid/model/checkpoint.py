@@ -16,7 +16,7 @@ from typing import Iterator, Mapping
 
 import torch
 
-from ..core.errors import CheckpointError, ModelNotFoundError, Opt
+from ..core.errors import CheckpointError, InputError, ModelNotFoundError, Opt
 
 # Checkpoint key prefix -> our module path. Order matters: the first match wins.
 KEY_MAP: tuple[tuple[str, str], ...] = (
@@ -263,9 +263,13 @@ def user_cache_dir() -> Path:
     """Where llamavid caches downloads and token files: $LLAMAVID_CACHE, else $XDG_CACHE_HOME/llamavid."""
     env = os.environ.get("LLAMAVID_CACHE")
     if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "llamavid"
+        folder, name = Path(env).expanduser(), "LLAMAVID_CACHE"
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder, name = Path(base) / "llamavid", "XDG_CACHE_HOME"
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{name}={env if env else base}: llamavid's cache must be a folder, and {folder} is a file")
+    return folder
 
 
 def vision_tower_candidates(configured: str | None, ckpt: Path) -> list[Path]:

@@ -98,3 +98,13 @@ def select_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch
     if device.type == "cpu" and out == torch.float16:
         raise OptionError("dtype", "float16", "not supported on the CPU (use float32 or bfloat16)")
     return out
+
+
+def check_device_dtype(device: str | None, dtype: str | None) -> None:
+    """What can be said of a ``device``/``dtype`` pair before anything loads: the device exists, and the
+    dtype is known and runs on it (the one check the command line makes at once)."""
+    if device is None and (dtype is None or str(dtype) == "auto"):
+        return
+    dev = select_device(device)
+    if dtype is not None and str(dtype) != "auto":
+        select_dtype(dtype, dev)

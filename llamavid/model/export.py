@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..core.errors import CheckpointError
 from .checkpoint import to_checkpoint_key
 from .vision import vision_state_dict_for
 
@@ -95,8 +96,11 @@ def save_checkpoint(model: "LlamaVid", destination: str | os.PathLike, *, fmt: s
                     max_shard_bytes: int = 10 << 30, extra_config: dict | None = None) -> Path:
     """Write ``model`` as a checkpoint directory at ``destination`` (replaced atomically if it exists)."""
     dest = Path(destination)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    except OSError as exc:
+        raise CheckpointError(f"cannot write the checkpoint ({exc.strerror or exc})", where=dest) from None
     try:
         sd = checkpoint_state_dict(model, dtype=dtype, embed_vision=embed_vision, vision_dtype=vision_dtype)
         write_weights(tmp, sd, fmt=fmt, max_shard_bytes=max_shard_bytes)
@@ -117,8 +121,11 @@ def save_checkpoint(model: "LlamaVid", destination: str | os.PathLike, *, fmt: s
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays; an earlier checkpoint is kept
+        if isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError":  # a full disk, mostly
+            reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:160]
+            raise CheckpointError(f"cannot write the checkpoint ({reason})", where=dest) from None
         raise
     return dest
 

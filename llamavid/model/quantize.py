@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..core.choices import QUANTIZE_CHOICES
-from ..core.errors import InputError, OptionError
+from ..core.errors import InputError, Opt, OptionError
 from .checkpoint import release_file_pages
 
 
@@ -79,4 +79,34 @@ def quantize_llm(llm: nn.Module, bits: int, device: torch.device, compute_dtype:
                 new.bias = nn.Parameter(child.bias.data.to("cpu", compute_dtype), requires_grad=False)
             setattr(parent, child_name, new.to(device))
             release_file_pages(child.weight.data)  # the mapped checkpoint pages of this weight are no longer needed
-    return llm.to(device)
+    llm = llm.to(device).eval()  # the new layers too: some kernels repack weights on their first eval forward
+    check_quantized_layers(llm, bits, device, compute_dtype)
+    return llm
+
+
+def check_quantized_layers(llm: nn.Module, bits: int, device: torch.device, compute_dtype: torch.dtype) -> None:
+    """Run every shape of quantized layer once, at load, on one token and on a few: bitsandbytes' kernels
+    refuse some shapes on some devices (its 4-bit CPU kernel asserts "N must be divisible by block_n" in the
+    middle of an answer), and a model that cannot answer must be refused when it loads, saying what works."""
+    seen: set[tuple[int, int]] = set()
+    for module in llm.model.layers.modules():
+        shape = (getattr(module, "in_features", None), getattr(module, "out_features", None))
+        if not _is_quantized(module) or shape in seen:
+            continue
+        seen.add(shape)
+        try:
+            with torch.inference_mode():
+                for tokens in (1, 3):
+                    module(torch.zeros(1, tokens, shape[0], dtype=compute_dtype, device=device))
+        except Exception as exc:  # noqa: BLE001 - a kernel's refusal, whatever its type
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:160]
+            instead: list = [Opt("quantize", "8bit")] if bits == 4 else []
+            instead += [" or " if instead else "", Opt("dtype", "bfloat16"), " without quantizing"]
+            raise InputError(f"{bits}-bit layers of shape {shape[0]} x {shape[1]} do not run on {device.type} in "
+                             f"{str(compute_dtype).replace('torch.', '')} with this bitsandbytes ({reason}); use ",
+                             *instead) from None
+
+
+def _is_quantized(module: nn.Module) -> bool:
+    name = type(module).__name__
+    return name in ("Linear4bit", "Linear8bitLt")

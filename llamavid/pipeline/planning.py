@@ -271,6 +271,11 @@ def plan_question(model: "LlamaVid", video: Timeline, question: str, options: "A
         alone = sel.build(1)[1].tokens - model.tokens_per_frame
         if alone + reserve >= ctx:
             what = "the question and the conversation so far take" if history else "the question takes"
+            if options.choices:  # the room kept is the longest option's: say so, not "shorten the question"
+                raise ContextOverflowError(
+                    f"{what} {alone} tokens, the longest option takes {reserve}, and the model's context holds "
+                    f"{ctx}; shorten the options (", Opt("choices"), ") or the question",
+                    needed=alone + reserve, context=ctx, frames_fit=0)
             raise ContextOverflowError(
                 f"{what} {alone} tokens, the answer needs room for {reserve}, and the model's context "
                 f"holds {ctx}; shorten it" + (" or start a new conversation (/reset)" if history else ""),

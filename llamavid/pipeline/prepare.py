@@ -24,6 +24,7 @@ are always seconds from the start of the whole video.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -105,16 +106,40 @@ def video_duration(features: Vidtok) -> float:
     return float(stamps[-1]) + 1.0 / float(features.fps) if len(stamps) else 0.0
 
 
+def check_file(path: Path, label: str | None = None) -> None:
+    """The input is a regular, non-empty file (a one-line error naming it otherwise)."""
+    label = os.fspath(path) if label is None else label
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise InputError("no such file", where=label) from None
+    except OSError as exc:  # a name too long, a loop of links...
+        raise InputError(exc.strerror or str(exc), where=label) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError("is a directory", where=label)
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError("is not a regular file (a device, a pipe or a socket)", where=label)
+    if st.st_size == 0:
+        raise InputError("is empty (0 bytes)", where=label)
+
+
+def check_source(source: str | os.PathLike) -> None:
+    """What can be checked of an input before a model is loaded: a regular, non-empty file that is a
+    ``.vidtok`` or a video or image whose header can be read (``video.check_readable``)."""
+    path = Path(source)
+    check_file(path)
+    if path.suffix.lower() == ".vidtok" or looks_like_vidtok(path):
+        return
+    video.check_readable(path)
+
+
 def prepare(model, source: str | os.PathLike, options: AskOptions = AskOptions(), *,
             callbacks: Callbacks = NO_CALLBACKS, label: str | None = None) -> Prepared:
     """A video, image or .vidtok resolved for this model's questions, before any decoding (see the module
     docstring). ``label``: how messages name the input (default: the path as given)."""
     path = Path(source)
     label = os.fspath(source) if label is None else label
-    if not path.exists():
-        raise InputError("no such file", where=label)
-    if path.is_dir():
-        raise InputError("is a directory", where=label)
+    check_file(path, label)
     fingerprint = model.vision_identity()["fingerprint"]
     explicit = options.subtitles
     if path.suffix.lower() == ".vidtok" or looks_like_vidtok(path):

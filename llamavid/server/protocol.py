@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..core.errors import InputError, Opt, RequestError
+from ..core.errors import InputError, Opt, RequestError, shown
 from ..core.options import BATCH_OPTION_FIELDS, AskOptions, OptionError, check_text, options_from_json
 from ..tasks.qa import Question
 from .media_access import MediaAccess, MediaSource
@@ -68,18 +68,19 @@ def parse_chat_request(body: Any, *, model_id: str, media: MediaAccess,
         if name in OPENAI_NAMES:
             raise RequestError(f"\"{name}\" is spelled \"{OPENAI_NAMES[name]}\" in this API", param=name)
         if name not in REQUEST_OPTION_FIELDS:
-            raise RequestError(f"unknown field \"{name}\"; fields of this API: {', '.join(OPENAI_FIELDS)}, and "
-                               f"llamavid's options {', '.join(f for f in option_fields() if f not in OPENAI_FIELDS)}",
-                               param=str(name), code="unknown_field")
+            raise RequestError(f"unknown field {shown(name, as_json=True)}; fields of this API: "
+                               f"{', '.join(OPENAI_FIELDS)}, and llamavid's options "
+                               f"{', '.join(f for f in option_fields() if f not in OPENAI_FIELDS)}",
+                               param=str(name)[:80], code="unknown_field")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise RequestError("\"model\" is required: the id of the served model (GET /v1/models)", param="model")
     if model != model_id:
-        raise RequestError(f"the model {model!r} is not served here; this server serves {model_id!r}",
+        raise RequestError(f"the model {shown(model)} is not served here; this server serves {model_id!r}",
                            status=404, param="model", code="model_not_found")
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or not isinstance(n, (int, float)) or n != 1):
-        raise RequestError(f"\"n\": {n!r}: only one choice per request (n=1) is supported", param="n")
+        raise RequestError(f"\"n\": {shown(n)}: only one choice per request (n=1) is supported", param="n")
     stream = _flag(body, "stream")
     include_usage = False
     stream_options = body.get("stream_options")
@@ -140,7 +141,8 @@ def _conversation(messages: Any, media: MediaAccess) -> tuple[MediaSource, str, 
             raise RequestError(f"{where}: {role} messages are not supported: llamavid uses the model's published "
                                "system prompt", param=f"{where}.role", code="unsupported_role")
         if role not in ("user", "assistant"):
-            raise RequestError(f"{where}.role must be \"user\" or \"assistant\", not {role!r}", param=f"{where}.role")
+            raise RequestError(f"{where}.role must be \"user\" or \"assistant\", not {shown(role)}",
+                               param=f"{where}.role")
         unknown = sorted(set(message) - {"role", "content", "name"})
         if unknown:
             raise RequestError(f"{where}: unsupported field(s) {', '.join(map(str, unknown))}",
@@ -202,6 +204,7 @@ def _content(content: Any, role: str, where: str, media: MediaAccess,
         elif kind in ("video_url", "image_url"):
             raise RequestError(f"{at}: only user messages may hold a {kind}", param=f"{at}.type")
         else:
-            raise RequestError(f"{at}: unsupported content part type {kind!r} (supported: text, video_url, image_url)",
+            raise RequestError(f"{at}: unsupported content part type {shown(kind)} (supported: text, video_url, "
+                               "image_url)",
                                param=f"{at}.type", code="unsupported_content")
     return texts

@@ -45,10 +45,12 @@ def read_batch(lines: Iterable[str | bytes], *, defaults: AskOptions, base_dir: 
         where = f"{source}:{number}"
         if isinstance(raw, bytes):
             try:
-                raw = raw.decode("utf-8")
+                raw = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a file may start with a BOM
             except UnicodeDecodeError:
                 items.append(BatchItem(f"line-{number}", error=f"{where}: not valid UTF-8 text"))
                 continue
+        elif number == 1:
+            raw = raw.removeprefix("\ufeff")
         if not raw.strip():
             continue
         try:

@@ -101,6 +101,9 @@ def train(cfg: TrainConfig, *, on_log: Callable[[dict], None] | None = None) -> 
     t0 = time.perf_counter()
     stage = get_stage(cfg.stage)
     output = Path(cfg.output)
+    if output.exists() and not output.is_dir():
+        raise InputError("already exists and is not a folder; the run directory must be a folder (new, or an "
+                         "earlier run of this command, which is resumed)", where=output)
     use_cuda = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     bf16 = use_cuda if cfg.bf16 is None else cfg.bf16
     global_batch = cfg.batch_size or stage.batch_size
