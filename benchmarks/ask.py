@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from checkpoint_fixture import make_eva_state_dict, train_sentencepiece, write_bert_vocab  # noqa: E402
 
 import llamavid  # noqa: E402
-from llamavid import qa  # noqa: E402
 from llamavid.features.vidtok import open_vidtok  # noqa: E402
+from llamavid.tasks import qa  # noqa: E402
 from llamavid.train.scratch import ModelSizes, init_checkpoint  # noqa: E402
 
 LLAMAVID = [sys.executable, "-m", "llamavid_cli"]

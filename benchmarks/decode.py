@@ -51,7 +51,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llamavid import video  # noqa: E402
+from llamavid.media import video  # noqa: E402
 from llamavid.model.vision import CLIP_MEAN, CLIP_STD, preprocess_frames  # noqa: E402
 
 FPS = 1.0

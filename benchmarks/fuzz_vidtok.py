@@ -51,8 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from llamavid import vidtok  # noqa: E402
 from llamavid.core.errors import LlamaVidError  # noqa: E402
+from llamavid.features import vidtok  # noqa: E402
 from llamavid.features.vidtok import open_vidtok, write_vidtok  # noqa: E402
 
 MAX_MESSAGE = 400  # characters: an error message is one short line

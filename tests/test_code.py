@@ -39,3 +39,20 @@ def test_ruff_finds_nothing():
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "."],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
+
+
+def test_the_old_module_names_still_import_as_the_same_modules_with_a_warning():
+    import importlib
+    import warnings
+
+    import llamavid
+
+    for old, new in llamavid._MOVED.items():
+        sys.modules.pop(f"llamavid.{old}", None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module = importlib.import_module(f"llamavid.{old}")
+        assert module is importlib.import_module(f"llamavid.{new}"), old
+        assert module.__spec__.name == f"llamavid.{new}"  # the real module keeps its own spec
+        assert any(issubclass(w.category, DeprecationWarning) and f"llamavid.{new}" in str(w.message)
+                   for w in caught), old
