@@ -11,6 +11,8 @@ import re
 import subprocess
 import sys
 import threading
+import time
+import types
 from fractions import Fraction
 
 import numpy as np
@@ -448,14 +450,53 @@ def test_segments_start_at_keyframes_and_hold_a_bounded_number_of_frames(three_m
         yield from real(path, info, seg, threads, problems, stop)
 
     monkeypatch.setitem(video._DECODERS, "pyav", counting)
+    # No sleep-and-hope: wait until every decode worker has asked _in_order's slot semaphore for one more
+    # segment and been refused. While the consumer holds on to its first chunk no slot is ever given back,
+    # so a refused worker has finished its segment and can start no other: the workers are as far ahead as
+    # they may ever get, and the count below is final, however fast or slow this machine is.
+    refused: set[str] = set()
+    made: list[threading.Semaphore] = []
+    changed = threading.Condition()
+
+    class WatchedSlots(threading.Semaphore):
+        def __init__(self, value: int = 1) -> None:
+            super().__init__(value)
+            made.append(self)
+
+        def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+            got = super().acquire(blocking, timeout)
+            if not got:
+                with changed:
+                    refused.add(threading.current_thread().name)
+                    changed.notify_all()
+            return got
+
+    watched = types.ModuleType("threading")  # video.py's `threading`, with the slot semaphore watched
+    watched.__dict__.update(vars(threading))
+    watched.Semaphore = WatchedSlots
+    monkeypatch.setattr(video, "threading", watched)
+
+    def workers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("llamavid-decode")]
+
+    def all_waiting() -> bool:  # every worker still running was refused a slot (or ran out of work)
+        return all(t.name in refused for t in workers())
+
     frames = video.sample_frames(three_minutes, 2, chunk_size=1, info=info, workers=2)
     next(frames)
-    import time
-
-    time.sleep(0.5)  # let the workers run ahead as far as they may
-    assert len(live) == 3  # segments 0, 1 and 2: two decoding, one more waiting, none beyond
-    frames.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("llamavid-decode")]
+    try:
+        assert len(made) == 1, "_in_order no longer bounds its workers with a threading.Semaphore: update this test"
+        deadline = time.monotonic() + 60
+        with changed:
+            while not all_waiting():
+                if time.monotonic() > deadline:
+                    pytest.fail(f"after 60 s the decode workers {[t.name for t in workers()]} were still not all "
+                                f"waiting for a free segment slot (refused: {sorted(refused)}); segments started: {live}")
+                changed.wait(0.05)  # a worker that exits (no segments left) notifies no one: look again soon
+        assert len(live) == 3  # segments 0, 1 and 2: two decoding, one more waiting, none beyond
+    finally:
+        frames.close()
+    assert not workers()
 
 
 def test_auto_workers_rule(three_minutes, tmp_path):
