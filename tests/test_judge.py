@@ -47,7 +47,7 @@ class Reply:
     content: str | None = "{'pred': 'yes', 'score': 4}"
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
-    delay: float = 0.0
+    hold: threading.Event | None = None  # a slow reply: sent only once the test sets this (or after 60 s)
 
 
 @dataclass
@@ -74,8 +74,8 @@ class ScriptedServer:
                 with server._lock:
                     server.received.append(Received(self.path, dict(self.headers), body))
                     reply = server.script.pop(0) if server.script else server.default
-                if reply.delay:
-                    time.sleep(reply.delay)
+                if reply.hold is not None:
+                    reply.hold.wait(60)
                 payload = reply.body
                 if payload is None:
                     if reply.status == 200:
@@ -176,13 +176,18 @@ def test_500_then_success_backs_off(server):
 
 
 def test_timeout_then_success(server):
-    server.script = [Reply(delay=1.0), Reply()]
+    slow = threading.Event()  # the first reply never comes while the judge waits: only a timeout gets past it
+    server.script = [Reply(hold=slow), Reply()]
     judge = make_judge(server, timeout=0.25)
     started = time.monotonic()
-    verdict = judge.judge(QA_MESSAGES, wants_yes_no=True)
+    try:
+        verdict = judge.judge(QA_MESSAGES, wants_yes_no=True)
+        took = time.monotonic() - started
+    finally:
+        slow.set()
     assert verdict.parsed
     assert server.count == 2
-    assert time.monotonic() - started < 1.0  # gave up on the slow reply instead of waiting for it
+    assert took < 1.0  # gave up on the slow reply instead of waiting for it
 
 
 def test_401_is_not_retried_and_says_why(server):

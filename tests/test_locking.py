@@ -112,16 +112,27 @@ def test_another_process_holding_the_lock_makes_us_wait_then_time_out(tmp_path):
         assert "\n" not in str(err.value) and str(target) in str(err.value) and "0.3 s" in str(err.value)
 
         got: list[float] = []
+        waiting = threading.Event()
 
-        def release_soon() -> None:
-            time.sleep(0.3)
+        def on_wait(message: str) -> None:
+            told.append(message)
+            waiting.set()
+
+        def release_once_waiting() -> None:
+            # Let go only once we are seen waiting (not after a fixed sleep that assumes we got there by then),
+            # and no sooner than 0.3 s after we began, so the wait measured below is at least that long.
+            if waiting.wait(60):
+                time.sleep(max(0.0, began + 0.3 - time.monotonic()))
             holder.stdin.close()
 
-        threading.Thread(target=release_soon).start()
-        began = time.monotonic()
         told.clear()
-        with exclusive(target, on_wait=told.append):  # no timeout: waits until the holder lets go
+        began = time.monotonic()
+        releaser = threading.Thread(target=release_once_waiting)
+        releaser.start()
+        with exclusive(target, on_wait=on_wait):  # no timeout: waits until the holder lets go
             got.append(time.monotonic() - began)
+        waiting.set()  # (were we let in without waiting, the assertion below says so at once)
+        releaser.join()
         assert told == [waiting_message(target)] and got[0] >= 0.25
         assert holder.wait(timeout=10) == 0
     finally:
