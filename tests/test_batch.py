@@ -141,6 +141,7 @@ def test_interrupted_batch_resumes_without_duplicates_or_losses(tiny, videos, tm
     assert final == [dict(r, seconds=f["seconds"]) for r, f in zip(reference, final)]
 
 
+@pytest.mark.slow
 def test_batch_killed_with_sigkill_resumes(tiny, videos, tmp_path, capsys):
     lines = [{"id": f"k{i}", "video": str(videos / f"v{i}.mp4"), "question": "what?"} for i in range(4)]
     lines.append({"id": "k4", "video": str(videos / "still.png"), "question": "what?"})
@@ -201,6 +202,7 @@ def test_batch_from_stdin(tiny, videos, capsys, monkeypatch):
     assert [r["id"] for r in got] == ["s1", "line-2"] and "answer" in got[0] and "stdin:2" in got[1]["error"]
 
 
+@pytest.mark.slow
 def test_folder_and_stdin_list_of_videos(tiny, videos, capsys, monkeypatch):
     code, out, err = run_cli(capsys, "ask", videos, "Is there a dog?", *model_args(tiny))
     assert code == 0, err
@@ -216,6 +218,7 @@ def test_folder_and_stdin_list_of_videos(tiny, videos, capsys, monkeypatch):
     assert records(out2) == [dict(by_id[str(videos / n)], seconds=r["seconds"]) for n, r in zip(("v2.mp4", "v0.mp4"), records(out2))]
 
 
+@pytest.mark.slow
 def test_shell_pipeline(tiny, videos, tmp_path):
     env = dict(os.environ)
     args = " ".join(model_args(tiny))

@@ -57,6 +57,7 @@ def wait_until_reading_the_terminal(child: pexpect.spawn, timeout: float = 60) -
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_chat_in_a_terminal_two_turns_reset_save_quit(tiny, clip, tmp_path, capsys):
     child = spawn(tiny, clip, tmp_path)
     for question in ("what color is the shape?", "how many shapes?"):
@@ -87,6 +88,7 @@ def test_chat_in_a_terminal_two_turns_reset_save_quit(tiny, clip, tmp_path, caps
     assert saved["turns"][0]["answer"] == json.loads(out)["answer"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["eof", "intr"])
 def test_chat_ctrl_d_and_ctrl_c_leave_cleanly(tiny, clip, tmp_path, key):
     child = spawn(tiny, clip, tmp_path)

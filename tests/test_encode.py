@@ -151,6 +151,7 @@ def test_compact_int8_subtitles_option_and_still_image(tmp_path, tiny, capsys):
 # inputs: files, folders, stdin; skipping; JSON; sharding
 
 
+@pytest.mark.slow
 def test_inputs_folder_stdin_skip_force_json(tmp_path, tiny, capsys, monkeypatch):
     lib = tmp_path / "lib"
     (lib / "sub").mkdir(parents=True)
@@ -173,6 +174,7 @@ def test_inputs_folder_stdin_skip_force_json(tmp_path, tiny, capsys, monkeypatch
     assert code == 0 and "up to date" in err
 
 
+@pytest.mark.slow
 def test_a_bad_input_does_not_sink_the_batch(tmp_path, tiny, capsys):
     good1 = make_video(tmp_path / "one.mp4", seconds=1, fps=5)
     good2 = make_video(tmp_path / "two.mp4", seconds=1, fps=5)
@@ -238,6 +240,7 @@ def _interrupt_after(frames: int):
     return on_progress
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_is_bit_identical_even_across_a_damaged_stretch(tmp_path, encoder, damaged, capsys):
     """Frames lost in the damage make stored-frame counts and plan positions differ; resume must not care."""
     opts = EncodeOptions(fps=10, batch_size=8)
@@ -262,6 +265,7 @@ def test_resume_after_interrupt_is_bit_identical_even_across_a_damaged_stretch(t
         assert torch.equal(a.features(dtype=torch.float16), b.features(dtype=torch.float16))
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_through_the_cli(tmp_path, tiny):
     video = make_video(tmp_path / "long.mp4", seconds=30, fps=10)
     args = [*LLAMAVID, "encode", str(video), "--vision-tower", str(tiny.vision_path), "--fps", "10", "--json"]
@@ -299,6 +303,7 @@ def test_kill_9_then_resume_through_the_cli(tmp_path, tiny):
         assert torch.equal(a.features(dtype=torch.float16), b.features(dtype=torch.float16))
 
 
+@pytest.mark.slow
 def test_another_vision_encoder_is_refused(tmp_path, tiny, encoder, other_tower, capsys):
     video = make_video(tmp_path / "v.mp4", seconds=9, fps=10)
     out = tmp_path / "v.vidtok"
@@ -340,6 +345,7 @@ def _one_line_error(code: int, err: str, *names: str) -> None:
         assert name in lines[0], (name, lines[0])
 
 
+@pytest.mark.slow
 def test_bad_inputs_fail_cleanly(tmp_path, tiny, capsys):
     tower = tiny.vision_path
     code, _, err = run_cli(capsys, "encode", tmp_path / "missing.mp4", "--vision-tower", tower)
@@ -393,6 +399,7 @@ def test_info_verify_refuses_truncated_and_tampered_files(tmp_path, tiny, capsys
     _one_line_error(code, err, "none.vidtok")
 
 
+@pytest.mark.slow
 def test_damaged_video_encodes_what_decodes_with_a_warning(tmp_path, tiny, damaged, capsys):
     out = tmp_path / "d.vidtok"
     code, stdout, err = run_cli(capsys, "encode", damaged, "--vision-tower", tiny.vision_path, "--fps", 2, "-o", out,

@@ -198,6 +198,7 @@ def test_one_bad_question_does_not_fail_the_others_on_its_video(bench, tiny, tmp
     assert "1 items failed" in stderr
 
 
+@pytest.mark.slow
 def test_multiple_choice_predict_then_exact_match_score(bench, tiny, tmp_path, capsys):
     out = tmp_path / "videomme.pred.jsonl"
     code, stdout, stderr = run_cli(capsys, "eval", "predict", "videomme", "-q", bench / "videomme.json", "--videos",
@@ -229,6 +230,7 @@ def test_multiple_choice_predict_then_exact_match_score(bench, tiny, tmp_path, c
 # judge -> score -> report
 
 
+@pytest.mark.slow
 def test_judge_score_report_end_to_end(msvd_preds, judge_server, tmp_path, capsys):
     judged = tmp_path / "msvd.judged.jsonl"
     judge_args = ["eval", "judge", "msvd-qa", msvd_preds, "-o", judged, "--base-url", judge_server.base_url,
@@ -278,6 +280,7 @@ def test_judge_score_report_end_to_end(msvd_preds, judge_server, tmp_path, capsy
     assert code == 0 and "| This run | 66.7 | 3.33 |" in stdout
 
 
+@pytest.mark.slow
 def test_run_chains_predict_judge_score_report(bench, tiny, judge_server, tmp_path, capsys):
     out = tmp_path / "out"
     code, stdout, stderr = run_cli(capsys, "eval", "run", "msvd-qa", "-q", bench / "test_qa.json", "--videos",

@@ -98,6 +98,7 @@ def test_packed_scoring_equals_plain_forward_passes(tiny_model):
 # --choice
 
 
+@pytest.mark.slow
 def test_choice_answers_with_the_likeliest_option_by_the_documented_rule(tiny, tiny_model, media, capsys):
     from llamavid.pipeline.inputs import open_input
     from llamavid.model.likelihood import answer_ids
@@ -135,6 +136,7 @@ def test_choice_answers_with_the_likeliest_option_by_the_documented_rule(tiny, t
 # --evidence
 
 
+@pytest.mark.slow
 def test_evidence_on_a_video_a_vidtok_an_image_and_with_long(tiny, media, capsys, tmp_path):
     base = ["what is shown?", "--evidence", *model_args(tiny)]
     record = _json(capsys, "ask", media["video"], *base, "--json")
@@ -160,6 +162,7 @@ def test_evidence_on_a_video_a_vidtok_an_image_and_with_long(tiny, media, capsys
     assert "evidence" not in _json(capsys, "ask", media["video"], *model_args(tiny), "what?", "--json")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["attention", "sufficiency"])
 def test_each_evidence_method_finds_the_first_and_the_last_shape(method, clips, capsys):
     """The demo model on held-out sequences: the top range overlaps the seconds of the shape asked about."""
@@ -177,6 +180,7 @@ def test_each_evidence_method_finds_the_first_and_the_last_shape(method, clips, 
             assert top.start < event.end and top.end > event.start, (clip_id, qtype, method, result.evidence)
 
 
+@pytest.mark.slow
 def test_evidence_through_the_cli_points_at_the_shape(clips, capsys):
     for clip_id, (path, clip) in clips.items():
         if clip.kind != "window":
@@ -193,6 +197,7 @@ def test_evidence_through_the_cli_points_at_the_shape(clips, capsys):
 # --start / --end
 
 
+@pytest.mark.slow
 def test_a_range_of_a_cached_video_or_vidtok_is_sliced_not_encoded(tiny, media, capsys, tmp_path, monkeypatch):
     frames_encoded = []
     original = VisionEncoder.encode_pixels
@@ -225,6 +230,7 @@ def test_a_range_of_a_new_video_encodes_only_that_range(tiny, media, capsys, tmp
     assert again["frames"] == 3 and sum(frames_encoded) == 3  # the range's own entry is reused
 
 
+@pytest.mark.slow
 def test_ranges_in_a_batch_chat_and_summary(tiny, media, capsys, tmp_path, monkeypatch):
     questions = tmp_path / "q.jsonl"
     lines = [{"id": "a", "video": str(media["video"]), "question": "what?", "start": "0:01", "end": 3,
@@ -273,6 +279,7 @@ def test_range_errors_are_one_line(tiny, media, capsys):
 # chapters
 
 
+@pytest.mark.slow
 def test_chapters_start_where_the_scenes_change(clips, capsys, tmp_path):
     [(path, clip)] = [v for v in clips.values() if v[1].kind == "scenes"]
     changes = [start for start, _ in clip.scenes[1:]]
@@ -292,6 +299,7 @@ def test_chapters_start_where_the_scenes_change(clips, capsys, tmp_path):
     assert len(one["chapters"]) == 1
 
 
+@pytest.mark.slow
 def test_boundaries_of_an_hour_of_features_take_seconds():
     """3,600 frames of 257 x 1,408 features (the published encoder's shape) with a change every 5 minutes."""
     import time

@@ -96,6 +96,7 @@ def test_a_missing_folder_is_a_clear_error(tmp_path):
     assert "\n" not in message and str(tmp_path / "nope") in message and "lock file" in message
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="uses a holder subprocess and SIGKILL")
 def test_another_process_holding_the_lock_makes_us_wait_then_time_out(tmp_path):
     target = tmp_path / "clip.vidtok"
@@ -141,6 +142,7 @@ def test_another_process_holding_the_lock_makes_us_wait_then_time_out(tmp_path):
     assert not lock_path_for(target).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="SIGKILL")
 def test_a_holder_killed_with_sigkill_leaves_no_lock_behind(tmp_path):
     target = tmp_path / "clip.vidtok"
@@ -154,6 +156,7 @@ def test_a_holder_killed_with_sigkill_leaves_no_lock_behind(tmp_path):
     assert told == [] and not lock_path_for(target).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="subprocesses started together")
 def test_processes_exclude_each_other_even_while_the_lock_file_is_deleted_and_recreated(tmp_path):
     """Four processes x 60 read-pause-write increments: any overlap loses an update.
@@ -259,6 +262,7 @@ def encode_cmd(tiny, clip: Path, out: Path) -> list[str]:
             "--dtype", "float32", "--fps", "10", "-o", str(out), "--json"]  # float32 as the in-process reference
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="two CLI processes at once")
 def test_two_encodes_of_the_same_output_at_once_both_succeed(tmp_path, tiny, clip, reference):
     out = tmp_path / "clip.vidtok"
@@ -276,6 +280,7 @@ def test_two_encodes_of_the_same_output_at_once_both_succeed(tmp_path, tiny, cli
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.vidtok"]  # no lock, no partial state
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="a CLI subprocess")
 def test_a_waiting_encode_says_so_once_and_then_reuses_the_result(tmp_path, tiny, encoder, clip, reference):
     out = tmp_path / "clip.vidtok"
@@ -294,6 +299,7 @@ def test_a_waiting_encode_says_so_once_and_then_reuses_the_result(tmp_path, tiny
     assert same_features(out, reference)
 
 
+@pytest.mark.slow
 def test_a_damaged_output_is_never_up_to_date_and_is_encoded_again(tmp_path, encoder, clip, reference):
     out = tmp_path / "clip.vidtok"
     out.write_bytes(reference.read_bytes())
@@ -318,6 +324,7 @@ def test_a_damaged_output_is_never_up_to_date_and_is_encoded_again(tmp_path, enc
     assert encode_file(encoder, clip, out, EncodeOptions(fps=10)).status == "skipped"
 
 
+@pytest.mark.slow
 def test_an_up_to_date_output_in_a_read_only_folder_is_still_reused(tmp_path, encoder, clip, reference, monkeypatch):
     """No lock file can be made there, but no run can be writing there either: a current output serves."""
     folder = tmp_path / "ro"
@@ -344,6 +351,7 @@ def test_an_up_to_date_output_in_a_read_only_folder_is_still_reused(tmp_path, en
     assert sorted(p.name for p in folder.iterdir()) == ["clip.vidtok"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="two CLI processes at once")
 def test_two_asks_on_the_same_new_video_both_answer(tmp_path, tiny, clip):
     """Both encode into the same cache entry: one waits for the other and reuses its token file."""

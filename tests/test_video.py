@@ -68,6 +68,7 @@ def test_cfr_timestamps_and_frame_identity(tmp_path, native):
         assert video.sample_times(info, fps) == pytest.approx(stamps, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_chunks_never_exceed_chunk_size_and_resume_gives_the_same_tail(tmp_path):
     path = media.make_video(tmp_path / "v.mp4", seconds=3, fps=30)
     full_t, full_n, full_f, sizes = _collect(path, 5, chunk_size=4)
@@ -86,6 +87,7 @@ def test_chunks_never_exceed_chunk_size_and_resume_gives_the_same_tail(tmp_path)
         next(video.sample_frames(path, 0))
 
 
+@pytest.mark.slow
 def test_all_backends_agree_and_are_recorded(tmp_path):
     path = media.make_video(tmp_path / "v.mp4", seconds=2, fps="30000/1001")
     runs = {}
@@ -150,6 +152,7 @@ def test_vfr_timestamps_are_presentation_times_of_the_frame_on_screen(tmp_path, 
 # rotation
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rotation", [90, 270])
 def test_rotated_video_comes_out_upright(tmp_path, rotation):
     path = media.make_rotated_video(tmp_path / f"r{rotation}.mp4", rotation, seconds=1, fps=10)
@@ -254,6 +257,7 @@ def _damaged_ts(tmp_path):
 COUNTED = re.compile(r"^(\S+): (damaged data|decoding failed for)\D*?(\d+) frames? .*?between ([\d.]+) s and ([\d.]+) s; skipped$")
 
 
+@pytest.mark.slow
 def test_video_damaged_in_the_middle_decodes_what_it_can_and_names_the_gap_once(tmp_path):
     damaged = _damaged_ts(tmp_path)
     for backend in ("auto", *BACKENDS):
@@ -274,6 +278,7 @@ def test_video_damaged_in_the_middle_decodes_what_it_can_and_names_the_gap_once(
         assert numbers[: int(lo * 2) + 1] == list(range(0, int(lo * 10) + 1, 5))
 
 
+@pytest.mark.slow
 def test_frames_that_fail_to_decode_are_one_counted_line(tmp_path):
     """140 frames (10.0 s - 23.9 s) are garbage with intact timestamps; at 2 fps 28 planned frames fail.
     Before: one warning per frame (or none); now one line with the count and the range."""
@@ -304,6 +309,7 @@ def three_minutes(tmp_path_factory):
     return media.make_video(tmp_path_factory.mktemp("long") / "long.mp4", seconds=180, fps=24, bits=13)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_backend_samples_a_three_minute_video_completely(three_minutes, backend):
     warnings: list[str] = []
@@ -365,6 +371,7 @@ def _full_decode(path, stamps):
     return [out[round(t, 6)] for t in stamps]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("open_gop", [False, True])
 def test_skipped_decoding_gives_exactly_the_pixels_of_a_full_decode(tmp_path, open_gop):
     """H.264 with B-pyramids, GOP 48 at 24 fps: sampling at 1 fps leaves whole group tails and non-reference
@@ -393,6 +400,7 @@ def test_skipped_decoding_gives_exactly_the_pixels_of_a_full_decode(tmp_path, op
             assert np.array_equal(got, ref)
 
 
+@pytest.mark.slow
 def test_parallel_workers_give_the_same_frames_and_timestamps(three_minutes, tmp_path):
     info = video.probe(three_minutes)
     runs = {}
@@ -559,6 +567,7 @@ for path in sys.argv[2:]:
 """
 
 
+@pytest.mark.slow
 def test_native_decoder_output_never_reaches_stderr(tmp_path, tiny):
     damaged = _damaged_ts(tmp_path)
     bad = media.make_video_with_bad_frames(tmp_path / "bad.mkv", set(range(100, 240)), seconds=30, fps=10)
