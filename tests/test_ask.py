@@ -203,6 +203,7 @@ def test_context_overflow_by_default_uses_the_most_frames_that_fit(small, media,
     assert len(note) == 1 and f"using {most} frames" in note[0] and "60 frames" in note[0]
 
 
+@pytest.mark.slow
 def test_a_question_too_long_for_any_frame_gets_a_hint_that_can_work(small, media, capsys, shared_long_cache):
     question = "why " * 200
     code, out, err = run_cli(capsys, "ask", media["long"], question, *model_args(small))
@@ -228,6 +229,7 @@ def test_max_frames_samples_uniformly_then_fits(small, media, capsys, monkeypatc
     assert planning.uniform_indices(60, 1) == [30] and planning.uniform_indices(5, 9) == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style", ["brief", "detailed"])
 def test_summarize_segments_a_video_too_long_for_the_context(small, media, capsys, style, monkeypatch,
                                                              shared_long_cache):

@@ -204,6 +204,7 @@ def test_sharding_over_processes():
         shard_inputs(items, 3, 3)
 
 
+@pytest.mark.slow
 def test_cli_takes_only_its_shard_under_a_launcher(tmp_path, tiny, capsys, monkeypatch):
     (tmp_path / "in").mkdir()
     for name in ("a", "b", "c"):
@@ -377,6 +378,7 @@ def test_bad_inputs_fail_cleanly(tmp_path, tiny, capsys):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_info_verify_refuses_truncated_and_tampered_files(tmp_path, tiny, capsys):
     video = make_video(tmp_path / "v.mp4", seconds=3, fps=10)
     code, _, err = run_cli(capsys, "encode", video, "--vision-tower", tiny.vision_path, "--fps", 10)

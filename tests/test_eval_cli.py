@@ -152,6 +152,7 @@ def test_predict_writes_every_item_and_records_the_missing_video(msvd_preds, ben
         assert record["pred"] == alone.answer
 
 
+@pytest.mark.slow
 def test_predict_resumes_after_a_torn_line_without_duplicates(msvd_preds, bench, tiny, tmp_path, capsys):
     out = tmp_path / "resume.pred.jsonl"
     full = msvd_preds.read_bytes().split(b"\n")

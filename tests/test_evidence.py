@@ -216,6 +216,7 @@ def test_a_range_of_a_cached_video_or_vidtok_is_sliced_not_encoded(tiny, media, 
     assert token_file["frames"] == 2 and sum(frames_encoded) == 8
 
 
+@pytest.mark.slow
 def test_a_range_of_a_new_video_encodes_only_that_range(tiny, media, capsys, tmp_path, monkeypatch):
     frames_encoded = []
     original = VisionEncoder.encode_pixels
@@ -321,6 +322,7 @@ def test_boundaries_of_an_hour_of_features_take_seconds():
 # eval --mcq
 
 
+@pytest.mark.slow
 def test_eval_scores_multiple_choice_by_likelihood(tiny, media, capsys, tmp_path):
     items = [{"id": f"q{i}", "video": "clip.mp4", "question": "what color is the shape?",
               "options": ["red", "green", "blue", "white"], "answer": "ABCD"[i], "question_type": "color"}
