@@ -174,6 +174,7 @@ def ask(client, model_id, url, question, **kw):
 # ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_health_and_models(main, model_id, tiny):
     assert model_id == str(tiny.path)
     health = main.health()
@@ -182,6 +183,7 @@ def test_health_and_models(main, model_id, tiny):
     assert main.client().models.retrieve(model_id).id == model_id
 
 
+@pytest.mark.slow
 def test_answers_equal_llamavid_ask_at_temperature_0(main, model_id, expected, media):
     client = main.client()
     for question in QUESTIONS:
@@ -202,6 +204,7 @@ def test_answers_equal_llamavid_ask_at_temperature_0(main, model_id, expected, m
     assert reply.choices[0].message.content == expected[QUESTIONS[1]]["answer"]
 
 
+@pytest.mark.slow
 def test_streaming_equals_non_streaming(main, model_id):
     client = main.client()
     for question in QUESTIONS:
@@ -216,6 +219,7 @@ def test_streaming_equals_non_streaming(main, model_id):
         assert len({c.id for c in chunks}) == 1
 
 
+@pytest.mark.slow
 def test_stream_ends_with_done(main, model_id):
     body = {"model": model_id, "messages": video("clip.mp4", QUESTIONS[0]), "stream": True, "max_tokens": 4}
     with httpx.stream("POST", main.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
@@ -247,6 +251,7 @@ def run_together(n: int, work) -> list[BaseException]:
     return errors
 
 
+@pytest.mark.slow
 def test_sixteen_concurrent_clients_all_answered_in_batches(main, model_id, expected):
     before = main.health()
     clients = [main.client() for _ in range(16)]
@@ -271,6 +276,7 @@ def test_sixteen_concurrent_clients_all_answered_in_batches(main, model_id, expe
     assert after["pending"] == 0
 
 
+@pytest.mark.slow
 def test_a_video_is_encoded_once_when_ten_ask_at_the_same_moment(main, model_id):
     before = main.health()
     clients = [main.client() for _ in range(10)]
@@ -282,6 +288,7 @@ def test_a_video_is_encoded_once_when_ten_ask_at_the_same_moment(main, model_id)
     assert after["encoded"] - before["encoded"] == 1 and after["opened"] - before["opened"] == 1
 
 
+@pytest.mark.slow
 def test_multi_turn_messages_behave_like_llamavid_chat(main, model_id, tiny, media, capsys, monkeypatch):
     clip = media["root"] / "clip.mp4"
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{QUESTIONS[0]}\n{QUESTIONS[1]}\n"))
@@ -299,6 +306,7 @@ def test_multi_turn_messages_behave_like_llamavid_chat(main, model_id, tiny, med
     assert two.usage.prompt_tokens > ask(client, model_id, "clip.mp4", QUESTIONS[1]).usage.prompt_tokens
 
 
+@pytest.mark.slow
 def test_sampling_options_are_honoured(main, model_id):
     client = main.client()
     one = ask(client, model_id, "clip.mp4", QUESTIONS[3], max_tokens=2)
@@ -413,6 +421,7 @@ def _check_error(response: httpx.Response, status: int, code, param, what: str) 
     return error
 
 
+@pytest.mark.slow
 def test_every_refusal_is_a_4xx_with_an_openai_error(main, model_id, media, tmp_path):
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     with httpx.Client(base_url=main.url, headers=headers, timeout=60) as http:
@@ -438,6 +447,7 @@ def test_every_refusal_is_a_4xx_with_an_openai_error(main, model_id, media, tmp_
     assert "Traceback" not in main.stderr() and '" 500' not in main.stderr()
 
 
+@pytest.mark.slow
 def test_api_key_is_required(main, model_id):
     client = main.client(key="wrong")
     with pytest.raises(openai.AuthenticationError) as caught:
@@ -452,6 +462,7 @@ def test_api_key_is_required(main, model_id):
     assert httpx.get(main.url + "/health", timeout=30).status_code == 200  # health checks need no key
 
 
+@pytest.mark.slow
 def test_a_server_without_media_roots_reads_no_files(servers, media, tiny):
     bare = servers["bare"]
     client = bare.client()
@@ -471,6 +482,7 @@ def test_a_server_without_media_roots_reads_no_files(servers, media, tiny):
     assert bare.health()["encoded"] == 1
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_request_in_flight_then_exits(servers, media, tiny):
     """Last in the module: it stops the "bare" server."""
     bare = servers["bare"]
@@ -496,7 +508,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(servers, media, tiny)
         except OSError:
             refused = True
     chunks.extend(stream)  # the answer in flight still arrives in full
-    assert refused
+    assert refused, f"the server still accepted connections 10 s after SIGTERM:\n{bare.stderr()[-2000:]}"
     assert answered == 2, "the streamed question was already answered when SIGTERM was sent"  # the two earlier ones
     assert any(c.choices and c.choices[0].delta.content for c in chunks[received:])
     assert ([c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
