@@ -119,6 +119,7 @@ FLAGS = {"--fps": NUMBERS, "--max-frames": NUMBERS, "--temperature": NUMBERS, "-
          "--end": st.one_of(NUMBERS, TEXT), "--kv-cache": TEXT}
 
 
+@pytest.mark.slow
 @PROFILE
 @given(flags=st.dictionaries(st.sampled_from(sorted(FLAGS)), st.one_of(NUMBERS, TEXT), min_size=1, max_size=3))
 def test_every_command_line_flag_gets_one_clear_line(flags, capsys, monkeypatch):
