@@ -133,8 +133,8 @@ def looped(folder: Path, track: asr_media.Track, seconds: float, name: str) -> P
     out = folder / name
     loops = int(seconds // track.duration) + 1
     wav = track.path.with_suffix(".wav")
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", str(loops - 1), "-i", str(wav), "-t", f"{seconds:.0f}",
-                    "-c:a", "aac", "-b:a", "64k", str(out)], check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", str(loops - 1), "-i", str(wav),
+                    "-t", f"{seconds:.0f}", "-c:a", "aac", "-b:a", "64k", str(out)], check=True)
     return out
 
 
@@ -181,7 +181,8 @@ def quality(args, folder: Path) -> None:
         s_err, e_err = boundary_error(last["lines"], track.spans)
         rtf = med["transcribe_s"] / last["duration"]
         name = Path(model).name if os.sep in model else model
-        print(f"{name[:28]:<28} {beam:>4} {med['load_s']:>5.1f}s {med['transcribe_s']:>7.1f}s {rtf:>6.3f} {1 / rtf:>5.1f}x "
+        print(f"{name[:28]:<28} {beam:>4} {med['load_s']:>5.1f}s {med['transcribe_s']:>7.1f}s {rtf:>6.3f} "
+              f"{1 / rtf:>5.1f}x "
               f"{wer:>6.1%} {s_err:>8.2f}s {e_err:>7.2f}s {mb(med['rss_loaded']):>9} {mb(peak):>7}  {last['language']}")
         print("   times:", ", ".join(f"{r['transcribe_s']:.1f}s" for r in results))
 
@@ -190,8 +191,8 @@ def memory(args, folder: Path) -> None:
     track = speech(folder)
     model = (args.model or [str(asr_media.model_dir())])[0]
     lengths = [("10 min", 600.0), (f"{args.hours:g} h", args.hours * 3600.0)]
-    print(f"\n== memory: {Path(model).name}, chunk_seconds {args.chunk or 'default'}, speech track looped, AAC 64 kb/s, "
-          "fresh process each")
+    print(f"\n== memory: {Path(model).name}, chunk_seconds {args.chunk or 'default'}, speech track looped, "
+          "AAC 64 kb/s, fresh process each")
     results = {}
     for label, seconds in lengths:
         path = looped(folder, track, seconds, f"long-{int(seconds)}.m4a")
@@ -207,8 +208,9 @@ def memory(args, folder: Path) -> None:
     short, long = results["10 min"], results[lengths[1][0]]
     g_short = short["hwm_transcribe"] - short["rss_loaded"]
     g_long = long["hwm_transcribe"] - long["rss_loaded"]
-    print(f"ratio {lengths[1][0]} / 10 min: peak RSS {long['hwm_transcribe'] / short['hwm_transcribe']:.2f}, growth over "
-          f"the model {g_long / max(g_short, 1):.2f}; audio length ratio {long['duration'] / short['duration']:.1f}")
+    print(f"ratio {lengths[1][0]} / 10 min: peak RSS {long['hwm_transcribe'] / short['hwm_transcribe']:.2f}, "
+          f"growth over the model {g_long / max(g_short, 1):.2f}; "
+          f"audio length ratio {long['duration'] / short['duration']:.1f}")
     print(f"bound (model + 300 MB): {'kept' if g_long <= 300 * 2**20 else 'EXCEEDED'} ({mb(g_long)} over the model)")
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import sys
 
+import asr_media
+import media
 import numpy as np
 import pytest
 
-import asr_media
-import media
 from llamavid.core.errors import CheckpointError, InputError, LlamaVidError, ModelNotFoundError, VideoError
 from llamavid.media import asr
 from llamavid.media.srt import write_srt
@@ -139,7 +139,8 @@ def test_the_transcript_written_as_srt_reads_back_the_same(transcript, tmp_path)
 # no speech: nothing invented
 
 
-@pytest.mark.parametrize("make", [asr_media.music, asr_media.noise, asr_media.silence], ids=["music", "noise", "silence"])
+@pytest.mark.parametrize("make", [asr_media.music, asr_media.noise, asr_media.silence],
+                         ids=["music", "noise", "silence"])
 def test_music_noise_and_silence_give_no_lines(transcriber, tmp_path, make):
     track = make(tmp_path / "sound.wav")
     result = transcriber.transcribe(asr_media.with_picture(tmp_path / "sound.mp4", track, 15.0))
@@ -244,16 +245,16 @@ def test_a_folder_that_is_not_a_model(tmp_path):
 def test_languages(model_dir):
     assert "en" in asr.whisper_languages() and "yue" in asr.whisper_languages()
     assert asr.AsrOptions(language=" DE ").language == "de"
-    with pytest.raises(InputError, match=r"language 'xx': not a language Whisper knows"):
+    with pytest.raises(InputError, match=r"language='xx': is not a language Whisper knows"):
         asr.AsrOptions(language="xx")
-    with pytest.raises(InputError, match=r"language 'english': not a language Whisper knows"):
+    with pytest.raises(InputError, match=r"language='english': is not a language Whisper knows"):
         asr.AsrOptions(language="english")
-    with pytest.raises(InputError, match=r"model 'tiny\.en' is English-only and cannot transcribe language 'fr'"):
+    with pytest.raises(InputError, match=r"language='fr': cannot be transcribed by the English-only model tiny\.en"):
         asr.AsrOptions(model="tiny.en", language="fr")
     with pytest.raises(InputError, match=r"English-only"):
         asr.AsrOptions(model="Systran/faster-whisper-base.en", language="de")
     # A folder's name does not say; the loaded model does.
-    with pytest.raises(InputError, match=r"is English-only and cannot transcribe language 'de'"):
+    with pytest.raises(InputError, match=r"language='de': cannot be transcribed by the English-only model"):
         asr.Transcriber(asr.AsrOptions(model=str(model_dir), language="de"))
 
 

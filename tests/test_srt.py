@@ -37,7 +37,8 @@ def test_srt_timestamps_round_to_the_millisecond_with_hours_always_shown():
 
 def test_srt_leaves_out_empty_texts_and_folds_line_breaks():
     lines = [SubtitleLine(0, 1, "one"), SubtitleLine(1, 2, "  "), SubtitleLine(2, 3, "two\n\nlines")]
-    assert format_srt(lines) == "1\n00:00:00,000 --> 00:00:01,000\none\n\n2\n00:00:02,000 --> 00:00:03,000\ntwo lines\n\n"
+    assert format_srt(lines) == ("1\n00:00:00,000 --> 00:00:01,000\none\n\n"
+                                 "2\n00:00:02,000 --> 00:00:03,000\ntwo lines\n\n")
     assert format_srt([]) == ""
 
 

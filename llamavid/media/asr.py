@@ -73,7 +73,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..core.errors import CheckpointError, InputError, ModelNotFoundError, VideoError
+from ..core.errors import CheckpointError, InputError, ModelNotFoundError, OptionError, VideoError
 from .subtitles import SubtitleLine
 from .video import _quiet_pyav  # FFmpeg inside PyAV logs nothing
 
@@ -155,40 +155,39 @@ class AsrOptions:
         if isinstance(model, os.PathLike):
             model = os.fspath(model)
         if not isinstance(model, str) or not model.strip():
-            raise InputError(f"AsrOptions.model: expected a model size, Hugging Face id or folder, got {self.model!r}")
+            raise OptionError("asr_model", self.model, "expected a model size, Hugging Face id or folder")
         object.__setattr__(self, "model", model)
         for name in ("vad", "allow_download"):
             if not isinstance(getattr(self, name), bool):
-                raise InputError(f"AsrOptions.{name}: expected True or False, got {getattr(self, name)!r}")
+                raise OptionError(f"asr_{name}", getattr(self, name), "expected true or false")
         for name, low in (("beam_size", 1), ("threads", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InputError(f"AsrOptions.{name}: expected a whole number >= {low}, got {value!r}")
+                raise OptionError(f"asr_{name}", value, f"expected a whole number >= {low}")
         chunk = self.chunk_seconds
         if isinstance(chunk, bool) or not isinstance(chunk, (int, float)) or not \
                 MIN_CHUNK_SECONDS <= chunk <= MAX_CHUNK_SECONDS:
-            raise InputError(f"AsrOptions.chunk_seconds: expected {MIN_CHUNK_SECONDS:g} to {MAX_CHUNK_SECONDS:g} seconds, "
-                             f"got {chunk!r}")
+            raise OptionError("asr_chunk_seconds", chunk,
+                              f"expected {MIN_CHUNK_SECONDS:g} to {MAX_CHUNK_SECONDS:g} seconds")
         object.__setattr__(self, "chunk_seconds", float(chunk))
         device = self.device
         if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device.strip().lower()):
-            raise InputError(f"AsrOptions.device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+            raise OptionError("asr_device", device, "expected auto, cpu, cuda or cuda:N")
         object.__setattr__(self, "device", device.strip().lower())
         if self.compute_type not in COMPUTE_TYPES:
-            raise InputError(f"AsrOptions.compute_type: expected one of {', '.join(COMPUTE_TYPES)}, "
-                             f"got {self.compute_type!r}")
+            raise OptionError("asr_compute_type", self.compute_type, f"expected one of {', '.join(COMPUTE_TYPES)}")
         language = self.language
         if language is not None:
             if not isinstance(language, str):
-                raise InputError(f"AsrOptions.language: expected a language code such as 'en', got {language!r}")
+                raise OptionError("language", language, "expected a language code such as en")
             code = language.strip().lower()
             known = whisper_languages()
             if code not in known:
-                raise InputError(f"language {language!r}: not a language Whisper knows (use a code such as en, de, fr, "
-                                 f"es, ja, zh: {len(known)} in all)")
+                raise OptionError("language", language, "is not a language Whisper knows (use a code such as en, "
+                                  f"de, fr, es, ja, zh: {len(known)} in all)")
             if code != "en" and _english_only_name(model):
-                raise InputError(f"model {model!r} is English-only and cannot transcribe language {code!r} "
-                                 f"(use a multilingual model such as '{DEFAULT_MODEL}')")
+                raise OptionError("language", language, f"cannot be transcribed by the English-only model {model} "
+                                  f"(use a multilingual model, such as {DEFAULT_MODEL})")
             object.__setattr__(self, "language", code)
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,14 +237,14 @@ def resolve_model(model: str, *, allow_download: bool = True) -> ResolvedModel:
         _check_model_folder(path)
         return ResolvedModel(model, path.resolve())
     if path.exists():
-        raise CheckpointError(f"{path}: is a file; give the CTranslate2 Whisper model FOLDER that holds model.bin")
+        raise CheckpointError("is a file; give the CTranslate2 Whisper model FOLDER that holds model.bin", where=path)
     sizes = list(fw.available_models())
     if model in sizes:
         repo = _hub_repo(model)
     elif re.fullmatch(r"[\w.-]+/[\w.-]+", model) and not _looks_like_path(model):
         repo = model
     elif _looks_like_path(model):
-        raise ModelNotFoundError(f"{model}: no such model folder")
+        raise ModelNotFoundError("no such model folder", where=model)
     else:
         raise ModelNotFoundError(f"whisper model {model!r}: not a model size ({', '.join(sizes)}), a Hugging Face id "
                                  "(owner/name) or a model folder")
@@ -336,27 +335,28 @@ def _open(path: Path, audio_stream: int | None, time_origin: float | None):
 
     _quiet_pyav()
     if not path.exists():
-        raise InputError(f"{path}: no such file")
+        raise InputError("no such file", where=path)
     if path.is_dir():
-        raise InputError(f"{path}: is a directory, not a video or audio file")
+        raise InputError("is a directory, not a video or audio file", where=path)
     try:
         container = av.open(str(path))
     except av.FFmpegError as exc:
-        raise VideoError(f"{path}: not a video or audio file we can decode ({' '.join(str(exc).split())[:120]})") from None
+        reason = " ".join(str(exc).split())[:120]
+        raise VideoError(f"not a video or audio file we can decode ({reason})", where=path) from None
     except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise InputError(f"cannot read ({exc.strerror or exc})", where=path) from None
     try:
         audio = list(container.streams.audio)
         if not audio:
-            raise VideoError(f"{path}: the file holds no audio stream (nothing to transcribe)")
+            raise VideoError("the file holds no audio stream (nothing to transcribe)", where=path)
         if audio_stream is None:
             stream = next((s for s in audio if _has(s, "default")), audio[0])
         elif not 0 <= audio_stream < len(audio):
-            raise InputError(f"{path}: audio stream {audio_stream} asked for, but the file holds {len(audio)}")
+            raise InputError(f"audio stream {audio_stream} asked for, but the file holds {len(audio)}", where=path)
         else:
             stream = audio[audio_stream]
         if stream.codec_context is None or not stream.codec_context.name:
-            raise VideoError(f"{path}: no decoder for the audio stream's codec")
+            raise VideoError("no decoder for the audio stream's codec", where=path)
         if time_origin is None:
             video = [s for s in container.streams.video if not _has(s, "attached_pic")]  # not cover art
             ref = video[0] if video else stream
@@ -610,16 +610,17 @@ class Transcriber:
             self._model = fw.WhisperModel(str(self.model_info.path), device=self.device, device_index=index,
                                           compute_type=self.compute_type, cpu_threads=threads, local_files_only=True)
         except Exception as exc:
-            raise CheckpointError(f"{self.model_info.path}: CTranslate2 cannot load this Whisper model "
-                                  f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
+            raise CheckpointError(f"CTranslate2 cannot load this Whisper model "
+                                  f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})",
+                                  where=self.model_info.path) from None
         if options.vad:  # load the VAD model now: it is part of what a Transcriber holds
             from faster_whisper.vad import get_vad_model
 
             get_vad_model()
         self.multilingual = bool(self._model.model.is_multilingual)
         if not self.multilingual and options.language not in (None, "en"):
-            raise InputError(f"model {options.model!r} is English-only and cannot transcribe language "
-                             f"{options.language!r} (use a multilingual model such as '{DEFAULT_MODEL}')")
+            raise OptionError("language", options.language, f"cannot be transcribed by the English-only model "
+                              f"{options.model} (use a multilingual model, such as {DEFAULT_MODEL})")
 
     def _provenance(self, language: str | None, source: str | None, probability: float | None,
                     info: _Audio) -> dict[str, Any]:
@@ -733,7 +734,7 @@ class Transcriber:
             if info.failed or info.truncated_at is not None:
                 raise VideoError(f"{path}: the audio stream could not be decoded ({info.codec or 'unknown codec'}: "
                                  f"{len(info.failed)} of {info.packets} packets failed)")
-            raise VideoError(f"{path}: the audio stream holds no sound (no audio frames)")
+            raise VideoError("the audio stream holds no sound (no audio frames)", where=path)
         warning = _damage_warning(info)
         if warning and on_warning is not None:
             on_warning(warning)

@@ -61,9 +61,9 @@ def write_srt(path: str | os.PathLike, lines: Iterable[SubtitleLine], *, force: 
     with ``force``. Returns the path."""
     path = Path(path)
     if path.is_dir():
-        raise InputError(f"{path}: is a directory; give a file name for the subtitles")
+        raise InputError("is a directory; give a file name for the subtitles", where=path)
     if path.exists() and not force:
-        raise InputError(f"{path}: already exists; not overwritten (pass force=True to replace it)")
+        raise InputError("already exists; not overwritten (pass force=True to replace it)", where=path)
     text = format_srt(lines)  # before touching the disk: a bad time leaves no file behind
     write_text_atomic(path, text)
     return path
