@@ -243,7 +243,10 @@ def test_a_folder_that_is_not_a_model(tmp_path):
 
 
 def test_languages(model_dir):
+    from llamavid.core.choices import WHISPER_LANGUAGES
+
     assert "en" in asr.whisper_languages() and "yue" in asr.whisper_languages()
+    assert set(WHISPER_LANGUAGES) == set(asr.whisper_languages())  # the edge's copy of the list is faster-whisper's
     assert asr.AsrOptions(language=" DE ").language == "de"
     with pytest.raises(InputError, match=r"language='xx': is not a language Whisper knows"):
         asr.AsrOptions(language="xx")

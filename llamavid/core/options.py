@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .choices import KV_CACHE_CHOICES
-from .errors import InputError, OptionError
+from .choices import DEFAULT_ASR_MODEL, KV_CACHE_CHOICES, SUBTITLE_KEYWORDS, WHISPER_LANGUAGES
+from .errors import InputError, Opt, OptionError
 from .timecode import format_clock, parse_time
 
 MAX_FPS = 240.0
@@ -145,10 +145,12 @@ def check_choice(field: str, value: Any, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def check_subtitles(value: Any, field: str = "subtitles") -> str:
-    """The path of a subtitles file that exists and can be read."""
+def check_subtitles(value: Any, field: str = "subtitles", *, keywords: bool = False) -> str:
+    """The path of a subtitles file that exists and can be read (``keywords``: or "speech" / "none")."""
+    if keywords and value in SUBTITLE_KEYWORDS:
+        return value
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
-        raise OptionError(field, value, "must be the path of an .srt file")
+        raise OptionError(field, value, "must be the path of an .srt file" + (", speech or none" if keywords else ""))
     path = Path(value).expanduser()
     if path.is_dir():
         raise OptionError(field, str(value), "is a directory, not an .srt file")
@@ -157,6 +159,29 @@ def check_subtitles(value: Any, field: str = "subtitles") -> str:
     if not os.access(path, os.R_OK):
         raise OptionError(field, str(value), "cannot be read (permission denied)")
     return str(value)
+
+
+def check_speech(model: Any, language: Any) -> tuple[str, str | None]:
+    """The speech recognizer's model name and language code, checked without loading it: a non-empty model
+    (a size name, a Hugging Face id or a folder), a language Whisper knows (case folded), and no language
+    but English for an English-only model (a name ending in ``.en``). The one home of these rules
+    (``llamavid.media.asr.AsrOptions`` and ``AskOptions`` both use it)."""
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if not isinstance(model, str) or not model.strip():
+        raise OptionError("asr_model", model, "must be a model size (base, small, ...), a Hugging Face id or a folder")
+    if language is None:
+        return model, None
+    if not isinstance(language, str):
+        raise OptionError("language", language, "must be a language code such as en")
+    code = language.strip().lower()
+    if code not in WHISPER_LANGUAGES:
+        raise OptionError("language", language, "is not a language Whisper knows (use a code such as en, de, fr, "
+                          f"es, ja, zh: {len(WHISPER_LANGUAGES)} in all)")
+    if code != "en" and Path(model.rstrip("/\\")).name.lower().endswith(".en"):
+        raise OptionError("language", language, f"cannot be transcribed by the English-only model {model} "
+                          f"(use a multilingual model, such as {DEFAULT_ASR_MODEL})")
+    return model, code
 
 
 def _temperature(value: Any) -> float:
@@ -223,6 +248,9 @@ class AskOptions:
     evidence: bool = False  # find the time ranges the answer rests on
     choices: tuple[str, ...] | None = None  # answer with exactly one of these, scored by log-likelihood
     kv_cache: str = "auto"  # how the prompt's keys and values are kept (llamavid.model.kvcache)
+    asr: bool = False  # transcribe the speech: the video's subtitles when it has none of its own
+    asr_model: str | None = None  # the speech recognizer (None: DEFAULT_ASR_MODEL)
+    language: str | None = None  # the language spoken (None: detected)
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
@@ -234,7 +262,7 @@ class AskOptions:
         _switch("strict_context", self.strict_context)
         _switch("cache", self.cache)
         if self.subtitles is not None:
-            set_("subtitles", check_subtitles(self.subtitles))
+            set_("subtitles", check_subtitles(self.subtitles, keywords=True))
         if self.temperature is not None:
             set_("temperature", _temperature(self.temperature))
         if self.top_p is not None:
@@ -257,6 +285,25 @@ class AskOptions:
         if self.choices is not None:
             set_("choices", _choices(self.choices))
         check_choice("kv_cache", self.kv_cache, KV_CACHE_CHOICES)
+        _switch("asr", self.asr)
+        if self.asr_model is not None or self.language is not None:
+            if not self.speech:
+                name = "language" if self.language is not None else "asr_model"
+                raise InputError(Opt(name, getattr(self, name)), ": applies to speech recognition: ask for it (",
+                                 Opt("asr"), ")")
+            model, language = check_speech(self.asr_model or DEFAULT_ASR_MODEL, self.language)
+            set_("asr_model", model if self.asr_model is not None else None)
+            set_("language", language)
+
+    @property
+    def speech(self) -> bool:
+        """Whether the speech is transcribed: ``asr``, or the transcript asked for as the subtitles."""
+        return self.asr or self.subtitles == "speech"
+
+    @property
+    def subtitle_file(self) -> str | None:
+        """The subtitles file given, if a file (not the keywords "speech" or "none") was."""
+        return None if self.subtitles in (None, *SUBTITLE_KEYWORDS) else self.subtitles
 
     @property
     def time_range(self) -> tuple[float, float] | None:
@@ -281,7 +328,8 @@ class AskOptions:
 
 # Fields a batch line may set, and the AskOptions field each one is.
 BATCH_OPTION_FIELDS = ("fps", "max_frames", "long", "strict_context", "subtitles", "temperature", "top_p",
-                       "max_new_tokens", "seed", "start", "end", "evidence", "choices", "kv_cache")
+                       "max_new_tokens", "seed", "start", "end", "evidence", "choices", "kv_cache", "asr", "asr_model",
+                       "language")
 
 
 def options_from_json(record: Mapping[str, Any], defaults: AskOptions, *, base_dir: Path | None = None) -> AskOptions:
@@ -298,7 +346,8 @@ def options_from_json(record: Mapping[str, Any], defaults: AskOptions, *, base_d
         value = record[name]
         if value is None:
             continue
-        if name == "subtitles" and isinstance(value, str) and base_dir is not None and not os.path.isabs(value):
+        if (name == "subtitles" and isinstance(value, str) and base_dir is not None and not os.path.isabs(value)
+                and value not in SUBTITLE_KEYWORDS):
             value = str(base_dir / value)
         changes[name] = value
     return defaults.replace(**changes)

@@ -73,12 +73,14 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from ..core.choices import DEFAULT_ASR_MODEL
 from ..core.errors import CheckpointError, InputError, ModelNotFoundError, OptionError, VideoError
+from ..core.options import check_speech
 from .subtitles import SubtitleLine
 from .video import _quiet_pyav  # FFmpeg inside PyAV logs nothing
 
 SAMPLE_RATE = 16000
-DEFAULT_MODEL = "base"
+DEFAULT_MODEL = DEFAULT_ASR_MODEL
 DEVICES = ("auto", "cpu", "cuda")
 COMPUTE_TYPES = ("auto", "default", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
                  "bfloat16", "float32")
@@ -95,6 +97,10 @@ GAP_TOLERANCE = 0.1  # a jump in audio timestamps larger than this is missing au
 
 Progress = Callable[[float, float], None]
 Warn = Callable[[str], None]
+
+
+class NoAudioError(VideoError):
+    """A file without an audio stream: there is no speech to transcribe (a video's features still are)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -151,11 +157,8 @@ class AsrOptions:
     allow_download: bool = True  # fetch a model that is not in the Hugging Face cache (off under HF_HUB_OFFLINE=1)
 
     def __post_init__(self) -> None:
-        model = self.model
-        if isinstance(model, os.PathLike):
-            model = os.fspath(model)
-        if not isinstance(model, str) or not model.strip():
-            raise OptionError("asr_model", self.model, "expected a model size, Hugging Face id or folder")
+        model = os.fspath(self.model) if isinstance(self.model, os.PathLike) else self.model
+        check_speech(model, None)
         object.__setattr__(self, "model", model)
         for name in ("vad", "allow_download"):
             if not isinstance(getattr(self, name), bool):
@@ -176,19 +179,15 @@ class AsrOptions:
         object.__setattr__(self, "device", device.strip().lower())
         if self.compute_type not in COMPUTE_TYPES:
             raise OptionError("asr_compute_type", self.compute_type, f"expected one of {', '.join(COMPUTE_TYPES)}")
-        language = self.language
-        if language is not None:
-            if not isinstance(language, str):
-                raise OptionError("language", language, "expected a language code such as en")
-            code = language.strip().lower()
-            known = whisper_languages()
-            if code not in known:
-                raise OptionError("language", language, "is not a language Whisper knows (use a code such as en, "
-                                  f"de, fr, es, ja, zh: {len(known)} in all)")
-            if code != "en" and _english_only_name(model):
-                raise OptionError("language", language, f"cannot be transcribed by the English-only model {model} "
-                                  f"(use a multilingual model, such as {DEFAULT_MODEL})")
-            object.__setattr__(self, "language", code)
+        model, language = check_speech(model, self.language)  # the rules the command line checks too
+        object.__setattr__(self, "language", language)
+
+    def key(self) -> str:
+        """What changes a transcript, as one string: part of the cache key of a video's features."""
+        import json
+
+        return json.dumps({"model": self.model, "language": self.language, "vad": self.vad, "beam_size": self.beam_size,
+                           "chunk_seconds": self.chunk_seconds}, sort_keys=True)
 
     def to_dict(self) -> dict[str, Any]:
         """The options as a JSON-able dict."""
@@ -270,6 +269,15 @@ def resolve_model(model: str, *, allow_download: bool = True) -> ResolvedModel:
     return ResolvedModel(model, folder, repo, revision)
 
 
+def recognizer(model: str | None = None, language: str | None = None) -> AsrOptions:
+    """The options of a recognizer that can be had: checked, and its model found (a folder, the Hugging Face
+    cache, or a download where one is allowed; otherwise the one-line error names the command that fetches
+    it). What the front ends call before any work."""
+    options = AsrOptions(model=model or DEFAULT_MODEL, language=language)
+    resolve_model(options.model, allow_download=options.allow_download)
+    return options
+
+
 def _device(options: AsrOptions) -> tuple[str, int]:
     import ctranslate2
 
@@ -348,7 +356,7 @@ def _open(path: Path, audio_stream: int | None, time_origin: float | None):
     try:
         audio = list(container.streams.audio)
         if not audio:
-            raise VideoError("the file holds no audio stream (nothing to transcribe)", where=path)
+            raise NoAudioError("the file holds no audio stream (nothing to transcribe)", where=path)
         if audio_stream is None:
             stream = next((s for s in audio if _has(s, "default")), audio[0])
         elif not 0 <= audio_stream < len(audio):

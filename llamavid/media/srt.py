@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from ..core.errors import InputError
+from ..core.errors import InputError, Opt
 from ..core.fileio import write_text_atomic
 from .subtitles import SubtitleLine
 
@@ -56,14 +56,25 @@ def format_srt(lines: Iterable[SubtitleLine]) -> str:
     return "".join(cues)
 
 
+def srt_path_for(video: str | os.PathLike) -> Path:
+    """Where a video's transcript goes as a sidecar: ``NAME.srt`` beside it (where subtitles are looked for)."""
+    return Path(video).with_suffix(".srt")
+
+
+def check_srt_target(path: str | os.PathLike, *, force: bool = False) -> None:
+    """An .srt may be written at ``path``: not a folder, and not an existing file unless ``force``."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError("is a directory; give a file name for the subtitles", where=path)
+    if (path.exists() or path.is_symlink()) and not force:
+        raise InputError("already exists; not overwritten (", Opt("force"), " replaces it)", where=path)
+
+
 def write_srt(path: str | os.PathLike, lines: Iterable[SubtitleLine], *, force: bool = False) -> Path:
     """Write ``lines`` to ``path`` as .srt (UTF-8), whole or not at all; an existing file is replaced only
     with ``force``. Returns the path."""
     path = Path(path)
-    if path.is_dir():
-        raise InputError("is a directory; give a file name for the subtitles", where=path)
-    if path.exists() and not force:
-        raise InputError("already exists; not overwritten (pass force=True to replace it)", where=path)
+    check_srt_target(path, force=force)
     text = format_srt(lines)  # before touching the disk: a bad time leaves no file behind
     write_text_atomic(path, text)
     return path

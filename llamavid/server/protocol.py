@@ -30,9 +30,10 @@ from .media_access import MediaAccess, MediaSource
 # OpenAI fields read here; every other field must be a llamavid question option.
 OPENAI_FIELDS = ("model", "messages", "stream", "stream_options", "n", "temperature", "top_p", "seed", "max_tokens",
                  "max_completion_tokens", "user")
-# llamavid's question options a request may set: a batch line's, but for the KV-cache mode, which is the
-# server's to choose (``llamavid serve --kv-cache``): a request must not make it keep a cache it has no room for.
-REQUEST_OPTION_FIELDS = tuple(name for name in BATCH_OPTION_FIELDS if name != "kv_cache")
+# llamavid's question options a request may set: a batch line's, but for the KV-cache mode and the speech
+# recognizer's model, which are the server's to choose: a request must not make it keep a cache it has no room
+# for, nor fetch a model.
+REQUEST_OPTION_FIELDS = tuple(name for name in BATCH_OPTION_FIELDS if name not in ("kv_cache", "asr_model"))
 # llamavid options spelled differently in the OpenAI API: the OpenAI name is the one accepted.
 OPENAI_NAMES = {"max_new_tokens": "max_tokens"}
 
