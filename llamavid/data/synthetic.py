@@ -8,6 +8,7 @@ Every answer is determined by what is drawn, so accuracy means something:
     needle    a long quiet video with ONE frame showing a shape -> its colour (the long-video test)
     window    a quiet video with ONE shape on screen for a few seconds -> colour, shape; and WHEN (evidence)
     scenes    3-6 scenes of 10-20 s, each its own backdrop and shape      -> where the scenes change (chapters)
+    content   3-6 parts of 10-20 s on ONE backdrop, each its own shape    -> where the content changes (chapters)
 
 Clips also carry a subtitle line (a code word), asked about with the long-video prompt, which shows
 each frame's subtitle text. Videos are 224x224 (the vision encoder's input size) at 4 frames/s, so the
@@ -268,6 +269,38 @@ def scene_clip(rng: np.random.Generator, clip_id: str, *, scenes: tuple[int, int
     return clip
 
 
+def content_clip(rng: np.random.Generator, clip_id: str, *, parts: tuple[int, int] = (3, 6),
+                 part_seconds: tuple[float, float] = (10.0, 20.0), radius: tuple[float, float] = (16.0, 68.0)) -> Clip:
+    """Parts one after another on ONE backdrop, each with its own shape moving all through it.
+
+    The backdrop never changes: only what is on it does. Changes fall on any tenth of a second (not only
+    on sampled frames); neighbouring parts differ in colour (the shape is drawn anew, so it may stay).
+    Shapes are of any size in ``radius`` (a small one covers a few patches) and anywhere in the frame,
+    each moving as far as a shape of the other designs (up to ``2 * WANDER`` pixels along each axis).
+    The chapter test for content changes: find where one part ends and the next begins (the starts of
+    ``events[1:]``; ``scenes`` stays empty).
+    """
+    k = int(rng.integers(parts[0], parts[1] + 1))
+    colors = list(COLORS)
+    events, t = [], 0.0
+    previous = None
+    for i in range(k):
+        length = round(float(rng.uniform(*part_seconds)), 1)
+        color = colors[int(rng.integers(len(colors)))]
+        while color == previous:
+            color = colors[int(rng.integers(len(colors)))]
+        previous = color
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        r = float(rng.uniform(*radius))
+        lo, hi = r + 4, SIZE - r - 4
+        p0 = (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)))
+        dx, dy = rng.uniform(-2 * WANDER, 2 * WANDER, size=2)
+        p1 = (float(np.clip(p0[0] + dx, lo, hi)), float(np.clip(p0[1] + dy, lo, hi)))
+        events.append(ShapeEvent(shape, color, t, t + length, p0, p1, r))
+        t = round(t + length, 1)
+    return Clip(clip_id, "content", t, NATIVE_FPS, int(rng.integers(15, 110)), events)
+
+
 # -- datasets --------------------------------------------------------------------------------------
 
 SPLIT_SEEDS = {"train": 1000, "test": 2000}
@@ -289,13 +322,14 @@ def make_clips(split: str, *, n_single: int, n_sequence: int, n_needle: int = 0,
     return clips
 
 
-EXTRA_SEEDS = {"window": 300, "scenes": 400}  # added to the split's seed: new designs never shift the old ones
+# added to the split's seed: new designs never shift the old ones
+EXTRA_SEEDS = {"window": 300, "scenes": 400, "content": 500}
 
 
 def make_extra_clips(split: str, kind: str, n: int, *, seed: int = 0, **design) -> list[Clip]:
-    """``n`` clips of a design added after the original set (``window`` or ``scenes``), drawn from their
-    own seed so that the clips of ``make_clips`` stay exactly as they were."""
-    make = {"window": window_clip, "scenes": scene_clip}[kind]
+    """``n`` clips of a design added after the original set (``window``, ``scenes`` or ``content``), drawn
+    from their own seed so that the clips of ``make_clips`` stay exactly as they were."""
+    make = {"window": window_clip, "scenes": scene_clip, "content": content_clip}[kind]
     rng = np.random.default_rng(SPLIT_SEEDS[split] + EXTRA_SEEDS[kind] + seed)
     return [make(rng, f"{split}-{kind}-{i:04d}", **design) for i in range(n)]
 
