@@ -196,3 +196,24 @@ def test_slow_motion_gets_no_chapters(encoder, tmp_path):
     clip = synthetic.Clip("slow", "content", 120.0, 1.0, 70, [big, small])
     stamps, bounds = _boundaries(encoder, _write(clip, tmp_path), tmp_path)
     assert len(stamps) == 120 and bounds == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the held-out report (pointing_eval): one row per set
+
+
+def test_the_chapter_report_has_a_row_per_set():
+    from llamavid.train.pointing_eval import CHAPTER_SETS, render, true_changes
+
+    row = {"clips": 30, "changes": 100, "boundaries": 99, "recall": 98.0, "precision": 99.0, "exact_clips": 90.0,
+           "mean_error": 0.25, "seconds_per_clip": 0.002}
+    lines = render({"chapters": {name: row for name in CHAPTER_SETS}})
+    rows = [line for line in lines if line.startswith("| ") and "98.0%" in line]
+    assert [r.split(" | ")[0][2:] for r in rows] == [CHAPTER_SETS[name][3] for name in CHAPTER_SETS]
+    assert "| 30, 100 | 98.0% | 99.0% | 90.0% | 0.25 s | 2.0 ms |" in rows[0]
+    old = render({"chapters": row})  # a results file from before the content sets
+    assert any(line.startswith(f"| {CHAPTER_SETS['scenes'][3]} |") for line in old)
+    scene = asdict(synthetic.make_extra_clips("test", "scenes", 1)[0])
+    assert true_changes(scene) == [start for start, _ in scene["scenes"][1:]]
+    content = asdict(synthetic.make_extra_clips("test", "content", 1)[0])
+    assert true_changes(content) == [e["start"] for e in content["events"][1:]]
