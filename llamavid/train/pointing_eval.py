@@ -1,8 +1,9 @@
 """Held-out measurements of what points into the video: evidence ranges, multiple choice, chapters.
 
 Part of ``python -m llamavid.train.demo evaluate`` (docs/RESULTS.md). The sets are rendered from the test
-split's seeds on first use (``<data>/test-window``, ``<data>/test-scenes``, ``<data>/test/mc.json``), so
-the generator knows when each shape is on screen and where each scene changes:
+split's seeds on first use (``<data>/test-window``, ``<data>/test-scenes``, ``<data>/test-content``,
+``<data>/test-content-joins``, ``<data>/test/mc.json``), so the generator knows when each shape is on screen
+and where each scene changes:
 
 * **evidence, window**: a quiet 12-24 s video with ONE shape on screen for 2-4 s; "what colour is the
   shape?". Right when the top-1 range overlaps the seconds the shape is on screen.
