@@ -298,24 +298,7 @@ def test_chapters_start_where_the_scenes_change(clips, capsys, tmp_path):
     # a still stretch of one scene has no boundary
     one = _json(capsys, "summarize", path, "--chapters", "--json", "--end", str(int(changes[0]) - 1), *_demo())
     assert len(one["chapters"]) == 1
-
-
-@pytest.mark.slow
-def test_boundaries_of_an_hour_of_features_take_seconds():
-    """3,600 frames of 257 x 1,408 features (the published encoder's shape) with a change every 5 minutes."""
-    import time
-
-    from llamavid.tasks.chapters import find_boundaries, frame_vectors
-
-    rng = np.random.default_rng(0)
-    scenes = rng.normal(size=(12, 1408)).astype(np.float32)
-    vectors = np.repeat(scenes, 300, axis=0) + 0.03 * rng.normal(size=(3600, 1408)).astype(np.float32)
-    t0 = time.perf_counter()
-    bounds = find_boundaries(np.arange(3600.0), vectors)
-    assert time.perf_counter() - t0 < 2.0
-    assert bounds == list(range(300, 3600, 300))
-    feats = torch.from_numpy(np.repeat(vectors[:64, None, :], 4, axis=1))
-    assert np.allclose(frame_vectors(feats, read_frames=10), vectors[:64], atol=1e-5)
+    # boundary finding on its own: tests/test_chapters.py
 
 
 # ---------------------------------------------------------------------------------------------------------
