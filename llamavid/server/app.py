@@ -511,11 +511,16 @@ async def _read_json(request, limit: int) -> Any:
             raise RequestError("the Content-Length header is not a number")
         if int(length) > limit:
             raise too_large
+    from starlette.requests import ClientDisconnect
+
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+    except ClientDisconnect:  # (the reply goes nowhere; the access log shows the 400)
+        raise RequestError("the client disconnected before it had sent the whole request body") from None
     if not body:
         raise RequestError("the request body is empty; send a JSON object")
     try:

@@ -90,13 +90,15 @@ def parse_chat_request(body: Any, *, model_id: str, media: MediaAccess, defaults
         raise RequestError("the request body must be a JSON object")
     ignored = []
     for name in body:
-        if name in OPENAI_FIELDS or name in REQUEST_OPTION_FIELDS:
+        if name in OPENAI_FIELDS:
+            continue
+        if name in OPENAI_NAMES:
+            raise RequestError(f"\"{name}\" is spelled \"{OPENAI_NAMES[name]}\" in this API", param=name)
+        if name in REQUEST_OPTION_FIELDS:
             continue
         if name in IGNORED_FIELDS:
             ignored.append(name)
             continue
-        if name in OPENAI_NAMES:
-            raise RequestError(f"\"{name}\" is spelled \"{OPENAI_NAMES[name]}\" in this API", param=name)
         raise RequestError(f"unknown field {shown(name, as_json=True)}: neither a field of OpenAI's chat completions "
                            "nor one of llamavid's options "
                            f"({', '.join(f for f in option_fields() if f not in OPENAI_FIELDS)})",
