@@ -81,8 +81,9 @@ def create_app(model, media, *, model_id: str, api_key: str | None = None,
     @asynccontextmanager
     async def lifespan(_app):
         yield
-        # after uvicorn has finished every request in flight (or the deadline has cancelled them)
-        await run_in_threadpool(service.close, shutdown_timeout)
+        # after uvicorn has finished every request in flight (or the deadline has cancelled them): nothing is
+        # left to answer, and whatever is left once a second has passed is cancelled
+        await run_in_threadpool(service.close, 1.0)
 
     def begin_shutdown(timeout: float = shutdown_timeout) -> None:
         """The server is stopping: what is in flight may finish for ``timeout`` seconds; then the rest is
@@ -155,8 +156,8 @@ def create_app(model, media, *, model_id: str, api_key: str | None = None,
         fresh = [name for name in req.ignored if name not in ignored_seen]
         if fresh:
             ignored_seen.update(fresh)
-            log.info("ignoring the request field(s) %s: llamavid does not use them (logged once per field)",
-                     ", ".join(repr(name) for name in fresh))
+            log.warning("ignoring the request field(s) %s: llamavid does not use them (logged once per field)",
+                        ", ".join(repr(name) for name in fresh))
         # errors name files as the client did, and no other path of the server's
         style = HttpStyle({**req.files, **service.names_for(req.media)}, roots)
         reply = Reply(model, model_id, style)

@@ -8,7 +8,9 @@
   together go through ``answer_questions`` in one call, which sends those with equal plans through the
   model together. The answering thread waits ``gather_seconds`` after an input's first pending question
   for others to join; while it is busy, new questions pile up and form the next batch by themselves.
-  Questions without media are answered by the language model alone (``answer_texts``), batched alike.
+  Of the questions taken together, those asking for the fewest new tokens are answered first, and each
+  question is settled as soon as its own batch is done. Questions without media are answered by the
+  language model alone (``answer_texts``), batched alike.
 * **Isolation.** Everything a question carries was validated before it was submitted (the request's
   fields) or is checked by planning, question by question, before it joins a batch. A batch that still
   fails is answered again one question at a time (``answer_questions`` does it for llamavid's errors, this
@@ -48,7 +50,7 @@ from typing import Callable, Sequence
 
 from ..core.callbacks import NO_CALLBACKS, Callbacks
 from ..core.errors import LlamaVidError
-from ..core.options import AskOptions
+from ..core.options import CHAT_SAMPLING, AskOptions
 from ..model.generation import cut_at_stop
 from ..model.prompt import get_template
 from ..pipeline.inputs import VideoInput
@@ -304,6 +306,8 @@ class AnswerService:
                         return
                     self._cond.wait(wait)
                 vin, jobs = taken
+                # the shortest answers first: a batch of long ones does not hold up short questions taken with it
+                jobs.sort(key=lambda job: job.question.options.max_new_tokens or CHAT_SAMPLING.max_new_tokens)
                 self._running.extend(jobs)
             try:
                 self._answer(vin, jobs)

@@ -195,6 +195,8 @@ class _Answerer:
         t0 = time.perf_counter()
         first = members[0].plan
         prompts = [m.plan.prompt for m in members]
+        if self.cancelled is not None and all(self.cancelled(i) for i in chunk):  # nobody waits: nothing to compute
+            return [Answer("", p.tokens, 0, p.n_frames, 0.0, p.question, cancelled=True) for p in prompts]
         if self.vin is None:
             embeds = [model.embed_prompt(p.ids, []) for p in prompts]
         else:  # embedded together; those not scored afterwards are generated together, the others each on its own
