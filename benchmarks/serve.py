@@ -132,14 +132,12 @@ def hang_ups(args, media: Path, video: Path, env: dict, work: Path) -> dict:
         assert response.status_code == 200, response.text
         return time.perf_counter() - t0
 
-    def long_stream(chunks: int, barrier: threading.Barrier | None = None) -> None:
-        """A long stream, read for ``chunks`` events, then (after the barrier) hung up on."""
+    def long_stream(chunks: int) -> None:
+        """A long stream, read for ``chunks`` events, then hung up on."""
         with httpx.stream("POST", url + "/v1/chat/completions", json=long_body, timeout=600) as response:
             for n, _line in enumerate(line for line in response.iter_lines() if line.startswith("data:")):
                 if n + 1 >= chunks:
                     break
-            if barrier is not None:
-                barrier.wait(600)
 
     for _ in range(3):
         short()  # warm
@@ -148,17 +146,25 @@ def hang_ups(args, media: Path, video: Path, env: dict, work: Path) -> dict:
     long_stream(args.long_tokens + 10)  # one read to its end: what an abandoned stream used to cost
     one_long = time.perf_counter() - t0
 
-    # 4 clients each start a long stream, read 2 chunks and hang up; the short question is sent as they do
+    # 4 clients each start a long stream and, once the model is generating for them, hang up; the short
+    # question is sent as they do (raw sockets: a client hangs up whether or not its stream has started)
+    import select
+    import socket
+
+    port = int(url.rsplit(":", 1)[1])
+    raw = json.dumps(long_body).encode()
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               + f"Content-Length: {len(raw)}\r\n\r\n".encode() + raw)
     at_hangup = []
     for _ in range(args.latency_samples):
-        barrier = threading.Barrier(5)
-        threads = [threading.Thread(target=long_stream, args=(3, barrier)) for _ in range(4)]
-        for t in threads:
-            t.start()
-        barrier.wait(600)
+        sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+        for sock in sockets:
+            sock.sendall(request)
+        select.select(sockets, [], [], 600)  # a stream has begun: the model is busy with them
+        time.sleep(0.3)
+        for sock in sockets:
+            sock.close()
         at_hangup.append(short())
-        for t in threads:
-            t.join(600)
 
     # churn: 4 clients keep starting long streams and hanging up after 8 chunks; live streams are legitimate
     # work that a short question taken in the middle of one of their batches waits for
@@ -285,7 +291,7 @@ def main() -> None:
 | one client's short question (<= {args.max_tokens} tokens), {args.latency_samples} samples | median s | p95 s |
 |---|---:|---:|
 | idle server | {f['idle_latency_median']:.3f} | {f['idle_latency_p95']:.3f} |
-| sent as 4 clients hang up on {args.long_tokens}-token streams (2 chunks read) | \
+| sent as 4 clients hang up on {args.long_tokens}-token streams being generated | \
 {f['hangup_latency_median']:.3f} | {f['hangup_latency_p95']:.3f} |
 | while 4 clients keep starting {args.long_tokens}-token streams and hanging up after 8 chunks | \
 {f['churn_latency_median']:.3f} | {f['churn_latency_p95']:.3f} |

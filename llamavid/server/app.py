@@ -169,7 +169,7 @@ def create_app(model, media, *, model_id: str, api_key: str | None = None,
                 for future in futures:  # a client gone, or this task cancelled: the rest is not generated
                     service.cancel(future)
             if answered is None:
-                return None  # nobody to answer
+                return _gone()
             for one in answered:
                 if one.error is not None:
                     return refusal(one.error, style)
@@ -191,7 +191,7 @@ def create_app(model, media, *, model_id: str, api_key: str | None = None,
         if first is None:  # the client left before anything was generated
             for future in futures:
                 service.cancel(future)
-            return None
+            return _gone()
         index, piece = first
         failed = futures[index]
         if piece is _DONE and (failed.exception() is not None or failed.result().error is not None):
@@ -208,6 +208,14 @@ def create_app(model, media, *, model_id: str, api_key: str | None = None,
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return application
+
+
+def _gone():
+    """The reply to a client that has disconnected: nobody reads it; the access log shows 499 (as nginx names
+    a request its client closed)."""
+    from fastapi.responses import Response
+
+    return Response(status_code=499)
 
 
 async def _until_disconnected(request) -> None:
