@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..core.errors import InputError
+from ..core.errors import InputError, exception_text
 
 _TAG = re.compile(r"<[^>]*>|\{\\[^}]*\}")
 _BLOCK = re.compile(r"\n[ \t]*\n")
@@ -66,7 +66,7 @@ def parse_srt(text: str, source: str = "subtitles", on_warning: Warn | None = No
     try:
         items = pysrt.from_string(text, error_handling=pysrt.ERROR_PASS)
     except Exception as exc:  # pysrt raises a few types on garbage
-        raise InputError(f"not a subtitle file we can read ({exc})", where=source) from None
+        raise InputError(f"not a subtitle file we can read ({exception_text(exc)})", where=source) from None
     lines = []
     for item in items:
         start, end = item.start.ordinal / 1000.0, item.end.ordinal / 1000.0
