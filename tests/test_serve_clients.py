@@ -12,50 +12,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
-import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import LLAMAVID
+from serving import VIDEO, DemoServer
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-VIDEO = "three-shapes.mp4"
-
-
-class DemoServer:
-    def __init__(self, tmp: Path, *args: str):
-        self.log = tmp / "server.stderr"
-        self.media = tmp / "media"
-        self.media.mkdir()
-        shutil.copy(ROOT / "examples" / VIDEO, self.media / VIDEO)
-        env = dict(os.environ, LLAMAVID_CACHE=str(tmp / "cache"), HF_HUB_OFFLINE="1")
-        self.proc = subprocess.Popen([*LLAMAVID, "serve", "--model", "demo", "--port", "0", "--media-root",
-                                      str(self.media), *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.log, "w"), env=env)
-        deadline = time.monotonic() + 180
-        while True:
-            found = re.search(r"serving .* at (http://127\.0\.0\.1:\d+) ", self.stderr())
-            if found:
-                self.url = found.group(1)
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the server did not start:\n{self.stderr()}")
-            time.sleep(0.1)
-
-    def stderr(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
 
 
 @pytest.fixture(scope="module")

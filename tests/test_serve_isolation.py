@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import re
-import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 import zlib
@@ -30,50 +26,23 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import LLAMAVID
+from serving import VIDEO, DemoServer
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-VIDEO = "three-shapes.mp4"
 DEADLINE = 2.0  # --shutdown-timeout
 EOS_AWAY = {"2": -100}  # the demo model's end token, biased away: an answer as long as max_tokens
 
 
-class DemoServer:
-    def __init__(self, tmp: Path, *args: str):
-        self.log = tmp / "server.stderr"
-        self.media = tmp / "media with a long and telling name" / ("deeper folder " * 8).strip()
-        self.media.mkdir(parents=True)
-        shutil.copy(ROOT / "examples" / VIDEO, self.media / VIDEO)
-        env = dict(os.environ, LLAMAVID_CACHE=str(tmp / "cache"), HF_HUB_OFFLINE="1")
-        self.proc = subprocess.Popen([*LLAMAVID, "serve", "--model", "demo", "--port", "0", "--media-root",
-                                      str(self.media), "--shutdown-timeout", str(DEADLINE), *args],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(self.log, "w"),
-                                     env=env)
-        deadline = time.monotonic() + 180
-        while True:
-            found = re.search(r"serving .* at (http://127\.0\.0\.1:(\d+)) ", self.stderr())
-            if found:
-                self.url, self.port = found.group(1), int(found.group(2))
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the server did not start:\n{self.stderr()}")
-            time.sleep(0.1)
-
-    def stderr(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def health(self) -> dict:
-        return httpx.get(self.url + "/health", timeout=30).json()
-
-    def post(self, body: dict, **kw) -> httpx.Response:
-        return httpx.post(self.url + "/v1/chat/completions", json=body, timeout=kw.pop("timeout", 120), **kw)
+def isolation_server(tmp: Path, *args: str) -> DemoServer:
+    """The server with a deep media root whose name is long and telling (no error may show it)."""
+    return DemoServer(tmp, "--shutdown-timeout", str(DEADLINE), *args,
+                      media=str(Path("media with a long and telling name") / ("deeper folder " * 8).strip()))
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    demo = DemoServer(tmp_path_factory.mktemp("isolation"))
+    demo = isolation_server(tmp_path_factory.mktemp("isolation"))
     try:
         yield demo
     finally:

@@ -29,7 +29,7 @@ import re
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Any, Sequence
+from typing import Any, Awaitable, Sequence
 
 from ..core.errors import (
     ContextOverflowError,
@@ -242,18 +242,26 @@ async def _answers(request, futures) -> list | None:
     return [w.result() for w in wrapped]
 
 
+_LOST = object()  # what ``_unless`` returns when the other event came first
+
+
+async def _unless(wanted: Awaitable, other: Awaitable) -> Any:
+    """The result of ``wanted``, or ``_LOST`` when ``other`` finishes first (``wanted`` is then cancelled)."""
+    wanted, other = asyncio.ensure_future(wanted), asyncio.ensure_future(other)
+    try:
+        done, _ = await asyncio.wait({wanted, other}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        other.cancel()
+    if wanted in done:
+        return wanted.result()
+    wanted.cancel()
+    return _LOST
+
+
 async def _first(request, pieces: asyncio.Queue):
     """The first (index, piece) of a stream, or None when the client disconnects first."""
-    first = asyncio.ensure_future(pieces.get())
-    gone = asyncio.ensure_future(_until_disconnected(request))
-    try:
-        done, _ = await asyncio.wait({first, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-    if first in done:
-        return first.result()
-    first.cancel()
-    return None
+    first = await _unless(pieces.get(), _until_disconnected(request))
+    return None if first is _LOST else first
 
 
 class Reply:
@@ -498,15 +506,9 @@ async def read_json(request, limit: int, stopping: asyncio.Event | None = None) 
     when ``stopping`` is set (the shutdown deadline) is refused (503)."""
     if stopping is None:
         return await _read_json(request, limit)
-    reading = asyncio.ensure_future(_read_json(request, limit))
-    stopped = asyncio.ensure_future(stopping.wait())
-    try:
-        done, _ = await asyncio.wait({reading, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-    if reading in done:
-        return reading.result()
-    reading.cancel()
+    body = await _unless(_read_json(request, limit), stopping.wait())
+    if body is not _LOST:
+        return body
     raise RequestError("the server is shutting down; the request body had not arrived in full", status=503,
                        code="shutting_down")
 
