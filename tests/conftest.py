@@ -93,3 +93,24 @@ def model_args(ckpt, max_new: int = 8) -> list[str]:
     is bfloat16 on CPUs that compute it natively; tests of that rule live in test_memory.py)."""
     return ["--model", str(ckpt.path), "--vision-tower", str(ckpt.vision_path), "--temperature", "0",
             "--max-new-tokens", str(max_new), "--dtype", "float32"]
+
+
+def kill_when_seen(proc, seen, what: str, *, seconds: float = 120, poll: float = 0.005) -> None:
+    """SIGKILL ``proc`` as soon as ``seen()`` is true: an event we watch for, not a time we guess. The test fails
+    (with the process's stderr) if it exits first or ``what`` is not seen within ``seconds``."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not seen():
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"the process exited with {proc.returncode} before {what} was seen on disk:\n"
+                        f"{err.decode(errors='replace')[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"{what} not seen on disk {seconds:g} s after the process started:\n"
+                        f"{err.decode(errors='replace')[-2000:]}")
+        time.sleep(poll)
+    proc.send_signal(signal.SIGKILL)

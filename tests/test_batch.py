@@ -9,11 +9,10 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import LLAMAVID, model_args, run_cli
+from conftest import LLAMAVID, kill_when_seen, model_args, run_cli
 from media import make_image, make_video
 
 import llamavid
@@ -150,19 +149,8 @@ def test_batch_killed_with_sigkill_resumes(tiny, videos, tmp_path, capsys):
     env = dict(os.environ, LLAMAVID_CACHE=str(tmp_path / "subprocess-cache"))
     proc = subprocess.Popen([*LLAMAVID, "ask", "--batch", str(q), "-o", str(out_path), *model_args(tiny)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # Kill it as soon as its first answer is on disk (an event we watch for, not a time we guess).
-    deadline = time.monotonic() + 120
-    while not (out_path.is_file() and out_path.read_bytes().count(b"\n") >= 1):
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            pytest.fail(f"the batch exited with {proc.returncode} before its first answer was seen on disk:\n"
-                        f"{err.decode(errors='replace')[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            _, err = proc.communicate()
-            pytest.fail(f"no answer on disk 120 s after the batch started:\n{err.decode(errors='replace')[-2000:]}")
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
+    kill_when_seen(proc, lambda: out_path.is_file() and out_path.read_bytes().count(b"\n") >= 1,
+                   "the batch's first answer")
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL, "the batch finished before it could be killed"
     before = out_path.read_text()

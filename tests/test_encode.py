@@ -12,14 +12,13 @@ import random
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from checkpoint_fixture import make_eva_state_dict
-from conftest import LLAMAVID, run_cli
+from conftest import LLAMAVID, kill_when_seen, run_cli
 from media import make_image, make_video, read_index, write_srt
 
 from llamavid.features.encode import (
@@ -276,20 +275,8 @@ def test_kill_9_then_resume_through_the_cli(tmp_path, tiny):
     env = dict(os.environ, LLAMAVID_CACHE=str(tmp_path / "cache"))
     partial = partial_dir_for(tmp_path / "long.vidtok")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    # Kill it as soon as two whole chunks are on disk (an event we watch for, not a time we guess).
-    deadline = time.monotonic() + 120
-    while not (partial.is_dir() and len(list(partial.glob("chunk-*.safetensors"))) >= 2):
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            pytest.fail(f"the encoder exited with {proc.returncode} before two chunks were seen on disk:\n"
-                        f"{err.decode(errors='replace')[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            _, err = proc.communicate()
-            pytest.fail(f"fewer than two chunks on disk 120 s after the encoder started:\n"
-                        f"{err.decode(errors='replace')[-2000:]}")
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
+    kill_when_seen(proc, lambda: partial.is_dir() and len(list(partial.glob("chunk-*.safetensors"))) >= 2,
+                   "two whole chunks", poll=0.02)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL, "the encoder finished before it could be killed"
     assert not (tmp_path / "long.vidtok").exists()
