@@ -46,7 +46,7 @@ def ask_options(*, fps: float = 1.0, max_frames: int | None = None, long: bool |
                 strict_context: bool = False, subtitles: Path | None = None, temperature: float | None = None,
                 top_p: float | None = None, max_new_tokens: int | None = None, seed: int | None = None,
                 no_cache: bool = False, start: str | None = None, end: str | None = None, evidence: bool = False,
-                choices: list[str] | None = None, kv_cache: str | None = None):
+                choices: list[str] | None = None, kv_cache: str | None = None, look_closer: bool | None = None):
     """The command line's question options, validated once (a bad value is a one-line error)."""
     from llamavid.core.options import AskOptions
 
@@ -54,7 +54,7 @@ def ask_options(*, fps: float = 1.0, max_frames: int | None = None, long: bool |
                       subtitles=str(subtitles) if subtitles is not None else None, temperature=temperature,
                       top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, cache=not no_cache, start=start,
                       end=end, evidence=evidence, choices=tuple(choices) if choices else None,
-                      kv_cache=kv_cache or "auto")
+                      kv_cache=kv_cache or "auto", look_closer=look_closer)
 
 
 def expand_inputs(inputs: Iterable[str], *, allow_vidtok: bool = False) -> list[Path]:

@@ -38,8 +38,10 @@ def materialize(model, prepared: Prepared, *, callbacks: Callbacks = NO_CALLBACK
         where = job.output if prepared.cache_entry is not None else "a temporary file"
         callbacks.say(f"encoded {len(features)} frames into {where}" if encoded else f"using cached features {where}")
     tmpdir, prepared._tmpdir = prepared._tmpdir, None
+    is_video = prepared.cache_entry is not None or prepared.job is not None
     return VideoInput(prepared.source, features, list(prepared.subtitle_lines), encoded=encoded,
-                      cache_entry=prepared.cache_entry, _tmpdir=tmpdir)
+                      cache_entry=prepared.cache_entry, _tmpdir=tmpdir,
+                      video_path=prepared.path if is_video and not prepared.is_image else None)
 
 
 def materialized(model, video, *, callbacks: Callbacks = NO_CALLBACKS) -> tuple[VideoInput, bool]:
@@ -54,3 +56,48 @@ def timeline_held(planned, vin: VideoInput) -> bool:
     """Whether plans made on ``planned`` hold for ``vin``: the same frames (frames that fail to decode are
     left out by encoding; then every question is planned again)."""
     return planned is vin or np.array_equal(planned.timestamps, vin.timestamps)
+
+
+def native_times(vin: VideoInput) -> list[float] | None:
+    """Every frame time of the video the input came from, when it is at hand (look-closer asks for frames
+    between the stored ones); None for a ``.vidtok`` or an image."""
+    if vin.video_path is None or not vin.video_path.is_file():
+        return None
+    from ..media.video import probe
+
+    try:
+        info = probe(vin.video_path)
+    except Exception:  # noqa: BLE001 - a video that cannot be probed now simply gives no more frames
+        return None
+    return list(info.frame_times) if info.frame_times is not None else None
+
+
+def materialize_frames(model, vin: VideoInput, times, *, callbacks: Callbacks = NO_CALLBACKS):
+    """(times, features) of the video's frames at ``times`` (native frame times, from ``native_times``),
+    decoded and encoded now, for look-closer's pass 2; None when the video or the vision encoder is not
+    at hand or decoding fails (pass 2 then uses the stored frames alone)."""
+    times = [float(t) for t in times]
+    if not times or vin.video_path is None or model.vision_encoder is None:
+        return None
+    from ..core.errors import LlamaVidError
+    from ..media.video import probe, sample_frames
+
+    try:
+        info = probe(vin.video_path)
+        native = np.asarray(info.frame_times if info.frame_times is not None else [], dtype=np.float64)
+        if not len(native):
+            return None
+        plan = sorted({(int(np.argmin(np.abs(native - t))), 0.0) for t in times})
+        plan = [(i, float(native[i])) for i, _ in plan]
+        frames, got = [], []
+        for chunk in sample_frames(vin.video_path, info=info, plan=plan, on_warning=callbacks.warning):
+            frames.append(chunk.frames)
+            got.extend(float(t) for t in chunk.timestamps)
+        if not got:
+            return None
+        pixels = np.concatenate(frames)
+        features = model.encode_frames(pixels)
+    except (LlamaVidError, OSError) as exc:
+        callbacks.warn(f"{vin.source}: could not take more frames from the video ({exc}); using the stored ones")
+        return None
+    return got, features
