@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--per-cell", type=int, default=None)
     r.add_argument("--variants", action="store_true")
     r.add_argument("--context", type=int, default=None)
-    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: on a shared machine two threads each wait for the other)")
     p = sub.add_parser("report")
     p.add_argument("results", type=Path, nargs="+")
     p.add_argument("--png", type=Path, default=None)

@@ -531,7 +531,7 @@ def child_closer(args: dict) -> dict:
            "num_attention_heads": LLM["heads"], "num_key_value_heads": LLM["heads"], "vocab_size": LLM["vocab"],
            "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "mm_hidden_size": EVA["width"],
            "mm_projector_type": "mlp2x_gelu", "compress_type": "mean", "architectures": ["LlavaLlamaAttForCausalLM"],
-           "model_type": "llava"}
+           "model_type": "llava", "mm_vision_tower": "eva_vit_g.pth", "bert_type": "qformer_pretrain"}
     # -- the QFormer and the token generator: pass 1 (scores) and the plain answer's tokens, per frame
     qcfg = QFormerConfig(hidden=QF["hidden"], layers=QF["layers"], heads=QF["heads"], intermediate=QF["inter"],
                          encoder_width=EVA["width"], vocab_size=QF["vocab"], max_positions=QF["positions"])
