@@ -11,6 +11,9 @@ held-out questions). The question names the needle's kind and asks its colour ("
 ring?"), with the long-video prompt, greedily, at 1 frame/s (the videos are 4 frames/s, so pass 2 can take
 more frames from the video).
 
+``--ask first|last`` asks instead for the colour of the first (last) shape of the video, a question about
+the whole video's order that look-closer must not lose when it turns on by itself.
+
 ``run`` answers every question three ways, each on the same cached features, side by side:
 
 * ``plain``: the plain answer (every frame that fits the context; at 8,192 tokens all 3,600 of an hour);
@@ -55,7 +58,7 @@ def make(data: Path, per_cell: int) -> None:
                                                                  file=sys.stderr, flush=True))
 
 
-def cases(data: Path, minutes: tuple[int, ...], per_cell: int | None) -> list[dict]:
+def cases(data: Path, minutes: tuple[int, ...], per_cell: int | None, ask: str = "needle") -> list[dict]:
     from dataclasses import asdict
 
     from llamavid.data import synthetic as syn
@@ -73,6 +76,11 @@ def cases(data: Path, minutes: tuple[int, ...], per_cell: int | None) -> list[di
         video = data / "videos" / f"{clip['id']}.mp4"
         if not video.is_file():
             raise SystemExit(f"{video}: not rendered yet (benchmarks/needle.py make)")
+        if ask in ("first", "last"):  # a question about the whole video's order: the needle does not matter
+            event = min(clip["events"], key=lambda e: e["start"]) if ask == "first" else \
+                max(clip["events"], key=lambda e: e["start"])
+            question, answer = syn.QUESTIONS[ask][0], event["color"]
+            needle = event
         out.append({"id": clip["id"], "video": str(video), "minutes": m, "depth": d,
                     "question": question, "answer": answer, "needle": (needle["start"], needle["end"])})
     return out
@@ -99,7 +107,7 @@ def run(args) -> None:
     model = llamavid.load_model(args.model, device="cpu", dtype="float32")
     if args.context:
         model.config.llm["max_position_embeddings"] = args.context  # planning's context (the weights are as they were)
-    todo = cases(Path(args.data), tuple(int(m) for m in args.minutes.split(",")), args.per_cell)
+    todo = cases(Path(args.data), tuple(int(m) for m in args.minutes.split(",")), args.per_cell, args.ask)
     out_path = Path(args.out)
     done = {}
     if out_path.is_file():
@@ -284,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--per-cell", type=int, default=None)
     r.add_argument("--variants", action="store_true")
     r.add_argument("--context", type=int, default=None)
+    r.add_argument("--ask", default="needle", choices=["needle", "first", "last"],
+                   help="the question: the needle's colour, or the first / last shape's (whole-video order)")
     r.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: on a shared machine two threads each wait for the other)")
     p = sub.add_parser("report")
