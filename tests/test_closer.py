@@ -94,10 +94,12 @@ def test_ranges_are_the_best_frames_padded_joined_in_time_order():
 
 def test_pass_two_asks_the_video_for_frames_between_the_stored_ones():
     stored = np.arange(0.0, 20.0)
-    native = np.arange(0.0, 20.0, 0.25)
-    wanted = closer_times([LookRange(4.0, 6.0, 1.0)], CloserSettings(fps=4.0), stored, native)
+    wanted = closer_times([LookRange(4.0, 6.0, 1.0)], CloserSettings(fps=4.0), stored, 4.0)
     assert wanted == [4.25, 4.5, 4.75, 5.25, 5.5, 5.75]
-    assert closer_times([LookRange(4.0, 6.0, 1.0)], CloserSettings(fps=4.0), stored, None)[:2] == [4.25, 4.5]
+    # never denser than the video, and on its frame grid
+    assert closer_times([LookRange(4.0, 6.0, 1.0)], CloserSettings(fps=4.0), stored, 2.0) == [4.5, 5.5]
+    ntsc = closer_times([LookRange(4.0, 6.0, 1.0)], CloserSettings(fps=4.0), stored, 29.97)
+    assert len(ntsc) == 8 and all(abs(t * 29.97 - round(t * 29.97)) < 1e-3 and 4 <= t < 6 for t in ntsc)
 
 
 def test_the_switch_makes_two_plans_and_off_keeps_the_one(tiny_model):

@@ -58,24 +58,19 @@ def timeline_held(planned, vin: VideoInput) -> bool:
     return planned is vin or np.array_equal(planned.timestamps, vin.timestamps)
 
 
-def native_times(vin: VideoInput) -> list[float] | None:
-    """Every frame time of the video the input came from, when it is at hand (look-closer asks for frames
-    between the stored ones); None for a ``.vidtok`` or an image."""
+def video_rate(vin: VideoInput) -> float | None:
+    """The frame rate of the video the input came from, when the video is at hand (look-closer asks it for
+    frames between the stored ones); None for a ``.vidtok`` or an image."""
     if vin.video_path is None or not vin.video_path.is_file():
         return None
-    from ..media.video import probe
-
-    try:
-        info = probe(vin.video_path)
-    except Exception:  # noqa: BLE001 - a video that cannot be probed now simply gives no more frames
-        return None
-    return list(info.frame_times) if info.frame_times is not None else None
+    rate = vin.features.source.get("native_fps")
+    return float(rate) if isinstance(rate, (int, float)) and rate > 0 else None
 
 
 def materialize_frames(model, vin: VideoInput, times, *, callbacks: Callbacks = NO_CALLBACKS):
-    """(times, features) of the video's frames at ``times`` (native frame times, from ``native_times``),
-    decoded and encoded now, for look-closer's pass 2; None when the video or the vision encoder is not
-    at hand or decoding fails (pass 2 then uses the stored frames alone)."""
+    """(times, features) of the video's frames nearest to ``times``, decoded and encoded now, for
+    look-closer's pass 2; None when the video or the vision encoder is not at hand or decoding fails
+    (pass 2 then uses the stored frames alone)."""
     times = [float(t) for t in times]
     if not times or vin.video_path is None or model.vision_encoder is None:
         return None
@@ -87,8 +82,11 @@ def materialize_frames(model, vin: VideoInput, times, *, callbacks: Callbacks = 
         native = np.asarray(info.frame_times if info.frame_times is not None else [], dtype=np.float64)
         if not len(native):
             return None
-        plan = sorted({(int(np.argmin(np.abs(native - t))), 0.0) for t in times})
-        plan = [(i, float(native[i])) for i, _ in plan]
+        stored = np.asarray(vin.timestamps, dtype=np.float64)
+        picked = sorted({int(np.argmin(np.abs(native - t))) for t in times})
+        plan = [(i, float(native[i])) for i in picked if np.min(np.abs(stored - native[i])) >= 1e-3]
+        if not plan:
+            return None
         frames, got = [], []
         for chunk in sample_frames(vin.video_path, info=info, plan=plan, on_warning=callbacks.warning):
             frames.append(chunk.frames)

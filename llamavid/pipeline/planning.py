@@ -544,19 +544,20 @@ def closer_ranges(scores: np.ndarray, timestamps: np.ndarray, settings: CloserSe
 
 
 def closer_times(ranges: Sequence[LookRange], settings: CloserSettings, stored: np.ndarray,
-                 native_times: Sequence[float] | None = None) -> list[float]:
+                 native_fps: float | None = None) -> list[float]:
     """The times pass 2 would like from the video, beyond the stored frames: ``settings.fps`` inside each
-    range (the native frames nearest to those times when ``native_times`` are known), none already stored."""
-    if settings.fps <= 0:
+    range, on the video's own frame grid when its rate is known (``native_fps``; never denser than it), none
+    already stored."""
+    fps = min(settings.fps, native_fps) if native_fps else settings.fps
+    if fps <= 0:
         return []
     stored = np.asarray(stored, dtype=np.float64)
-    native = np.asarray(native_times, dtype=np.float64) if native_times is not None else None
     out: set[float] = set()
     for r in ranges:
-        k = np.arange(int(np.ceil(r.start * settings.fps - 1e-6)), int(np.ceil(r.end * settings.fps - 1e-6)))
-        for t in k / settings.fps:
-            if native is not None and len(native):
-                t = float(native[int(np.argmin(np.abs(native - t)))])
+        for k in range(int(np.ceil(r.start * fps - 1e-6)), int(np.ceil(r.end * fps - 1e-6))):
+            t = k / fps
+            if native_fps:
+                t = round(t * native_fps) / native_fps
             if r.start - 1e-6 <= t < r.end - 1e-6 and not (len(stored) and np.min(np.abs(stored - t)) < 1e-3):
                 out.add(round(float(t), 6))
     return sorted(out)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from ..core.callbacks import NO_CALLBACKS, Callbacks
 from ..core.timecode import format_clock
 from ..pipeline.inputs import FrameView, VideoInput
-from ..pipeline.materialize import materialize_frames, native_times
+from ..pipeline.materialize import materialize_frames, video_rate
 from ..pipeline.planning import Plan, closer_ranges, closer_times, plan_closer, range_candidates
 from .relevance import score_frames
 
@@ -31,8 +31,9 @@ def second_plan(model, vin: VideoInput, question, plan: Plan, *, callbacks: Call
     ranges = closer_ranges(scored.scores, scored.timestamps, settings, step=vin.step, duration=vin.duration)
     extra_times: list[float] = []
     extra = None
-    if settings.fps > 1.0 / vin.step + 1e-9:
-        wanted = closer_times(ranges, settings, vin.timestamps, native_times(vin))
+    rate = video_rate(vin)
+    if rate is not None and min(settings.fps, rate) > 1.0 / vin.step + 1e-9:
+        wanted = closer_times(ranges, settings, vin.timestamps, rate)
         got = materialize_frames(model, vin, wanted, callbacks=callbacks)
         if got is not None:
             extra_times, extra = got
