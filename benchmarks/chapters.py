@@ -64,9 +64,11 @@ def demo_hour(root: Path) -> None:
         times = [float((vin.timestamps[i - 1] + vin.timestamps[i]) / 2) for i in bounds]
         truth = [start for start, _ in clip.scenes[1:]]
         found = sum(min(abs(t - x) for t in times) <= 1.0 for x in truth) if times else 0
+        false = sum(min(abs(t - x) for x in truth) > 1.0 for t in times)
         print(f"    boundary finding on the .vidtok ({tok.stat().st_size / 1e6:.0f} MB): {w:.2f} s wall, "
               f"{c:.2f} s CPU; "
-              f"{len(times)} boundaries, {found}/{len(truth)} true changes within 1 s", flush=True)
+              f"{len(times)} boundaries, {found}/{len(truth)} true changes within 1 s, {false} false "
+              "(farther than 1 s from every true change)", flush=True)
     with open_input(model, tok, AskOptions()) as vin:
         w, c, result = timed(lambda: make_chapters(model, vin, AskOptions(temperature=0.0, max_new_tokens=16)))
     print(f"    summarize --chapters (cold reader): {w:.2f} s wall, {c:.2f} s CPU in all; boundary finding "

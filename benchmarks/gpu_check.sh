@@ -12,8 +12,9 @@
 #   2. pytest -m cuda          the CUDA tests (tests/test_cuda.py)                           <= 100 s
 #   3. vision MFU              EVA ViT-g frames/s and MFU at batch 16, 32, 64, 128 in bf16    <=  80 s
 #   4. CUDA vs CPU             features, tokens, greedy answers on the tiny fixture           <=  60 s
-#   5. real size               benchmarks/realsize.py --device cuda (writes the 7B checkpoint) <= 200 s
-#   6. one table of everything
+#   5. speech                  benchmarks/asr.py quality on the GPU (faster-whisper float16)  <=  40 s
+#   6. real size               benchmarks/realsize.py --device cuda (writes the 7B checkpoint) <= 200 s
+#   7. one table of everything
 # GPU_CHECK_DRY_RUN=1 runs steps 3-4 and 6 on the CPU with small sizes, to check the script's own logic.
 set -u
 cd "$(dirname "$0")/.."
@@ -75,6 +76,7 @@ nvidia-smi --query-gpu=name,memory.used,memory.total,utilization.gpu --format=cs
 step tests 100 "$PY" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider
 step vision 80 "$PY" benchmarks/gpu_check.py vision --out "$OUT" --device cuda
 step agree 60 "$PY" benchmarks/gpu_check.py agree --out "$OUT" --device cuda
+step asr 40 "$PY" benchmarks/asr.py quality --repeats 1 --beams 5  # speech on the GPU: RTF, WER, memory
 step realsize 200 "$PY" benchmarks/realsize.py --device cuda --work "${LLAMAVID_REALSIZE_DIR:-runs/realsize}" \
     --parts load,ask,llm,kv --kv-tokens 16384 --kv-long 65536 --timeout 60 --output "$OUT/realsize.json"
 echo "== summary ($(( $(date +%s) - START )) s)" >&2

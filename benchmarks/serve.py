@@ -8,12 +8,18 @@ with the video's features already in the (shared, temporary) cache for both side
     `llamavid serve` process by 8 concurrent `openai` clients (4 questions each); the answers are compared.
 (b) latency of those 32 requests (p50 / p95 / max), and of single requests with nothing else running;
 (c) the server's RSS over 1,000 more requests (8 clients; streaming and not, four questions, an inline
-    image every 10th request), sampled every 100 requests after a warm-up.
+    image every 10th request), sampled every 100 requests after a warm-up;
+(d) one client's short questions (sequential) while 4 other clients keep starting long streams (--long-tokens
+    new tokens, the end token biased away) and hanging up after a few chunks, against the same client's
+    latency on an idle server (goal: <= 1.5x); and how long one such stream takes when nobody hangs up;
+(e) the time from SIGTERM to exit with 8 abandoned requests in flight (4 long streams whose clients stopped
+    reading, 4 request bodies half sent), with --shutdown-timeout --deadline (goal: <= the deadline + 1 s).
 
     .venv/bin/python benchmarks/serve.py                 # the shipped demo model on examples/three-shapes.mp4
     .venv/bin/python benchmarks/serve.py --requests 200  # a quicker memory check
     .venv/bin/python benchmarks/serve.py --mid --minutes 2 --requests 100   # benchmarks/ask.py's mid-size model
                                                          # (random weights, LLaMA 6 x 384) on a generated video
+    .venv/bin/python benchmarks/serve.py --parts de      # only the hang-up and shutdown measurements
 
 All answers are greedy (temperature 0) with at most --max-tokens new tokens.
 """
@@ -57,10 +63,11 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def start_server(args, root: Path, env: dict, log: Path) -> tuple[subprocess.Popen, str, float]:
+def start_server(args, root: Path, env: dict, log: Path, *extra: str) -> tuple[subprocess.Popen, str, float]:
     t0 = time.perf_counter()
-    proc = subprocess.Popen([*LLAMAVID, "serve", "--model", args.model, "--port", "0", "--media-root", str(root)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env)
+    proc = subprocess.Popen([*LLAMAVID, "serve", "--model", args.model, "--port", "0", "--media-root", str(root),
+                             *extra], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log, "w"),
+                            env=env)
     while True:
         found = re.search(r"serving .* at (http://[^ ]+) ", log.read_text())
         if found:
@@ -102,6 +109,129 @@ def run_clients(client_factory, jobs: list, clients: int, call) -> tuple[list, l
     return results, latencies, time.perf_counter() - t0
 
 
+def chat_body(video: Path, question: str, max_tokens: int, **fields) -> dict:
+    return {"model": "MODEL", "temperature": 0, "max_tokens": max_tokens, **fields,
+            "messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": video.name}},
+                                                      {"type": "text", "text": question}]}]}
+
+
+def hang_ups(args, media: Path, video: Path, env: dict, work: Path) -> dict:
+    """(d) a short question's latency as 4 clients hang up on long streams, against an idle server."""
+    import httpx
+
+    proc, url, _ = start_server(args, media, env, work / "hangup.stderr")
+    model_id = httpx.get(url + "/v1/models").json()["data"][0]["id"]
+    endless = {"2": -100}  # the demo model's end token: biased away, every answer is --long-tokens long
+    long_body = {**chat_body(video, "Describe the video.", args.long_tokens, logit_bias=endless, stream=True),
+                 "model": model_id}
+    short_body = {**chat_body(video, QUESTIONS[0], args.max_tokens), "model": model_id}
+
+    def short() -> float:
+        t0 = time.perf_counter()
+        response = httpx.post(url + "/v1/chat/completions", json=short_body, timeout=600)
+        assert response.status_code == 200, response.text
+        return time.perf_counter() - t0
+
+    def long_stream(chunks: int) -> None:
+        """A long stream, read for ``chunks`` events, then hung up on."""
+        with httpx.stream("POST", url + "/v1/chat/completions", json=long_body, timeout=600) as response:
+            for n, _line in enumerate(line for line in response.iter_lines() if line.startswith("data:")):
+                if n + 1 >= chunks:
+                    break
+
+    for _ in range(3):
+        short()  # warm
+    idle = [short() for _ in range(args.latency_samples)]
+    t0 = time.perf_counter()
+    long_stream(args.long_tokens + 10)  # one read to its end: what an abandoned stream used to cost
+    one_long = time.perf_counter() - t0
+
+    # 4 clients each start a long stream and, once the model is generating for them, hang up; the short
+    # question is sent as they do (raw sockets: a client hangs up whether or not its stream has started)
+    import select
+    import socket
+
+    port = int(url.rsplit(":", 1)[1])
+    raw = json.dumps(long_body).encode()
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               + f"Content-Length: {len(raw)}\r\n\r\n".encode() + raw)
+    at_hangup = []
+    for _ in range(args.latency_samples):
+        sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+        for sock in sockets:
+            sock.sendall(request)
+        select.select(sockets, [], [], 600)  # a stream has begun: the model is busy with them
+        time.sleep(0.3)
+        for sock in sockets:
+            sock.close()
+        at_hangup.append(short())
+
+    # churn: 4 clients keep starting long streams and hanging up after 8 chunks; live streams are legitimate
+    # work that a short question taken in the middle of one of their batches waits for
+    stop, hung_up = threading.Event(), [0]
+
+    def churn() -> None:
+        while not stop.is_set():
+            long_stream(8)
+            hung_up[0] += 1
+
+    threads = [threading.Thread(target=churn) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    churning = [short() for _ in range(args.latency_samples)]
+    stop.set()
+    for t in threads:
+        t.join(600)
+    health = httpx.get(url + "/health").json()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(120)
+    return {"idle_latency_median": statistics.median(idle), "idle_latency_p95": percentile(idle, 95),
+            "hangup_latency_median": statistics.median(at_hangup), "hangup_latency_p95": percentile(at_hangup, 95),
+            "hangup_over_idle": statistics.median(at_hangup) / statistics.median(idle),
+            "churn_latency_median": statistics.median(churning), "churn_latency_p95": percentile(churning, 95),
+            "churn_over_idle": statistics.median(churning) / statistics.median(idle),
+            "long_stream_seconds": one_long, "long_streams_hung_up": hung_up[0] + 4 * args.latency_samples,
+            "hangup_health": health}
+
+
+def abandoned_shutdown(args, media: Path, video: Path, env: dict, work: Path) -> dict:
+    """(e) SIGTERM to exit with 8 abandoned requests: 4 long streams nobody reads, 4 bodies half sent."""
+    import socket
+
+    import httpx
+
+    proc, url, _ = start_server(args, media, env, work / "shutdown.stderr", "--shutdown-timeout", f"{args.deadline:g}")
+    port = int(url.rsplit(":", 1)[1])
+    model_id = httpx.get(url + "/v1/models").json()["data"][0]["id"]
+    payload = json.dumps({**chat_body(video, "Describe the video.", args.long_tokens, logit_bias={"2": -100},
+                                      stream=True), "model": model_id}).encode()
+    sockets = []
+    for _ in range(4):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        sockets.append(sock)
+    for _ in range(4):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 4000\r\n\r\n" + payload[:len(payload) // 2])
+        sockets.append(sock)
+    deadline = time.monotonic() + 120
+    while httpx.get(url + "/health").json()["running"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # the streams are generating
+    t0 = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(600)
+    seconds = time.perf_counter() - t0
+    for sock in sockets:
+        sock.close()
+    last = [line for line in (work / "shutdown.stderr").read_text().splitlines() if "stopped" in line]
+    return {"shutdown_deadline": args.deadline, "shutdown_exit_code": code, "shutdown_seconds": seconds,
+            "shutdown_over_deadline": seconds - args.deadline, "shutdown_log": last[-1] if last else ""}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="demo")
@@ -116,6 +246,11 @@ def main() -> None:
                                                        "on a generated --minutes video, instead of --model/--video")
     ap.add_argument("--minutes", type=float, default=2.0)
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--parts", default="abcde", help="which measurements: a-c (throughput, latency, memory), "
+                                                     "d (hang-ups), e (shutdown); default all")
+    ap.add_argument("--long-tokens", type=int, default=1000, help="(d, e) new tokens of a long stream")
+    ap.add_argument("--latency-samples", type=int, default=20, help="(d) short questions timed, idle and busy")
+    ap.add_argument("--deadline", type=float, default=5.0, help="(e) the server's --shutdown-timeout")
     args = ap.parse_args()
     import httpx
     import openai
@@ -148,6 +283,35 @@ def main() -> None:
     # warm the shared cache: both sides then read the same features (encoding is not what is compared)
     subprocess.run([*LLAMAVID, "ask", str(video), questions[0], "--model", args.model, *sampling],
                    env=env, check=True, capture_output=True)
+    later: dict = {}
+    if "d" in args.parts:
+        later.update(hang_ups(args, media, video, env, work))
+        f = later
+        print(f"""
+| one client's short question (<= {args.max_tokens} tokens), {args.latency_samples} samples | median s | p95 s |
+|---|---:|---:|
+| idle server | {f['idle_latency_median']:.3f} | {f['idle_latency_p95']:.3f} |
+| sent as 4 clients hang up on {args.long_tokens}-token streams being generated | \
+{f['hangup_latency_median']:.3f} | {f['hangup_latency_p95']:.3f} |
+| while 4 clients keep starting {args.long_tokens}-token streams and hanging up after 8 chunks | \
+{f['churn_latency_median']:.3f} | {f['churn_latency_p95']:.3f} |
+
+As they hang up / idle (median): {f['hangup_over_idle']:.2f}x (goal <= 1.5x); under churn: \
+{f['churn_over_idle']:.2f}x. One {args.long_tokens}-token stream read to its end takes \
+{f['long_stream_seconds']:.2f} s; {f['long_streams_hung_up']} streams were hung up on \
+({f['hangup_health']['cancelled']} questions cancelled).""")
+    if "e" in args.parts:
+        later.update(abandoned_shutdown(args, media, video, env, work))
+        f = later
+        print(f"""
+SIGTERM with 8 abandoned requests (4 long streams nobody reads, 4 bodies half sent), --shutdown-timeout \
+{f['shutdown_deadline']:g}: exit code {f['shutdown_exit_code']} after {f['shutdown_seconds']:.2f} s \
+(deadline + {f['shutdown_over_deadline']:.2f} s; goal <= + 1 s). {f['shutdown_log']}""")
+    if not set("abc") & set(args.parts):
+        if args.json:
+            args.json.write_text(json.dumps(later, indent=2) + "\n")
+        shutil.rmtree(work, ignore_errors=True)
+        return
 
     # (a) separate processes
     separate, separate_times = [], []
@@ -231,6 +395,7 @@ def main() -> None:
         "rss_after_warmup_mb": rss[0], "rss_samples_mb": rss, "rss_growth_mb": rss[-1] - rss[0],
         "rss_peak_mb": max(rss), "batches_total": health2["batches"], "questions_total": health2["questions"],
         "encoded_total": health2["encoded"], "sigterm_exit_code": code, "sigterm_seconds": stop_seconds,
+        **later,
     }
     f = figures
     print(f"""

@@ -26,6 +26,10 @@ def encode(
     frames_per_batch: opt.FramesPerBatch = None,
     batch_size: opt.OldBatchSize = None,
     compact: opt.Compact = False,
+    asr: opt.Asr = False,
+    asr_model: opt.AsrModel = None,
+    language: opt.Language = None,
+    write_srt: opt.WriteSrt = False,
     force: opt.Force = False,
     json_out: opt.Json = False,
 ) -> None:
@@ -41,14 +45,24 @@ def encode(
         shard_from_env,
         shard_inputs,
     )
+    from llamavid.media.srt import check_srt_target, srt_path_for
     from llamavid.model.builtin import default_model_name
     from llamavid.model.devices import check_device_dtype
 
     if batch_size is not None:
         warn("--batch-size is deprecated for encode: use --frames-per-batch")
         frames_per_batch = batch_size if frames_per_batch is None else frames_per_batch
+    speech = asr or str(subtitles) == "speech"
+    if (asr_model is not None or language is not None or write_srt) and not speech:
+        raise InputError(Opt("write_srt" if write_srt else "language" if language else "asr_model"),
+                         " applies to speech recognition: add ", Opt("asr"))
+    recognizer = None
+    if speech:
+        from llamavid.media.asr import recognizer as find_recognizer
+
+        recognizer = find_recognizer(asr_model, language)  # a model that cannot be had is refused now
     opts = EncodeOptions(fps=fps, storage="int8" if compact else "float16", frames_per_batch=frames_per_batch,
-                         subtitles=subtitles, force=force)  # every option checked here, before any model loads
+                         subtitles=subtitles, force=force, asr=recognizer)  # checked here, before any model loads
     check_device_dtype(device, dtype)
     paths = expand_inputs(inputs)
     if not paths:
@@ -79,6 +93,8 @@ def encode(
                 raise InputError(f"another input also maps to {dst}; use ", Opt("output"), " with one input at a time",
                                  where=src)
             guard_output(dst, src, force=force)
+            if write_srt:
+                check_srt_target(srt_path_for(src), force=force)
         except LlamaVidError as exc:
             refused[dst] = exc
     if len(refused) == len(jobs) == 1:
@@ -109,6 +125,10 @@ def encode(
                 print_json({"input": str(src), "output": str(dst), "status": "failed", "error": error_text(exc)})
             message(f"llamavid: error: {error_text(exc)}")
             continue
+        if write_srt and result.status != "failed":
+            written = _write_srt(src, dst, force)
+            if written is not None and not json_out:
+                message(f"{src}: transcript -> {written}")
         if json_out:
             print_json(result.to_json())
         elif result.status == "skipped":
@@ -131,3 +151,17 @@ def _report_failures(jobs, refused, json_out: bool) -> None:
         message(f"llamavid: error: {error_text(refused[dst])}")
     message(f"llamavid: {len(jobs)} of {len(jobs)} inputs failed")
     raise SystemExit(1)
+
+
+def _write_srt(src: Path, vidtok: Path, force: bool) -> Path | None:
+    """The transcript the .vidtok holds, written beside the video as NAME.srt (whisper's format)."""
+    from llamavid.features.vidtok import open_vidtok
+    from llamavid.media.srt import srt_path_for, write_srt
+    from llamavid.media.subtitles import SubtitleLine
+
+    with open_vidtok(vidtok) as vt:
+        transcript = vt.transcript
+    if transcript is None or not transcript["lines"]:
+        message(f"llamavid: {src}: no speech was transcribed; no .srt written")
+        return None
+    return write_srt(srt_path_for(src), [SubtitleLine(*line) for line in transcript["lines"]], force=force)

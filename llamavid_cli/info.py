@@ -95,6 +95,8 @@ def vidtok_info(path: Path, *, verify: bool = False) -> dict:
             "source": vt.source,
             "encoder": vt.encoder,
             "subtitles": len(vt.subtitles),
+            "transcript": None if vt.transcript is None else {
+                "lines": len(vt.transcript["lines"]), "provenance": vt.transcript["provenance"]},
             "warnings": vt.warnings,
             "created_by": meta.get("created_by"),
             "created_at": meta.get("created_at"),

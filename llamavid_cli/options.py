@@ -14,7 +14,14 @@ from typing import Annotated, Any, Callable, List, Optional
 
 import typer
 
-from llamavid.core.choices import DTYPE_CHOICES, KV_CACHE_CHOICES, MCQ_MODES, QUANTIZE_CHOICES, SUMMARY_STYLES
+from llamavid.core.choices import (
+    DEFAULT_ASR_MODEL,
+    DTYPE_CHOICES,
+    KV_CACHE_CHOICES,
+    MCQ_MODES,
+    QUANTIZE_CHOICES,
+    SUMMARY_STYLES,
+)
 from llamavid.eval.benchmarks import BENCHMARKS
 
 # -- the model ------------------------------------------------------------------------------------------------
@@ -54,7 +61,20 @@ Fps = Annotated[float, typer.Option(
 MaxFrames = Annotated[Optional[int], typer.Option(
     "--max-frames", help="Use at most N frames, spread evenly over the video.")]
 Subtitles = Annotated[Optional[Path], typer.Option(
-    "--subtitles", help="An .srt file for the video (default: NAME.srt beside it, else a stream inside it).")]
+    "--subtitles", help="An .srt file for the video, or 'speech' (the transcript of its speech, whatever else it has) "
+                        "or 'none' (default: NAME.srt beside it, else a stream inside it; with --asr, else the "
+                        "transcript).")]
+Asr = Annotated[bool, typer.Option(
+    "--asr", help="Transcribe the video's speech (faster-whisper, voice detection on): its subtitles when it has "
+                  "none of its own. Kept with the features, so it is made once.")]
+AsrModel = Annotated[Optional[str], typer.Option(
+    "--asr-model", help=f"The speech recognizer: a size (tiny, base, small, large-v3, ...), a Hugging Face id or a "
+                        f"local CTranslate2 folder (default {DEFAULT_ASR_MODEL}).")]
+WriteSrt = Annotated[bool, typer.Option(
+    "--write-srt", help="Also write the transcript beside each video as NAME.srt, in whisper's format (never over "
+                        "an existing file without --force).")]
+Language = Annotated[Optional[str], typer.Option(
+    "--language", help="The language spoken, as a code (en, de, fr, ...; default: detected).")]
 Long = Annotated[Optional[bool], typer.Option(
     "--long/--short", help="The long-video (movie) prompt with per-frame subtitles, or the short one (default: as the "
                            "model was trained).")]
@@ -193,8 +213,8 @@ QUESTION = Group("options", _options(
     temperature=(Temperature, None), top_p=(TopP, None), max_new_tokens=(MaxNewTokens, None), seed=(Seed, None),
     fps=(Fps, 1.0), max_frames=(MaxFrames, None), subtitles=(Subtitles, None), long=(Long, None),
     strict_context=(StrictContext, False), no_cache=(NoCache, False), start=(Start, None), end=(End, None),
-    evidence=(Evidence, False), choices=(Choice, None), kv_cache=(KVCache, None),
-    look_closer=(LookCloser, None)), _ask_options)
+    evidence=(Evidence, False), choices=(Choice, None), kv_cache=(KVCache, None), asr=(Asr, False),
+    asr_model=(AsrModel, None), language=(Language, None), look_closer=(LookCloser, None)), _ask_options)
 
 
 @dataclass(frozen=True)

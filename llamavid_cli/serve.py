@@ -20,6 +20,9 @@ from .output import message
 
 DEFAULT_MAX_BODY_MB = 20.0  # the library's defaults (llamavid.server.app), without importing it for --help
 DEFAULT_MAX_IMAGE_MB = 10.0
+DEFAULT_MAX_VIDEO_MB = 10.0
+DEFAULT_MAX_TOKENS_LIMIT = 4096
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 
 
 @opt.with_groups(opt.MODEL)
@@ -42,6 +45,15 @@ def serve(
         "--max-body-mb", help="Largest request body accepted, in MB.")] = DEFAULT_MAX_BODY_MB,
     max_image_mb: Annotated[float, typer.Option(
         "--max-image-mb", help="Largest image accepted in a data: URL (decoded), in MB.")] = DEFAULT_MAX_IMAGE_MB,
+    max_video_mb: Annotated[float, typer.Option(
+        "--max-video-mb", help="Largest video accepted in a data: URL (decoded), in MB (the body limit must hold "
+                               "it base64-encoded: 4/3 as large).")] = DEFAULT_MAX_VIDEO_MB,
+    max_tokens_limit: Annotated[int, typer.Option(
+        "--max-tokens-limit", help="The most new tokens one answer may have: a request asking for more is "
+                                   "refused, and none is generated longer.")] = DEFAULT_MAX_TOKENS_LIMIT,
+    shutdown_timeout: Annotated[float, typer.Option(
+        "--shutdown-timeout", help="Seconds the requests in flight may take to finish after SIGTERM / Ctrl-C; "
+                                   "then the rest are cancelled and the server exits.")] = DEFAULT_SHUTDOWN_TIMEOUT,
     kv_cache: opt.KVCache = None,
     *,
     model: opt.ModelChoice,
@@ -62,14 +74,21 @@ def serve(
     if served_model_name is not None and not served_model_name.strip():
         raise InputError("--served-model-name: must not be empty")
     max_body = _megabytes("--max-body-mb", max_body_mb)
-    media = MediaAccess(media_root or (), max_image_bytes=_megabytes("--max-image-mb", max_image_mb))
+    media = MediaAccess(media_root or (), max_image_bytes=_megabytes("--max-image-mb", max_image_mb),
+                        max_video_bytes=_megabytes("--max-video-mb", max_video_mb))
+    if not 1 <= max_tokens_limit <= 10**9:
+        raise InputError(f"--max-tokens-limit {max_tokens_limit}: must be between 1 and 1,000,000,000")
+    if not math.isfinite(shutdown_timeout) or not 0 <= shutdown_timeout <= 86400:
+        raise InputError(f"--shutdown-timeout {shutdown_timeout:g}: must be between 0 and 86400 seconds")
     sock = _bind(host, port)
     defaults = AskOptions(kv_cache=kv_cache or "auto")  # what a request leaves unset
     m = model.load()
     model_id = served_model_name or m.name
-    application = create_app(m, media, model_id=model_id, api_key=api_key, max_body_bytes=max_body, defaults=defaults)
-    server = uvicorn.Server(uvicorn.Config(application, log_config=_log_config(), timeout_graceful_shutdown=None,
-                                           server_header=False))
+    application = create_app(m, media, model_id=model_id, api_key=api_key, max_body_bytes=max_body, defaults=defaults,
+                             max_tokens_limit=max_tokens_limit, shutdown_timeout=shutdown_timeout)
+    # uvicorn's own deadline is a backstop: the application's (begin_shutdown) ends the work in flight first
+    server = _server_class()(uvicorn.Config(application, log_config=_log_config(), server_header=False,
+                                            timeout_graceful_shutdown=shutdown_timeout + 5))
     url = _url(sock)
     roots = ", ".join(str(r) for r in media.roots) or "none (no file access)"
     message(f"llamavid: serving {model_id} at {url} (OpenAI base URL {url}/v1); media roots: {roots}"
@@ -87,7 +106,39 @@ def serve(
             signal.signal(sig, handler)
     stats = application.state.service.stats()
     reason = f" ({signal.Signals(stopped[0]).name})" if stopped else ""
-    message(f"llamavid: stopped{reason}; {stats.answered} questions answered, {stats.failed} failed")
+    message(f"llamavid: stopped{reason}; {stats.answered} questions answered, {stats.failed} failed, "
+            f"{stats.cancelled} cancelled")
+    if stopped:  # asked to end: skip the interpreter's teardown of torch (1-2 s), so the deadline holds
+        _exit_now()
+
+
+def _exit_now() -> None:
+    import logging
+    import os
+    import sys
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, telling the application when it starts stopping (its shutdown deadline starts)."""
+
+        async def shutdown(self, sockets=None) -> None:
+            begin = getattr(getattr(self.config.app, "state", None), "begin_shutdown", None)
+            if begin is not None:
+                begin()
+            await super().shutdown(sockets)
+
+    return Server
 
 
 def _megabytes(flag: str, value: float) -> int:

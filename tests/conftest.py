@@ -10,6 +10,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# Before torch is first imported (checkpoint_fixture below): OpenMP threads that wait for work sleep instead
+# of spinning. On a machine shared with other jobs (2 cores, two test runs at once) spinning threads fight
+# over the cores and made CPU-bound tests 2-3x slower; results are the same either way. Children started by
+# tests inherit it. Set OMP_WAIT_POLICY yourself to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # Tests never reach a hub: loading code must work from local files and caches alone.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

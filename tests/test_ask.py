@@ -57,6 +57,7 @@ def cached_files(tmp_path):
     return sorted((tmp_path / "llamavid-cache" / "vidtok").glob("*.vidtok"))
 
 
+@pytest.mark.slow
 def test_ask_video_is_encoded_once_then_read_from_the_cache(tiny, media, tmp_path, capsys, monkeypatch):
     calls = []
     original = VisionEncoder.encode_pixels
@@ -108,6 +109,7 @@ def test_ask_image_no_cache_and_plain_output(tiny, media, tmp_path, capsys):
     assert code == 0 and plain == record["answer"] + "\n"  # piped: the answer alone, once
 
 
+@pytest.mark.slow
 def test_same_answer_at_temperature_zero_and_with_a_seed(tiny, media, capsys):
     base = ["ask", media["image"], "who is murphy?", "--json", *model_args(tiny, max_new=12)]
     greedy = [json.loads(run_cli(capsys, *base)[1])["answer"] for _ in range(2)]
@@ -141,6 +143,7 @@ def test_answer_streams_to_a_terminal_and_prints_plainly_when_piped(tiny, media,
     assert terminal.getvalue().strip() == plain.strip()
 
 
+@pytest.mark.slow
 def test_long_prompt_is_the_published_movie_prompt_with_per_frame_subtitles(tiny, media, tmp_path, capsys, monkeypatch):
     srt = write_srt(tmp_path / "clip.srt", [(0.5, 1.5, "hello there"), (2.2, 2.8, "bye now")])
     prompts = []
@@ -160,6 +163,7 @@ def test_long_prompt_is_the_published_movie_prompt_with_per_frame_subtitles(tiny
     assert json.loads(out)["prompt_tokens"] > json.loads(out_short)["prompt_tokens"]
 
 
+@pytest.mark.slow
 def test_context_overflow_strict_is_refused_before_encoding_with_a_hint_that_works(small, media, tmp_path, capsys,
                                                                                   long_cache, monkeypatch):
     code, out, err = run_cli(capsys, "ask", media["long"], "what?", "--strict-context", *model_args(small))
@@ -183,6 +187,7 @@ def test_context_overflow_strict_is_refused_before_encoding_with_a_hint_that_wor
     assert code == 1 and f"--max-frames {suggested}" in err
 
 
+@pytest.mark.slow
 def test_context_overflow_by_default_uses_the_most_frames_that_fit(small, media, capsys, monkeypatch,
                                                                    shared_long_cache):
     seen = []
@@ -203,6 +208,7 @@ def test_context_overflow_by_default_uses_the_most_frames_that_fit(small, media,
     assert len(note) == 1 and f"using {most} frames" in note[0] and "60 frames" in note[0]
 
 
+@pytest.mark.slow
 def test_a_question_too_long_for_any_frame_gets_a_hint_that_can_work(small, media, capsys, shared_long_cache):
     question = "why " * 200
     code, out, err = run_cli(capsys, "ask", media["long"], question, *model_args(small))
@@ -211,6 +217,7 @@ def test_a_question_too_long_for_any_frame_gets_a_hint_that_can_work(small, medi
     assert "the question takes" in last and "shorten it" in last and "--max-frames" not in last
 
 
+@pytest.mark.slow
 def test_max_frames_samples_uniformly_then_fits(small, media, capsys, monkeypatch, shared_long_cache):
     seen = []
     original = LlamaVid.prompt_embeddings
@@ -228,6 +235,7 @@ def test_max_frames_samples_uniformly_then_fits(small, media, capsys, monkeypatc
     assert planning.uniform_indices(60, 1) == [30] and planning.uniform_indices(5, 9) == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style", ["brief", "detailed"])
 def test_summarize_segments_a_video_too_long_for_the_context(small, media, capsys, style, monkeypatch,
                                                              shared_long_cache):
@@ -345,6 +353,7 @@ def test_a_cached_ask_probes_nothing_hashes_once_opens_once_and_builds_one_promp
     assert dtypes and set(dtypes) == {torch.bfloat16}
 
 
+@pytest.mark.slow
 def test_subtitles_given_at_ask_time_are_used_even_when_the_video_is_cached(tiny, media, tmp_path, capsys, monkeypatch):
     prompts = []
     original = LlamaVid.build_prompt

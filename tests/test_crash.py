@@ -16,6 +16,8 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "crash.py"
 
+pytestmark = pytest.mark.slow  # kills processes; about 20 s
+
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 def test_encode_killed_at_three_points_resumes_bit_identical(tmp_path):

@@ -49,6 +49,7 @@ CASES = [  # (clip id, question type) of the held-out clips made above
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clip_id,qtype", CASES)
 def test_demo_answers_heldout_videos(clip_id, qtype, clips, capsys):
     root, items = clips

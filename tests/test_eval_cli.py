@@ -156,6 +156,7 @@ def test_predict_writes_every_item_and_records_the_missing_video(msvd_preds, ben
         assert record["pred"] == alone.answer
 
 
+@pytest.mark.slow
 def test_predict_resumes_after_a_torn_line_without_duplicates(msvd_preds, bench, tiny, tmp_path, capsys):
     out = tmp_path / "resume.pred.jsonl"
     full = msvd_preds.read_bytes().split(b"\n")
@@ -202,6 +203,7 @@ def test_one_bad_question_does_not_fail_the_others_on_its_video(bench, tiny, tmp
     assert "1 items failed" in stderr
 
 
+@pytest.mark.slow
 def test_multiple_choice_predict_then_exact_match_score(bench, tiny, tmp_path, capsys):
     out = tmp_path / "videomme.pred.jsonl"
     code, stdout, stderr = run_cli(capsys, "eval", "predict", "videomme", "-q", bench / "videomme.json", "--videos",
@@ -233,6 +235,7 @@ def test_multiple_choice_predict_then_exact_match_score(bench, tiny, tmp_path, c
 # judge -> score -> report
 
 
+@pytest.mark.slow
 def test_judge_score_report_end_to_end(msvd_preds, judge_server, tmp_path, capsys):
     judged = tmp_path / "msvd.judged.jsonl"
     judge_args = ["eval", "judge", "msvd-qa", msvd_preds, "-o", judged, "--base-url", judge_server.base_url,
@@ -283,6 +286,7 @@ def test_judge_score_report_end_to_end(msvd_preds, judge_server, tmp_path, capsy
     assert code == 0 and "| This run | 66.7 | 3.33 |" in stdout
 
 
+@pytest.mark.slow
 def test_run_chains_predict_judge_score_report(bench, tiny, judge_server, tmp_path, capsys):
     out = tmp_path / "out"
     code, stdout, stderr = run_cli(capsys, "eval", "run", "msvd-qa", "-q", bench / "test_qa.json", "--videos",

@@ -97,6 +97,7 @@ def test_packed_scoring_equals_plain_forward_passes(tiny_model):
 # --choice
 
 
+@pytest.mark.slow
 def test_choice_answers_with_the_likeliest_option_by_the_documented_rule(tiny, tiny_model, media, capsys):
     from llamavid.core.options import AskOptions
     from llamavid.model.likelihood import answer_ids
@@ -134,6 +135,7 @@ def test_choice_answers_with_the_likeliest_option_by_the_documented_rule(tiny, t
 # --evidence
 
 
+@pytest.mark.slow
 def test_evidence_on_a_video_a_vidtok_an_image_and_with_long(tiny, media, capsys, tmp_path):
     base = ["what is shown?", "--evidence", *model_args(tiny)]
     record = _json(capsys, "ask", media["video"], *base, "--json")
@@ -159,6 +161,7 @@ def test_evidence_on_a_video_a_vidtok_an_image_and_with_long(tiny, media, capsys
     assert "evidence" not in _json(capsys, "ask", media["video"], *model_args(tiny), "what?", "--json")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["attention", "sufficiency"])
 def test_each_evidence_method_finds_the_first_and_the_last_shape(method, clips, capsys):
     """The demo model on held-out sequences: the top range overlaps the seconds of the shape asked about."""
@@ -176,6 +179,7 @@ def test_each_evidence_method_finds_the_first_and_the_last_shape(method, clips, 
             assert top.start < event.end and top.end > event.start, (clip_id, qtype, method, result.evidence)
 
 
+@pytest.mark.slow
 def test_evidence_through_the_cli_points_at_the_shape(clips, capsys):
     for clip_id, (path, clip) in clips.items():
         if clip.kind != "window":
@@ -192,6 +196,7 @@ def test_evidence_through_the_cli_points_at_the_shape(clips, capsys):
 # --start / --end
 
 
+@pytest.mark.slow
 def test_a_range_of_a_cached_video_or_vidtok_is_sliced_not_encoded(tiny, media, capsys, tmp_path, monkeypatch):
     frames_encoded = []
     original = VisionEncoder.encode_pixels
@@ -210,6 +215,7 @@ def test_a_range_of_a_cached_video_or_vidtok_is_sliced_not_encoded(tiny, media, 
     assert token_file["frames"] == 2 and sum(frames_encoded) == 8
 
 
+@pytest.mark.slow
 def test_a_range_of_a_new_video_encodes_only_that_range(tiny, media, capsys, tmp_path, monkeypatch):
     frames_encoded = []
     original = VisionEncoder.encode_pixels
@@ -224,6 +230,7 @@ def test_a_range_of_a_new_video_encodes_only_that_range(tiny, media, capsys, tmp
     assert again["frames"] == 3 and sum(frames_encoded) == 3  # the range's own entry is reused
 
 
+@pytest.mark.slow
 def test_ranges_in_a_batch_chat_and_summary(tiny, media, capsys, tmp_path, monkeypatch):
     questions = tmp_path / "q.jsonl"
     lines = [{"id": "a", "video": str(media["video"]), "question": "what?", "start": "0:01", "end": 3,
@@ -273,6 +280,7 @@ def test_range_errors_are_one_line(tiny, media, capsys):
 # chapters
 
 
+@pytest.mark.slow
 def test_chapters_start_where_the_scenes_change(clips, capsys, tmp_path):
     [(path, clip)] = [v for v in clips.values() if v[1].kind == "scenes"]
     changes = [start for start, _ in clip.scenes[1:]]
@@ -290,29 +298,14 @@ def test_chapters_start_where_the_scenes_change(clips, capsys, tmp_path):
     # a still stretch of one scene has no boundary
     one = _json(capsys, "summarize", path, "--chapters", "--json", "--end", str(int(changes[0]) - 1), *_demo())
     assert len(one["chapters"]) == 1
-
-
-def test_boundaries_of_an_hour_of_features_take_seconds():
-    """3,600 frames of 257 x 1,408 features (the published encoder's shape) with a change every 5 minutes."""
-    import time
-
-    from llamavid.tasks.chapters import find_boundaries, frame_vectors
-
-    rng = np.random.default_rng(0)
-    scenes = rng.normal(size=(12, 1408)).astype(np.float32)
-    vectors = np.repeat(scenes, 300, axis=0) + 0.03 * rng.normal(size=(3600, 1408)).astype(np.float32)
-    t0 = time.perf_counter()
-    bounds = find_boundaries(np.arange(3600.0), vectors)
-    assert time.perf_counter() - t0 < 2.0
-    assert bounds == list(range(300, 3600, 300))
-    feats = torch.from_numpy(np.repeat(vectors[:64, None, :], 4, axis=1))
-    assert np.allclose(frame_vectors(feats, read_frames=10), vectors[:64], atol=1e-5)
+    # boundary finding on its own: tests/test_chapters.py
 
 
 # ---------------------------------------------------------------------------------------------------------
 # eval --mcq
 
 
+@pytest.mark.slow
 def test_eval_scores_multiple_choice_by_likelihood(tiny, media, capsys, tmp_path):
     items = [{"id": f"q{i}", "video": "clip.mp4", "question": "what color is the shape?",
               "options": ["red", "green", "blue", "white"], "answer": "ABCD"[i], "question_type": "color"}

@@ -131,6 +131,7 @@ def test_a_checkpoint_saved_to_a_full_disk_leaves_nothing_and_keeps_the_earlier_
 # names that are not UTF-8, names too long
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS file systems refuse names that are not UTF-8")
 def test_json_output_is_valid_utf8_and_gives_back_a_name_that_is_not(tmp_path):
     folder = tmp_path / "videos"
@@ -174,6 +175,7 @@ def test_an_empty_subtitle_file_is_said_once(tmp_path, capsys):
     assert len(warnings) == 1 and "is empty" in warnings[0] and warnings[0].startswith("llamavid: warning:")
 
 
+@pytest.mark.slow
 def test_4bit_on_the_cpu_works_or_is_refused_at_load(capsys):
     """bitsandbytes' CPU kernels take some layer shapes and not others (and differ between CPUs): the model
     either answers, or is refused when it loads, in one line that says what to use instead."""

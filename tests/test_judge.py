@@ -47,7 +47,7 @@ class Reply:
     content: str | None = "{'pred': 'yes', 'score': 4}"
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
-    delay: float = 0.0
+    hold: threading.Event | None = None  # a slow reply: sent only once the test sets this (or after 60 s)
 
 
 @dataclass
@@ -74,8 +74,8 @@ class ScriptedServer:
                 with server._lock:
                     server.received.append(Received(self.path, dict(self.headers), body))
                     reply = server.script.pop(0) if server.script else server.default
-                if reply.delay:
-                    time.sleep(reply.delay)
+                if reply.hold is not None:
+                    reply.hold.wait(60)
                 payload = reply.body
                 if payload is None:
                     if reply.status == 200:
@@ -129,6 +129,7 @@ def make_judge(server: ScriptedServer, sleeps: list[float] | None = None, **kw: 
 # The client against the server
 
 
+@pytest.mark.slow
 def test_normal_verdict_one_request_with_published_payload(server):
     judge = make_judge(server)
     verdict = judge.judge(QA_MESSAGES, wants_yes_no=True)
@@ -141,6 +142,7 @@ def test_normal_verdict_one_request_with_published_payload(server):
     assert request.body == {"model": "judge-model", "messages": QA_MESSAGES}
 
 
+@pytest.mark.slow
 def test_verdict_in_json_fences(server):
     server.script = [Reply(content='Here you go:\n```json\n{"pred": "no", "score": "2"}\n```')]
     verdict = make_judge(server).judge(QA_MESSAGES, wants_yes_no=True)
@@ -148,6 +150,7 @@ def test_verdict_in_json_fences(server):
     assert server.count == 1
 
 
+@pytest.mark.slow
 def test_malformed_reply_is_unparsed_not_retried_and_kept(server):
     server.script = [Reply(content="I am not able to evaluate this pair.")]
     verdict = make_judge(server).judge(QA_MESSAGES, wants_yes_no=True)
@@ -156,6 +159,7 @@ def test_malformed_reply_is_unparsed_not_retried_and_kept(server):
     assert server.count == 1
 
 
+@pytest.mark.slow
 def test_429_honours_retry_after_then_succeeds(server):
     server.script = [Reply(status=429, headers={"Retry-After": "7"}), Reply(content="{'pred': 'yes', 'score': 5}")]
     sleeps: list[float] = []
@@ -165,6 +169,7 @@ def test_429_honours_retry_after_then_succeeds(server):
     assert sleeps == [7.0]  # what the server asked for, not the (tiny) backoff
 
 
+@pytest.mark.slow
 def test_500_then_success_backs_off(server):
     server.script = [Reply(status=500), Reply()]
     sleeps: list[float] = []
@@ -175,16 +180,23 @@ def test_500_then_success_backs_off(server):
     assert len(sleeps) == 1 and 0.0005 <= sleeps[0] <= 0.001
 
 
+@pytest.mark.slow
 def test_timeout_then_success(server):
-    server.script = [Reply(delay=1.0), Reply()]
+    slow = threading.Event()  # the first reply never comes while the judge waits: only a timeout gets past it
+    server.script = [Reply(hold=slow), Reply()]
     judge = make_judge(server, timeout=0.25)
     started = time.monotonic()
-    verdict = judge.judge(QA_MESSAGES, wants_yes_no=True)
+    try:
+        verdict = judge.judge(QA_MESSAGES, wants_yes_no=True)
+        took = time.monotonic() - started
+    finally:
+        slow.set()
     assert verdict.parsed
     assert server.count == 2
-    assert time.monotonic() - started < 1.0  # gave up on the slow reply instead of waiting for it
+    assert took < 1.0  # gave up on the slow reply instead of waiting for it
 
 
+@pytest.mark.slow
 def test_401_is_not_retried_and_says_why(server):
     server.script = [Reply(status=401)]
     sleeps: list[float] = []
@@ -197,6 +209,7 @@ def test_401_is_not_retried_and_says_why(server):
     assert caught.value.fatal
 
 
+@pytest.mark.slow
 def test_gives_up_after_max_retries(server):
     server.script = [Reply(status=503) for _ in range(3)]
     with pytest.raises(JudgeError, match="failed 3 times"):
@@ -204,6 +217,7 @@ def test_gives_up_after_max_retries(server):
     assert server.count == 3
 
 
+@pytest.mark.slow
 def test_cache_makes_rerun_free_and_survives_a_torn_line(server, tmp_path):
     cache = tmp_path / "cache.jsonl"
     with make_judge(server, cache_path=cache) as judge:
@@ -222,6 +236,7 @@ def test_cache_makes_rerun_free_and_survives_a_torn_line(server, tmp_path):
     assert keys == [cache_key("judge-model", QA_MESSAGES), cache_key("judge-model", other)]
 
 
+@pytest.mark.slow
 def test_temperature_is_sent_only_when_chosen(server):
     make_judge(server, temperature=0).judge(QA_MESSAGES, wants_yes_no=True)
     assert server.received[0].body["temperature"] == 0
@@ -244,6 +259,7 @@ def write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
+@pytest.mark.slow
 def test_judge_predictions_counts_unparsed_and_resumes(server, tmp_path):
     preds = tmp_path / "pred.jsonl"
     write_predictions(
@@ -277,6 +293,7 @@ def test_judge_predictions_counts_unparsed_and_resumes(server, tmp_path):
     assert result.counts["unparsed"] == 1 and result.counts["judged"] == 2 and result.counts["errors"] == 1
 
 
+@pytest.mark.slow
 def test_judge_predictions_parallel_with_cache_rerun(server, tmp_path):
     preds = tmp_path / "pred.jsonl"
     write_predictions(preds, [{"id": f"q{i}", "question": f"q{i}?", "answer": "a", "pred": "a"} for i in range(8)])
@@ -291,6 +308,7 @@ def test_judge_predictions_parallel_with_cache_rerun(server, tmp_path):
     assert server.count == 8 and stats.requests == 0 and stats.cache_hits == 8
 
 
+@pytest.mark.slow
 def test_fatal_error_stops_run_and_keeps_finished_items(server, tmp_path):
     preds = tmp_path / "pred.jsonl"
     write_predictions(preds, [{"id": f"q{i}", "question": "q", "answer": "a", "pred": f"p{i}"} for i in range(3)])
@@ -304,6 +322,7 @@ def test_fatal_error_stops_run_and_keeps_finished_items(server, tmp_path):
     assert server.count == 4
 
 
+@pytest.mark.slow
 def test_item_level_4xx_is_recorded_and_run_goes_on(server, tmp_path):
     preds = tmp_path / "pred.jsonl"
     write_predictions(preds,
@@ -317,6 +336,7 @@ def test_item_level_4xx_is_recorded_and_run_goes_on(server, tmp_path):
     assert result.counts["judge_errors"] == 1 and result.counts["judged"] == 1
 
 
+@pytest.mark.slow
 def test_videochatgpt_general_asks_three_dimensions_in_published_format(server, tmp_path):
     preds = tmp_path / "pred.json"
     # The published prediction format: the gt item with "pred" added, no id.
@@ -334,6 +354,7 @@ def test_videochatgpt_general_asks_three_dimensions_in_published_format(server, 
     assert score_file("videochatgpt-general", judged, truncate_scores=False).metrics["context"] == 4.6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, expected_q2",
                          [("published", "What is he doing?"), ("fixed", "What activity is shown?")])
 def test_consistency_question2(server, tmp_path, mode, expected_q2):
@@ -431,6 +452,7 @@ def test_prompts_match_published_files(filename):
     assert mine == _published_messages(source, values)
 
 
+@pytest.mark.slow
 def test_exact_match_benchmarks_need_no_judge(server, tmp_path):
     preds = tmp_path / "pred.jsonl"
     write_predictions(preds, [{"id": "1", "question": "q", "answer": "a", "pred": "a"}])

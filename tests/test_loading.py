@@ -81,6 +81,7 @@ def test_dtype_and_device_choices(tiny):
             llamavid.load_model(tiny.path, device="cuda")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", [8, 4])
 def test_quantized_loading_answers_close_to_full_precision(tiny, tiny_model, bits):
     """4-/8-bit loading through bitsandbytes (which runs on the CPU too): the decoder's Linear layers are
@@ -132,6 +133,7 @@ def assert_one_line_error(proc, *needles):
         assert needle in lines[0], (needle, lines[0])
 
 
+@pytest.mark.slow
 def test_cli_bad_checkpoints_give_one_line_errors(tmp_path):
     assert_one_line_error(run_process("info", str(tmp_path / "missing-model")), "missing-model")
 
@@ -154,12 +156,14 @@ def test_cli_bad_checkpoints_give_one_line_errors(tmp_path):
                           "eva_vit_g.pth", "blocks.0.attn.qkv.weight")
 
 
+@pytest.mark.slow
 def test_cli_debug_shows_the_traceback(tmp_path):
     proc = run_process("info", str(tmp_path / "missing-model"), "--debug")
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "ModelNotFoundError" in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_info_json(tiny):
     proc = run_process("info", str(tiny.path), "--vision-tower", str(tiny.vision_path), "--json")
     assert proc.returncode == 0, proc.stderr
@@ -168,6 +172,7 @@ def test_cli_info_json(tiny):
     assert record["vision"]["fingerprint"].startswith("eva:")
 
 
+@pytest.mark.slow
 def test_cli_version():
     proc = run_process("--version")
     assert proc.returncode == 0 and proc.stdout.strip() == f"llamavid {llamavid.__version__}"

@@ -95,6 +95,7 @@ def test_a_missing_folder_is_a_clear_error(tmp_path):
     assert "\n" not in message and str(tmp_path / "nope") in message and "lock file" in message
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="uses a holder subprocess and SIGKILL")
 def test_another_process_holding_the_lock_makes_us_wait_then_time_out(tmp_path):
     target = tmp_path / "clip.vidtok"
@@ -111,16 +112,27 @@ def test_another_process_holding_the_lock_makes_us_wait_then_time_out(tmp_path):
         assert "\n" not in str(err.value) and str(target) in str(err.value) and "0.3 s" in str(err.value)
 
         got: list[float] = []
+        waiting = threading.Event()
 
-        def release_soon() -> None:
-            time.sleep(0.3)
+        def on_wait(message: str) -> None:
+            told.append(message)
+            waiting.set()
+
+        def release_once_waiting() -> None:
+            # Let go only once we are seen waiting (not after a fixed sleep that assumes we got there by then),
+            # and no sooner than 0.3 s after we began, so the wait measured below is at least that long.
+            if waiting.wait(60):
+                time.sleep(max(0.0, began + 0.3 - time.monotonic()))
             holder.stdin.close()
 
-        threading.Thread(target=release_soon).start()
-        began = time.monotonic()
         told.clear()
-        with exclusive(target, on_wait=told.append):  # no timeout: waits until the holder lets go
+        began = time.monotonic()
+        releaser = threading.Thread(target=release_once_waiting)
+        releaser.start()
+        with exclusive(target, on_wait=on_wait):  # no timeout: waits until the holder lets go
             got.append(time.monotonic() - began)
+        waiting.set()  # (were we let in without waiting, the assertion below says so at once)
+        releaser.join()
         assert told == [waiting_message(target)] and got[0] >= 0.25
         assert holder.wait(timeout=10) == 0
     finally:
@@ -129,6 +141,7 @@ def test_another_process_holding_the_lock_makes_us_wait_then_time_out(tmp_path):
     assert not lock_path_for(target).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="SIGKILL")
 def test_a_holder_killed_with_sigkill_leaves_no_lock_behind(tmp_path):
     target = tmp_path / "clip.vidtok"
@@ -142,6 +155,7 @@ def test_a_holder_killed_with_sigkill_leaves_no_lock_behind(tmp_path):
     assert told == [] and not lock_path_for(target).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="subprocesses started together")
 def test_processes_exclude_each_other_even_while_the_lock_file_is_deleted_and_recreated(tmp_path):
     """Four processes x 60 read-pause-write increments: any overlap loses an update.
@@ -247,6 +261,7 @@ def encode_cmd(tiny, clip: Path, out: Path) -> list[str]:
             "--dtype", "float32", "--fps", "10", "-o", str(out), "--json"]  # float32 as the in-process reference
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="two CLI processes at once")
 def test_two_encodes_of_the_same_output_at_once_both_succeed(tmp_path, tiny, clip, reference):
     out = tmp_path / "clip.vidtok"
@@ -264,6 +279,7 @@ def test_two_encodes_of_the_same_output_at_once_both_succeed(tmp_path, tiny, cli
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.vidtok"]  # no lock, no partial state
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="a CLI subprocess")
 def test_a_waiting_encode_says_so_once_and_then_reuses_the_result(tmp_path, tiny, encoder, clip, reference):
     out = tmp_path / "clip.vidtok"
@@ -282,6 +298,7 @@ def test_a_waiting_encode_says_so_once_and_then_reuses_the_result(tmp_path, tiny
     assert same_features(out, reference)
 
 
+@pytest.mark.slow
 def test_a_damaged_output_is_never_up_to_date_and_is_encoded_again(tmp_path, encoder, clip, reference):
     out = tmp_path / "clip.vidtok"
     out.write_bytes(reference.read_bytes())
@@ -306,6 +323,7 @@ def test_a_damaged_output_is_never_up_to_date_and_is_encoded_again(tmp_path, enc
     assert encode_file(encoder, clip, out, EncodeOptions(fps=10)).status == "skipped"
 
 
+@pytest.mark.slow
 def test_an_up_to_date_output_in_a_read_only_folder_is_still_reused(tmp_path, encoder, clip, reference, monkeypatch):
     """No lock file can be made there, but no run can be writing there either: a current output serves."""
     folder = tmp_path / "ro"
@@ -332,6 +350,7 @@ def test_an_up_to_date_output_in_a_read_only_folder_is_still_reused(tmp_path, en
     assert sorted(p.name for p in folder.iterdir()) == ["clip.vidtok"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="two CLI processes at once")
 def test_two_asks_on_the_same_new_video_both_answer(tmp_path, tiny, clip):
     """Both encode into the same cache entry: one waits for the other and reuses its token file."""

@@ -107,6 +107,7 @@ def test_eval_predict_refuses_each_item_before_encoding(small, clip, tmp_path, c
     assert encodes == [] and cache_is_empty(tmp_path)
 
 
+@pytest.mark.slow
 def test_the_http_api_refuses_before_encoding_with_the_fields_it_knows(small, clip, tmp_path, encodes):
     """The refusal is a 400 naming the request's own fields ("max_tokens"), the cache stays empty, and the
     server's counters count it."""

@@ -95,8 +95,12 @@ def test_every_batch_line_becomes_an_item_or_an_error_record(record):
 @given(body=st.dictionaries(st.sampled_from(["model", "messages", "stream", "n", "temperature", "top_p", "seed",
                                         "max_tokens", "max_completion_tokens", "user", "stream_options", "fps",
                                         "max_frames", "long", "start", "end", "evidence", "choices", "subtitles",
-                                        "kv_cache", "strict_context"]), VALUES, max_size=6),
-       url=st.sampled_from(["video.mp4", "data:image/png;base64,AAAA", 5, None]))
+                                        "kv_cache", "strict_context", "stop", "presence_penalty",
+                                        "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
+                                        "response_format", "metadata", "store", "tools", "tool_choice"]),
+                                   VALUES, max_size=6),
+       url=st.sampled_from(["video.mp4", "data:image/png;base64,AAAA", "data:video/mp4;base64,AAAA", "v\ud800.mp4",
+                            5, None]))
 def test_every_request_field_is_validated_or_refused_with_a_4xx(body, url, tmp_path_factory):
     from llamavid.server.media_access import MediaAccess
     from llamavid.server.protocol import parse_chat_request
@@ -119,6 +123,7 @@ FLAGS = {"--fps": NUMBERS, "--max-frames": NUMBERS, "--temperature": NUMBERS, "-
          "--end": st.one_of(NUMBERS, TEXT), "--kv-cache": TEXT}
 
 
+@pytest.mark.slow
 @PROFILE
 @given(flags=st.dictionaries(st.sampled_from(sorted(FLAGS)), st.one_of(NUMBERS, TEXT), min_size=1, max_size=3))
 def test_every_command_line_flag_gets_one_clear_line(flags, capsys, monkeypatch):

@@ -74,6 +74,7 @@ def test_sidecar_discovery(tmp_path):
     assert subs.find_sidecar(clip) == tmp_path / "movie.srt"  # NAME.srt wins over NAME.<lang>.srt
 
 
+@pytest.mark.slow
 def test_embedded_mov_text_stream_is_extracted(tmp_path):
     clip = media.make_video(tmp_path / "plain.mp4", seconds=3, fps=10)
     srt = media.write_srt(tmp_path / "s.srt", [(0.25, 1.2, "inside one"), (1.5, 2.75, "inside two")])

@@ -62,6 +62,7 @@ def _state(model_dir, tiny) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_stage_trains_only_its_parameters(stage, tiny, dataset, tmp_path):
     out = tmp_path / f"stage{stage}"
@@ -94,6 +95,7 @@ def test_stage_trains_only_its_parameters(stage, tiny, dataset, tmp_path):
     assert [r["step"] for r in log] == list(range(1, 7))
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_from_its_last_checkpoint(tiny, dataset, tmp_path):
     out = tmp_path / "run"
     common = dict(stage=1, data=[str(dataset)], model=str(tiny.path), output=str(out),
@@ -133,6 +135,7 @@ def test_bad_training_data_is_one_clear_error(tiny, tmp_path):
         train(TrainConfig(stage=4, data=[str(bad)], model=str(tiny.path), output=str(tmp_path / "o")))
 
 
+@pytest.mark.slow
 def test_a_model_trained_from_the_demo_is_self_contained(tmp_path, capsys):
     """`train --model demo` then `ask --model run/model`, after moving the run folder: the output carries the
     vision encoder the demo embeds, is written as safetensors under the published key names, and saving warns
@@ -161,6 +164,7 @@ def test_a_model_trained_from_the_demo_is_self_contained(tmp_path, capsys):
     assert out.strip()
 
 
+@pytest.mark.slow
 def test_a_model_trained_from_a_vision_file_links_it_beside_itself(tiny, dataset, tmp_path, capsys):
     from conftest import run_cli
 

@@ -11,6 +11,8 @@ import re
 import subprocess
 import sys
 import threading
+import time
+import types
 from fractions import Fraction
 
 import media
@@ -66,6 +68,7 @@ def test_cfr_timestamps_and_frame_identity(tmp_path, native):
         assert video.sample_times(info, fps) == pytest.approx(stamps, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_chunks_never_exceed_chunk_size_and_resume_gives_the_same_tail(tmp_path):
     path = media.make_video(tmp_path / "v.mp4", seconds=3, fps=30)
     full_t, full_n, full_f, sizes = _collect(path, 5, chunk_size=4)
@@ -84,6 +87,7 @@ def test_chunks_never_exceed_chunk_size_and_resume_gives_the_same_tail(tmp_path)
         next(video.sample_frames(path, 0))
 
 
+@pytest.mark.slow
 def test_all_backends_agree_and_are_recorded(tmp_path):
     path = media.make_video(tmp_path / "v.mp4", seconds=2, fps="30000/1001")
     runs = {}
@@ -148,6 +152,7 @@ def test_vfr_timestamps_are_presentation_times_of_the_frame_on_screen(tmp_path, 
 # rotation
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rotation", [90, 270])
 def test_rotated_video_comes_out_upright(tmp_path, rotation):
     path = media.make_rotated_video(tmp_path / f"r{rotation}.mp4", rotation, seconds=1, fps=10)
@@ -254,6 +259,7 @@ COUNTED = re.compile(r"^(\S+): (damaged data|decoding failed for)\D*?(\d+) frame
                      r"([\d.]+) s; skipped$")
 
 
+@pytest.mark.slow
 def test_video_damaged_in_the_middle_decodes_what_it_can_and_names_the_gap_once(tmp_path):
     damaged = _damaged_ts(tmp_path)
     for backend in ("auto", *BACKENDS):
@@ -274,6 +280,7 @@ def test_video_damaged_in_the_middle_decodes_what_it_can_and_names_the_gap_once(
         assert numbers[: int(lo * 2) + 1] == list(range(0, int(lo * 10) + 1, 5))
 
 
+@pytest.mark.slow
 def test_frames_that_fail_to_decode_are_one_counted_line(tmp_path):
     """140 frames (10.0 s - 23.9 s) are garbage with intact timestamps; at 2 fps 28 planned frames fail.
     Before: one warning per frame (or none); now one line with the count and the range."""
@@ -304,6 +311,7 @@ def three_minutes(tmp_path_factory):
     return media.make_video(tmp_path_factory.mktemp("long") / "long.mp4", seconds=180, fps=24, bits=13)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_backend_samples_a_three_minute_video_completely(three_minutes, backend):
     warnings: list[str] = []
@@ -365,6 +373,7 @@ def _full_decode(path, stamps):
     return [out[round(t, 6)] for t in stamps]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("open_gop", [False, True])
 def test_skipped_decoding_gives_exactly_the_pixels_of_a_full_decode(tmp_path, open_gop):
     """H.264 with B-pyramids, GOP 48 at 24 fps: sampling at 1 fps leaves whole group tails and non-reference
@@ -394,6 +403,7 @@ def test_skipped_decoding_gives_exactly_the_pixels_of_a_full_decode(tmp_path, op
             assert np.array_equal(got, ref)
 
 
+@pytest.mark.slow
 def test_parallel_workers_give_the_same_frames_and_timestamps(three_minutes, tmp_path):
     info = video.probe(three_minutes)
     runs = {}
@@ -451,14 +461,54 @@ def test_segments_start_at_keyframes_and_hold_a_bounded_number_of_frames(three_m
         yield from real(path, info, seg, threads, problems, stop)
 
     monkeypatch.setitem(video._DECODERS, "pyav", counting)
+    # No sleep-and-hope: wait until every decode worker has asked _in_order's slot semaphore for one more
+    # segment and been refused. While the consumer holds on to its first chunk no slot is ever given back,
+    # so a refused worker has finished its segment and can start no other: the workers are as far ahead as
+    # they may ever get, and the count below is final, however fast or slow this machine is.
+    refused: set[str] = set()
+    made: list[threading.Semaphore] = []
+    changed = threading.Condition()
+
+    class WatchedSlots(threading.Semaphore):
+        def __init__(self, value: int = 1) -> None:
+            super().__init__(value)
+            made.append(self)
+
+        def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+            got = super().acquire(blocking, timeout)
+            if not got:
+                with changed:
+                    refused.add(threading.current_thread().name)
+                    changed.notify_all()
+            return got
+
+    watched = types.ModuleType("threading")  # video.py's `threading`, with the slot semaphore watched
+    watched.__dict__.update(vars(threading))
+    watched.Semaphore = WatchedSlots
+    monkeypatch.setattr(video, "threading", watched)
+
+    def workers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("llamavid-decode")]
+
+    def all_waiting() -> bool:  # every worker still running was refused a slot (or ran out of work)
+        return all(t.name in refused for t in workers())
+
     frames = video.sample_frames(three_minutes, 2, chunk_size=1, info=info, workers=2)
     next(frames)
-    import time
-
-    time.sleep(0.5)  # let the workers run ahead as far as they may
-    assert len(live) == 3  # segments 0, 1 and 2: two decoding, one more waiting, none beyond
-    frames.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("llamavid-decode")]
+    try:
+        assert len(made) == 1, "_in_order no longer bounds its workers with a threading.Semaphore: update this test"
+        deadline = time.monotonic() + 60
+        with changed:
+            while not all_waiting():
+                if time.monotonic() > deadline:
+                    pytest.fail(f"after 60 s the decode workers {[t.name for t in workers()]} were still not all "
+                                f"waiting for a free segment slot (refused: {sorted(refused)}); "
+                                f"segments started: {live}")
+                changed.wait(0.05)  # a worker that exits (no segments left) notifies no one: look again soon
+        assert len(live) == 3  # segments 0, 1 and 2: two decoding, one more waiting, none beyond
+    finally:
+        frames.close()
+    assert not workers()
 
 
 def test_auto_workers_rule(three_minutes, tmp_path):
@@ -521,6 +571,7 @@ for path in sys.argv[2:]:
 """
 
 
+@pytest.mark.slow
 def test_native_decoder_output_never_reaches_stderr(tmp_path, tiny):
     damaged = _damaged_ts(tmp_path)
     bad = media.make_video_with_bad_frames(tmp_path / "bad.mkv", set(range(100, 240)), seconds=30, fps=10)

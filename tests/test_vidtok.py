@@ -241,6 +241,7 @@ def test_resume_after_a_crash_is_byte_identical_to_an_uninterrupted_run(tmp_path
     assert sorted(p.name for p in target.parent.iterdir()) == ["clip.vidtok"]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_dash_nine(tmp_path, fixed_clock):
     """A real SIGKILL in the middle of a job (POSIX only): complete chunks survive, the rest is redone."""
     if not hasattr(os, "kill") or sys.platform == "win32":

@@ -41,6 +41,7 @@ def report(tmp_path_factory):
     return load_fuzzer().run(CASES, 0, tmp_path_factory.mktemp("fuzz"))
 
 
+@pytest.mark.slow
 def test_every_fuzzed_file_is_refused_clearly_or_read_exactly(report):
     total = sum(sum(c.values()) for c in report.by_class.values())
     assert total == report.cases == CASES
@@ -48,6 +49,7 @@ def test_every_fuzzed_file_is_refused_clearly_or_read_exactly(report):
     assert not report.failures, f"{len(report.failures)} of {total} cases failed:\n{shown}"
 
 
+@pytest.mark.slow
 def test_the_fuzzer_covers_every_class_of_damage(report):
     counts = {cls: sum(c.values()) for cls, c in report.by_class.items()}
     families = {}
@@ -67,6 +69,7 @@ def test_the_fuzzer_covers_every_class_of_damage(report):
         assert counts.get(cls, 0) >= 20, cls
 
 
+@pytest.mark.slow
 def test_damage_is_refused_and_valid_rewrites_are_read(report):
     """Not just "no crash": damaged data is never accepted, and a valid file is never refused."""
     for cls, c in report.by_class.items():

@@ -68,6 +68,11 @@ class Style:
     def where(self, where: str) -> str:
         return where
 
+    def finish(self, text: str) -> str:
+        """The whole message, once worded, before it is made one line (a front end may take things out of it:
+        the server's paths)."""
+        return text
+
 
 class JsonStyle(Style):
     """Options as the JSON fields of a batch line or a request body: ``"max_frames": 12``."""
@@ -84,6 +89,22 @@ class JsonStyle(Style):
 
 PYTHON = Style()
 JSON = JsonStyle()
+
+
+def exception_text(exc: BaseException | str, *paths: str | os.PathLike, limit: int = 160) -> str:
+    """A library's exception as the one-line reason inside a llamavid message: each of ``paths`` it mentions
+    is replaced by the file's name (the error's ``where`` names the file; the text never holds a folder),
+    then the text is cut to ``limit`` characters (after the replacement, so a cut never leaves half a path)."""
+    text = " ".join(str(exc).split())
+    for path in sorted({os.fspath(p) for p in paths}, key=len, reverse=True):
+        if path and path not in (".", "/"):
+            text = text.replace(path, os.path.basename(path.rstrip("/")) or path)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+def _finish(style, text: str) -> str:
+    finish = getattr(style, "finish", None)  # (a front end's style may be any object with option/subject/where)
+    return text if finish is None else finish(text)
+
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
@@ -102,7 +123,7 @@ class LlamaVidError(Exception):
 
     def render(self, style: Style = PYTHON) -> str:
         text = "".join(p if isinstance(p, str) else style.option(p) for p in self.parts)
-        return _one_line(f"{style.where(self.where)}: {text}" if self.where is not None else text)
+        return _one_line(_finish(style, f"{style.where(self.where)}: {text}" if self.where is not None else text))
 
     def __reduce__(self) -> tuple:
         # keep the parts and data across pickling (multiprocessing), whatever the subclass's signature
@@ -134,7 +155,7 @@ class OptionError(InputError):
 
     def render(self, style: Style = PYTHON) -> str:
         text = f"{style.subject(Opt(self.field, self.value))} {self.reason}"
-        return _one_line(f"{style.where(self.where)}: {text}" if self.where is not None else text)
+        return _one_line(_finish(style, f"{style.where(self.where)}: {text}" if self.where is not None else text))
 
 
 class CheckpointError(LlamaVidError):

@@ -9,6 +9,7 @@ valid UTF-8, subtitle files that exist. Errors name the option and the value in 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import struct
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .choices import KV_CACHE_CHOICES
-from .errors import InputError, OptionError
+from .choices import DEFAULT_ASR_MODEL, KV_CACHE_CHOICES, SUBTITLE_KEYWORDS, WHISPER_LANGUAGES
+from .errors import InputError, Opt, OptionError
 from .timecode import format_clock, parse_time
 
 MAX_FPS = 240.0
@@ -145,10 +146,12 @@ def check_choice(field: str, value: Any, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def check_subtitles(value: Any, field: str = "subtitles") -> str:
-    """The path of a subtitles file that exists and can be read."""
+def check_subtitles(value: Any, field: str = "subtitles", *, keywords: bool = False) -> str:
+    """The path of a subtitles file that exists and can be read (``keywords``: or "speech" / "none")."""
+    if keywords and value in SUBTITLE_KEYWORDS:
+        return value
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
-        raise OptionError(field, value, "must be the path of an .srt file")
+        raise OptionError(field, value, "must be the path of an .srt file" + (", speech or none" if keywords else ""))
     path = Path(value).expanduser()
     if path.is_dir():
         raise OptionError(field, str(value), "is a directory, not an .srt file")
@@ -157,6 +160,29 @@ def check_subtitles(value: Any, field: str = "subtitles") -> str:
     if not os.access(path, os.R_OK):
         raise OptionError(field, str(value), "cannot be read (permission denied)")
     return str(value)
+
+
+def check_speech(model: Any, language: Any) -> tuple[str, str | None]:
+    """The speech recognizer's model name and language code, checked without loading it: a non-empty model
+    (a size name, a Hugging Face id or a folder), a language Whisper knows (case folded), and no language
+    but English for an English-only model (a name ending in ``.en``). The one home of these rules
+    (``llamavid.media.asr.AsrOptions`` and ``AskOptions`` both use it)."""
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if not isinstance(model, str) or not model.strip():
+        raise OptionError("asr_model", model, "must be a model size (base, small, ...), a Hugging Face id or a folder")
+    if language is None:
+        return model, None
+    if not isinstance(language, str):
+        raise OptionError("language", language, "must be a language code such as en")
+    code = language.strip().lower()
+    if code not in WHISPER_LANGUAGES:
+        raise OptionError("language", language, "is not a language Whisper knows (use a code such as en, de, fr, "
+                          f"es, ja, zh: {len(WHISPER_LANGUAGES)} in all)")
+    if code != "en" and Path(model.rstrip("/\\")).name.lower().endswith(".en"):
+        raise OptionError("language", language, f"cannot be transcribed by the English-only model {model} "
+                          f"(use a multilingual model, such as {DEFAULT_ASR_MODEL})")
+    return model, code
 
 
 def _temperature(value: Any) -> float:
@@ -181,14 +207,116 @@ def _seed(value: Any) -> int:
     return check_whole("seed", value, low=0, high=SEED_MAX)
 
 
+# Generation controls beyond sampling (OpenAI's request fields; llamavid serve takes them). Limits as OpenAI's.
+MAX_STOP = 4  # stop strings
+MAX_STOP_CHARS = 200
+MAX_PENALTY = 2.0  # presence_penalty, frequency_penalty in [-2, 2]
+MAX_BIAS = 100.0  # logit_bias values in [-100, 100]
+MAX_BIASED_TOKENS = 1024
+MAX_LOGPROBS = 20  # top_logprobs
+MAX_SCHEMA_CHARS = 100_000  # a JSON schema, as canonical JSON text
+
+
+def check_stop(value: Any, field: str = "stop") -> tuple[str, ...]:
+    """Stop strings: one string or a list of up to ``MAX_STOP`` non-empty strings (generation ends before the first
+    one the answer would contain)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise OptionError(field, value, "must be a string or a list of strings")
+    if len(items) > MAX_STOP:
+        raise OptionError(field, list(items), f"takes at most {MAX_STOP} strings")
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise OptionError(field, list(items), "must hold non-empty strings")
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:
+            raise OptionError(field, list(items), "holds text that is not valid UTF-8") from None
+        if len(item) > MAX_STOP_CHARS:
+            raise OptionError(field, list(items), f"holds a string of {len(item):,} characters "
+                                                  f"(at most {MAX_STOP_CHARS})")
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
+def check_penalty(field: str, value: Any) -> float:
+    return _number(field, value, low=-MAX_PENALTY, high=MAX_PENALTY)
+
+
+def check_logit_bias(value: Any, field: str = "logit_bias") -> tuple[tuple[int, float], ...]:
+    """Token id -> bias added to its logit: a mapping (JSON keys are strings of digits) or (id, bias) pairs;
+    normalized to sorted pairs without zero biases. Whether an id is in the model's vocabulary is planning's
+    check (``llamavid.pipeline.planning.check_controls``): the options do not know the model."""
+    pairs = list(value.items()) if isinstance(value, Mapping) else value
+    if not isinstance(pairs, (list, tuple)) or isinstance(value, str):
+        raise OptionError(field, value, "must map token ids to biases")
+    if len(pairs) > MAX_BIASED_TOKENS:
+        raise OptionError(field, f"{len(pairs)} tokens", f"may bias at most {MAX_BIASED_TOKENS:,} tokens")
+    out: dict[int, float] = {}
+    for pair in pairs:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise OptionError(field, value, "must map token ids to biases")
+        key, bias = pair
+        if isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 19:
+            key = int(key)
+        try:
+            token = check_whole(field, key, low=0)
+        except OptionError:
+            raise OptionError(field, key if not isinstance(key, str) else str(key), "keys must be token ids "
+                              "(whole numbers >= 0)") from None
+        number = _number(field, bias, low=-MAX_BIAS, high=MAX_BIAS)
+        if number:
+            out[token] = number
+    return tuple(sorted(out.items()))
+
+
+def check_logprobs(value: Any, field: str = "top_logprobs") -> int:
+    return check_whole(field, value, low=0, high=MAX_LOGPROBS)
+
+
+def check_json_schema(value: Any, field: str = "json_schema") -> str:
+    """A JSON schema (a JSON object, or its text) -> its canonical JSON text (sorted keys), which compares equal
+    for equal schemas. Whether the model can follow it (the grammar compiles) is planning's check."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            raise OptionError(field, value, "is not valid JSON") from None
+    if not isinstance(value, Mapping):
+        raise OptionError(field, value, "must be a JSON schema (a JSON object)")
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
+        raise OptionError(field, "(schema)", "must be a JSON object of JSON values in valid UTF-8") from None
+    if len(text) > MAX_SCHEMA_CHARS:
+        raise OptionError(field, f"{len(text):,} characters", f"is longer than {MAX_SCHEMA_CHARS:,} characters")
+    return text
+
+
 @dataclass
 class SamplingOptions:
-    """How to pick tokens. temperature 0 is greedy; a seed makes sampling repeatable."""
+    """How to pick tokens. temperature 0 is greedy; a seed makes sampling repeatable.
+
+    The generation controls after ``seed`` change nothing at their defaults: ``stop`` strings end an answer
+    before the first of them; ``presence_penalty`` / ``frequency_penalty`` lower the logits of tokens already
+    generated (OpenAI's rule); ``logit_bias`` adds a bias to tokens' logits; ``logprobs`` (None: none) records
+    each generated token's log-probability and that many likeliest alternatives; ``json_schema`` (canonical
+    JSON text) constrains the answer to JSON that follows the schema.
+    """
 
     max_new_tokens: int = 512
     temperature: float = 0.2
     top_p: float = 0.7
     seed: int | None = None
+    stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None
+    json_schema: str | None = None
 
     def __post_init__(self) -> None:
         self.max_new_tokens = _max_new_tokens(self.max_new_tokens)
@@ -196,6 +324,25 @@ class SamplingOptions:
         self.top_p = _top_p(self.top_p)
         if self.seed is not None:
             self.seed = _seed(self.seed)
+        self.stop = check_stop(self.stop)
+        self.presence_penalty = check_penalty("presence_penalty", self.presence_penalty)
+        self.frequency_penalty = check_penalty("frequency_penalty", self.frequency_penalty)
+        self.logit_bias = check_logit_bias(self.logit_bias)
+        if self.logprobs is not None:
+            self.logprobs = check_logprobs(self.logprobs, "logprobs")
+        if self.json_schema is not None:
+            self.json_schema = check_json_schema(self.json_schema)
+
+    @property
+    def controls(self) -> tuple:
+        """The generation controls beyond temperature, top-p and seed (all at their defaults: nothing to do)."""
+        return (self.stop, self.presence_penalty, self.frequency_penalty, self.logit_bias, self.logprobs,
+                self.json_schema)
+
+    @property
+    def plain(self) -> bool:
+        """No generation control is set: tokens are picked from the model's logits as they are."""
+        return self.controls == ((), 0.0, 0.0, (), None, None)
 
 
 # Published generation defaults: the chat CLI, and the movie (long-video) script.
@@ -226,6 +373,17 @@ class AskOptions:
     # answer in two passes from the seconds that matter (llamavid.tasks.closer); None: when the frames do not
     # fit the context (the rule is planning's: llamavid.pipeline.planning.looks_closer)
     look_closer: bool | None = None
+    asr: bool = False  # transcribe the speech: the video's subtitles when it has none of its own
+    asr_model: str | None = None  # the speech recognizer (None: DEFAULT_ASR_MODEL)
+    language: str | None = None  # the language spoken (None: detected)
+    # generation controls (SamplingOptions has their meaning); None: the default (none)
+    stop: tuple[str, ...] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: tuple[tuple[int, float], ...] | None = None
+    logprobs: int | None = None
+    json_schema: str | None = None
+    max_tokens_limit: int | None = None  # the most new tokens any answer may have (a server's cap)
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
@@ -237,7 +395,7 @@ class AskOptions:
         _switch("strict_context", self.strict_context)
         _switch("cache", self.cache)
         if self.subtitles is not None:
-            set_("subtitles", check_subtitles(self.subtitles))
+            set_("subtitles", check_subtitles(self.subtitles, keywords=True))
         if self.temperature is not None:
             set_("temperature", _temperature(self.temperature))
         if self.top_p is not None:
@@ -262,6 +420,38 @@ class AskOptions:
         check_choice("kv_cache", self.kv_cache, KV_CACHE_CHOICES)
         if self.look_closer is not None:
             _switch("look_closer", self.look_closer)
+        _switch("asr", self.asr)
+        if self.asr_model is not None or self.language is not None:
+            if not self.speech:
+                name = "language" if self.language is not None else "asr_model"
+                raise InputError(Opt(name, getattr(self, name)), ": applies to speech recognition: ask for it (",
+                                 Opt("asr"), ")")
+            model, language = check_speech(self.asr_model or DEFAULT_ASR_MODEL, self.language)
+            set_("asr_model", model if self.asr_model is not None else None)
+            set_("language", language)
+        if self.stop is not None:
+            set_("stop", check_stop(self.stop))
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name) is not None:
+                set_(name, check_penalty(name, getattr(self, name)))
+        if self.logit_bias is not None:
+            set_("logit_bias", check_logit_bias(self.logit_bias))
+        if self.logprobs is not None:
+            set_("logprobs", check_logprobs(self.logprobs, "logprobs"))
+        if self.json_schema is not None:
+            set_("json_schema", check_json_schema(self.json_schema))
+        if self.max_tokens_limit is not None:
+            set_("max_tokens_limit", check_whole("max_tokens_limit", self.max_tokens_limit, low=1))
+
+    @property
+    def speech(self) -> bool:
+        """Whether the speech is transcribed: ``asr``, or the transcript asked for as the subtitles."""
+        return self.asr or self.subtitles == "speech"
+
+    @property
+    def subtitle_file(self) -> str | None:
+        """The subtitles file given, if a file (not the keywords "speech" or "none") was."""
+        return None if self.subtitles in (None, *SUBTITLE_KEYWORDS) else self.subtitles
 
     @property
     def time_range(self) -> tuple[float, float] | None:
@@ -276,17 +466,25 @@ class AskOptions:
     def sampling(self, long_video: bool) -> SamplingOptions:
         """The sampling settings: the published defaults for the prompt style, with what was set on top."""
         base = MOVIE_SAMPLING if long_video else CHAT_SAMPLING
+        max_new = base.max_new_tokens if self.max_new_tokens is None else self.max_new_tokens
         return SamplingOptions(
-            max_new_tokens=base.max_new_tokens if self.max_new_tokens is None else self.max_new_tokens,
+            max_new_tokens=max_new if self.max_tokens_limit is None else min(max_new, self.max_tokens_limit),
             temperature=base.temperature if self.temperature is None else self.temperature,
             top_p=base.top_p if self.top_p is None else self.top_p,
             seed=self.seed,
+            stop=self.stop or (),
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            logit_bias=self.logit_bias or (),
+            logprobs=self.logprobs,
+            json_schema=self.json_schema,
         )
 
 
 # Fields a batch line may set, and the AskOptions field each one is.
 BATCH_OPTION_FIELDS = ("fps", "max_frames", "long", "strict_context", "subtitles", "temperature", "top_p",
-                       "max_new_tokens", "seed", "start", "end", "evidence", "choices", "kv_cache", "look_closer")
+                       "max_new_tokens", "seed", "start", "end", "evidence", "choices", "kv_cache", "asr", "asr_model",
+                       "language", "look_closer")
 
 
 def options_from_json(record: Mapping[str, Any], defaults: AskOptions, *, base_dir: Path | None = None) -> AskOptions:
@@ -303,7 +501,8 @@ def options_from_json(record: Mapping[str, Any], defaults: AskOptions, *, base_d
         value = record[name]
         if value is None:
             continue
-        if name == "subtitles" and isinstance(value, str) and base_dir is not None and not os.path.isabs(value):
+        if (name == "subtitles" and isinstance(value, str) and base_dir is not None and not os.path.isabs(value)
+                and value not in SUBTITLE_KEYWORDS):
             value = str(base_dir / value)
         changes[name] = value
     return defaults.replace(**changes)

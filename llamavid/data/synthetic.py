@@ -12,6 +12,7 @@ Every answer is determined by what is drawn, so accuracy means something:
               the kind the question names                                -> its colour ("What color is the ring?")
     haystack  minutes of distractor shapes of every colour and of every other kind, all the way through, and
               ONE needle of the asked kind for one second at a set depth  -> its colour (the look-closer test)
+    content   3-6 parts of 10-20 s on ONE backdrop, each a new shape (or one joins or leaves) -> where (chapters)
 
 Clips also carry a subtitle line (a code word), asked about with the long-video prompt, which shows
 each frame's subtitle text. Videos are 224x224 (the vision encoder's input size) at 4 frames/s, so the
@@ -391,6 +392,73 @@ def haystack_clips(split: str, *, minutes: tuple[int, ...] = (5, 15, 30, 60),
     return out
 
 
+CONTENT_CHANGES = ("join", "leave", "replace")
+
+
+def content_clip(rng: np.random.Generator, clip_id: str, *, parts: tuple[int, int] = (3, 6),
+                 part_seconds: tuple[float, float] = (10.0, 20.0), radius: tuple[float, float] = (16.0, 68.0),
+                 changes: tuple[str, ...] = ("replace",)) -> Clip:
+    """Parts one after another on ONE backdrop: the backdrop never changes, only what is on it.
+
+    Each part starts with a change of the shapes on screen, one of ``changes`` (equally often, where more
+    than one is possible): ``replace`` (the default, and the only one when none of the others is
+    possible): the shapes on screen give way to a new one; ``join``: a new shape joins the one on screen;
+    ``leave``: one of two leaves. A new shape's colour differs from those on screen and those it
+    replaces. Shapes are of any size in ``radius`` (a small one covers a few patches), anywhere in the
+    frame, each moving as far as a shape of the other designs over its time on screen (up to
+    ``2 * WANDER`` pixels along each axis). Changes fall on any tenth of a second. The chapter test for
+    content changes: the moments a shape appears or disappears (``content_changes``); ``scenes`` stays empty.
+    """
+    unknown = set(changes) - set(CONTENT_CHANGES)
+    if unknown:
+        raise ValueError(f"unknown content changes {sorted(unknown)}; choose from {', '.join(CONTENT_CHANGES)}")
+    k = int(rng.integers(parts[0], parts[1] + 1))
+    starts = [0.0]
+    for _ in range(k):
+        starts.append(round(starts[-1] + round(float(rng.uniform(*part_seconds)), 1), 1))
+    colors = list(COLORS)
+    events: list[ShapeEvent] = []
+    shown: list[ShapeEvent] = []  # on screen; each one's end is set when it leaves
+
+    def arrive(t: float, taken: set[str]) -> None:
+        color = colors[int(rng.integers(len(colors)))]
+        while color in taken:
+            color = colors[int(rng.integers(len(colors)))]
+        r = float(rng.uniform(*radius))
+        lo, hi = r + 4, SIZE - r - 4
+        p0 = (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)))
+        dx, dy = rng.uniform(-2 * WANDER, 2 * WANDER, size=2)
+        p1 = (float(np.clip(p0[0] + dx, lo, hi)), float(np.clip(p0[1] + dy, lo, hi)))
+        event = ShapeEvent(SHAPES[int(rng.integers(len(SHAPES)))], color, t, starts[-1], p0, p1, r)
+        events.append(event)
+        shown.append(event)
+
+    arrive(0.0, set())
+    for t in starts[1:-1]:
+        possible = [c for c in changes if c == "replace" or (c == "join") == (len(shown) == 1)] or ["replace"]
+        change = possible[int(rng.integers(len(possible)))] if len(possible) > 1 else possible[0]
+        taken = {e.color for e in shown}
+        if change == "leave":
+            gone = shown.pop(int(rng.integers(len(shown))))
+            gone.end = t
+        elif change == "replace":
+            for gone in shown:
+                gone.end = t
+            shown.clear()
+        if change != "leave":
+            arrive(t, taken)
+    return Clip(clip_id, "content", starts[-1], NATIVE_FPS, int(rng.integers(15, 110)), events)
+
+
+def content_changes(clip: Clip | dict) -> list[float]:
+    """The moments a shape appears or disappears, inside the clip (for a content clip: where its parts
+    start)."""
+    events = clip["events"] if isinstance(clip, dict) else [asdict(e) for e in clip.events]
+    seconds = clip["seconds"] if isinstance(clip, dict) else clip.seconds
+    moments = {round(float(e[key]), 1) for e in events for key in ("start", "end")}
+    return sorted(m for m in moments if 0.0 < m < round(float(seconds), 1))
+
+
 # -- datasets --------------------------------------------------------------------------------------
 
 SPLIT_SEEDS = {"train": 1000, "test": 2000}
@@ -413,13 +481,15 @@ def make_clips(split: str, *, n_single: int, n_sequence: int, n_needle: int = 0,
 
 
 # added to the split's seed: new designs never shift the old ones
-EXTRA_SEEDS = {"window": 300, "scenes": 400, "pick": 500, "haystack": 600}
+# each design's own seed offset (two designs may share one: their clips differ all the same, and the figures
+# measured on "pick" and "content" were measured with these)
+EXTRA_SEEDS = {"window": 300, "scenes": 400, "pick": 500, "content": 500, "haystack": 600}
 
 
 def make_extra_clips(split: str, kind: str, n: int, *, seed: int = 0, **design) -> list[Clip]:
-    """``n`` clips of a design added after the original set (``window`` or ``scenes``), drawn from their
-    own seed so that the clips of ``make_clips`` stay exactly as they were."""
-    make = {"window": window_clip, "scenes": scene_clip, "pick": pick_clip}[kind]
+    """``n`` clips of a design added after the original set (``window``, ``scenes``, ``pick`` or
+    ``content``), drawn from their own seed so that the clips of ``make_clips`` stay exactly as they were."""
+    make = {"window": window_clip, "scenes": scene_clip, "pick": pick_clip, "content": content_clip}[kind]
     rng = np.random.default_rng(SPLIT_SEEDS[split] + EXTRA_SEEDS[kind] + seed)
     return [make(rng, f"{split}-{kind}-{i:04d}", **design) for i in range(n)]
 

@@ -47,6 +47,7 @@ from llamavid.core.options import check_fps
 
 FORMAT_NAME = "llamavid.vidtok"
 FORMAT_VERSION = "1.1"
+TRANSCRIPT_VERSION = "1.2"  # a file that holds a transcript of its speech (older 1.x readers pass it over)
 FORMAT_MAJOR = 1
 STORAGE_MODES = ("float16", "int8")
 BLOCK_FRAMES = 64
@@ -505,11 +506,15 @@ class VidtokWriter:
         _atomic_write(self._chunk_path(k), _safetensors_bytes(tensors, metadata=meta), self._label)
 
     def finalize(self, subtitles: list[tuple[float, float, str]] | None = None, warnings: list[str] | None = None,
-                 extra_meta: dict | None = None) -> Path:
-        """Assemble the final file from the chunks (streaming), rename it into place, drop partial state."""
+                 extra_meta: dict | None = None, transcript: dict | None = None) -> Path:
+        """Assemble the final file from the chunks (streaming), rename it into place, drop partial state.
+
+        ``transcript``: the speech's transcript, ``{"lines": [[start, end, text], ...], "provenance": {...},
+        "key": str}`` (how it was made, as a cache key); the file is then format 1.2."""
         self._require_open()
         meta_parts = (_check_subtitles(subtitles, self._label), _check_warnings(warnings, self._label),
-                      _json_copy(extra_meta or {}, "extra_meta", self._label))
+                      _json_copy(extra_meta or {}, "extra_meta", self._label),
+                      _check_transcript(transcript, self._label))
         if self.next_frame == 0:
             raise VidtokError("no frames were given; a .vidtok needs at least one frame", where=self._label)
         self._flush(final=True)
@@ -531,9 +536,9 @@ class VidtokWriter:
         self._closed = True
         return self._path
 
-    def _final_meta(self, subtitles: list, warnings: list, extra: dict) -> dict:
+    def _final_meta(self, subtitles: list, warnings: list, extra: dict, transcript: dict | None) -> dict:
         assert self._shape is not None
-        return {
+        return ({"transcript": transcript} if transcript is not None else {}) | {
             "created_by": f"llamavid {__version__}", "llamavid_version": __version__, "created_at": _utc_now(),
             "encoder": self._encoder, "fps": self._fps, "source": self._source, "num_frames": self._durable,
             "feature_shape": list(self._shape), "storage": self._storage,
@@ -562,6 +567,25 @@ def _check_subtitles(subtitles: Any, label: str) -> list[list]:
             raise InputError(f"subtitle times must be finite numbers, got {item!r:.60}", where=label)
         out.append(entry)
     return out
+
+
+def _stored_lines(lines: Any) -> bool:
+    """Lines as a file stores them (subtitles, a transcript): [start, end, text] with finite times."""
+    return isinstance(lines, list) and all(
+        isinstance(item, list) and len(item) == 3 and _finite(item[0]) and _finite(item[1]) and isinstance(item[2], str)
+        for item in lines)
+
+
+def _check_transcript(transcript: Any, label: str) -> dict | None:
+    """A transcript as stored: lines like subtitles, a JSON provenance object, and its key (a string)."""
+    if transcript is None:
+        return None
+    if not isinstance(transcript, dict) or set(transcript) != {"lines", "provenance", "key"} or \
+            not isinstance(transcript["key"], str) or not isinstance(transcript["provenance"], dict):
+        raise InputError("a transcript is {lines, provenance, key}", where=label)
+    lines = _check_subtitles(transcript["lines"], label)
+    return {"lines": lines, "provenance": _json_copy(transcript["provenance"], "the transcript's provenance", label),
+            "key": transcript["key"]}
 
 
 def _check_warnings(warnings: Any, label: str) -> list[str]:
@@ -597,7 +621,8 @@ def _tensor_entries(num_frames: int, shape: tuple[int, int], storage: str) -> di
 
 def _file_metadata(meta: dict, checksums: dict) -> dict[str, str]:
     inner = dict(meta, checksums=checksums)
-    metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+    version = TRANSCRIPT_VERSION if "transcript" in meta else FORMAT_VERSION
+    metadata = {"format": FORMAT_NAME, "format_version": version,
                 "llamavid": json.dumps(inner, separators=(",", ":"), ensure_ascii=True, allow_nan=False)}
     metadata["llamavid_checksum"] = metadata_checksum(metadata)
     return metadata
@@ -899,16 +924,18 @@ class Vidtok:
         source = _require(meta, "source", dict, label)
         if not isinstance(source.get("content_hash"), str):
             raise bad("source")
-        subtitles = meta.get("subtitles", [])
-        if not isinstance(subtitles, list) or not all(
-                isinstance(item, list) and len(item) == 3 and _finite(item[0]) and _finite(item[1])
-                and isinstance(item[2], str) for item in subtitles):
+        if not _stored_lines(meta.get("subtitles", [])):
             raise bad("subtitles")
         warnings = meta.get("warnings", [])
         if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
             raise bad("warnings")
         if not isinstance(meta.get("extra", {}), dict):
             raise bad("extra")
+        transcript = meta.get("transcript", {"lines": [], "provenance": {}, "key": ""})
+        if not (isinstance(transcript, dict) and set(transcript) == {"lines", "provenance", "key"}
+                and _stored_lines(transcript["lines"]) and isinstance(transcript["provenance"], dict)
+                and isinstance(transcript["key"], str)):
+            raise bad("transcript")
         for key in ("created_by", "llamavid_version", "created_at"):
             if not isinstance(meta.get(key, ""), str):
                 raise bad(key)
@@ -1008,6 +1035,16 @@ class Vidtok:
     @property
     def warnings(self) -> list[str]:
         return list(self._meta.get("warnings", []))
+
+    @property
+    def transcript(self) -> dict | None:
+        """The speech's transcript, when the file holds one: ``{"lines": [(start, end, text), ...],
+        "provenance": {...}, "key": str}``."""
+        t = self._meta.get("transcript")
+        if t is None:
+            return None
+        return {"lines": [(float(a), float(b), str(c)) for a, b, c in t["lines"]], "provenance": dict(t["provenance"]),
+                "key": t["key"]}
 
     @property
     def storage(self) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..core.errors import InputError
+from ..core.errors import InputError, exception_text
 
 _TAG = re.compile(r"<[^>]*>|\{\\[^}]*\}")
 _BLOCK = re.compile(r"\n[ \t]*\n")
@@ -66,7 +66,7 @@ def parse_srt(text: str, source: str = "subtitles", on_warning: Warn | None = No
     try:
         items = pysrt.from_string(text, error_handling=pysrt.ERROR_PASS)
     except Exception as exc:  # pysrt raises a few types on garbage
-        raise InputError(f"not a subtitle file we can read ({exc})", where=source) from None
+        raise InputError(f"not a subtitle file we can read ({exception_text(exc)})", where=source) from None
     lines = []
     for item in items:
         start, end = item.start.ordinal / 1000.0, item.end.ordinal / 1000.0
@@ -126,18 +126,41 @@ def extract_embedded(video_path: str | os.PathLike) -> list[SubtitleLine]:
 
 
 EMBEDDED = "embedded stream 0:s:0"  # where subtitles read from the video's own stream came from
+SPEECH = "speech"  # where a transcript of the video's speech came from (llamavid.media.asr)
 
 
 def resolve(video_path: str | os.PathLike | None, explicit: str | os.PathLike | None = None, *,
             stored: tuple[Sequence[SubtitleLine], str | None] | None = None,
+            transcript: Sequence[SubtitleLine] | None = None, speech: bool = False,
             on_warning: Warn | None = None) -> tuple[list[SubtitleLine], str | None]:
     """The subtitles that apply to a video now, and where they came from (None: there are none).
 
-    The one rule: ``explicit``, a file the user named; else a sidecar ``NAME.srt`` beside the video as it
-    is now; else the stream embedded in the video, as ``stored`` in its features at encode time ((lines,
-    origin)) or read from the video. Stored lines that came from a file which is no longer beside the
-    video do not apply. ``video_path`` None: a ``.vidtok`` on its own, whose stored lines apply as they are.
+    The one rule, first match wins:
+
+    1. ``explicit``: a file the user named; or ``"none"`` (no subtitles at all) or ``"speech"`` (the
+       transcript of the speech, whatever else the video has);
+    2. a sidecar ``NAME.srt`` beside the video as it is now;
+    3. the stream embedded in the video, as ``stored`` in its features at encode time ((lines, origin)) or
+       read from the video; stored lines that came from a file which is no longer beside the video do not
+       apply;
+    4. with ``speech``, the transcript: the author's subtitles (1-3) are better text than a transcript, so
+       speech fills in for a video that has none of its own (``"speech"`` forces it).
+
+    Steps 1-3 are ``own_subtitles`` and step 4 is ``choose``, for a caller that stores the one and applies
+    the other later (an encode stores the author's subtitles and the transcript apart). ``transcript``
+    None with the speech chosen: the transcript is still to be made (the origin is ``SPEECH``, the lines are
+    empty until it is). ``video_path`` None: a ``.vidtok`` on its own, whose stored lines apply as they are.
     """
+    own = own_subtitles(video_path, None if explicit == SPEECH else explicit, stored=stored, on_warning=on_warning)
+    return choose(own, transcript, forced=explicit == SPEECH, speech=speech)
+
+
+def own_subtitles(video_path: str | os.PathLike | None, explicit: str | os.PathLike | None = None, *,
+                  stored: tuple[Sequence[SubtitleLine], str | None] | None = None,
+                  on_warning: Warn | None = None) -> tuple[list[SubtitleLine], str | None]:
+    """Steps 1-3 of ``resolve``: the author's subtitles (``explicit``: a file, or ``"none"``)."""
+    if explicit == "none":
+        return [], None
     if explicit is not None:
         return load_srt(explicit, on_warning), Path(explicit).name
     if video_path is not None:
@@ -147,12 +170,20 @@ def resolve(video_path: str | os.PathLike | None, explicit: str | os.PathLike | 
     if stored is not None:
         lines, origin = stored
         if video_path is not None and str(origin or "").lower().endswith(".srt"):
-            return [], None
+            return [], None  # came from a file that is no longer beside the video
         return list(lines), origin if lines else None
     if video_path is None:
         return [], None
     embedded = extract_embedded(video_path)
     return (embedded, EMBEDDED) if embedded else ([], None)
+
+
+def choose(own: tuple[list[SubtitleLine], str | None], transcript: Sequence[SubtitleLine] | None, *,
+           forced: bool = False, speech: bool = False) -> tuple[list[SubtitleLine], str | None]:
+    """Step 4 of ``resolve``: the transcript where it is forced, or asked for and the author gave none."""
+    if forced or (speech and not own[0]):
+        return list(transcript or []), SPEECH
+    return own
 
 
 def attach_to_frames(lines: Sequence[SubtitleLine], frame_times: Sequence[float]) -> list[str]:

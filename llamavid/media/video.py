@@ -52,10 +52,18 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..core.errors import InputError, LlamaVidError, VideoError
+from ..core.errors import InputError, LlamaVidError, VideoError, exception_text
 from ..core.options import check_fps
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+# The most pixels an image may declare (in its header, read before anything is decoded): 50 megapixels is
+# more than an 8K frame (33 MP); the vision encoder sees 224 x 224. Pillow's own decompression-bomb limit
+# (89 MP) is higher, and its error for twice that is refused here too.
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+class ImageTooLargeError(VideoError):
+    """An image that declares more than ``MAX_IMAGE_PIXELS`` pixels: refused before it is decoded."""
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp"}
 BACKENDS = ("pyav", "decord", "ffmpeg")
 
@@ -206,15 +214,47 @@ def _rotation_from_probe(stream: dict) -> int:
     return (-int(tag)) % 360 if tag not in (None, "") else 0  # the old tag is clockwise
 
 
-def _image_info(path: Path) -> VideoInfo:
-    from PIL import Image, ImageOps, UnidentifiedImageError
+@contextlib.contextmanager
+def open_image(source, where: str | os.PathLike, *, what: str = "decode"):
+    """A Pillow image whose header has been read and checked, nothing decoded yet: ``source`` a path or a binary
+    file. An image that is not one Pillow reads, or that declares more than ``MAX_IMAGE_PIXELS`` pixels (a
+    decompression bomb: a few KB that decode to gigabytes), is a ``VideoError`` about ``where``."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            width, height = img.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise VideoError(f"not an image we can decode ({' '.join(str(exc).split())[:120]})", where=path) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by our lower limit
+            img = Image.open(source)
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(f"the image declares more pixels than the limit of {MAX_IMAGE_PIXELS:,}; it is not "
+                         "decoded", where=where) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        paths = [source] if isinstance(source, (str, os.PathLike)) else []
+        raise VideoError(f"not an image we can {what} ({exception_text(exc, *paths, limit=120)})",
+                         where=where) from None
+    with img:
+        width, height = img.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ImageTooLargeError(f"the image declares {width:,} x {height:,} pixels, more than the limit of "
+                             f"{MAX_IMAGE_PIXELS:,}; it is not decoded", where=where)
+        yield img
+
+
+def upright_size(img) -> tuple[int, int]:
+    """(width, height) of an image as shown, after its EXIF orientation, from the header alone."""
+    width, height = img.size
+    try:
+        orientation = img.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: the image is shown as stored
+        orientation = None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def _image_info(path: Path) -> VideoInfo:
+    with open_image(path, path) as img:
+        width, height = upright_size(img)
     return VideoInfo(str(path), True, "image", 1.0, 1, 0.0, width, height, 0, False, [0.0])
 
 
@@ -314,13 +354,8 @@ def check_readable(path: str | os.PathLike) -> None:
     before anything expensive (a model load, a probe that reads every packet) is spent on it."""
     path = Path(path)
     if is_image_path(path):
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path):
-                return
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise VideoError(f"not an image we can read ({' '.join(str(exc).split())[:120]})", where=path) from None
+        with open_image(path, path, what="read"):
+            return
     import av
 
     _quiet_pyav()
@@ -332,7 +367,7 @@ def check_readable(path: str | os.PathLike) -> None:
     except VideoError:
         raise
     except Exception as exc:  # PyAV's own errors: the container cannot be opened at all
-        raise VideoError(f"not a video we can read ({' '.join(str(exc).split())[:120]})", where=path) from None
+        raise VideoError(f"not a video we can read ({exception_text(exc, path, limit=120)})", where=path) from None
 
 
 def probe(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
@@ -580,10 +615,14 @@ def _upright(frame: np.ndarray, rotation: int) -> np.ndarray:
 
 
 def _load_image(path: Path) -> np.ndarray:
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
-    with Image.open(path) as img:
-        return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))[None]
+    with open_image(path, path) as img:
+        try:
+            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))[None]
+        except (OSError, ValueError, SyntaxError) as exc:  # a damaged image body
+            raise VideoError(f"not an image we can decode ({exception_text(exc, path, limit=120)})",
+                             where=path) from None
 
 
 @dataclass
@@ -1094,8 +1133,8 @@ def sample_frames(path: str | os.PathLike, fps: float = 1.0, *, chunk_size: int 
             except LlamaVidError:
                 raise
             except Exception as exc:  # a decoder library's own error: one line that names the file
-                raise VideoError(f"{path}: {info.backend} could not decode it ({type(exc).__name__}: "
-                                 f"{' '.join(str(exc).split())[:160]})") from exc
+                raise VideoError(f"{info.backend} could not decode it ({type(exc).__name__}: "
+                                 f"{exception_text(exc, path)})", where=path) from exc
 
         frames = _in_order(decode, segments, n, threads)
         buf: list[np.ndarray] = []

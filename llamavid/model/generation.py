@@ -12,6 +12,7 @@ comes.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from dataclasses import dataclass
@@ -52,9 +53,24 @@ def make_generator(opts: SamplingOptions, device: torch.device) -> torch.Generat
     return gen
 
 
+def logits_size(llm) -> int:
+    """Entries in the LLM's logits: the token ids generation can produce (a logit bias may name)."""
+    return int(llm.config.vocab_size)
+
+
 def cache_argument(llm) -> str:
     """The forward() keyword for the KV cache: ``cache`` in newer transformers 5.x, else ``past_key_values``."""
     return "cache" if "cache" in inspect.signature(llm.forward).parameters else "past_key_values"
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model (before penalties, biases, temperature and any
+    constraint), with the likeliest tokens at that step (``top``: (token, log-probability), best first)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -70,35 +86,69 @@ class Answer:
     truncated: bool = False  # generation stopped at the token limit, not at the end of the answer
     evidence: list | None = None  # EvidenceRange, best first, when asked for (llamavid.tasks.evidence)
     choices: list | None = None  # ChoiceScore per option, in the order given, when the answer was chosen
+    cancelled: bool = False  # generation was stopped by the caller (``generate``'s ``cancelled``)
+    logprobs: list[TokenLogprob] | None = None  # per generated token, when sampling.logprobs is set
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to the first of the ``stops`` it contains, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return (text, False) if cut < 0 else (text[:cut], True)
 
 
 @torch.inference_mode()
 def generate(model: "LlamaVid", embeds: Sequence[torch.Tensor], prompts: Sequence["Prompt"], *,
              sampling: SamplingOptions, max_new: int, cache_mode: str = "full",
-             on_text: Callable[[int, str], None] | None = None, cache=None, t0: float | None = None) -> list[Answer]:
+             on_text: Callable[[int, str], None] | None = None, cache=None, t0: float | None = None,
+             cancelled: Callable[[int], bool] | None = None) -> list[Answer]:
     """Answers to embedded prompts (one (L, H) tensor per prompt), generated together in one batch.
 
     ``max_new``: new tokens allowed (the plan's answer room); ``cache_mode``: how the KV cache is kept (the
     plan's, ``llamavid.model.kvcache``); ``cache``: an empty full ``DynamicCache`` to fill instead, which
     keeps the prompt's keys and values afterwards for scoring (evidence); one prompt only, as a batch is
     left-padded. ``on_text(row, piece)`` receives each answer's text as it is generated. ``t0``: when the
-    work for these answers started (their ``seconds`` count from it; default: now).
+    work for these answers started (their ``seconds`` count from it; default: now). ``cancelled(row)``:
+    asked before the first token and after every token of a row; True stops that row at once (its answer
+    is what was generated so far, marked ``cancelled``), the other rows go on.
+
+    ``sampling``'s generation controls (stop strings, penalties, logit bias, log-probabilities, a JSON
+    schema; ``SamplingOptions``) apply to every row; at their defaults nothing differs from plain sampling.
     """
     if cache is not None and (len(embeds) != 1 or cache_mode != "full"):
         raise ValueError("a kept cache is a full one, for one prompt at a time")
     t0 = time.perf_counter() if t0 is None else t0
-    opts = SamplingOptions(max_new_tokens=max_new, temperature=sampling.temperature, top_p=sampling.top_p,
-                           seed=sampling.seed)
+    opts = dataclasses.replace(sampling, max_new_tokens=max_new)
     batch, mask = _left_pad(embeds)
-    decoders = [StreamDecoder(model.text_tokenizer) for _ in embeds]
+    tokenizer = model.text_tokenizer
+    decoders = [StreamDecoder(tokenizer) for _ in embeds]
+    stops = opts.stop
+    stopped = [False] * len(embeds)
+    halted = [False] * len(embeds)
 
-    def on_token(row: int, tok: int) -> None:
+    def on_token(row: int, tok: int) -> bool:
         piece = decoders[row].push(tok)
         if piece and on_text is not None:
             on_text(row, piece)
+        if stops and piece and cut_at_stop(decoders[row].text, stops)[1]:
+            stopped[row] = True
+            return True
+        return halt(row)
 
-    outs = _decode(model.llm, batch, mask if len(embeds) > 1 else None, stop_ids=[model.text_tokenizer.eos_id],
-                   opts=opts, on_token=on_token, cache_mode=cache_mode, cache=cache)
+    def halt(row: int) -> bool:
+        if cancelled is not None and cancelled(row):
+            halted[row] = True
+        return halted[row]
+
+    constraint = None
+    if opts.json_schema is not None:
+        from .constrain import Constraint, schema_grammar
+
+        vocab = logits_size(model.llm)
+        constraint = Constraint(schema_grammar(opts.json_schema, tokenizer, vocab), tokenizer, vocab, len(embeds))
+    traces: list[list[TokenLogprob]] | None = [[] for _ in embeds] if opts.logprobs is not None else None
+    outs = _decode(model.llm, batch, mask if len(embeds) > 1 else None, stop_ids=[tokenizer.eos_id],
+                   opts=opts, on_token=on_token, cache_mode=cache_mode, cache=cache,
+                   halt=halt if cancelled is not None else None, constraint=constraint, traces=traces)
     if on_text is not None:
         for row, decoder in enumerate(decoders):
             rest = decoder.finish()
@@ -107,12 +157,17 @@ def generate(model: "LlamaVid", embeds: Sequence[torch.Tensor], prompts: Sequenc
     stop_text = get_template(prompts[0].template).stop_string
     seconds = time.perf_counter() - t0
     answers = []
-    for p, ids in zip(prompts, outs):
-        text = model.text_tokenizer.decode(ids).strip()
+    for row, (p, ids) in enumerate(zip(prompts, outs)):
+        text = tokenizer.decode(ids)
+        if stops:
+            text, stopped[row] = cut_at_stop(text, stops)
+        text = text.strip()
         if stop_text and stop_text.strip() and text.endswith(stop_text):
             text = text[: -len(stop_text)].strip()
         answers.append(Answer(text=text, prompt_tokens=p.tokens, new_tokens=len(ids), frames=p.n_frames,
-                              seconds=seconds, question=p.question, truncated=len(ids) >= max_new))
+                              seconds=seconds, question=p.question,
+                              truncated=len(ids) >= max_new and not stopped[row] and not halted[row],
+                              cancelled=halted[row], logprobs=None if traces is None else traces[row]))
     return answers
 
 
@@ -133,23 +188,37 @@ def _decode(
     *,
     stop_ids: Sequence[int],
     opts: SamplingOptions,
-    on_token: Callable[[int, int], None] | None = None,
+    on_token: Callable[[int, int], bool | None] | None = None,
     prefill_chunk: int = PREFILL_CHUNK,
     cache_mode: str = "full",
     cache=None,
+    halt: Callable[[int], bool] | None = None,
+    constraint=None,
+    traces: list[list[TokenLogprob]] | None = None,
 ) -> list[list[int]]:
     """Generate continuations of left-padded prompts.
 
     inputs_embeds (B, L, H); attention_mask (B, L) with zeros on the left padding (None: no padding).
     Returns the new token ids per row, without the stop token. ``on_token(row, id)`` is called for
-    every kept token as soon as it is chosen. ``cache_mode``: how the KV cache is kept (``llamavid.model.kvcache``);
-    ``cache``: an empty cache to fill instead (the caller keeps the prompt's keys and values, e.g. to
-    score the answer afterwards).
+    every kept token as soon as it is chosen; when it returns True the row ends there. ``halt(row)``: asked
+    before the first token (True: the row generates nothing). ``cache_mode``: how the KV cache is kept
+    (``llamavid.model.kvcache``); ``cache``: an empty cache to fill instead (the caller keeps the prompt's keys
+    and values, e.g. to score the answer afterwards). ``constraint``: which tokens each row may pick
+    (``llamavid.model.constrain.Constraint``); ``traces``: filled with each kept token's log-probability when
+    ``opts.logprobs`` is set. ``opts``'s penalties and logit bias change the logits before the pick.
     """
     from .kvcache import make_cache
 
     b, length, _ = inputs_embeds.shape
     device = inputs_embeds.device
+    results: list[list[int]] = [[] for _ in range(b)]
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    if halt is not None:
+        for row in range(b):
+            if halt(row):
+                done[row] = True
+        if bool(done.all()):
+            return results
     if attention_mask is None:
         attention_mask = torch.ones(b, length, dtype=torch.long, device=device)
     attention_mask = attention_mask.to(device=device, dtype=torch.long)
@@ -172,18 +241,33 @@ def _decode(
         )
         logits = out.logits[:, -1]
 
-    results: list[list[int]] = [[] for _ in range(b)]
-    done = torch.zeros(b, dtype=torch.bool, device=device)
+    shape = _Shaping(opts, b, logits.shape[-1], device) if not opts.plain else None
     next_pos = positions[:, -1] + 1
     embed = llm.get_input_embeddings()
     for _ in range(opts.max_new_tokens):
+        if traces is not None:
+            scores = logits.float().log_softmax(dim=-1)
+        if shape is not None or constraint is not None:
+            logits = logits.float()
+            if shape is not None:
+                logits = shape(logits)
+            if constraint is not None:
+                live = (~done).nonzero().flatten().tolist()
+                logits = logits.masked_fill(~constraint.allowed(live, device), float("-inf"))
         tokens = pick_tokens(logits, opts, generator)
         is_stop = torch.isin(tokens, stops)
         for row in (~done & ~is_stop).nonzero().flatten().tolist():
             tok = int(tokens[row])
             results[row].append(tok)
-            if on_token is not None:
-                on_token(row, tok)
+            if traces is not None:
+                traces[row].append(_trace(scores[row], tok, opts.logprobs or 0))
+            if shape is not None:
+                shape.count(row, tok)
+            ended = constraint is not None and constraint.advance(row, tok)
+            if on_token is not None and on_token(row, tok):
+                ended = True
+            if ended:
+                done[row] = True
         done |= is_stop
         if bool(done.all()):
             break
@@ -199,6 +283,38 @@ def _decode(
         logits = out.logits[:, -1]
         next_pos = next_pos + 1
     return results
+
+
+class _Shaping:
+    """OpenAI's logit changes: ``logit_bias``, then ``presence_penalty`` (once a token has appeared) and
+    ``frequency_penalty`` (per time it has appeared) over the tokens generated so far."""
+
+    def __init__(self, opts: SamplingOptions, rows: int, vocab: int, device: torch.device):
+        self.presence, self.frequency = opts.presence_penalty, opts.frequency_penalty
+        self.counts = torch.zeros(rows, vocab, dtype=torch.float32, device=device)
+        self.bias = None
+        if opts.logit_bias:
+            self.bias = torch.zeros(vocab, dtype=torch.float32, device=device)
+            ids = torch.tensor([t for t, _ in opts.logit_bias], device=device)
+            self.bias[ids] = torch.tensor([v for _, v in opts.logit_bias], device=device)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.bias is not None:
+            logits = logits + self.bias
+        if self.presence:
+            logits = logits - self.presence * (self.counts > 0).float()
+        if self.frequency:
+            logits = logits - self.frequency * self.counts
+        return logits
+
+    def count(self, row: int, token: int) -> None:
+        self.counts[row, token] += 1
+
+
+def _trace(scores: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    best = scores.topk(top) if top else None
+    pairs = tuple(zip(best.indices.tolist(), best.values.tolist())) if best is not None else ()
+    return TokenLogprob(token, float(scores[token]), pairs)
 
 
 class StreamDecoder:

@@ -360,10 +360,11 @@ class LlamaVid(nn.Module):
     # -- question -> prompt --------------------------------------------------------------------------------------
     def build_prompt(self, question: str, *, n_frames: int, long_video: bool | None = None,
                      frame_subtitles: Sequence[str] | None = None, history: Sequence[tuple[str, str]] = (),
-                     template: str | None = None) -> str:
-        """The prompt text for a question (and earlier text-only turns) about a video of n_frames frames."""
+                     template: str | None = None, system: str | None = None) -> str:
+        """The prompt text for a question (and earlier text-only turns) about a video of n_frames frames.
+        ``system``: a system message added after the template's own (``ConvTemplate.render``)."""
         long_video = self.config.long_video if long_video is None else long_video
-        _refuse_placeholder(question, history, frame_subtitles)
+        _refuse_placeholder(question, history, frame_subtitles, system)
         if long_video:
             subs = list(frame_subtitles) if frame_subtitles is not None else [""] * n_frames
             if len(subs) != n_frames:
@@ -372,20 +373,21 @@ class LlamaVid(nn.Module):
         else:
             message = image_message(question)
         turns: list[tuple[str, str | None]] = [(q, a) for q, a in history] + [(message, None)]
-        return get_template(template or self.config.conv_mode).render(turns)
+        return get_template(template or self.config.conv_mode).render(turns, system)
 
     def prompt_ids(self, prompt: str) -> list[int]:
         return tokenize_prompt(prompt, self.text_tokenizer)
 
     def prompt(self, question: str, *, n_frames: int, long_video: bool | None = None,
                frame_subtitles: Sequence[str] | None = None, history: Sequence[tuple[str, str]] = (),
-               template: str | None = None, frame_tokens: Sequence[int] | None = None) -> Prompt:
+               template: str | None = None, frame_tokens: Sequence[int] | None = None,
+               system: str | None = None) -> Prompt:
         """The ``Prompt`` of a question: text built and tokenized once, length known before any compute.
         ``frame_tokens``: each frame's number of visual tokens, when some frames are given in detail."""
         long_video = self.config.long_video if long_video is None else long_video
         template = template or self.config.conv_mode
         text = self.build_prompt(question, n_frames=n_frames, long_video=long_video, frame_subtitles=frame_subtitles,
-                                 history=history, template=template)
+                                 history=history, template=template, system=system)
         ids = self.prompt_ids(text)
         if frame_tokens is not None:
             if len(frame_tokens) != n_frames:
@@ -491,19 +493,22 @@ class LlamaVid(nn.Module):
         return spans
 
     # -- text only (merging segment summaries) ----------------------------------------------------------------
-    def text_prompt(self, text: str, *, history: Sequence[tuple[str, str]] = (), template: str | None = None) -> Prompt:
-        """The ``Prompt`` of a text-only user turn (no visual tokens)."""
+    def text_prompt(self, text: str, *, history: Sequence[tuple[str, str]] = (), template: str | None = None,
+                    system: str | None = None) -> Prompt:
+        """The ``Prompt`` of a text-only user turn (no visual tokens); ``system`` as for ``build_prompt``."""
         template = template or self.config.conv_mode
-        rendered = get_template(template).render([*history, (text, None)])
+        _refuse_placeholder(text, history, None, system)
+        rendered = get_template(template).render([*history, (text, None)], system)
         ids = self.prompt_ids(rendered)
         return Prompt(text, rendered, tuple(ids), 0, False, len(ids), template)
 
 
 def _refuse_placeholder(question: str, history: Sequence[tuple[str, str]],
-                        frame_subtitles: Sequence[str] | None) -> None:
+                        frame_subtitles: Sequence[str] | None, system: str | None = None) -> None:
     """Text may not contain ``<image>``: the prompt marks the places of visual tokens with it."""
     texts = [("the question", question)] + [("an earlier turn", t) for turn in history for t in turn]
     texts += [("a subtitle", t) for t in frame_subtitles or ()]
+    texts += [("the system message", system)] if system else []
     for what, text in texts:
         if IMAGE_PLACEHOLDER in text:
             raise InputError(f"{what} contains {IMAGE_PLACEHOLDER}, which marks where the video goes in the prompt; "

@@ -43,16 +43,21 @@ class ConvTemplate:
     def stop_string(self) -> str:
         return self.sep2 if self.style == "two" else self.sep
 
-    def render(self, turns: Sequence[tuple[str, str | None]]) -> str:
-        """turns: (user message, assistant reply or None for the one to generate) -> prompt text."""
+    def render(self, turns: Sequence[tuple[str, str | None]], system: str | None = None) -> str:
+        """turns: (user message, assistant reply or None for the one to generate) -> prompt text.
+
+        ``system``: a caller's system message (an API client's). It follows the template's own system prompt
+        (separated by a space; on a line of its own in the "plain" style), which stays first, as the model
+        was trained with it; None leaves the prompt exactly as published."""
+        head = self.system if not system else (f"{self.system} {system}" if self.system else system)
         if self.style == "plain":
-            out = self.system
+            out = head + (self.sep if system else "")
             for user, reply in turns:
                 out += user + self.sep
                 if reply is not None:
                     out += reply + self.sep2
             return out
-        out = self.system + self.sep
+        out = head + self.sep
         for user, reply in turns:
             out += f"{self.roles[0]}: {user}{self.sep}"
             out += f"{self.roles[1]}: {reply}{self.sep2}" if reply is not None else f"{self.roles[1]}:"
@@ -165,6 +170,33 @@ class TextTokenizer:
         if self._sp is not None:
             return self._sp.decode(ids)
         return self._hf.decode(ids, skip_special_tokens=True)
+
+    def is_special(self, token: int) -> bool:
+        """A control token (<s>, </s>, <unk>...): no text of its own."""
+        if self._sp is not None:
+            return bool(self._sp.is_control(token) or self._sp.is_unknown(token))
+        return token in (self.bos_id, self.eos_id)
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a token stands for where it follows other text (sentencepiece's "\u2581" is a space, a
+        byte-fallback token its byte); a control token's piece name (e.g. b"</s>")."""
+        if self._sp is not None:
+            piece = self._sp.id_to_piece(int(token))
+            if self._sp.is_byte(int(token)):
+                return bytes([int(piece[3:5], 16)])
+            return piece.replace("\u2581", " ").encode("utf-8")
+        piece = self._hf.id_to_token(int(token)) or ""
+        return self._hf.decode([int(token)], skip_special_tokens=False).encode("utf-8") if piece else b""
+
+    def encode_continuation(self, text: str) -> list[int]:
+        """Ids of ``text`` as it would be tokenized after other text: without sentencepiece's dummy-prefix space
+        (for constrained decoding, which tokenizes pieces of an answer)."""
+        if self._sp is None:
+            return list(self._hf.encode(text, add_special_tokens=False).ids)
+        if not text:
+            return []
+        mark = self._sp.encode("<unk>")  # HF's legacy=False rule: encode after a marker, then drop it
+        return list(self._sp.encode("<unk>" + text))[len(mark):]
 
 
 def tokenize_prompt(prompt: str, tokenizer: TextTokenizer) -> list[int]:

@@ -15,6 +15,7 @@ import numpy as np
 from ..core.callbacks import NO_CALLBACKS, Callbacks
 from ..features.encode import run_encode
 from ..features.vidtok import open_vidtok
+from ..media.subtitles import SubtitleLine, choose
 from .inputs import VideoInput
 from .prepare import Prepared
 
@@ -37,11 +38,15 @@ def materialize(model, prepared: Prepared, *, callbacks: Callbacks = NO_CALLBACK
         features = open_vidtok(job.output)
         where = job.output if prepared.cache_entry is not None else "a temporary file"
         callbacks.say(f"encoded {len(features)} frames into {where}" if encoded else f"using cached features {where}")
+    lines = list(prepared.subtitle_lines)
+    if prepared.own_subtitles is not None:  # the speech was asked for: its transcript is in the features now
+        t = features.transcript
+        transcript = None if t is None else [SubtitleLine(*line) for line in t["lines"]]
+        lines, _ = choose(prepared.own_subtitles, transcript, forced=prepared.forced_speech, speech=prepared.speech)
     tmpdir, prepared._tmpdir = prepared._tmpdir, None
     is_video = prepared.cache_entry is not None or prepared.job is not None
-    return VideoInput(prepared.source, features, list(prepared.subtitle_lines), encoded=encoded,
-                      cache_entry=prepared.cache_entry, _tmpdir=tmpdir,
-                      video_path=prepared.path if is_video and not prepared.is_image else None)
+    return VideoInput(prepared.source, features, lines, encoded=encoded, cache_entry=prepared.cache_entry,
+                      _tmpdir=tmpdir, video_path=prepared.path if is_video and not prepared.is_image else None)
 
 
 def materialized(model, video, *, callbacks: Callbacks = NO_CALLBACKS) -> tuple[VideoInput, bool]:
@@ -53,9 +58,11 @@ def materialized(model, video, *, callbacks: Callbacks = NO_CALLBACKS) -> tuple[
 
 
 def timeline_held(planned, vin: VideoInput) -> bool:
-    """Whether plans made on ``planned`` hold for ``vin``: the same frames (frames that fail to decode are
-    left out by encoding; then every question is planned again)."""
-    return planned is vin or np.array_equal(planned.timestamps, vin.timestamps)
+    """Whether plans made on ``planned`` hold for ``vin``: the same frames and subtitles (frames that fail to
+    decode are left out by encoding, and a transcript of the speech arrives with the features; then every
+    question is planned again)."""
+    return planned is vin or (np.array_equal(planned.timestamps, vin.timestamps)
+                              and list(planned.subtitle_lines) == list(vin.subtitle_lines))
 
 
 def video_rate(vin: VideoInput) -> float | None:

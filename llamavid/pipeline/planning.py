@@ -237,11 +237,30 @@ class Plan:
         return self.prompt.question
 
     def batch_key(self) -> tuple:
-        """Plans with equal keys may go through the model together (same frames, style, sampling and cache)."""
+        """Plans with equal keys may go through the model together (same frames, style, sampling, generation
+        controls and cache)."""
         s = self.sampling
         key = (self.frame_indices, self.long_video, self.prompt.template, s.max_new_tokens, s.temperature,
-               s.top_p, s.seed, self.kv_cache)
+               s.top_p, s.seed, self.kv_cache, *s.controls)
         return key if self.view is None else key + (id(self.view), self.detail)
+
+
+def check_controls(model: "LlamaVid", sampling: SamplingOptions) -> None:
+    """Generation controls the model can follow, checked before a question joins a batch: every token a
+    ``logit_bias`` names is one of the model's, and a ``json_schema`` compiles into a grammar over its tokens."""
+    if sampling.plain:
+        return
+    from ..model.generation import logits_size
+
+    vocab = logits_size(model.llm)
+    outside = [token for token, _ in sampling.logit_bias if token >= vocab]
+    if outside:
+        raise InputError(Opt("logit_bias"), f": token {outside[0]} is not in the model's vocabulary of {vocab:,} "
+                         "tokens")
+    if sampling.json_schema is not None:
+        from ..model.constrain import schema_grammar
+
+        schema_grammar(sampling.json_schema, model.text_tokenizer, vocab)
 
 
 class _Selector:
@@ -249,9 +268,10 @@ class _Selector:
 
     def __init__(self, model: "LlamaVid", video: Timeline, question: str, long_video: bool,
                  candidates: Sequence[int] | None, history: Sequence[tuple[str, str]], template: str | None,
-                 reserve: int):
+                 reserve: int, system: str | None = None):
         self.model, self.video, self.question, self.long_video = model, video, question, long_video
         self.reserve = reserve
+        self.system = system
         self.candidates = list(candidates) if candidates is not None else None
         self.available = len(self.candidates) if self.candidates is not None else len(video.timestamps)
         self.history, self.template = history, template
@@ -268,7 +288,7 @@ class _Selector:
             sel = self.indices(n)
             subs = self.video.frame_subtitles(sel) if self.long_video else None
             prompt = self.model.prompt(self.question, n_frames=n, long_video=self.long_video, frame_subtitles=subs,
-                                       history=self.history, template=self.template)
+                                       history=self.history, template=self.template, system=self.system)
             self._built[n] = (sel, prompt)
         return self._built[n]
 
@@ -304,14 +324,16 @@ def _most_frames(sel: _Selector, ceiling: int, sampling: SamplingOptions) -> int
 
 def plan_question(model: "LlamaVid", video: Timeline, question: str, options: "AskOptions", *,
                   candidates: Sequence[int] | None = None, history: Sequence[tuple[str, str]] = (),
-                  template: str | None = None, closer: CloserSettings | None = None) -> Plan:
-    """The plan for one question about ``video`` (see the module docstring for the rules). With look-closer
-    (``options.look_closer``, or by default when the frames do not fit), the plan is pass 1's: the plain
-    plan with ``closer`` set (``closer``: the settings, default ``DEFAULT_CLOSER``)."""
+                  template: str | None = None, system: str | None = None,
+                  closer: CloserSettings | None = None) -> Plan:
+    """The plan for one question about ``video`` (see the module docstring for the rules). ``system``: a system
+    message for the prompt (``ConvTemplate.render``). With look-closer (``options.look_closer``, or by default
+    when the frames do not fit), the plan is pass 1's: the plain plan with ``closer`` set (``closer``: the
+    settings, default ``DEFAULT_CLOSER``)."""
     plain = options.replace(strict_context=False) if getattr(options, "look_closer", None) and \
         options.strict_context else options  # pass 2 plans its own frames: nothing to refuse here
     plan = _plan_question(model, video, question, plain, candidates=candidates, history=history,
-                          template=template)
+                          template=template, system=system)
     if looks_closer(options, plan, video):
         return dataclasses.replace(plan, closer=closer or DEFAULT_CLOSER)
     return plan
@@ -329,12 +351,13 @@ def looks_closer(options: "AskOptions", plan: Plan, video: Timeline) -> bool:
 
 def _plan_question(model: "LlamaVid", video: Timeline, question: str, options: "AskOptions", *,
                    candidates: Sequence[int] | None = None, history: Sequence[tuple[str, str]] = (),
-                   template: str | None = None) -> Plan:
+                   template: str | None = None, system: str | None = None) -> Plan:
     long_video = resolve_long_video(model, options.long)
     sampling = options.sampling(long_video)
+    check_controls(model, sampling)
     reserve = answer_space(model, options, sampling)
     candidates = range_candidates(video, options, candidates)
-    sel = _Selector(model, video, question, long_video, candidates, history, template, reserve)
+    sel = _Selector(model, video, question, long_video, candidates, history, template, reserve, system)
     if sel.available == 0:
         raise InputError("no frames to answer from", where=video.source)
     count = min(options.max_frames, sel.available) if options.max_frames else sel.available
@@ -469,23 +492,52 @@ def _batch(model: "LlamaVid", plans: list[Plan], members: list[int]) -> list[Bat
 
 @dataclass(frozen=True)
 class TextPlan:
-    """A text-only prompt (merging segment summaries): its prompt, answer room and KV cache."""
+    """A text-only prompt (merging segment summaries, a question without a video): its prompt, answer room and
+    KV cache. Read like a ``Plan`` where answers are batched and recorded (no frames)."""
 
     prompt: "Prompt"
     sampling: SamplingOptions
     max_new: int
     cache_mode: str
     cache_note: str | None = None
+    kv_cache: str = "auto"  # the mode asked for (a batch of these plans is planned again as a whole)
+
+    frames = 0
+    frames_available = 0
+    frame_indices = None
+    long_video = False
+    note = None
+    keep_cache = False
+
+    @property
+    def question(self) -> str:
+        return self.prompt.question
+
+    def batch_key(self) -> tuple:
+        """Text plans with equal keys may be generated together (same template, sampling, controls, cache)."""
+        s = self.sampling
+        return ("text", self.prompt.template, s.max_new_tokens, s.temperature, s.top_p, s.seed, self.kv_cache,
+                *s.controls)
 
 
 def plan_text(model: "LlamaVid", text: str, sampling: SamplingOptions, *, kv_cache: str = "auto",
-              history: Sequence[tuple[str, str]] = (), template: str | None = None) -> TextPlan:
-    """The plan for a text-only user turn."""
-    prompt = model.text_prompt(text, history=history, template=template)
+              history: Sequence[tuple[str, str]] = (), template: str | None = None,
+              system: str | None = None, require_fit: bool = False) -> TextPlan:
+    """The plan for a text-only user turn (``system``: a system message for the prompt). Generation controls the
+    model cannot follow are refused; so is a prompt that leaves no room for an answer, or, with
+    ``require_fit`` (a question, as ``plan_question`` has it), less than the context rule keeps for one."""
+    check_controls(model, sampling)
+    prompt = model.text_prompt(text, history=history, template=template, system=system)
+    reserve = answer_reserve(sampling)
+    if require_fit and not fits(model.context_length, prompt.tokens, sampling):
+        what = "the question and the conversation so far take" if history else "the question takes"
+        raise ContextOverflowError(f"{what} {prompt.tokens} tokens, the answer needs room for {reserve}, and the "
+                                   f"model's context holds {model.context_length}; shorten it",
+                                   needed=prompt.tokens + reserve, context=model.context_length)
     max_new = answer_room(model.context_length, prompt.tokens, sampling.max_new_tokens, n_frames=0,
                           tokens_per_frame=model.tokens_per_frame)
     mode, note = cache_mode(model, prompt.tokens, new_tokens=max_new, requested=kv_cache)
-    return TextPlan(prompt, sampling, max_new, mode, note)
+    return TextPlan(prompt, sampling, max_new, mode, note, kv_cache)
 
 
 def most_frames(model: "LlamaVid", video: Timeline, question: str, options: "AskOptions", *,

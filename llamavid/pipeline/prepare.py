@@ -23,6 +23,7 @@ are always seconds from the start of the whole video.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import tempfile
@@ -61,6 +62,11 @@ class Prepared(Frames, Closing):
     is_image: bool
     features: Vidtok | None = None
     job: EncodeJob | None = None
+    # the speech's part in the subtitles: the author's own (1-3 of subtitles.resolve), and whether the
+    # transcript is chosen over them (forced) or when they are missing (speech); set when speech was asked for
+    own_subtitles: tuple[list, str | None] | None = None
+    forced_speech: bool = False
+    speech: bool = False
     cache_entry: Path | None = None  # where a video's features are (or will be) kept; None: not cached
     _tmpdir: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
 
@@ -80,9 +86,12 @@ class Prepared(Frames, Closing):
 
 
 def cache_path_for(source_hash: str, encoder_fingerprint: str, fps: float,
-                   time_range: tuple[float, float] | None = None) -> Path:
-    """Where the features of a video (or of the part ``time_range`` of it) live in the user cache."""
+                   time_range: tuple[float, float] | None = None, speech_key: str | None = None) -> Path:
+    """Where the features of a video (or of the part ``time_range`` of it; with a transcript of its speech
+    made as ``speech_key`` says) live in the user cache."""
     key = f"{source_hash.split(':')[-1][:24]}-{encoder_fingerprint.split(':')[-1][:12]}-fps{fps:g}"
+    if speech_key is not None:
+        key += "-asr" + hashlib.sha256(speech_key.encode()).hexdigest()[:10]
     if time_range is not None:
         start, end = time_range
         key += f"-from{start:g}" + ("" if end == float("inf") else f"-to{end:g}")
@@ -142,22 +151,28 @@ def prepare(model, source: str | os.PathLike, options: AskOptions = AskOptions()
     check_file(path, label)
     fingerprint = model.vision_identity()["fingerprint"]
     explicit = options.subtitles
+    speech = speech_options(options)  # a recognizer that cannot be had is refused here, before any work
     if path.suffix.lower() == ".vidtok" or looks_like_vidtok(path):
         features = open_vidtok(path)
         try:
             features.check_encoder(fingerprint)
-            lines, _ = subs.resolve(None, explicit, stored=_stored(features), on_warning=callbacks.warning)
+            if speech is not None and features.transcript is None:
+                callbacks.warn(f"{label}: holds no transcript of its speech (encode the video with asr to make one)")
+            lines, _ = subs.resolve(None, explicit, stored=_stored(features), transcript=_transcript(features),
+                                    speech=options.speech, on_warning=callbacks.warning)
             return _from_features(label, path, features, lines, options)
         except BaseException:
             features.close()
             raise
 
     source_hash = content_hash(path)
+    speech_key = speech.key() if speech is not None else None
     if options.cache:
-        features, entry, part = _cached(source_hash, fingerprint, options)
+        features, entry, part = _cached(source_hash, fingerprint, options, speech_key)
         if features is not None:
             try:
-                lines, _ = subs.resolve(path, explicit, stored=_stored(features), on_warning=callbacks.warning)
+                lines, _ = subs.resolve(path, explicit, stored=_stored(features), transcript=_transcript(features),
+                                        speech=options.speech, on_warning=callbacks.warning)
                 return _from_features(label, path, features, lines, options, entry)
             except BaseException:
                 features.close()
@@ -169,16 +184,21 @@ def prepare(model, source: str | os.PathLike, options: AskOptions = AskOptions()
     try:
         info = video.probe(path)
         check_range(label, options.time_range, duration=info.duration, is_image=info.is_image)
-        lines, origin = ([], None) if info.is_image else subs.resolve(path, explicit, on_warning=callbacks.warning)
+        forced = explicit == subs.SPEECH
+        own = ([], None) if info.is_image else subs.own_subtitles(path, None if forced else explicit,
+                                                                   on_warning=callbacks.warning)
+        lines, _ = subs.choose(own, None, forced=forced, speech=options.speech)  # a transcript is still to come
         job = plan_encode(path, entry, EncodeOptions(fps=options.fps, subtitles=options.subtitles,
-                                                     storage=CACHE_STORAGE, time_range=part),
-                          fingerprint=fingerprint, info=info, source_hash=source_hash, subtitles=(lines, origin))
+                                                     storage=CACHE_STORAGE, time_range=part,
+                                                     asr=None if info.is_image else speech),
+                          fingerprint=fingerprint, info=info, source_hash=source_hash, subtitles=own)
     except BaseException:
         if tmpdir is not None:
             tmpdir.cleanup()
         raise
     return Prepared(label, path, job.timestamps, list(lines), options.fps, info.duration, info.is_image, job=job,
-                    cache_entry=entry if options.cache else None, _tmpdir=tmpdir)
+                    cache_entry=entry if options.cache else None, _tmpdir=tmpdir, own_subtitles=own,
+                    forced_speech=forced, speech=options.speech)
 
 
 @contextmanager
@@ -190,6 +210,21 @@ def prepared(model, video, options: AskOptions = AskOptions(), *, callbacks: Cal
             yield ready
     else:
         yield video
+
+
+def speech_options(options: AskOptions):
+    """The speech recognizer's options when the question asks for speech (``AskOptions.speech``), its model
+    found (a model that cannot be had offline is refused with the command that fetches it); else None."""
+    if not options.speech:
+        return None
+    from ..media import asr
+
+    return asr.recognizer(options.asr_model, options.language)
+
+
+def _transcript(features: Vidtok) -> list[subs.SubtitleLine] | None:
+    t = features.transcript
+    return None if t is None else [subs.SubtitleLine(*line) for line in t["lines"]]
 
 
 def _stored(features: Vidtok) -> tuple[list[subs.SubtitleLine], str | None]:
@@ -206,24 +241,25 @@ def _from_features(label: str, path: Path, features: Vidtok, lines: list[subs.Su
                     features=features, cache_entry=entry)
 
 
-def _cached(source_hash: str, fingerprint: str, options: AskOptions) -> tuple[Vidtok | None, Path, tuple | None]:
+def _cached(source_hash: str, fingerprint: str, options: AskOptions,
+            speech_key: str | None = None) -> tuple[Vidtok | None, Path, tuple | None]:
     """(the cache entry's features when whole and made for this job, the entry, the range to encode if not).
 
     The whole video's entry serves any range (sliced by the planner); else the entry of the range asked for.
     A damaged entry is not used (materialize encodes it again, with a warning)."""
-    entry = cache_path_for(source_hash, fingerprint, options.fps)
-    features = _open_entry(entry, source_hash, fingerprint, options.fps, None)
+    entry = cache_path_for(source_hash, fingerprint, options.fps, speech_key=speech_key)
+    features = _open_entry(entry, source_hash, fingerprint, options.fps, None, speech_key)
     part = options.time_range
     if features is not None or entry.is_file():
         return features, entry, None  # the whole video is cached (or its damaged entry is about to be redone)
     if part is not None:
-        ranged = cache_path_for(source_hash, fingerprint, options.fps, part)
-        return _open_entry(ranged, source_hash, fingerprint, options.fps, part), ranged, part
+        ranged = cache_path_for(source_hash, fingerprint, options.fps, part, speech_key)
+        return _open_entry(ranged, source_hash, fingerprint, options.fps, part, speech_key), ranged, part
     return None, entry, None
 
 
 def _open_entry(entry: Path, source_hash: str, fingerprint: str, fps: float,
-                time_range: tuple[float, float] | None) -> Vidtok | None:
+                time_range: tuple[float, float] | None, speech_key: str | None = None) -> Vidtok | None:
     """The cache entry, opened and verified, when it is whole and made for this job; else None."""
     if not entry.is_file():
         return None
@@ -233,7 +269,7 @@ def _open_entry(entry: Path, source_hash: str, fingerprint: str, fps: float,
         return None
     try:
         if made_for(features, source_hash=source_hash, fingerprint=fingerprint, fps=fps, storage=CACHE_STORAGE,
-                    time_range=time_range):
+                    time_range=time_range, transcript_key=speech_key):
             features.verify()  # blocks stay verified: answering reads them without hashing again
             return features
     except VidtokError:

@@ -8,8 +8,14 @@ AnswerService``, and writes the answer in OpenAI's shapes (``chat.completion`` J
 ``chat.completion.chunk`` server-sent events). Every refusal is a 4xx with ``{"error": {"message", "type",
 "param", "code"}}``: the status and code come from one table (``describe``), and the message is the
 library error worded for HTTP (options as request fields, ``"max_frames": 12``; files as the client
-named them). See docs/SERVE.md. ``llamavid serve`` (llamavid_cli/serve.py) only parses flags and runs
-uvicorn.
+named them, and no other path of the server's at all: ``HttpStyle``). Every JSON body is valid UTF-8 (a lone
+surrogate a client sent comes back as a JSON escape).
+
+A client that disconnects gives up its question (``AnswerService.cancel``: its generation stops within one
+decoding step), streaming or not. ``begin_shutdown(timeout)`` (``application.state``), called when the
+server starts stopping, lets the work in flight finish for ``timeout`` seconds, then cancels what is left
+(503 ``shutting_down``) and refuses request bodies still arriving. See docs/SERVE.md. ``llamavid serve``
+(llamavid_cli/serve.py) only parses flags and runs uvicorn.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations (Request), which
@@ -18,10 +24,12 @@ import asyncio
 import hmac
 import json
 import logging
+import os
+import re
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Sequence
 
 from ..core.errors import (
     ContextOverflowError,
@@ -32,24 +40,31 @@ from ..core.errors import (
     VideoError,
     VidtokError,
 )
+from ..core.fileio import dump_record
 from ..core.options import AskOptions
-from .protocol import OPENAI_NAMES
-from .service import ServiceClosed
+from .protocol import DEFAULT_MAX_TOKENS_LIMIT, OPENAI_NAMES
+from .service import Cancelled, ServiceClosed
 
 log = logging.getLogger("llamavid.serve")
 
 DEFAULT_MAX_BODY_MB = 20.0
 DEFAULT_MAX_IMAGE_MB = 10.0
+DEFAULT_MAX_VIDEO_MB = 10.0
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 _DONE = object()  # end of an answer's text pieces
 
 
 def create_app(model, media, *, model_id: str, api_key: str | None = None,
-               max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 1e6), service=None, defaults: AskOptions = AskOptions()):
-    """The FastAPI application: /health, /v1/models, /v1/chat/completions over an ``AnswerService``."""
+               max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 1e6), service=None, defaults: AskOptions = AskOptions(),
+               max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT):
+    """The FastAPI application: /health, /v1/models, /v1/chat/completions over an ``AnswerService``.
+
+    ``max_tokens_limit``: the most new tokens any answer may have; ``shutdown_timeout``: how long the work in
+    flight may take once the server is stopping (``application.state.begin_shutdown``)."""
     from fastapi import Depends, FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from ..core.callbacks import Callbacks
@@ -60,14 +75,32 @@ def create_app(model, media, *, model_id: str, api_key: str | None = None,
         service = AnswerService(model, callbacks=Callbacks(warning=log.warning, status=log.info))
     created = int(time.time())
     card = {"id": model_id, "object": "model", "created": created, "owned_by": "llamavid"}
+    stopping = asyncio.Event()  # set at the shutdown deadline: request bodies still arriving are refused
+    ignored_seen: set[str] = set()
 
     @asynccontextmanager
     async def lifespan(_app):
         yield
-        await run_in_threadpool(service.close)  # after uvicorn has finished every request in flight
+        # after uvicorn has finished every request in flight (or the deadline has cancelled them): nothing is
+        # left to answer, and whatever is left once a second has passed is cancelled
+        await run_in_threadpool(service.close, 1.0)
+
+    def begin_shutdown(timeout: float = shutdown_timeout) -> None:
+        """The server is stopping: what is in flight may finish for ``timeout`` seconds; then the rest is
+        cancelled. Call from the event loop."""
+        def deadline() -> None:
+            stopping.set()
+            left = service.cancel_all(ServiceClosed("the server stopped before the answer was finished (its "
+                                                    "shutdown deadline, --shutdown-timeout, passed)"))
+            if left:
+                log.info("shutdown deadline: %d unfinished question(s) cancelled", left)
+
+        asyncio.get_running_loop().call_later(max(0.0, timeout), deadline)
 
     application = FastAPI(title="llamavid", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     application.state.service = service
+    application.state.begin_shutdown = begin_shutdown
+    roots = tuple(str(r) for r in getattr(media, "roots", ()))
 
     def check_key(request: Request) -> None:
         if api_key is None:
@@ -82,7 +115,7 @@ def create_app(model, media, *, model_id: str, api_key: str | None = None,
 
     @application.exception_handler(LlamaVidError)
     async def _refused(_request, exc: LlamaVidError):
-        return refusal(exc)
+        return refusal(exc, HttpStyle(roots=roots))
 
     @application.exception_handler(StarletteHTTPException)
     async def _http(_request, exc: StarletteHTTPException):
@@ -117,29 +150,110 @@ def create_app(model, media, *, model_id: str, api_key: str | None = None,
 
     @application.post("/v1/chat/completions", dependencies=auth)
     async def chat_completions(request: Request):
-        body = await read_json(request, max_body_bytes)
-        req = await run_in_threadpool(parse_chat_request, body, model_id=model_id, media=media, defaults=defaults)
-        style = HttpStyle(service.names_for(req.media))  # errors name files as the client did
+        body = await read_json(request, max_body_bytes, stopping)
+        req = await run_in_threadpool(parse_chat_request, body, model_id=model_id, media=media, defaults=defaults,
+                                      max_tokens_limit=max_tokens_limit)
+        fresh = [name for name in req.ignored if name not in ignored_seen]
+        if fresh:
+            ignored_seen.update(fresh)
+            log.warning("ignoring the request field(s) %s: llamavid does not use them (logged once per field)",
+                        ", ".join(repr(name) for name in fresh))
+        # errors name files as the client did, and no other path of the server's
+        style = HttpStyle({**req.files, **service.names_for(req.media)}, roots)
         reply = Reply(model, model_id, style)
         if not req.stream:
-            answered = await asyncio.wrap_future(service.submit(req.media, req.question))
-            if answered.error is not None:
-                return refusal(answered.error, style)
-            return JSONResponse(reply.completion(answered))
+            futures = [service.submit(req.media, req.question) for _ in range(req.n)]
+            try:
+                answered = await _answers(request, futures)
+            finally:
+                for future in futures:  # a client gone, or this task cancelled: the rest is not generated
+                    service.cancel(future)
+            if answered is None:
+                return _gone()
+            for one in answered:
+                if one.error is not None:
+                    return refusal(one.error, style)
+            return json_response(reply.completion(answered, req.logprobs))
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
-        future = service.submit(req.media, req.question, on_text=lambda piece: _post(loop, pieces, piece))
-        future.add_done_callback(lambda _f: _post(loop, pieces, _DONE))
-        first = await pieces.get()  # a refusal (bad video, context overflow) comes before any text: a 4xx
-        if first is _DONE and (future.exception() is not None or future.result().error is not None):
-            exc = future.exception() or future.result().error
+        futures = []
+        try:
+            for index in range(req.n):
+                future = service.submit(req.media, req.question,
+                                        on_text=lambda piece, i=index: _post(loop, pieces, (i, piece)))
+                future.add_done_callback(lambda _f, i=index: _post(loop, pieces, (i, _DONE)))
+                futures.append(future)
+            first = await _first(request, pieces)
+        except BaseException:
+            for future in futures:
+                service.cancel(future)
+            raise
+        if first is None:  # the client left before anything was generated
+            for future in futures:
+                service.cancel(future)
+            return _gone()
+        index, piece = first
+        failed = futures[index]
+        if piece is _DONE and (failed.exception() is not None or failed.result().error is not None):
+            # a refusal (a bad video, a question too long) comes before any text: a 4xx
+            for future in futures:
+                service.cancel(future)
+            exc = failed.exception() or failed.result().error
             if isinstance(exc, LlamaVidError):
                 return refusal(exc, style)
             raise exc
-        return StreamingResponse(reply.events(first, pieces, future, req.include_usage), media_type="text/event-stream",
+        return StreamingResponse(reply.events(first, pieces, futures, req.include_usage, req.logprobs,
+                                              lambda: [service.cancel(f) for f in futures]),
+                                 media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return application
+
+
+def _gone():
+    """The reply to a client that has disconnected: nobody reads it; the access log shows 499 (as nginx names
+    a request its client closed)."""
+    from fastapi.responses import Response
+
+    return Response(status_code=499)
+
+
+async def _until_disconnected(request) -> None:
+    """Returns when the client has gone (the request body was read in full before)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _answers(request, futures) -> list | None:
+    """The results of ``futures``, or None when the client disconnects first."""
+    wrapped = [asyncio.wrap_future(f) for f in futures]
+    for w in wrapped:  # an outcome nobody waits for any more is not "never retrieved"
+        w.add_done_callback(lambda f: f.cancelled() or f.exception())
+    gone = asyncio.ensure_future(_until_disconnected(request))
+    waiting = set(wrapped)
+    try:
+        while waiting:
+            done, _ = await asyncio.wait(waiting | {gone}, return_when=asyncio.FIRST_COMPLETED)
+            if gone in done:
+                return None
+            waiting -= done
+    finally:
+        gone.cancel()
+    return [w.result() for w in wrapped]
+
+
+async def _first(request, pieces: asyncio.Queue):
+    """The first (index, piece) of a stream, or None when the client disconnects first."""
+    first = asyncio.ensure_future(pieces.get())
+    gone = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({first, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if first in done:
+        return first.result()
+    first.cancel()
+    return None
 
 
 class Reply:
@@ -151,51 +265,92 @@ class Reply:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
 
-    def completion(self, answered) -> dict[str, Any]:
+    def completion(self, answered: Sequence, logprobs: bool = False) -> dict[str, Any]:
+        """``answered``: one ``Answered`` per choice."""
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model_id,
-                "choices": [{"index": 0,
-                             "message": {"role": "assistant", "content": answered.answer.text, "refusal": None},
-                             "logprobs": None, "finish_reason": self._finish(answered)}],
-                "usage": self._usage(answered), "system_fingerprint": None, "llamavid": self._extra(answered)}
+                "choices": [{"index": i,
+                             "message": {"role": "assistant", "content": one.answer.text, "refusal": None},
+                             "logprobs": self._logprobs(one) if logprobs else None, "finish_reason": self._finish(one)}
+                            for i, one in enumerate(answered)],
+                "usage": self._usage(answered), "system_fingerprint": None, "llamavid": self._extra(answered[0])}
 
-    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None, index: int = 0, logprobs=None,
+              **extra: Any) -> str:
         record = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model_id,
                   "system_fingerprint": None,
-                  "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **extra}
+                  "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
+                  **extra}
         return _sse(record)
 
-    async def events(self, first, pieces: asyncio.Queue, future, include_usage: bool):
-        yield self.chunk({"role": "assistant", "content": "", "refusal": None})
-        piece = first
-        while piece is not _DONE:
-            yield self.chunk({"content": piece})
-            piece = await pieces.get()
+    async def events(self, first, pieces: asyncio.Queue, futures: list, include_usage: bool, logprobs: bool,
+                     cancel):
+        """The chunks of every choice as its text arrives; ``cancel`` is called if the client goes away."""
+        try:
+            started: set[int] = set()
+            finished: list = [None] * len(futures)
+            item = first
+            while True:
+                index, piece = item
+                if index not in started:
+                    started.add(index)
+                    yield self.chunk({"role": "assistant", "content": "", "refusal": None}, index=index)
+                if piece is not _DONE:
+                    yield self.chunk({"content": piece}, index=index)
+                else:
+                    finished[index], event = self._outcome(futures[index])
+                    if event is not None:  # an error: the stream ends with it
+                        cancel()
+                        yield event
+                        yield "data: [DONE]\n\n"
+                        return
+                    one = finished[index]
+                    yield self.chunk({}, self._finish(one), index=index,
+                                     logprobs=self._logprobs(one) if logprobs else None, llamavid=self._extra(one))
+                    if all(f is not None for f in finished):
+                        break
+                item = await pieces.get()
+            if include_usage:
+                yield _sse({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                            "model": self.model_id, "system_fingerprint": None, "choices": [],
+                            "usage": self._usage(finished)})
+            yield "data: [DONE]\n\n"
+        finally:
+            cancel()  # (a no-op for finished questions) the client went away: stop generating for it
+
+    def _outcome(self, future):
+        """(the Answered, None) or (None, an error event)."""
         try:
             answered = future.result()
             if answered.error is not None:
                 raise answered.error
         except LlamaVidError as exc:
-            yield _sse(_error_body(*describe(exc, self.style)))
+            return None, _sse(_error_body(*describe(exc, self.style)))
         except Exception as exc:  # noqa: BLE001 - a bug: the client hears of it, the log has the traceback
             log.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=exc)
-            yield _sse(_error_body(500, "internal error in llamavid (the server's log has the details)"))
-        else:
-            yield self.chunk({}, self._finish(answered), llamavid=self._extra(answered))
-            if include_usage:
-                yield _sse({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                            "model": self.model_id, "system_fingerprint": None, "choices": [],
-                            "usage": self._usage(answered)})
-        yield "data: [DONE]\n\n"
+            return None, _sse(_error_body(500, "internal error in llamavid (the server's log has the details)"))
+        return answered, None
 
     @staticmethod
     def _finish(answered) -> str:
         return "length" if answered.answer.truncated else "stop"
 
     @staticmethod
-    def _usage(answered) -> dict[str, int]:
-        a = answered.answer
-        return {"prompt_tokens": a.prompt_tokens, "completion_tokens": a.new_tokens,
-                "total_tokens": a.prompt_tokens + a.new_tokens}
+    def _usage(answered: Sequence) -> dict[str, int]:
+        prompt = answered[0].answer.prompt_tokens
+        completion = sum(one.answer.new_tokens for one in answered)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def _logprobs(self, answered) -> dict[str, Any]:
+        """OpenAI's ``logprobs`` object: every generated token with its log-probability and the likeliest ones."""
+        tokenizer = self.model.text_tokenizer
+
+        def entry(token: int, logprob: float) -> dict[str, Any]:
+            raw = tokenizer.token_bytes(token)
+            return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
+
+        content = [{**entry(t.token, t.logprob), "top_logprobs": [entry(i, lp) for i, lp in t.top]}
+                   for t in answered.answer.logprobs or ()]
+        return {"content": content, "refusal": None}
 
     def _extra(self, answered) -> dict[str, Any]:
         """llamavid's own answer fields (frames, seconds; evidence, choices...), as ``ask --json`` has them."""
@@ -213,6 +368,7 @@ class Reply:
 # carries its own status, code and param (the request field at fault).
 STATUS_TABLE: tuple[tuple[type, int, str | None, str | None], ...] = (
     (ServiceClosed, 503, "shutting_down", None),
+    (Cancelled, 503, "cancelled", None),
     (ContextOverflowError, 400, "context_length_exceeded", "messages"),
     (MemoryLimitError, 400, "insufficient_memory", "messages"),
     (VideoError, 400, "invalid_media", "messages"),
@@ -221,19 +377,28 @@ STATUS_TABLE: tuple[tuple[type, int, str | None, str | None], ...] = (
 )
 
 
+# An absolute path in a message: a "/" that starts a word (not "a/b", "image/png" or "file:///...") and what
+# follows it up to a space, a quote or a bracket.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/\\-])/[^\s'\"<>()\[\]{},;|`]+")
+_FILE_URL = re.compile(r"file://(?:localhost)?(/[^\s'\"<>()\[\]{},;|`]*)")
+
+
 class HttpStyle(JsonStyle):
     """Library errors worded for an HTTP client: options as the request's fields (``"max_tokens": 5``),
-    options only the server's operator sets as its flags, and files by the names the client sent."""
+    options only the server's operator sets as its flags, files by the names the client sent, and no path
+    of the server's at all: a file under a media root by its path inside the root, any other absolute path
+    by its name alone, wherever it stands in the message (a cut one included)."""
 
     names = dict(OPENAI_NAMES)
 
-    def __init__(self, files: dict[str, str] | None = None):
+    def __init__(self, files: dict[str, str] | None = None, roots: Sequence[str] = ()):
         self.files = files or {}
+        self.roots = tuple(r.rstrip("/") for r in roots if r.rstrip("/"))
 
     def option(self, opt) -> str:
         from .protocol import request_fields
 
-        if opt.name not in request_fields():
+        if opt.name not in request_fields() and self.names.get(opt.name, opt.name) not in request_fields():
             flag = "--" + opt.name.replace("_", "-")
             return f"the server's {flag} {opt.value}" if opt.has_value else f"the server's {flag}"
         return super().option(opt)
@@ -242,6 +407,49 @@ class HttpStyle(JsonStyle):
         if where in self.files:
             return self.files[where]
         return where
+
+    def finish(self, text: str) -> str:
+        # the client's names for the request's files, kept out of the way of the path rule below
+        kept: list[str] = []
+
+        def keep(name: str) -> str:
+            kept.append(name)
+            return f"\x00{len(kept) - 1}\x00"
+
+        for server, client in sorted(self.files.items(), key=lambda item: -len(item[0])):
+            if server and client != server:
+                text = text.replace(server, keep(client))
+        for root in sorted(self.roots, key=len, reverse=True):  # a file under a root: as a client names it
+            text = text.replace(root + "/", "").replace(root, keep(_name(root)))
+        for folder in _server_folders():  # the cache, temporary files, the home folder: what follows them
+            text = text.replace(folder + "/", "")
+        text = _FILE_URL.sub(lambda m: _name(m.group(1)), text)
+        text = _ABSOLUTE_PATH.sub(lambda m: _name(m.group()), text)
+        return re.sub("\x00(\\d+)\x00", lambda m: kept[int(m.group(1))], text)
+
+
+def _server_folders() -> list[str]:
+    """Folders of the server's own whose paths a message may hold (a cache entry, a temporary file), longest
+    first: a path under one is shown from there on."""
+    import tempfile
+
+    from ..model.checkpoint import user_cache_dir
+
+    folders = set()
+    for find in (user_cache_dir, tempfile.gettempdir, lambda: os.path.expanduser("~"), os.getcwd):
+        try:
+            folder = os.fspath(find()).rstrip("/")
+        except Exception:  # noqa: BLE001 - a folder that cannot be found is not in any message either
+            continue
+        if folder:
+            folders.add(folder)
+            folders.add(os.path.realpath(folder))
+    return sorted(folders, key=len, reverse=True)
+
+
+def _name(path: str) -> str:
+    """An absolute path as a message may show it: its last part (or "/" alone)."""
+    return os.path.basename(path.rstrip("/")) or "/"
 
 
 def describe(exc: LlamaVidError, style: HttpStyle | None = None) -> tuple[int, str, str | None, str | None]:
@@ -262,11 +470,22 @@ def _error_body(status: int, text: str, param: str | None = None, code: str | No
 
 
 def error_response(status: int, text: str, *, param: str | None = None, code: str | None = None, headers=None):
-    from fastapi.responses import JSONResponse
-
     if status == 401:
         headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
-    return JSONResponse(_error_body(status, text, param, code), status_code=status, headers=headers)
+    return json_response(_error_body(status, text, param, code), status, headers)
+
+
+def _json(record: Any) -> str:
+    """JSON that is valid UTF-8 whatever it holds: lone surrogates (from a client's JSON escapes) as escapes."""
+    return dump_record(record).rstrip("\n")
+
+
+def json_response(content: Any, status: int = 200, headers=None):
+    """A JSON reply that is valid UTF-8 whatever it holds (``_json``)."""
+    from fastapi.responses import Response
+
+    return Response(_json(content).encode("utf-8"), status_code=status, headers=headers,
+                    media_type="application/json")
 
 
 def refusal(exc: LlamaVidError, style: HttpStyle | None = None):
@@ -274,8 +493,25 @@ def refusal(exc: LlamaVidError, style: HttpStyle | None = None):
     return error_response(status, text, param=param, code=code)
 
 
-async def read_json(request, limit: int) -> Any:
-    """The body as JSON, refusing more than ``limit`` bytes (413) before reading them all."""
+async def read_json(request, limit: int, stopping: asyncio.Event | None = None) -> Any:
+    """The body as JSON, refusing more than ``limit`` bytes (413) before reading them all; a body still arriving
+    when ``stopping`` is set (the shutdown deadline) is refused (503)."""
+    if stopping is None:
+        return await _read_json(request, limit)
+    reading = asyncio.ensure_future(_read_json(request, limit))
+    stopped = asyncio.ensure_future(stopping.wait())
+    try:
+        done, _ = await asyncio.wait({reading, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if reading in done:
+        return reading.result()
+    reading.cancel()
+    raise RequestError("the server is shutting down; the request body had not arrived in full", status=503,
+                       code="shutting_down")
+
+
+async def _read_json(request, limit: int) -> Any:
     too_large = RequestError(f"the request body is larger than this server's limit of {limit:,} bytes", status=413,
                              code="request_too_large")
     length = request.headers.get("content-length")
@@ -284,11 +520,16 @@ async def read_json(request, limit: int) -> Any:
             raise RequestError("the Content-Length header is not a number")
         if int(length) > limit:
             raise too_large
+    from starlette.requests import ClientDisconnect
+
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+    except ClientDisconnect:  # (the reply goes nowhere; the access log shows the 400)
+        raise RequestError("the client disconnected before it had sent the whole request body") from None
     if not body:
         raise RequestError("the request body is empty; send a JSON object")
     try:
@@ -299,7 +540,7 @@ async def read_json(request, limit: int) -> Any:
 
 
 def _sse(record: dict[str, Any]) -> str:
-    return f"data: {json.dumps(record, ensure_ascii=False)}\n\n"
+    return f"data: {_json(record)}\n\n"
 
 
 def _post(loop, queue: asyncio.Queue, item) -> None:

@@ -7,8 +7,13 @@ The rules (``llamavid serve``'s security model, docs/SERVE.md):
   inside a root's real path; a link inside a root that points outside it is refused like ``../x``.
 * Without media roots no file is readable at all.
 * ``http(s)://`` and every other scheme are refused: the server never fetches anything.
-* ``data:`` URLs carry images only (``image/png``, ``jpeg``, ``webp``, ``bmp``), base64-encoded, at most
-  ``max_image_bytes`` once decoded; the size is checked before decoding.
+* ``data:`` URLs carry images (``image/png``, ``jpeg``, ``webp``, ``bmp``; in ``image_url`` parts) or videos
+  (``video/mp4``, ``webm``, ``quicktime``, ``x-matroska``...; in ``video_url`` parts), base64-encoded, at most
+  ``max_image_bytes`` / ``max_video_bytes`` once decoded; the size is checked before decoding. An image's
+  header is read at once: one that declares more than ``MAX_IMAGE_PIXELS`` pixels is refused (413) before
+  any pixel is decoded, one Pillow cannot read is refused (400). The bytes become a file only while the
+  server prepares and encodes them (``llamavid.server.service``).
+* A reference must be valid UTF-8 text (a lone surrogate, from a JSON escape, is refused).
 * Refusals are ``RequestError``s that name the reference as the client wrote it (never the resolved path
   on the server): 403 outside the roots, 404 missing inside them, 413 too large, 400 anything else.
   Whether a file outside the roots exists is never revealed.
@@ -30,13 +35,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..core.errors import InputError, OptionError, RequestError
+from ..core.errors import InputError, OptionError, RequestError, VideoError
+from ..media.video import MAX_IMAGE_PIXELS, ImageTooLargeError, open_image
 
 DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_VIDEO_BYTES = 10 * 1024 * 1024
 
-# The image types a data: URL may carry, and the file suffix open_input recognises each by.
+# The types a data: URL may carry, and the file suffix open_input recognises each by.
 DATA_IMAGE_TYPES = {"image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg", "image/webp": ".webp",
                     "image/bmp": ".bmp"}
+DATA_VIDEO_TYPES = {"video/mp4": ".mp4", "video/webm": ".webm", "video/quicktime": ".mov",
+                    "video/x-matroska": ".mkv", "video/x-msvideo": ".avi", "video/mpeg": ".mpg", "video/mp2t": ".ts",
+                    "video/x-m4v": ".m4v", "video/3gpp": ".3gp", "video/x-flv": ".flv", "video/x-ms-wmv": ".wmv"}
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
@@ -59,7 +69,8 @@ class MediaSource:
 class MediaAccess:
     """The media roots of a server and the size limit of inline images."""
 
-    def __init__(self, roots: Sequence[str | os.PathLike] = (), *, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+    def __init__(self, roots: Sequence[str | os.PathLike] = (), *, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+                 max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES):
         resolved = []
         for root in roots:
             path = Path(root).expanduser()
@@ -68,15 +79,18 @@ class MediaAccess:
                                   "no such folder" if not path.exists() else "not a folder")
             resolved.append(Path(os.path.realpath(path)))
         self.roots: tuple[Path, ...] = tuple(resolved)
-        if isinstance(max_image_bytes, bool) or not isinstance(max_image_bytes, int) or max_image_bytes < 1:
-            raise InputError(f"the inline image limit must be a positive number of bytes, not {max_image_bytes!r}")
-        self.max_image_bytes = max_image_bytes
+        for what, limit in (("image", max_image_bytes), ("video", max_video_bytes)):
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise InputError(f"the inline {what} limit must be a positive number of bytes, not {limit!r}")
+        self.max_image_bytes, self.max_video_bytes = max_image_bytes, max_video_bytes
 
     # -- references --------------------------------------------------------------------------------------------
-    def resolve(self, url: object, *, param: str, allow_data: bool = True) -> MediaSource:
-        """A content part's URL -> a ``MediaSource``, or a ``RequestError`` naming ``param``."""
+    def resolve(self, url: object, *, param: str, kind: str = "image") -> MediaSource:
+        """A content part's URL -> a ``MediaSource``, or a ``RequestError`` naming ``param``. ``kind``: what a
+        ``data:`` URL must carry ("image" for image_url parts, "video" for video_url parts)."""
         if not isinstance(url, str) or not url.strip():
             raise RequestError(f"{param} must be a non-empty string", param=param)
+        _check_utf8(url, param)
         match = _SCHEME.match(url)
         scheme = match.group(1).lower() if match else None
         if scheme in ("http", "https"):
@@ -84,10 +98,7 @@ class MediaAccess:
                                "media root and pass its path (or send an image as a data: URL)",
                                param=param, code="unsupported_url")
         if scheme == "data":
-            if not allow_data:
-                raise RequestError(f"{param}: data: URLs are accepted for images only (image_url); send a video "
-                                   "as a path under a media root", param=param, code="unsupported_url")
-            return self._data(url, param)
+            return self._data(url, param, kind)
         if scheme == "file":
             parts = urllib.parse.urlsplit(url)
             if parts.netloc not in ("", "localhost"):
@@ -106,6 +117,7 @@ class MediaAccess:
     def file(self, reference: str, *, param: str, shown: str | None = None) -> MediaSource:
         """A path (absolute, or relative to a media root) -> a ``MediaSource`` for the file it names."""
         shown = shown if shown is not None else reference
+        _check_utf8(reference, param)
         if "\x00" in reference:
             raise RequestError(f"{param}: the path contains a NUL character", param=param)
         if not self.roots:
@@ -152,36 +164,63 @@ class MediaAccess:
         return candidates[0] if candidates else None
 
     # -- inline images ---------------------------------------------------------------------------------------------
-    def _data(self, url: str, param: str) -> MediaSource:
+    def _data(self, url: str, param: str, kind: str) -> MediaSource:
         header, comma, payload = url.partition(",")
         if not comma:
             raise RequestError(f"{param}: a data: URL needs a comma before its data", param=param)
         meta = [p.strip().lower() for p in header[len("data:"):].split(";")]
         mime, is_base64 = meta[0], "base64" in meta[1:]
-        suffix = DATA_IMAGE_TYPES.get(mime)
+        types = DATA_VIDEO_TYPES if kind == "video" else DATA_IMAGE_TYPES
+        limit = self.max_video_bytes if kind == "video" else self.max_image_bytes
+        suffix = types.get(mime)
         if suffix is None:
-            raise RequestError(f"{param}: data: URL of type {mime or '(none)'}; accepted: "
-                               f"{', '.join(sorted(set(DATA_IMAGE_TYPES) - {'image/jpg'}))}", param=param,
+            other = "an image_url" if kind == "video" else "a video_url"
+            hint = f"; send it as {other} part" if mime in (DATA_IMAGE_TYPES if kind == "video" else DATA_VIDEO_TYPES) \
+                else ""
+            raise RequestError(f"{param}: data: URL of type {_short(mime, 60) or '(none)'}; a {kind}_url accepts "
+                               f"{', '.join(sorted(set(types) - {'image/jpg'}))}{hint}", param=param,
                                code="unsupported_media_type")
         if not is_base64:
             raise RequestError(f"{param}: a data: URL must be base64-encoded (data:{mime};base64,...)", param=param)
+        too_large = RequestError(f"{param}: the {kind} is larger than this server's limit of {limit:,} bytes",
+                                 status=413, param=param, code=f"{kind}_too_large")
         payload = "".join(payload.split())  # base64 may be wrapped over lines
-        if len(payload) // 4 * 3 > self.max_image_bytes + 2:  # checked before decoding anything
-            raise RequestError(f"{param}: the image is larger than this server's limit of "
-                               f"{self.max_image_bytes:,} bytes",
-                               status=413, param=param, code="image_too_large")
+        if len(payload) // 4 * 3 > limit + 2:  # checked before decoding anything
+            raise too_large
         try:
             data = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
             raise RequestError(f"{param}: the data: URL is not valid base64", param=param) from None
         if not data:
             raise RequestError(f"{param}: the data: URL holds no data", param=param)
-        if len(data) > self.max_image_bytes:
-            raise RequestError(f"{param}: the image is larger than this server's limit of "
-                               f"{self.max_image_bytes:,} bytes",
-                               status=413, param=param, code="image_too_large")
+        if len(data) > limit:
+            raise too_large
+        if kind == "image":
+            _check_image(data, param)
         digest = hashlib.sha256(data).hexdigest()
         return MediaSource(("data", digest), f"data:{mime};base64,... ({len(data):,} bytes)", data=data, suffix=suffix)
+
+
+def _check_image(data: bytes, param: str) -> None:
+    """An inline image's header, read before anything is decoded: its type and its pixel count."""
+    import io
+
+    try:
+        with open_image(io.BytesIO(data), param, what="read"):
+            return
+    except ImageTooLargeError:
+        raise RequestError(f"{param}: the image declares more pixels than this server's limit of "
+                           f"{MAX_IMAGE_PIXELS:,}", status=413, param=param, code="image_too_large") from None
+    except VideoError as exc:
+        raise RequestError(exc.render(), param=param, code="invalid_media") from None
+
+
+def _check_utf8(text: str, param: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(f"{param}: the reference is not valid UTF-8 text (it holds a lone surrogate)",
+                           param=param) from None
 
 
 def _within(path: Path, root: Path) -> bool:

@@ -30,7 +30,7 @@ from ..model.generation import Answer, generate
 from ..model.likelihood import choose, empty_cache
 from ..pipeline.inputs import FeaturesInMemory, VideoInput
 from ..pipeline.materialize import materialize, timeline_held
-from ..pipeline.planning import Batch, Plan, plan_batches, plan_question
+from ..pipeline.planning import Batch, Plan, TextPlan, plan_batches, plan_question, plan_text
 from ..pipeline.prepare import prepare
 from .closer import second_plan
 from .evidence import DEFAULT_METHOD, find_evidence
@@ -40,14 +40,20 @@ QUESTIONS_PER_BATCH = 8
 
 @dataclass(frozen=True)
 class Question:
-    """One question with its own options (a batch line may set temperature, frames, prompt style...)."""
+    """One question with its own options (a batch line may set temperature, frames, prompt style...).
+
+    ``history``: earlier (question, answer) turns, as text; ``system``: a system message, added to the
+    prompt after the model's own system prompt (``llamavid.model.prompt.ConvTemplate.render``)."""
 
     text: str
     options: AskOptions = AskOptions()
     history: tuple[tuple[str, str], ...] = ()
+    system: str | None = None
 
     def __post_init__(self) -> None:
         check_text(self.text)  # the one check of a question's text
+        if self.system is not None:
+            check_text(self.system, "the system message")
 
 
 @dataclass
@@ -55,7 +61,7 @@ class Answered:
     """A question's outcome: its plan and answer, or the error that stopped it."""
 
     question: Question
-    plan: Plan | None = None
+    plan: Plan | TextPlan | None = None
     answer: Answer | None = None
     error: LlamaVidError | None = None
     seconds: float = 0.0
@@ -75,82 +81,158 @@ def answer_questions(
     callbacks: Callbacks = NO_CALLBACKS,
     questions_per_batch: int = QUESTIONS_PER_BATCH,
     evidence_method: str = DEFAULT_METHOD,
+    cancelled: Callable[[int], bool] | None = None,
+    on_retry: Callable[[int], None] | None = None,
+    on_answered: Callable[[int, Answered], None] | None = None,
 ) -> list[Answered]:
     """Answer questions about one video; one ``Answered`` per question, in order, errors included.
 
     Each question is planned once (or ``plans[i]`` is used); plans go through the model in the batches
-    planning makes of them (``plan_batches``: equal frames, style, sampling and cache, at most
-    ``questions_per_batch``). ``on_text(i, piece)`` streams question i's answer. A plan's notes (frames
-    left out, a quantized KV cache) are reported through ``callbacks``. Questions asking for evidence get
-    it by ``evidence_method`` (see llamavid.tasks.evidence.METHODS).
+    planning makes of them (``plan_batches``: equal frames, style, sampling, generation controls and cache,
+    at most ``questions_per_batch``). ``on_text(i, piece)`` streams question i's answer. A plan's notes
+    (frames left out, a quantized KV cache) are reported through ``callbacks``. Questions asking for
+    evidence get it by ``evidence_method`` (see llamavid.tasks.evidence.METHODS). ``cancelled(i)``: asked
+    while question i is generated; True stops it within one decoding step (its ``Answer`` is marked
+    ``cancelled``). A failed batch is answered again one question at a time; ``on_retry(i)`` is called first
+    (what was streamed of question i's answer is to be generated again). ``on_answered(i, answered)``: called
+    as soon as question i is finished (its batch done, or refused), before the other batches are answered.
     """
     results = [Answered(q) for q in questions]
     for i, q in enumerate(questions):
         try:
             plan = plans[i] if plans is not None and plans[i] is not None else plan_question(
-                model, vin, q.text, q.options, history=q.history)
+                model, vin, q.text, q.options, history=q.history, system=q.system)
         except LlamaVidError as exc:
             results[i].error = exc
+            if on_answered is not None:
+                on_answered(i, results[i])
             continue
         if plan.closer is not None:  # look closer: pass 1, then pass 2's plan is the one answered
             try:
                 plan = second_plan(model, vin, q, plan, callbacks=callbacks)
             except LlamaVidError as exc:
                 results[i].error = exc
+                if on_answered is not None:
+                    on_answered(i, results[i])
                 continue
         results[i].plan = plan
         if plan.note:
             callbacks.warn(plan.note)
+    answer = _Answerer(model, vin, on_text, cancelled, on_retry, on_answered, evidence_method, callbacks)
     for batch in plan_batches(model, [r.plan for r in results], questions_per_batch):
-        _answer_batch(model, vin, results, batch, on_text, evidence_method, callbacks)
+        answer.batch(results, batch)
     return results
 
 
-def _answer_batch(model, vin: VideoInput, results: list[Answered], batch: Batch,
-                  on_text: Callable[[int, str], None] | None, evidence_method: str, callbacks: Callbacks) -> None:
-    t0 = time.perf_counter()
-    members = list(batch.members)
-    try:
-        if batch.note:
-            callbacks.say(batch.note)
-        answers = _answer_plans(model, vin, [results[i] for i in members], batch, on_text, members, evidence_method)
-    except LlamaVidError as exc:
-        if len(members) == 1:
-            results[members[0]].error = exc
+def answer_texts(
+    model,
+    questions: Sequence[Question],
+    *,
+    on_text: Callable[[int, str], None] | None = None,
+    callbacks: Callbacks = NO_CALLBACKS,
+    questions_per_batch: int = QUESTIONS_PER_BATCH,
+    cancelled: Callable[[int], bool] | None = None,
+    on_retry: Callable[[int], None] | None = None,
+    on_answered: Callable[[int, Answered], None] | None = None,
+) -> list[Answered]:
+    """Questions without a video, answered by the language model alone from a text prompt (the conversation
+    template with the question, its history and system message; no visual tokens), as summaries are merged.
+
+    Each question is planned (``plan_text``: the published chat sampling with its options on top, the context
+    rule, generation controls it can follow); questions with equal text plans are generated together, and
+    a failed batch is answered again one question at a time, as in ``answer_questions`` (whose ``on_text``,
+    ``cancelled``, ``on_retry`` and ``on_answered`` these are). Options about a video (frames, evidence,
+    choices) do not apply.
+    """
+    results = [Answered(q) for q in questions]
+    for i, q in enumerate(questions):
+        try:
+            results[i].plan = plan_text(model, q.text, q.options.sampling(False), kv_cache=q.options.kv_cache,
+                                        history=q.history, system=q.system, require_fit=True)
+        except LlamaVidError as exc:
+            results[i].error = exc
+            if on_answered is not None:
+                on_answered(i, results[i])
+    answer = _Answerer(model, None, on_text, cancelled, on_retry, on_answered, DEFAULT_METHOD, callbacks)
+    for batch in plan_batches(model, [r.plan for r in results], questions_per_batch):
+        answer.batch(results, batch)
+    return results
+
+
+@dataclass
+class _Answerer:
+    """Answers the batches of one ``answer_questions`` / ``answer_texts`` call (``vin`` None: text only)."""
+
+    model: Any
+    vin: VideoInput | None
+    on_text: Callable[[int, str], None] | None
+    cancelled: Callable[[int], bool] | None
+    on_retry: Callable[[int], None] | None
+    on_answered: Callable[[int, Answered], None] | None
+    evidence_method: str
+    callbacks: Callbacks
+
+    def batch(self, results: list[Answered], batch: Batch) -> None:
+        t0 = time.perf_counter()
+        members = list(batch.members)
+        try:
+            if batch.note:
+                self.callbacks.say(batch.note)
+            answers = self._plans([results[i] for i in members], batch, members)
+        except LlamaVidError as exc:
+            if len(members) == 1:
+                results[members[0]].error = exc
+                self._answered(results, members)
+                return
+            for i in members:  # one by one, so that only the question at fault fails
+                if self.on_retry is not None:
+                    self.on_retry(i)
+                plan = results[i].plan
+                self.batch(results, Batch((i,), plan.max_new, plan.cache_mode, plan.cache_note))
             return
-        for i in members:  # one by one, so that only the question at fault fails
-            plan = results[i].plan
-            _answer_batch(model, vin, results, Batch((i,), plan.max_new, plan.cache_mode, plan.cache_note), on_text,
-                          evidence_method, callbacks)
-        return
-    seconds = (time.perf_counter() - t0) / len(members)
-    for i, answer in zip(members, answers):
-        results[i].answer, results[i].seconds = answer, seconds
+        seconds = (time.perf_counter() - t0) / len(members)
+        for i, answer in zip(members, answers):
+            results[i].answer, results[i].seconds = answer, seconds
+        self._answered(results, members)
 
+    def _answered(self, results: list[Answered], members: list[int]) -> None:
+        if self.on_answered is not None:
+            for i in members:
+                self.on_answered(i, results[i])
 
-def _answer_plans(model, vin: VideoInput, members: list[Answered], batch: Batch,
-                  on_text: Callable[[int, str], None] | None, chunk: list[int], evidence_method: str) -> list[Answer]:
-    """Plans of one batch: embedded together, then generated (or chosen), then evidence."""
-    t0 = time.perf_counter()
-    first = members[0].plan
-    prompts = [m.plan.prompt for m in members]
-    if first.view is not None:  # look closer's pass 2: its own frames
-        vin = first.view
-    # embedded together; those not scored afterwards are generated together, the others each on its own
-    embeds = model.prompt_embeddings(vin.features, prompts, frame_indices=first.frame_indices,
-                                     **({"detail": first.detail} if first.detail else {}))
-    answers: list[Answer | None] = [None] * len(members)
-    together = [k for k, m in enumerate(members) if not m.plan.keep_cache]
-    if together:
-        relay = None if on_text is None else (lambda row, piece: on_text(chunk[together[row]], piece))
-        made = generate(model, [embeds[k] for k in together], [prompts[k] for k in together], sampling=first.sampling,
-                        max_new=batch.max_new, cache_mode=batch.cache_mode, on_text=relay, t0=t0)
-        for k, answer in zip(together, made):
-            answers[k] = answer
-    for k, m in enumerate(members):
-        if m.plan.keep_cache:
-            answers[k] = _scored(model, vin, m, embeds[k], on_text, chunk[k], evidence_method, t0)
-    return answers  # type: ignore[return-value]
+    def _plans(self, members: list[Answered], batch: Batch, chunk: list[int]) -> list[Answer]:
+        """Plans of one batch: embedded together, then generated (or chosen), then evidence."""
+        model, on_text = self.model, self.on_text
+        t0 = time.perf_counter()
+        first = members[0].plan
+        prompts = [m.plan.prompt for m in members]
+        if self.cancelled is not None and all(self.cancelled(i) for i in chunk):  # nobody waits: nothing to compute
+            return [Answer("", p.tokens, 0, p.n_frames, 0.0, p.question, cancelled=True) for p in prompts]
+        vin = self.vin if first.view is None else first.view  # look closer's pass 2: its own frames
+        if vin is None:
+            embeds = [model.embed_prompt(p.ids, []) for p in prompts]
+        else:  # embedded together; those not scored afterwards are generated together, the others each on its own
+            embeds = model.prompt_embeddings(vin.features, prompts, frame_indices=first.frame_indices,
+                                             **({"detail": first.detail} if first.detail else {}))
+        answers: list[Answer | None] = [None] * len(members)
+        together = [k for k, m in enumerate(members) if not m.plan.keep_cache]
+        if together:
+            relay = None if on_text is None else (lambda row, piece: on_text(chunk[together[row]], piece))
+            stop = None if self.cancelled is None else (lambda row: self.cancelled(chunk[together[row]]))
+            made = generate(model, [embeds[k] for k in together], [prompts[k] for k in together],
+                            sampling=first.sampling, max_new=batch.max_new, cache_mode=batch.cache_mode, on_text=relay,
+                            t0=t0, cancelled=stop)
+            for k, answer in zip(together, made):
+                answers[k] = answer
+        for k, m in enumerate(members):
+            if m.plan.keep_cache:
+                if self.cancelled is not None and self.cancelled(chunk[k]):
+                    p = m.plan.prompt
+                    answers[k] = Answer("", p.tokens, 0, p.n_frames, time.perf_counter() - t0, p.question,
+                                        cancelled=True)
+                else:
+                    answers[k] = _scored(model, vin, m, embeds[k], on_text, chunk[k], self.evidence_method, t0)
+        return answers  # type: ignore[return-value]
 
 
 def _scored(model, vin: VideoInput, member: Answered, embeds, on_text: Callable[[int, str], None] | None,
@@ -217,7 +299,7 @@ def answer_about(
         plans: list[Plan | None] = []
         for r, q in zip(results, questions):
             try:
-                plans.append(plan_question(model, prepared, q.text, q.options, history=q.history))
+                plans.append(plan_question(model, prepared, q.text, q.options, history=q.history, system=q.system))
             except LlamaVidError as exc:
                 r.error = exc
                 plans.append(None)

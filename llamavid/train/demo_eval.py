@@ -28,7 +28,8 @@ def first_word(text: str) -> str:
     return words[0] if words else ""
 
 
-def run_items(model, items: list[dict], root: Path, *, progress: bool = True, kv_cache: str = "auto") -> list[dict]:
+def run_items(model, items: list[dict], root: Path, *, progress: bool = True, kv_cache: str = "auto",
+              **options) -> list[dict]:
     """Answer each item (greedily, the questions of a video together); records with the answer and
     whether it is right."""
     from ..core.options import AskOptions
@@ -42,7 +43,7 @@ def run_items(model, items: list[dict], root: Path, *, progress: bool = True, kv
     for n, (video, group) in enumerate(by_video.items()):
         questions = [Question(_question(item),
                               AskOptions(long=bool(item.get("long")), temperature=0.0, max_new_tokens=8,
-                                                     kv_cache=kv_cache))
+                                                     kv_cache=kv_cache, **options))
                      for item in group]
         for item, q, outcome in zip(group, questions, answer_about(model, root / video, questions)):
             if outcome.error is not None:

@@ -1,8 +1,9 @@
 """Held-out measurements of what points into the video: evidence ranges, multiple choice, chapters.
 
 Part of ``python -m llamavid.train.demo evaluate`` (docs/RESULTS.md). The sets are rendered from the test
-split's seeds on first use (``<data>/test-window``, ``<data>/test-scenes``, ``<data>/test/mc.json``), so
-the generator knows when each shape is on screen and where each scene changes:
+split's seeds on first use (``<data>/test-window``, ``<data>/test-scenes``, ``<data>/test-content``,
+``<data>/test-content-joins``, ``<data>/test/mc.json``), so the generator knows when each shape is on screen
+and where each scene changes:
 
 * **evidence, window**: a quiet 12-24 s video with ONE shape on screen for 2-4 s; "what colour is the
   shape?". Right when the top-1 range overlaps the seconds the shape is on screen.
@@ -10,8 +11,11 @@ the generator knows when each shape is on screen and where each scene changes:
   (last) shape?". Right when the top-1 range overlaps the first (last) shape's seconds.
 * **multiple choice**: the held-out colour, shape, count, first and last questions with four options
   (three for counts), answered by generation (the reply's letter or option text) and by likelihood.
-* **chapters**: 3-6 scenes of 12-24 s (scene changes at any tenth of a second); a true change is found
-  when a boundary lies within 1 s of it.
+* **chapters**: boundary finding alone, from the features, on three held-out sets of 3-6 parts of 12-24 s
+  (changes at any tenth of a second): *scenes* (each part its own backdrop and shape, ``<data>/test-scenes``),
+  *content* (ONE backdrop, each part a new shape of any size and place, ``<data>/test-content``) and
+  *content, joins and leaves* (ONE backdrop; a shape also joins another or leaves,
+  ``<data>/test-content-joins``). A true change is found when a boundary lies within 1 s of it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,14 @@ from ..data import synthetic as syn
 N_WINDOW = 50
 N_SCENES = 30
 TOLERANCE = 1.0  # seconds, for chapter boundaries
+# the chapter sets: name -> (folder under <data>, clip design, its parameters, what the table calls it)
+CHAPTER_SETS: dict[str, tuple[str, str, dict[str, Any], str]] = {
+    "scenes": ("test-scenes", "scenes", {"scene_seconds": (12.0, 24.0)}, "scenes (backdrop changes)"),
+    "content": ("test-content", "content", {"part_seconds": (12.0, 24.0)}, "content (one backdrop, a new shape)"),
+    "joins": ("test-content-joins", "content",
+              {"seed": 1, "part_seconds": (12.0, 24.0), "changes": syn.CONTENT_CHANGES},
+              "content, joins and leaves too (watched, not a goal)"),
+}
 
 
 def _log(text: str) -> None:
@@ -182,18 +194,32 @@ def evaluate_choices(model, data: Path) -> dict[str, Any]:
 # chapters
 
 
-def evaluate_chapters(model, data: Path) -> dict[str, Any]:
-    """Boundaries found in the features of the scene clips vs the true scene changes."""
+def evaluate_chapters(model, data: Path, sets: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Boundaries found in the features vs the true changes, for each chapter set (``CHAPTER_SETS``):
+    {set name: {"clips", "changes", "boundaries", "recall", "precision", "exact_clips", "mean_error",
+    "seconds_per_clip"}}."""
+    return {name: _chapter_set(model, data, name) for name in (sets or tuple(CHAPTER_SETS))}
+
+
+def true_changes(clip: dict) -> list[float]:
+    """Where a clip (a dict from clips.json) changes: its scene starts, or where a shape appears or leaves."""
+    if clip["scenes"]:
+        return [float(start) for start, _ in clip["scenes"][1:]]
+    return syn.content_changes(clip)
+
+
+def _chapter_set(model, data: Path, name: str) -> dict[str, Any]:
     from ..core.options import AskOptions
     from ..pipeline.inputs import open_input
     from ..tasks.chapters import find_boundaries, frame_vectors
 
-    root = data / "test-scenes"
-    clips = _ensure(root, "scenes", N_SCENES, scene_seconds=(12.0, 24.0))
+    folder, kind, design, _ = CHAPTER_SETS[name]
+    root = data / folder
+    clips = _ensure(root, kind, N_SCENES, **design)
     found = matched = truths = recalled = exact = 0
     errors, seconds = [], []
     for clip in clips:
-        cuts = [start for start, _ in clip["scenes"][1:]]
+        cuts = true_changes(clip)
         with open_input(model, root / "videos" / f"{clip['id']}.mp4", AskOptions()) as vin:
             t0 = time.perf_counter()
             stamps = vin.timestamps
@@ -207,10 +233,13 @@ def evaluate_chapters(model, data: Path) -> dict[str, Any]:
         errors += [d for d in near if d <= TOLERANCE]
         matched += sum(min((abs(t - c) for c in cuts), default=np.inf) <= TOLERANCE for t in times)
         exact += len(times) == len(cuts) and all(d <= TOLERANCE for d in near)
-    return {"clips": len(clips), "changes": truths, "boundaries": found,
-            "recall": 100.0 * recalled / max(1, truths), "precision": 100.0 * matched / max(1, found),
-            "exact_clips": 100.0 * exact / len(clips), "mean_error": statistics.mean(errors) if errors else None,
-            "seconds_per_clip": statistics.median(seconds)}
+    out = {"clips": len(clips), "changes": truths, "boundaries": found,
+           "recall": 100.0 * recalled / max(1, truths), "precision": 100.0 * matched / max(1, found),
+           "exact_clips": 100.0 * exact / len(clips), "mean_error": statistics.mean(errors) if errors else None,
+           "seconds_per_clip": statistics.median(seconds)}
+    _log(f"chapters ({name}): {out['recall']:.1f}% of {truths} changes found, {out['precision']:.1f}% of {found} "
+         f"boundaries real")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -276,15 +305,21 @@ def render(result: dict[str, Any]) -> list[str]:
                          + f" | {r['no_option']} | {r['seconds']:.0f} |")
     ch = result.get("chapters")
     if ch:
+        if "recall" in ch:  # a results file from before the content sets: scene clips only
+            ch = {"scenes": ch}
         lines += ["", "## Chapters: boundaries from the features", "",
-                  f"`summarize --chapters` boundary finding on {ch['clips']} held-out scene clips "
-                  "(3-6 scenes of 12-24 s, "
-                  f"{ch['changes']} scene changes at any tenth of a second, sampled at 1 frame/s). A change is "
-                  "found when "
-                  f"a boundary lies within {TOLERANCE:g} s of it.", "",
-                  "| changes found (within 1 s) | boundaries that are real changes | clips with exactly the right "
-                  "boundaries | mean error of found changes | boundary finding per clip |",
-                  "|---:|---:|---:|---:|---:|",
-                  f"| {ch['recall']:.1f}% | {ch['precision']:.1f}% | {ch['exact_clips']:.1f}% | "
-                  f"{ch['mean_error']:.2f} s | {1000 * ch['seconds_per_clip']:.1f} ms |"]
+                  "`summarize --chapters` boundary finding (from the stored features alone) on held-out clips of 3-6 "
+                  "parts of 12-24 s, changes at any tenth of a second, sampled at 1 frame/s: *scenes*, each part its "
+                  "own backdrop and shape; *content*, ONE backdrop, each part a new shape of any size and place; "
+                  "*joins and leaves too*, ONE backdrop, where a shape may also join the one on screen or one of two "
+                  f"leave. A change is found when a boundary lies within {TOLERANCE:g} s of it.", "",
+                  "| set | clips, changes | changes found (within 1 s) | boundaries that are real changes | clips "
+                  "with exactly the right boundaries | mean error of found changes | boundary finding per clip |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, row in ch.items():
+            label = CHAPTER_SETS[name][3] if name in CHAPTER_SETS else name
+            error = "-" if row["mean_error"] is None else f"{row['mean_error']:.2f} s"
+            lines.append(f"| {label} | {row['clips']}, {row['changes']} | {row['recall']:.1f}% "
+                         f"| {row['precision']:.1f}% | {row['exact_clips']:.1f}% | {error} "
+                         f"| {1000 * row['seconds_per_clip']:.1f} ms |")
     return lines
