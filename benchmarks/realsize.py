@@ -24,6 +24,13 @@ resets it where a phase is measured alone):
   kv      the long-video config at real width (4096, 32 heads, rope linear 16) but reduced depth (1 and 2
           layers): KV-cache bytes per token and the peak while a long prompt is prefilled in chunks, per
           cache mode; extrapolated to 32 layers per layer (method printed with the figures)
+  closer  look-closer's pass 1 at one hour (3,600 frames) against one plain 7B answer, built in memory at real
+          width (no files needed: ``--parts closer`` alone writes nothing): the QFormer (BERT-base, 12 layers)
+          and token generator (1408 -> 4096) score ``--closer-frames`` frames of random 257 x 1408 features
+          (the cost is per frame: scaled to 3,600), against the plain answer's parts measured the same way:
+          the tokens of its frames, the 7B LLM's prefill and decode (1 and 2 layers at 4096 wide, per layer x
+          32), for the short model (4K context: the 1,900 frames that fit) and the long one (3,600 frames,
+          7,300 tokens); and pass 2's parts (its prompt through the LLM, the extra frames through EVA ViT-g)
 """
 
 from __future__ import annotations
@@ -486,7 +493,109 @@ def fits_table(weights: dict[str, float], per_token: dict[str, float], working_p
     return "\n".join(lines)
 
 
-CHILDREN = {"load": child_load, "encode": child_encode, "ask": child_ask, "llm": child_llm, "kv": child_kv}
+def child_closer(args: dict) -> dict:
+    """Per-frame and per-layer CPU seconds of look-closer's parts and the plain answer's, at real width."""
+    import tempfile
+
+    import torch
+
+    from llamavid.model.config import LlamaVidConfig
+    from llamavid.model.modeling import LlamaVid, build_modules, finish_llm, new_llm
+    from llamavid.model.qformer import QFormerConfig, load_qformer_tokenizer
+    from llamavid.model.vision import EvaVisionTransformer, VisionConfig
+
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if args.get("dtype", "bfloat16") == "bfloat16" else torch.float32
+    dev = torch.device(args["device"])
+    tmp = Path(tempfile.mkdtemp())
+    write_bert_vocab(tmp)
+    qtok = load_qformer_tokenizer(str(tmp))
+
+    def rand_(module):
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                p.copy_(torch.ones_like(p) if "norm" in name.lower() and p.ndim == 1 else torch.randn_like(p) * 0.02)
+        return module
+
+    def cpu(fn):
+        c0, w0 = time.process_time(), time.perf_counter()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        fn()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return time.process_time() - c0, time.perf_counter() - w0
+
+    out: dict = {"dtype": str(dtype), "frames_measured": args["frames"]}
+    raw = {"hidden_size": LLM["hidden"], "intermediate_size": LLM["inter"], "num_hidden_layers": 1,
+           "num_attention_heads": LLM["heads"], "num_key_value_heads": LLM["heads"], "vocab_size": LLM["vocab"],
+           "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "mm_hidden_size": EVA["width"],
+           "mm_projector_type": "mlp2x_gelu", "compress_type": "mean", "architectures": ["LlavaLlamaAttForCausalLM"],
+           "model_type": "llava", "mm_vision_tower": "eva_vit_g.pth", "bert_type": "qformer_pretrain"}
+    # -- the QFormer and the token generator: pass 1 (scores) and the plain answer's tokens, per frame
+    qcfg = QFormerConfig(hidden=QF["hidden"], layers=QF["layers"], heads=QF["heads"], intermediate=QF["inter"],
+                         encoder_width=EVA["width"], vocab_size=QF["vocab"], max_positions=QF["positions"])
+    cfg = LlamaVidConfig.from_dict(raw)
+    qformer, tokens, _ = build_modules(cfg, qcfg, device="cpu")
+    small_llm = new_llm(cfg, device="meta").to_empty(device=dev)
+    small_llm = finish_llm(rand_(small_llm), dev)
+    model = LlamaVid(cfg, qformer=rand_(qformer), tokens=rand_(tokens), llm=small_llm, qformer_tokenizer=qtok)
+    model = model.to(dev, dtype).eval()
+    n = args["frames"]
+    feats = (torch.randn(n, 1 + EVA["grid"] ** 2, EVA["width"]) * 0.5).to(dtype)
+    question = "what color is the ring in the video"
+    model.context_relevance(feats[:8], question)  # warm-up
+    c, w = cpu(lambda: model.context_relevance(feats, question, chunk_frames=64))
+    out["pass1_cpu_per_frame"], out["pass1_wall_per_frame"] = c / n, w / n
+    c, w = cpu(lambda: model.video_tokens_batch(feats, [question], chunk_frames=64))
+    out["tokens_cpu_per_frame"], out["tokens_wall_per_frame"] = c / n, w / n
+    # -- the 7B LLM, per layer: prefill of the plain prompts and of pass 2's, decode per token
+    from llamavid.model.generation import cache_argument
+    from llamavid.model.kvcache import make_cache
+
+    per_layer: dict = {}
+    for depth in (1, 2):
+        raw["num_hidden_layers"] = depth
+        c2 = LlamaVidConfig.from_dict(raw)
+        llm = finish_llm(rand_(new_llm(c2, device="meta").to_empty(device=dev)), dev).to(dtype)
+        kw = cache_argument(llm)
+        for tokens_ in args["prompts"]:
+            emb = (torch.randn(1, tokens_, LLM["hidden"]) * 0.02).to(dev, dtype)
+            cache = make_cache(llm, "full")
+
+            def prefill():
+                with torch.inference_mode():
+                    for start in range(0, tokens_, 4096):
+                        end = min(tokens_, start + 4096)
+                        llm(inputs_embeds=emb[:, start:end], position_ids=torch.arange(start, end, device=dev)[None],
+                            use_cache=True, logits_to_keep=1, **{kw: cache})
+
+            pc, pw = cpu(prefill)
+
+            def decode():
+                with torch.inference_mode():
+                    tok = torch.zeros(1, 1, dtype=torch.long, device=dev)
+                    for i in range(args["new"]):
+                        llm(input_ids=tok, position_ids=torch.tensor([[tokens_ + i]], device=dev), use_cache=True,
+                            logits_to_keep=1, **{kw: cache})
+
+            dc, dw = cpu(decode)
+            per_layer[f"{depth}:{tokens_}"] = {"prefill_cpu": pc, "prefill_wall": pw, "decode_cpu": dc / args["new"],
+                                              "decode_wall": dw / args["new"]}
+    out["llm"] = per_layer
+    # -- EVA ViT-g: the extra frames pass 2 takes from the video
+    vit = EvaVisionTransformer(VisionConfig()).to(dtype)
+    rand_(vit)
+    px = torch.randn(2, 3, 224, 224).to(dtype)
+    with torch.inference_mode():
+        vit(px[:1])
+        c, w = cpu(lambda: vit(px))
+    out["eva_cpu_per_frame"], out["eva_wall_per_frame"] = c / 2, w / 2
+    return out
+
+
+CHILDREN = {"load": child_load, "encode": child_encode, "ask": child_ask, "llm": child_llm, "kv": child_kv,
+            "closer": child_closer}
 
 
 def run_child(name: str, args: dict, timeout: float | None = None) -> dict:
@@ -519,7 +628,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("LLAMAVID_REALSIZE_DIR", "runs/realsize")))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--parts", default="load,encode,ask,llm,kv,fits",
-                        help="comma-separated: load, encode, ask, ask4bit, llm, kv, fits")
+                        help="comma-separated: load, encode, ask, ask4bit, llm, kv, fits, closer")
+    parser.add_argument("--closer-frames", type=int, default=64, help="frames pass 1 is timed on (closer)")
     parser.add_argument("--kv-tokens", default="16384", help="prompt lengths for the KV measurements")
     parser.add_argument("--kv-long", type=int, default=65536, help="one int4 run at this length, depth 1 (0: skip)")
     parser.add_argument("--kv-modes", default="full,int8,int4")
@@ -542,6 +652,13 @@ def main() -> None:
     parts = set(args.parts.split(","))
     print(f"machine: {describe_machine()}; device {args.device}; work {work}", flush=True)
     t0 = time.perf_counter()
+    if "closer" in parts:
+        figures_closer = closer_part(args)
+        if parts == {"closer"}:
+            if args.output:
+                args.output.write_text(json.dumps({"machine": describe_machine(), "closer": figures_closer},
+                                                  indent=1) + "\n")
+            return
     short, long = write_checkpoint(work)
     _fix_vocab(work)
     tower = write_eva(work / "eva_vit_g.pth")
@@ -607,6 +724,46 @@ def main() -> None:
     if args.output:
         args.output.write_text(json.dumps(figures, indent=1) + "\n")
     print(f"total {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+SHORT_FRAMES = 1900  # a 4K context: 3,840 prompt tokens - text, at 2 tokens a frame
+PASS2_TOKENS = 300  # look-closer's pass 2 prompt (the demo's median: 80 frames x 2 + 2 x 16 detail + text)
+PASS2_FRAMES, PASS2_EXTRA = 80, 60  # pass 2's frames, of which taken from the video
+
+
+def closer_part(args) -> dict:
+    prompts = [SHORT_FRAMES * 2 + 100, 7300, PASS2_TOKENS]
+    r = run_child("closer", {"device": args.device, "frames": args.closer_frames, "prompts": prompts, "new": 4},
+                  args.timeout)
+    if "error" in r:
+        print(f"closer: {r['error']}", flush=True)
+        return r
+
+    def llm(tokens: int, key: str) -> float:  # per layer slope (depth 2 - depth 1) x 32 + the rest (depth 1 - slope)
+        one, two = r["llm"][f"1:{tokens}"][key], r["llm"][f"2:{tokens}"][key]
+        return max(two - one, 0.0) * LLM["layers"] + max(2 * one - two, 0.0)
+
+    new = 8
+    out = {"raw": r}
+    for name, frames, tokens in (("short 7B (4K context, 1,900 of 3,600 frames)", SHORT_FRAMES, prompts[0]),
+                                 ("long 7B (64K context, all 3,600 frames)", 3600, prompts[1])):
+        plain = frames * r["tokens_cpu_per_frame"] + llm(tokens, "prefill_cpu") + new * llm(tokens, "decode_cpu")
+        pass1 = 3600 * r["pass1_cpu_per_frame"]
+        pass2 = (PASS2_FRAMES * r["tokens_cpu_per_frame"] + llm(prompts[2], "prefill_cpu")
+                 + new * llm(prompts[2], "decode_cpu"))
+        eva = PASS2_EXTRA * r["eva_cpu_per_frame"]
+        out[name] = {"plain_cpu_s": plain, "pass1_cpu_s": pass1, "pass2_cpu_s": pass2, "extra_frames_cpu_s": eva}
+        print(f"closer, {name}: plain answer {plain:,.0f} CPU s (tokens of {frames} frames "
+              f"{frames * r['tokens_cpu_per_frame']:,.0f} s, LLM prefill of {tokens} tokens "
+              f"{llm(tokens, 'prefill_cpu'):,.0f} s, {new} new tokens {new * llm(tokens, 'decode_cpu'):,.0f} s); "
+              f"pass 1 at 3,600 frames {pass1:,.0f} s = {pass1 / plain:.2f} x the plain answer; pass 2 "
+              f"{pass2:,.0f} s, + {PASS2_EXTRA} frames through EVA ViT-g {eva:,.0f} s; look-closer in all "
+              f"{(pass1 + pass2) / plain:.2f} x ({(pass1 + pass2 + eva) / plain:.2f} x with the extra frames)",
+              flush=True)
+    print(f"closer, per frame: pass 1 {r['pass1_cpu_per_frame'] * 1e3:.1f} ms CPU, the frame's tokens "
+          f"{r['tokens_cpu_per_frame'] * 1e3:.1f} ms, EVA ViT-g {r['eva_cpu_per_frame']:.2f} s ({r['dtype']}, "
+          f"timed on {r['frames_measured']} frames)", flush=True)
+    return out
 
 
 def fits_part(args, ckpt_bytes: int, current: dict | None = None) -> str:

@@ -47,7 +47,7 @@ def ask_options(*, fps: float = 1.0, max_frames: int | None = None, long: bool |
                 top_p: float | None = None, max_new_tokens: int | None = None, seed: int | None = None,
                 no_cache: bool = False, start: str | None = None, end: str | None = None, evidence: bool = False,
                 choices: list[str] | None = None, kv_cache: str | None = None, asr: bool = False,
-                asr_model: str | None = None, language: str | None = None):
+                asr_model: str | None = None, language: str | None = None, look_closer: bool | None = None):
     """The command line's question options, validated once (a bad value is a one-line error)."""
     from llamavid.core.options import AskOptions
 
@@ -55,7 +55,8 @@ def ask_options(*, fps: float = 1.0, max_frames: int | None = None, long: bool |
                       subtitles=str(subtitles) if subtitles is not None else None, temperature=temperature,
                       top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, cache=not no_cache, start=start,
                       end=end, evidence=evidence, choices=tuple(choices) if choices else None,
-                      kv_cache=kv_cache or "auto", asr=asr, asr_model=asr_model, language=language)
+                      kv_cache=kv_cache or "auto", asr=asr, asr_model=asr_model, language=language,
+                      look_closer=look_closer)
     if options.speech:  # a recognizer that cannot be had is refused now, before any model loads
         from llamavid.pipeline.prepare import speech_options
 

@@ -90,6 +90,12 @@ Start = Annotated[Optional[str], typer.Option(
 End = Annotated[Optional[str], typer.Option(
     "--end", help="Use the video up to this time (exclusive): seconds or [HH:]MM:SS.")]
 
+LookCloser = Annotated[Optional[bool], typer.Option(
+    "--look-closer/--no-look-closer",
+    help="Answer in two passes: score every frame's relevance to the question, then answer from the best ranges "
+         "at more detail (more frames per second, key frames with more tokens). Default: on when the video's "
+         "frames do not fit the context. --json lists the ranges looked at (\"looked_at\").")]
+
 # -- what the answer carries ----------------------------------------------------------------------------------
 Evidence = Annotated[bool, typer.Option(
     "--evidence", help="Also give the time ranges the answer rests on, best first "
@@ -208,7 +214,7 @@ QUESTION = Group("options", _options(
     fps=(Fps, 1.0), max_frames=(MaxFrames, None), subtitles=(Subtitles, None), long=(Long, None),
     strict_context=(StrictContext, False), no_cache=(NoCache, False), start=(Start, None), end=(End, None),
     evidence=(Evidence, False), choices=(Choice, None), kv_cache=(KVCache, None), asr=(Asr, False),
-    asr_model=(AsrModel, None), language=(Language, None)), _ask_options)
+    asr_model=(AsrModel, None), language=(Language, None), look_closer=(LookCloser, None)), _ask_options)
 
 
 @dataclass(frozen=True)

@@ -370,6 +370,9 @@ class AskOptions:
     evidence: bool = False  # find the time ranges the answer rests on
     choices: tuple[str, ...] | None = None  # answer with exactly one of these, scored by log-likelihood
     kv_cache: str = "auto"  # how the prompt's keys and values are kept (llamavid.model.kvcache)
+    # answer in two passes from the seconds that matter (llamavid.tasks.closer); None: when the frames do not
+    # fit the context (the rule is planning's: llamavid.pipeline.planning.looks_closer)
+    look_closer: bool | None = None
     asr: bool = False  # transcribe the speech: the video's subtitles when it has none of its own
     asr_model: str | None = None  # the speech recognizer (None: DEFAULT_ASR_MODEL)
     language: str | None = None  # the language spoken (None: detected)
@@ -415,6 +418,8 @@ class AskOptions:
         if self.choices is not None:
             set_("choices", _choices(self.choices))
         check_choice("kv_cache", self.kv_cache, KV_CACHE_CHOICES)
+        if self.look_closer is not None:
+            _switch("look_closer", self.look_closer)
         _switch("asr", self.asr)
         if self.asr_model is not None or self.language is not None:
             if not self.speech:
@@ -479,7 +484,7 @@ class AskOptions:
 # Fields a batch line may set, and the AskOptions field each one is.
 BATCH_OPTION_FIELDS = ("fps", "max_frames", "long", "strict_context", "subtitles", "temperature", "top_p",
                        "max_new_tokens", "seed", "start", "end", "evidence", "choices", "kv_cache", "asr", "asr_model",
-                       "language")
+                       "language", "look_closer")
 
 
 def options_from_json(record: Mapping[str, Any], defaults: AskOptions, *, base_dir: Path | None = None) -> AskOptions:

@@ -8,6 +8,10 @@ Every answer is determined by what is drawn, so accuracy means something:
     needle    a long quiet video with ONE frame showing a shape -> its colour (the long-video test)
     window    a quiet video with ONE shape on screen for a few seconds -> colour, shape; and WHEN (evidence)
     scenes    3-6 scenes of 10-20 s, each its own backdrop and shape      -> where the scenes change (chapters)
+    pick      a few seconds of shapes one after another (some frames with two side by side); ONE of them is
+              the kind the question names                                -> its colour ("What color is the ring?")
+    haystack  minutes of distractor shapes of every colour and of every other kind, all the way through, and
+              ONE needle of the asked kind for one second at a set depth  -> its colour (the look-closer test)
     content   3-6 parts of 10-20 s on ONE backdrop, each a new shape (or one joins or leaves) -> where (chapters)
 
 Clips also carry a subtitle line (a code word), asked about with the long-video prompt, which shows
@@ -49,7 +53,18 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
     "subtitle": ("What is the code word?", "Which code word is said in the video?"),
     "needle": ("One frame of this video shows a shape. What color is it?",
                "What color is the shape that appears once?"),
+    # the question names the kind ({kind}): it cannot be answered without reading the question
+    "pick": ("What color is the {kind}?", "Which color does the {kind} have?"),
 }
+
+
+def question_texts() -> list[str]:
+    """Every question the set asks, with the kind-naming ones written out for each kind."""
+    out = []
+    for options in QUESTIONS.values():
+        for q in options:
+            out += [q.format(kind=k) for k in SHAPES] if "{kind}" in q else [q]
+    return out
 
 
 @dataclass
@@ -109,15 +124,25 @@ def background(clip: Clip, seed: int) -> np.ndarray:
     return np.clip(clip.background + texture, 0, 255).astype(np.float32).repeat(3, axis=2)
 
 
-def render_frame(clip: Clip, t: float, backdrop: np.ndarray) -> np.ndarray:
-    """The picture at time t: the backdrop plus every shape on screen at t."""
+def render_frame(clip: Clip, t: float, backdrop: np.ndarray, masks: dict | None = None) -> np.ndarray:
+    """The picture at time t: the backdrop plus every shape on screen at t (``masks``: a cache for the masks
+    of shapes that do not move, which long videos reuse for many frames)."""
     frame = backdrop.copy()
     for ev in clip.events:
         if ev.start <= t < ev.end:
             a = (t - ev.start) / max(ev.end - ev.start, 1e-6)
             cx = ev.p0[0] + a * (ev.p1[0] - ev.p0[0])
             cy = ev.p0[1] + a * (ev.p1[1] - ev.p0[1])
-            frame[shape_mask(ev.shape, cx, cy, ev.radius)] = COLORS[ev.color]
+            if masks is not None and ev.p0 == ev.p1:
+                key = (ev.shape, cx, cy, ev.radius)
+                if key not in masks:
+                    if len(masks) > 64:
+                        masks.clear()
+                    masks[key] = shape_mask(ev.shape, cx, cy, ev.radius)
+                mask = masks[key]
+            else:
+                mask = shape_mask(ev.shape, cx, cy, ev.radius)
+            frame[mask] = COLORS[ev.color]
     return np.clip(frame, 0, 255).astype(np.uint8)
 
 
@@ -148,10 +173,19 @@ def _encode_clip(clip: Clip, tmp: Path, seed: int) -> None:
            "-crf", "20", "-pix_fmt", "yuv420p", "-g", str(max(1, int(clip.fps * 10))), "-f", "mp4", str(tmp)]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdin is not None
+    masks: dict = {}
+    events = sorted(clip.events, key=lambda e: e.start)
+    starts = np.array([e.start for e in events])
+    longest = max((e.end - e.start for e in events), default=0.0)
     for i in range(n):
         t = i / clip.fps
         backdrop = [b for start, b in backdrops if start <= t + 1e-9][-1]
-        proc.stdin.write(render_frame(clip, t, backdrop).tobytes())
+        view = clip
+        if len(events) > 8:  # long videos: only the shapes that started shortly before t are looked at
+            lo, hi = np.searchsorted(starts, t - longest, side="left"), np.searchsorted(starts, t, side="right")
+            view = Clip(clip.id, clip.kind, clip.seconds, clip.fps, clip.background,
+                        [e for e in events[lo:hi] if e.start <= t < e.end])
+        proc.stdin.write(render_frame(view, t, backdrop, masks).tobytes())
     proc.stdin.close()
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.wait() != 0:
@@ -269,6 +303,95 @@ def scene_clip(rng: np.random.Generator, clip_id: str, *, scenes: tuple[int, int
     return clip
 
 
+def _pair_event(rng: np.random.Generator, shape: str, color: str, start: float, end: float,
+                side: int) -> ShapeEvent:
+    """A smaller shape on the left (side 0) or right (side 1) half of the frame, for frames with two shapes."""
+    r = float(rng.uniform(30, 40))
+    cx = SIZE / 2 + (-1 if side == 0 else 1) * float(rng.uniform(52, 60))
+    cy = SIZE / 2 + float(rng.uniform(-WANDER, WANDER))
+    return ShapeEvent(shape, color, start, end, (cx, cy), (cx, cy), r)
+
+
+def pick_clip(rng: np.random.Generator, clip_id: str, *, events: tuple[int, int] = (3, 12),
+              two_shapes: float = 0.5) -> Clip:
+    """Shapes one after another for 1-3 s each (whole seconds); exactly one of them is of the kind the
+    question names, and every other one is of another kind. With probability ``two_shapes`` a moment shows
+    two shapes side by side (two different kinds), so that the kind asked about has to be picked out
+    within the frame too."""
+    kind = SHAPES[int(rng.integers(len(SHAPES)))]
+    others = [s for s in SHAPES if s != kind]
+    colors = list(COLORS)
+    n = int(rng.integers(events[0], events[1] + 1))
+    needle = int(rng.integers(n))
+    out, t, answer = [], 0.0, ""
+    for i in range(n):
+        length = float(rng.integers(1, 3)) if i == needle else float(rng.integers(1, 4))
+        main = kind if i == needle else others[int(rng.integers(len(others)))]
+        color = colors[int(rng.integers(len(colors)))]
+        if i == needle:
+            answer = color
+        if rng.random() < two_shapes:
+            second = [s for s in others if s != main][int(rng.integers(len(others) - (main != kind)))]
+            side = int(rng.integers(2))
+            out.append(_pair_event(rng, main, color, t, t + length, side))
+            out.append(_pair_event(rng, second, colors[int(rng.integers(len(colors)))], t, t + length, 1 - side))
+        else:
+            out.append(_event(rng, main, color, t, t + length))
+        t += length
+    clip = Clip(clip_id, "pick", t, NATIVE_FPS, int(rng.integers(15, 70)), out)
+    clip.qa = [("pick", _ask(rng, "pick").format(kind=kind), answer)]
+    return clip
+
+
+def haystack_clip(rng: np.random.Generator, clip_id: str, *, seconds: int, depth: float,
+                  needle_seconds: int = 1, distractor_seconds: tuple[int, int] = (2, 5)) -> Clip:
+    """A ``seconds``-long video full of distractors all the way through: one big shape at a time, each on
+    screen for 2-5 whole seconds, of every colour and every kind but one; and ONE shape of that kind (the
+    needle) for ``needle_seconds`` starting at ``depth`` (0-1) of the video (whole seconds, so that
+    sampling at 1 frame/s sees it). "What color is the ring?" cannot be answered without the question:
+    every frame shows a coloured shape. Shapes stand still (long videos render quickly)."""
+    kind = SHAPES[int(rng.integers(len(SHAPES)))]
+    others = [s for s in SHAPES if s != kind]
+    colors = list(COLORS)
+    at = int(round(depth * seconds))
+    at = min(max(1, at + int(rng.integers(-max(1, seconds // 100), max(1, seconds // 100) + 1))),
+             seconds - needle_seconds - 1)
+    color = colors[int(rng.integers(len(colors)))]
+
+    def still(shape: str, c: str, start: float, end: float) -> ShapeEvent:
+        r = float(rng.uniform(48, 68))
+        p = _position(rng, r)
+        return ShapeEvent(shape, c, start, end, p, p, r)
+
+    out: list[ShapeEvent] = []
+    for lo, hi in ((0, at), (at + needle_seconds, seconds)):
+        t = lo
+        while t < hi:
+            length = min(int(rng.integers(distractor_seconds[0], distractor_seconds[1] + 1)), hi - t)
+            out.append(still(others[int(rng.integers(len(others)))], colors[int(rng.integers(len(colors)))],
+                             float(t), float(t + length)))
+            t += length
+    out.append(still(kind, color, float(at), float(at + needle_seconds)))
+    out.sort(key=lambda e: e.start)
+    clip = Clip(clip_id, "haystack", float(seconds), NATIVE_FPS, int(rng.integers(15, 70)), out)
+    clip.qa = [("pick", _ask(rng, "pick").format(kind=kind), color)]
+    return clip
+
+
+def haystack_clips(split: str, *, minutes: tuple[int, ...] = (5, 15, 30, 60),
+                   depths: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9), per_cell: int = 5,
+                   seed: int = 0) -> list[Clip]:
+    """The needle-in-a-haystack set: ``per_cell`` videos for every length x depth (ids name both)."""
+    rng = np.random.default_rng(SPLIT_SEEDS[split] + EXTRA_SEEDS["haystack"] + seed)
+    out = []
+    for m in minutes:
+        for d in depths:
+            for k in range(per_cell):
+                out.append(haystack_clip(rng, f"{split}-haystack-{m:02d}m-d{int(round(d * 100)):02d}-{k}",
+                                         seconds=60 * m, depth=d))
+    return out
+
+
 CONTENT_CHANGES = ("join", "leave", "replace")
 
 
@@ -358,13 +481,15 @@ def make_clips(split: str, *, n_single: int, n_sequence: int, n_needle: int = 0,
 
 
 # added to the split's seed: new designs never shift the old ones
-EXTRA_SEEDS = {"window": 300, "scenes": 400, "content": 500}
+# each design's own seed offset (two designs may share one: their clips differ all the same, and the figures
+# measured on "pick" and "content" were measured with these)
+EXTRA_SEEDS = {"window": 300, "scenes": 400, "pick": 500, "content": 500, "haystack": 600}
 
 
 def make_extra_clips(split: str, kind: str, n: int, *, seed: int = 0, **design) -> list[Clip]:
-    """``n`` clips of a design added after the original set (``window``, ``scenes`` or ``content``), drawn
-    from their own seed so that the clips of ``make_clips`` stay exactly as they were."""
-    make = {"window": window_clip, "scenes": scene_clip, "content": content_clip}[kind]
+    """``n`` clips of a design added after the original set (``window``, ``scenes``, ``pick`` or
+    ``content``), drawn from their own seed so that the clips of ``make_clips`` stay exactly as they were."""
+    make = {"window": window_clip, "scenes": scene_clip, "pick": pick_clip, "content": content_clip}[kind]
     rng = np.random.default_rng(SPLIT_SEEDS[split] + EXTRA_SEEDS[kind] + seed)
     return [make(rng, f"{split}-{kind}-{i:04d}", **design) for i in range(n)]
 
@@ -417,7 +542,8 @@ def write_split(clips: list[Clip], folder: str | os.PathLike, *, on_progress: Ca
             items.append({
                 "id": f"{clip.id}-q{q}", "video": f"videos/{video.name}",
                 "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}],
-                "question_type": qtype, "answer": answer, "long": qtype in ("subtitle", "needle"),
+                "question_type": qtype, "answer": answer,
+                "long": qtype in ("subtitle", "needle") or (qtype == "pick" and clip.kind == "haystack"),
             })
         if on_progress:
             on_progress(n + 1, len(clips))
@@ -436,9 +562,8 @@ def hash_seed(text: str) -> int:
 def vocabulary() -> list[str]:
     """Every word the set uses: for building the demo model's tokenizers."""
     words: set[str] = set()
-    for options in QUESTIONS.values():
-        for q in options:
-            words.update(q.lower().replace("?", " ").replace(".", " ").split())
+    for q in question_texts():
+        words.update(q.lower().replace("?", " ").replace(".", " ").split())
     words.update(COLORS)
     words.update(SHAPES)
     words.update(NUMBERS)

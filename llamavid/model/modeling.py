@@ -66,6 +66,7 @@ class Prompt:
     long_video: bool
     tokens: int
     template: str
+    frame_tokens: tuple[int, ...] | None = None  # tokens of each frame when they differ (frames in detail)
 
 
 @dataclass(frozen=True)
@@ -257,9 +258,7 @@ class LlamaVid(nn.Module):
         The published long-video path drops CLS before the model, so there the QFormer sees 256 too.
         """
         q, n = input_ids.shape[0], feats.shape[0]
-        if long_video and feats.shape[1] % 2 == 1:
-            feats = feats[:, 1:]
-        patches = feats[:, 1:] if self.config.mm_vision_select_feature == "patch" and feats.shape[1] % 2 == 1 else feats
+        feats, patches = self._vision_inputs(feats, long_video)
         image = feats[None].expand(q, -1, -1, -1).flatten(0, 1)  # (Q*n, N, C), question-major
         patches = patches[None].expand(q, -1, -1, -1).flatten(0, 1)
         ids = input_ids[:, None].expand(-1, n, -1).flatten(0, 1)  # (Q*n, L)
@@ -267,6 +266,61 @@ class LlamaVid(nn.Module):
         query_out = self.qformer(ids, mask, image)  # (Q*n, 32, Dq)
         out = self.tokens(query_out, patches)  # (Q*n, 1 + k, H)
         return out.view(q, n, *out.shape[1:])
+
+    def _vision_inputs(self, feats: torch.Tensor, long_video: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what the QFormer cross-attends to, the patches the tokens are made from), per the published rule."""
+        if long_video and feats.shape[1] % 2 == 1:
+            feats = feats[:, 1:]
+        patches = feats[:, 1:] if self.config.mm_vision_select_feature == "patch" and feats.shape[1] % 2 == 1 else feats
+        return feats, patches
+
+    @torch.inference_mode()
+    def context_relevance(self, features: Features, question: str, *, long_video: bool | None = None,
+                          chunk_frames: int = 64, frame_indices: Sequence[int] | None = None,
+                          statistics: Sequence[str] = ("lse",),
+                          on_chunk: Any = None) -> dict[str, torch.Tensor]:
+        """How strongly the question's text-guided attention finds something in each frame, before any LLM
+        runs: per statistic a (T,) tensor. ``lse``: the mean over the 32 queries of the log-sum-exp of their
+        scores over the frame's patches (the log of the softmax's normaliser: high when some patch matches
+        the question well); ``max``: the mean over queries of the best patch's score; ``peak``: the mean
+        over queries of the largest attention weight (how concentrated the attention is).
+
+        Computed in chunks of ``chunk_frames`` frames like ``video_tokens_batch`` (memory never grows with
+        the video); ``on_chunk(done, total)`` after each chunk."""
+        long_video = self.config.long_video if long_video is None else long_video
+        total = len(frame_indices) if frame_indices is not None else _num_frames(features)
+        if total == 0:
+            raise InputError("the video has no frames")
+        ids, mask = encode_questions(self.qformer_tokenizer, [question], device=self.device)
+        out = {name: torch.empty(total, dtype=torch.float32) for name in statistics}
+        for start in range(0, total, chunk_frames):
+            stop = min(total, start + chunk_frames)
+            feats = _read_features(features, start, stop, frame_indices, self.dtype).to(self.device, self.dtype)
+            image, patches = self._vision_inputs(feats, long_video)
+            query_out = self.qformer(ids.expand(stop - start, -1), mask.expand(stop - start, -1), image)
+            logits = self.tokens.context_logits(query_out, patches).float()  # (n, 32, P)
+            for name in statistics:
+                if name == "lse":
+                    value = logits.logsumexp(-1).mean(-1)
+                elif name == "max":
+                    value = logits.amax(-1).mean(-1)
+                elif name == "peak":
+                    value = logits.softmax(-1).amax(-1).mean(-1)
+                else:
+                    raise ValueError(f"unknown relevance statistic {name!r} (lse, max, peak)")
+                out[name][start:stop] = value.cpu()
+            if on_chunk is not None:
+                on_chunk(stop, total)
+        return out
+
+    @torch.inference_mode()
+    def detail_tokens(self, features: Features, frame_indices: Sequence[int], grid: int, *,
+                      long_video: bool | None = None) -> torch.Tensor:
+        """The content of the given frames at more detail: (n, grid * grid, H) content tokens pooled on a grid
+        (the image-mode layout), which do not depend on the question."""
+        long_video = self.config.long_video if long_video is None else long_video
+        feats = _read_features(features, 0, len(frame_indices), frame_indices, self.dtype).to(self.device, self.dtype)
+        return self.tokens.detail(self._vision_inputs(feats, long_video)[1], grid)
 
     @torch.inference_mode()
     def video_tokens(self, features: Features, question: str, *, long_video: bool | None = None,
@@ -326,13 +380,21 @@ class LlamaVid(nn.Module):
 
     def prompt(self, question: str, *, n_frames: int, long_video: bool | None = None,
                frame_subtitles: Sequence[str] | None = None, history: Sequence[tuple[str, str]] = (),
-               template: str | None = None, system: str | None = None) -> Prompt:
-        """The ``Prompt`` of a question: text built and tokenized once, length known before any compute."""
+               template: str | None = None, frame_tokens: Sequence[int] | None = None,
+               system: str | None = None) -> Prompt:
+        """The ``Prompt`` of a question: text built and tokenized once, length known before any compute.
+        ``frame_tokens``: each frame's number of visual tokens, when some frames are given in detail."""
         long_video = self.config.long_video if long_video is None else long_video
         template = template or self.config.conv_mode
         text = self.build_prompt(question, n_frames=n_frames, long_video=long_video, frame_subtitles=frame_subtitles,
                                  history=history, template=template, system=system)
         ids = self.prompt_ids(text)
+        if frame_tokens is not None:
+            if len(frame_tokens) != n_frames:
+                raise ValueError(f"{len(frame_tokens)} token counts for {n_frames} frames")
+            length = len(ids) - ids.count(IMAGE_SLOT) + int(sum(frame_tokens))
+            return Prompt(question, text, tuple(ids), n_frames, long_video, length, template,
+                          tuple(int(k) for k in frame_tokens))
         length = len(ids) - ids.count(IMAGE_SLOT) + n_frames * self.tokens_per_frame
         return Prompt(question, text, tuple(ids), n_frames, long_video, length, template)
 
@@ -356,18 +418,27 @@ class LlamaVid(nn.Module):
         index = torch.as_tensor(np.repeat(starts, lengths) + offsets, device=self.device)
         return torch.cat([text, visual])[index]
 
-    def visual_blocks(self, tokens: torch.Tensor, *, long_video: bool) -> list[torch.Tensor]:
-        """(T, k, H) -> one block for the whole video (short mode) or one block per frame (movie mode)."""
+    def visual_blocks(self, tokens: torch.Tensor, *, long_video: bool,
+                      detail: dict[int, torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """(T, k, H) -> one block for the whole video (short mode) or one block per frame (movie mode).
+        ``detail``: frame position -> more content tokens of that frame, which follow its own tokens."""
+        if detail:
+            frames = [torch.cat([t, detail[i].to(t.dtype)]) if i in detail else t
+                      for i, t in enumerate(tokens.unbind(0))]
+            return frames if long_video else [torch.cat(frames)]
         if long_video:
             return list(tokens.unbind(0))
         return [tokens.flatten(0, 1)]
 
     @torch.inference_mode()
     def prompt_embeddings(self, features: Features, prompts: Sequence[Prompt], *,
-                          frame_indices: Sequence[int] | None = None, chunk_frames: int = 64) -> list[torch.Tensor]:
+                          frame_indices: Sequence[int] | None = None, chunk_frames: int = 64,
+                          detail: Sequence[tuple[int, int]] = ()) -> list[torch.Tensor]:
         """Each prompt embedded with its question's visual tokens spliced in -> one (L, H) tensor per prompt.
 
         All prompts must be for the same frames and prompt style (the QFormer runs once for all of them).
+        ``detail``: (frame position, grid) pairs: those frames also get grid x grid content tokens
+        (``detail_tokens``) after their own two.
         """
         if not prompts:
             raise InputError("no questions given")
@@ -377,8 +448,19 @@ class LlamaVid(nn.Module):
             raise ValueError("every prompt of a batch must be built for the same frames and prompt style")
         tokens = self.video_tokens_batch(features, [p.question for p in prompts], long_video=long_video,
                                          chunk_frames=chunk_frames, frame_indices=frame_indices)  # (Q, T, k, H)
-        return [self.embed_prompt(p.ids, self.visual_blocks(tokens[qi], long_video=long_video))
+        extra = self._detail(features, frame_indices, detail, long_video) if detail else None
+        return [self.embed_prompt(p.ids, self.visual_blocks(tokens[qi], long_video=long_video, detail=extra))
                 for qi, p in enumerate(prompts)]
+
+    def _detail(self, features: Features, frame_indices: Sequence[int] | None, detail: Sequence[tuple[int, int]],
+                long_video: bool) -> dict[int, torch.Tensor]:
+        out: dict[int, torch.Tensor] = {}
+        for grid in sorted({g for _, g in detail}):
+            positions = [pos for pos, g in detail if g == grid]
+            stored = [frame_indices[pos] if frame_indices is not None else pos for pos in positions]
+            made = self.detail_tokens(features, stored, grid, long_video=long_video)
+            out.update(zip(positions, made.unbind(0)))
+        return out
 
     def frame_spans(self, prompt: Prompt, frame_subtitles: Sequence[str] | None = None) -> list[tuple[int, int]]:
         """Where each frame sits in the embedded prompt: [start, end) positions of its visual tokens.
@@ -389,17 +471,19 @@ class LlamaVid(nn.Module):
         ids = np.asarray(prompt.ids, dtype=np.int64)
         slots = np.nonzero(ids == IMAGE_SLOT)[0]
         per = self.tokens_per_frame
-        pos = slots + np.arange(len(slots)) * (per * (prompt.n_frames if not prompt.long_video else 1) - 1)
+        counts = np.asarray(prompt.frame_tokens if prompt.frame_tokens is not None else [per] * prompt.n_frames,
+                            dtype=np.int64)
         if not prompt.long_video:
             if len(slots) != 1:
                 raise ValueError(f"a short-video prompt has one <image> slot, not {len(slots)}")
-            start = int(pos[0])
-            return [(start + i * per, start + (i + 1) * per) for i in range(prompt.n_frames)]
+            ends = int(slots[0]) + np.cumsum(counts)
+            return [(int(e - c), int(e)) for e, c in zip(ends, counts)]
         if len(slots) != prompt.n_frames:
             raise ValueError(f"a long-video prompt has one <image> slot per frame: {len(slots)} for {prompt.n_frames}")
+        pos = slots + np.concatenate([[0], np.cumsum(counts - 1)[:-1]])
         spans = []
         for i, start in enumerate(pos.tolist()):
-            end = start + per
+            end = start + int(counts[i])
             if frame_subtitles is not None and frame_subtitles[i]:
                 text = len(self.text_tokenizer.encode(frame_subtitles[i]))
                 if i + 1 < len(slots):

@@ -84,6 +84,18 @@ class TokenGenerator(nn.Module):
         scores = text_q @ keys.transpose(-1, -2) / (patches.shape[-1] ** 0.5)  # (B, 32, P)
         return (scores.softmax(dim=-1) @ patches).mean(dim=1)  # (B, C)
 
+    def context_logits(self, query_out: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """(B, 32, Dq) and (B, P, C) -> (B, 32, P): the text-guided attention's scores before the softmax,
+        how strongly each of the question's queries matches each patch (what ``context_features`` weighs)."""
+        text_q = self.query_projector(query_out)
+        keys = self.key_projector(patches)
+        return text_q @ keys.transpose(-1, -2) / (patches.shape[-1] ** 0.5)
+
+    def detail(self, patches: torch.Tensor, grid: int) -> torch.Tensor:
+        """(B, P, C) patches -> (B, grid * grid, H): content tokens pooled on a grid (the published
+        ``compress_type`` "grid:N", the image-mode layout) instead of one mean token."""
+        return self.content_projector(pool_content(patches, f"grid:{grid}"))
+
     def forward(self, query_out: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         """query_out (B, 32, Dq), patches (B, P, C) -> tokens (B, 1 + n, H)."""
         if self.token_types == "content":

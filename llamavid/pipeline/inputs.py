@@ -34,6 +34,7 @@ class VideoInput(Frames, Closing):
     subtitle_lines: list[subs.SubtitleLine]
     encoded: bool = False  # the features were computed now, not found in the cache
     cache_entry: Path | None = None
+    video_path: Path | None = None  # the video the features came from, when it is at hand (not a .vidtok)
     _tmpdir: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
 
     @property
@@ -93,6 +94,54 @@ class FeaturesInMemory:
 
     def close(self) -> None:
         pass
+
+
+class FrameView(Frames):
+    """Some stored frames of an input and frames taken from its video at more frames per second, in time
+    order, read like one input (look-closer's pass 2): ``features``, ``timestamps``, ``frame_subtitles``.
+    ``positions``: each frame's position in the input's features (-1: a frame taken from the video)."""
+
+    def __init__(self, base, positions: Sequence[int], extra_times: Sequence[float] = (), extra_features=None):
+        times = np.asarray(base.timestamps, dtype=np.float64)
+        items = [(float(times[p]), int(p), -1) for p in positions]
+        items += [(float(t), -1, k) for k, t in enumerate(extra_times)]
+        items.sort()
+        self.source = base.source
+        self.subtitle_lines = list(base.subtitle_lines)
+        self.timestamps = np.asarray([t for t, _, _ in items], dtype=np.float64)
+        self.positions = np.asarray([p for _, p, _ in items], dtype=np.int64)
+        self.step = float(base.step)
+        self.is_image = bool(getattr(base, "is_image", False))
+        self.duration = float(getattr(base, "duration", self.timestamps[-1] if len(items) else 0.0))
+        self.features = _ViewFeatures(base.features, [(p, k) for _, p, k in items], extra_features)
+
+
+class _ViewFeatures:
+    """A ``FrameView``'s features: each frame from the stored features or from the extra ones."""
+
+    def __init__(self, stored, picks: list[tuple[int, int]], extra):
+        self.stored, self.picks, self.extra = stored, picks, extra
+
+    def __len__(self) -> int:
+        return len(self.picks)
+
+    def features(self, start: int = 0, stop: int | None = None, *, dtype=None):
+        return self.frames(range(start, len(self.picks) if stop is None else stop), dtype=dtype)
+
+    def frames(self, indices: Sequence[int], dtype=None):
+        import torch
+
+        picks = [self.picks[int(i)] for i in indices]
+        stored = [p for p, _ in picks if p >= 0]
+        got = self.stored.frames(stored, dtype=dtype) if stored else None
+        out, s = [], 0
+        for p, k in picks:
+            if p >= 0:
+                out.append(got[s])
+                s += 1
+            else:
+                out.append(self.extra[k] if dtype is None else self.extra[k].to(dtype))
+        return torch.stack(out)
 
 
 def open_input(model, source: str | os.PathLike, options: AskOptions = AskOptions(), *,

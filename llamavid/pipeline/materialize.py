@@ -44,8 +44,9 @@ def materialize(model, prepared: Prepared, *, callbacks: Callbacks = NO_CALLBACK
         transcript = None if t is None else [SubtitleLine(*line) for line in t["lines"]]
         lines, _ = choose(prepared.own_subtitles, transcript, forced=prepared.forced_speech, speech=prepared.speech)
     tmpdir, prepared._tmpdir = prepared._tmpdir, None
+    is_video = prepared.cache_entry is not None or prepared.job is not None
     return VideoInput(prepared.source, features, lines, encoded=encoded, cache_entry=prepared.cache_entry,
-                      _tmpdir=tmpdir)
+                      _tmpdir=tmpdir, video_path=prepared.path if is_video and not prepared.is_image else None)
 
 
 def materialized(model, video, *, callbacks: Callbacks = NO_CALLBACKS) -> tuple[VideoInput, bool]:
@@ -62,3 +63,46 @@ def timeline_held(planned, vin: VideoInput) -> bool:
     question is planned again)."""
     return planned is vin or (np.array_equal(planned.timestamps, vin.timestamps)
                               and list(planned.subtitle_lines) == list(vin.subtitle_lines))
+
+
+def video_rate(vin: VideoInput) -> float | None:
+    """The frame rate of the video the input came from, when the video is at hand (look-closer asks it for
+    frames between the stored ones); None for a ``.vidtok`` or an image."""
+    if vin.video_path is None or not vin.video_path.is_file():
+        return None
+    rate = vin.features.source.get("native_fps")
+    return float(rate) if isinstance(rate, (int, float)) and rate > 0 else None
+
+
+def materialize_frames(model, vin: VideoInput, times, *, callbacks: Callbacks = NO_CALLBACKS):
+    """(times, features) of the video's frames nearest to ``times``, decoded and encoded now, for
+    look-closer's pass 2; None when the video or the vision encoder is not at hand or decoding fails
+    (pass 2 then uses the stored frames alone)."""
+    times = [float(t) for t in times]
+    if not times or vin.video_path is None or model.vision_encoder is None:
+        return None
+    from ..core.errors import LlamaVidError
+    from ..media.video import probe, sample_frames
+
+    try:
+        info = probe(vin.video_path)
+        native = np.asarray(info.frame_times if info.frame_times is not None else [], dtype=np.float64)
+        if not len(native):
+            return None
+        stored = np.asarray(vin.timestamps, dtype=np.float64)
+        picked = sorted({int(np.argmin(np.abs(native - t))) for t in times})
+        plan = [(i, float(native[i])) for i in picked if np.min(np.abs(stored - native[i])) >= 1e-3]
+        if not plan:
+            return None
+        frames, got = [], []
+        for chunk in sample_frames(vin.video_path, info=info, plan=plan, on_warning=callbacks.warning):
+            frames.append(chunk.frames)
+            got.extend(float(t) for t in chunk.timestamps)
+        if not got:
+            return None
+        pixels = np.concatenate(frames)
+        features = model.encode_frames(pixels)
+    except (LlamaVidError, OSError) as exc:
+        callbacks.warn(f"{vin.source}: could not take more frames from the video ({exc}); using the stored ones")
+        return None
+    return got, features

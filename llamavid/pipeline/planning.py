@@ -21,6 +21,16 @@ else decides whether a prompt fits the context. The rules:
   is refused, naming a ``max_frames`` that fits. Questions answered together are one batch, whose cache
   is planned for the batch (``plan_batches``).
 
+* **Look closer** (``look_closer``): two plans instead of one. The first is the plain plan with what pass 1
+  scores (``Plan.closer``: every candidate frame, by ``CloserSettings.scorer``); once the frames are
+  scored (llamavid.tasks.relevance), ``plan_closer`` makes the second from the scores: the best
+  ``ranges`` ranges (the best frames with ``pad`` seconds either side), every stored frame inside them and
+  more from the video at ``fps`` when it is at hand (``closer_times``), the ``key_frames`` best frames
+  with ``grid`` x ``grid`` more content tokens, and the rest of the video at two tokens a frame spread
+  evenly in the room left (``rest="keep"``) or left out (``"drop"``). It turns on when asked
+  (``look_closer=True``) and, by default (``None``), when the frames do not fit the context
+  (``AUTO_WHEN_OVERFLOW``; the measurements that set these defaults are in docs/RESULTS.md).
+
 Refusals are ``ContextOverflowError`` / ``MemoryLimitError`` carrying their figures; options they
 suggest are ``Opt`` references that each front end words (``--max-frames 12``, ``"max_frames": 12``).
 """
@@ -29,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -163,6 +173,43 @@ def uniform_indices(total: int, count: int) -> list[int]:
 
 
 @dataclass(frozen=True)
+class CloserSettings:
+    """What look-closer's two passes use (defaults set by measurement, docs/RESULTS.md "Look closer")."""
+
+    scorer: str = "tokens"  # pass 1 (llamavid.tasks.relevance.SCORERS)
+    ranges: int = 4  # best ranges pass 2 looks at
+    pad: float = 2.0  # seconds either side of a best frame
+    fps: float = 4.0  # pass 2's sampling inside the ranges, from the video when it is at hand
+    key_frames: int = 2  # best frames given in detail ...
+    grid: int = 4  # ... with grid x grid more content tokens (0: no detail)
+    rest: str = "drop"  # the rest of the video: "keep" (two tokens a frame, spread evenly) or "drop"
+    min_score: float = 0.25  # a range's best frame is at least this far from the median frame's score to the best
+
+    def __post_init__(self) -> None:
+        if self.rest not in ("keep", "drop"):
+            raise ValueError(f"rest {self.rest!r}: keep or drop")
+        if self.ranges < 1 or self.pad < 0 or self.fps <= 0 or self.key_frames < 0 or self.grid < 0:
+            raise ValueError(f"invalid look-closer settings {self}")
+
+
+DEFAULT_CLOSER = CloserSettings()
+AUTO_WHEN_OVERFLOW = False  # look_closer None: on when the frames do not fit the context
+
+
+@dataclass(frozen=True)
+class LookRange:
+    """A stretch pass 2 looked at: seconds from the start of the whole video, and its relevance in [0, 1]
+    (its best frame's pass-1 score, the median frame at 0 and the best at 1)."""
+
+    start: float
+    end: float
+    score: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start": round(self.start, 3), "end": round(self.end, 3), "score": round(self.score, 4)}
+
+
+@dataclass(frozen=True)
 class Plan:
     """What one question about one video will use."""
 
@@ -180,6 +227,10 @@ class Plan:
     kv_cache: str = "auto"  # the mode asked for (a batch of these plans is planned again as a whole)
     keep_cache: bool = False  # the answer is scored afterwards (evidence, choices): a full cache, kept
     text_tokens: int = 0  # the prompt's tokens that are not visual tokens
+    closer: CloserSettings | None = None  # look closer: this is pass 1's plan (the plain one); pass 2 follows
+    looked_at: tuple[LookRange, ...] | None = None  # pass 2's plan: the ranges it looks at
+    view: Any = None  # pass 2's plan: its frames (``inputs.FrameView``); frame_indices index into it
+    detail: tuple[tuple[int, int], ...] = ()  # (frame position, grid): frames given in detail
 
     @property
     def question(self) -> str:
@@ -189,8 +240,9 @@ class Plan:
         """Plans with equal keys may go through the model together (same frames, style, sampling, generation
         controls and cache)."""
         s = self.sampling
-        return (self.frame_indices, self.long_video, self.prompt.template, s.max_new_tokens, s.temperature,
-                s.top_p, s.seed, self.kv_cache, *s.controls)
+        key = (self.frame_indices, self.long_video, self.prompt.template, s.max_new_tokens, s.temperature,
+               s.top_p, s.seed, self.kv_cache, *s.controls)
+        return key if self.view is None else key + (id(self.view), self.detail)
 
 
 def check_controls(model: "LlamaVid", sampling: SamplingOptions) -> None:
@@ -272,9 +324,34 @@ def _most_frames(sel: _Selector, ceiling: int, sampling: SamplingOptions) -> int
 
 def plan_question(model: "LlamaVid", video: Timeline, question: str, options: "AskOptions", *,
                   candidates: Sequence[int] | None = None, history: Sequence[tuple[str, str]] = (),
-                  template: str | None = None, system: str | None = None) -> Plan:
+                  template: str | None = None, system: str | None = None,
+                  closer: CloserSettings | None = None) -> Plan:
     """The plan for one question about ``video`` (see the module docstring for the rules). ``system``: a system
-    message for the prompt (``ConvTemplate.render``)."""
+    message for the prompt (``ConvTemplate.render``). With look-closer (``options.look_closer``, or by default
+    when the frames do not fit), the plan is pass 1's: the plain plan with ``closer`` set (``closer``: the
+    settings, default ``DEFAULT_CLOSER``)."""
+    plain = options.replace(strict_context=False) if getattr(options, "look_closer", None) and \
+        options.strict_context else options  # pass 2 plans its own frames: nothing to refuse here
+    plan = _plan_question(model, video, question, plain, candidates=candidates, history=history,
+                          template=template, system=system)
+    if looks_closer(options, plan, video):
+        return dataclasses.replace(plan, closer=closer or DEFAULT_CLOSER)
+    return plan
+
+
+def looks_closer(options: "AskOptions", plan: Plan, video: Timeline) -> bool:
+    """Whether a question is answered in two passes: when asked; by default (``look_closer`` None) when its
+    frames do not fit the context (``AUTO_WHEN_OVERFLOW``). Never for a still image."""
+    if getattr(options, "look_closer", False) is False or bool(getattr(video, "is_image", False)):
+        return False
+    if options.look_closer is None:
+        return AUTO_WHEN_OVERFLOW and plan.note is not None
+    return plan.frames_available > 1
+
+
+def _plan_question(model: "LlamaVid", video: Timeline, question: str, options: "AskOptions", *,
+                   candidates: Sequence[int] | None = None, history: Sequence[tuple[str, str]] = (),
+                   template: str | None = None, system: str | None = None) -> Plan:
     long_video = resolve_long_video(model, options.long)
     sampling = options.sampling(long_video)
     check_controls(model, sampling)
@@ -475,3 +552,154 @@ def most_frames(model: "LlamaVid", video: Timeline, question: str, options: "Ask
     if fits(model.context_length, sel.build(sel.available)[1].tokens, sampling, sel.reserve):
         return sel.available
     return _most_frames(sel, sel.available - 1, sampling) if sel.available > 1 else 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# look closer: pass 2's plan, from pass 1's scores
+
+
+def closer_ranges(scores: np.ndarray, timestamps: np.ndarray, settings: CloserSettings, *,
+                  step: float, duration: float | None = None) -> list[LookRange]:
+    """The ranges pass 2 looks at: the best frame, ``pad`` seconds either side; then the best frame outside
+    the ranges so far, ... until ``ranges`` ranges or the next best frame is less than ``min_score`` of the
+    way from the median frame's score to the best one's; overlapping ranges are joined. In time order.
+
+    ``scores``/``timestamps``: pass 1's, per scored frame (any order). A range's score is its best frame's,
+    mapped to [0, 1] (the median frame at 0, the best at 1)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    times = np.asarray(timestamps, dtype=np.float64)
+    if not len(scores):
+        return []
+    low, high = float(np.median(scores)), float(scores.max())
+    norm = np.clip((scores - low) / max(high - low, 1e-12), 0.0, 1.0)
+    taken = np.zeros(len(scores), dtype=bool)
+    picked: list[tuple[float, float, float]] = []
+    for i in np.argsort(-scores, kind="stable"):
+        if len(picked) == settings.ranges or (picked and norm[i] < settings.min_score):
+            break
+        if taken[i]:
+            continue
+        start, end = max(0.0, times[i] - settings.pad), times[i] + step + settings.pad
+        if duration is not None:
+            end = min(end, max(float(duration), float(times[i]) + step))
+        picked.append((float(start), float(end), float(norm[i])))
+        taken |= (times >= start - 1e-6) & (times < end - 1e-6)
+    picked.sort()
+    joined: list[list[float]] = []
+    for start, end, score in picked:
+        if joined and start <= joined[-1][1] + 1e-6:
+            joined[-1][1] = max(joined[-1][1], end)
+            joined[-1][2] = max(joined[-1][2], score)
+        else:
+            joined.append([start, end, score])
+    return [LookRange(a, b, c) for a, b, c in joined]
+
+
+def closer_times(ranges: Sequence[LookRange], settings: CloserSettings, stored: np.ndarray,
+                 native_fps: float | None = None) -> list[float]:
+    """The times pass 2 would like from the video, beyond the stored frames: ``settings.fps`` inside each
+    range, on the video's own frame grid when its rate is known (``native_fps``; never denser than it), none
+    already stored."""
+    fps = min(settings.fps, native_fps) if native_fps else settings.fps
+    if fps <= 0:
+        return []
+    stored = np.asarray(stored, dtype=np.float64)
+    out: set[float] = set()
+    for r in ranges:
+        for k in range(int(np.ceil(r.start * fps - 1e-6)), int(np.ceil(r.end * fps - 1e-6))):
+            t = k / fps
+            if native_fps:
+                t = round(t * native_fps) / native_fps
+            if r.start - 1e-6 <= t < r.end - 1e-6 and not (len(stored) and np.min(np.abs(stored - t)) < 1e-3):
+                out.add(round(float(t), 6))
+    return sorted(out)
+
+
+def plan_closer(model: "LlamaVid", video: Timeline, plan: Plan, options: "AskOptions", ranges: Sequence[LookRange],
+                positions: Sequence[int], scores: Sequence[float], *, view_of: Any,
+                extra_times: Sequence[float] = (), history: Sequence[tuple[str, str]] = (),
+                template: str | None = None) -> Plan:
+    """Pass 2's plan: the frames of ``ranges`` (``closer_ranges``; every stored one, and ``extra_times``:
+    frames taken from the video at more frames per second, which ``view_of`` supplies), the best frames in
+    detail, the rest of the video kept or left out (``plan.closer``), within the context; when they do
+    not all fit, the least relevant ranges are left out (then the extra frames).
+
+    ``positions``/``scores``: pass 1's (frames of ``video``); ``view_of(stored positions, extra times)``
+    -> the frames as one input (``inputs.FrameView``). The prompt style, sampling and cache rules are the
+    plain plan's. When not even the best range fits, the plain plan is kept (without ``closer``)."""
+    settings = plan.closer or DEFAULT_CLOSER
+    positions = np.asarray(list(positions), dtype=np.int64)
+    scores = np.asarray(list(scores), dtype=np.float64)
+    times = np.asarray(video.timestamps, dtype=np.float64)
+    candidates = set(int(p) for p in positions)
+
+    def inside(t: np.ndarray, rs: Sequence[LookRange]) -> np.ndarray:
+        hit = np.zeros(len(t), dtype=bool)
+        for r in rs:
+            hit |= (t >= r.start - 1e-6) & (t < r.end - 1e-6)
+        return hit
+
+    order = np.argsort(-scores, kind="stable")
+    for n_ranges in range(len(ranges), 0, -1):
+        rs = sorted(ranges, key=lambda r: -r.score)[:n_ranges]
+        rs.sort(key=lambda r: r.start)
+        in_ranges = inside(times, rs)
+        stored = sorted(p for p in candidates if in_ranges[p])
+        chosen = set(stored)
+        extra = [t for t in extra_times if inside(np.array([t]), rs)[0]]
+        keys = [int(positions[i]) for i in order if int(positions[i]) in chosen][: settings.key_frames]
+        rest_pool = [p for p in sorted(candidates) if p not in chosen]
+        reserve = answer_space(model, options, plan.sampling)
+        for dense in (extra, []):
+            built = _closer_prompt(model, plan, stored, dense, keys if settings.grid else [], rest_pool, settings,
+                                   view_of, reserve, history, template)
+            if built is not None:
+                view, prompt, detail = built
+                done = Plan(video.source, plan.long_video, None, len(view.timestamps), plan.frames_available,
+                            prompt, plan.sampling, None, looked_at=tuple(rs), view=view, detail=detail)
+                return _finish(model, options, done)
+    return dataclasses.replace(plan, closer=None)
+
+
+def _closer_prompt(model: "LlamaVid", plan: Plan, stored: list[int], extra: list[float], keys: list[int],
+                   rest_pool: list[int], settings: CloserSettings, view_of: Any, reserve: int,
+                   history: Sequence[tuple[str, str]], template: str | None):
+    """(view, prompt, detail) of pass 2 with as many of the rest's frames as fit (settings.rest "keep"),
+    or None when even the ranges alone do not fit."""
+    per, ctx = model.tokens_per_frame, model.context_length
+
+    def build(n_rest: int):
+        rest = [rest_pool[i] for i in uniform_indices(len(rest_pool), n_rest)] if n_rest else []
+        view = view_of(sorted(stored + rest), extra)
+        where = {int(p): i for i, p in enumerate(view.positions) if p >= 0}
+        detail = tuple(sorted((where[k], settings.grid) for k in keys if k in where))
+        counts = [per] * len(view.timestamps)
+        for pos, grid in detail:
+            counts[pos] += grid * grid
+        subs = view.frame_subtitles() if plan.long_video else None
+        prompt = model.prompt(plan.question, n_frames=len(view.timestamps), long_video=plan.long_video,
+                              frame_subtitles=subs, history=history, template=template or plan.prompt.template,
+                              frame_tokens=counts if detail else None)
+        return view, prompt, detail
+
+    first = build(0)
+    if not fits(ctx, first[1].tokens, plan.sampling, reserve):
+        return None
+    if settings.rest != "keep" or not rest_pool:
+        return first
+    lo, hi = 0, len(rest_pool) + 1  # n = lo fits, n = hi does not
+    guess = min(len(rest_pool), max(0, (ctx - reserve - first[1].tokens) // per))
+    best = first
+    if guess and fits(ctx, (b := build(guess))[1].tokens, plan.sampling, reserve):
+        lo, best = guess, b
+    else:
+        hi = max(1, guess)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        b = build(mid)
+        if fits(ctx, b[1].tokens, plan.sampling, reserve):
+            lo, best = mid, b
+        else:
+            hi = mid
+    return best
+

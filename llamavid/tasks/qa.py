@@ -10,7 +10,9 @@ batch fails, its questions are retried one by one so that only the bad one fails
 
 A question with ``choices`` is not generated: each option is scored as the answer (llamavid.model.likelihood)
 and the best one is the answer. A question with ``evidence`` gets, after its answer, the time ranges
-the answer rests on (llamavid.tasks.evidence), measured on the very prompt the answer came from.
+the answer rests on (llamavid.tasks.evidence), measured on the very prompt the answer came from. A
+question planned to look closer (``look_closer``) is answered from its second plan (llamavid.tasks.closer),
+made once its frames are scored; the record names the ranges it looked at.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..pipeline.inputs import FeaturesInMemory, VideoInput
 from ..pipeline.materialize import materialize, timeline_held
 from ..pipeline.planning import Batch, Plan, TextPlan, plan_batches, plan_question, plan_text
 from ..pipeline.prepare import prepare
+from .closer import second_plan
 from .evidence import DEFAULT_METHOD, find_evidence
 
 QUESTIONS_PER_BATCH = 8
@@ -104,6 +107,14 @@ def answer_questions(
             if on_answered is not None:
                 on_answered(i, results[i])
             continue
+        if plan.closer is not None:  # look closer: pass 1, then pass 2's plan is the one answered
+            try:
+                plan = second_plan(model, vin, q, plan, callbacks=callbacks)
+            except LlamaVidError as exc:
+                results[i].error = exc
+                if on_answered is not None:
+                    on_answered(i, results[i])
+                continue
         results[i].plan = plan
         if plan.note:
             callbacks.warn(plan.note)
@@ -197,10 +208,12 @@ class _Answerer:
         prompts = [m.plan.prompt for m in members]
         if self.cancelled is not None and all(self.cancelled(i) for i in chunk):  # nobody waits: nothing to compute
             return [Answer("", p.tokens, 0, p.n_frames, 0.0, p.question, cancelled=True) for p in prompts]
-        if self.vin is None:
+        vin = self.vin if first.view is None else first.view  # look closer's pass 2: its own frames
+        if vin is None:
             embeds = [model.embed_prompt(p.ids, []) for p in prompts]
         else:  # embedded together; those not scored afterwards are generated together, the others each on its own
-            embeds = model.prompt_embeddings(self.vin.features, prompts, frame_indices=first.frame_indices)
+            embeds = model.prompt_embeddings(vin.features, prompts, frame_indices=first.frame_indices,
+                                             **({"detail": first.detail} if first.detail else {}))
         answers: list[Answer | None] = [None] * len(members)
         together = [k for k, m in enumerate(members) if not m.plan.keep_cache]
         if together:
@@ -218,7 +231,7 @@ class _Answerer:
                     answers[k] = Answer("", p.tokens, 0, p.n_frames, time.perf_counter() - t0, p.question,
                                         cancelled=True)
                 else:
-                    answers[k] = _scored(model, self.vin, m, embeds[k], on_text, chunk[k], self.evidence_method, t0)
+                    answers[k] = _scored(model, vin, m, embeds[k], on_text, chunk[k], self.evidence_method, t0)
         return answers  # type: ignore[return-value]
 
 
@@ -319,8 +332,9 @@ class AnswerRecord:
     """One answered question as every front end reports it: ``ask --json``, a batch's answer lines (with
     their ``id`` and ``video``), the server's ``llamavid`` field.
 
-    ``frames_available`` is set only when frames were left out to fit the context; ``evidence`` and
-    ``choices`` only when they were asked for.
+    ``frames_available`` is set only when frames were left out to fit the context (or to look closer);
+    ``evidence`` and ``choices`` only when they were asked for; ``looked_at`` only when the question was
+    answered by looking closer (the ranges pass 2 looked at, in time order).
     """
 
     input: str
@@ -333,6 +347,7 @@ class AnswerRecord:
     frames_available: int | None = field(default=None)
     evidence: list | None = field(default=None)  # EvidenceRange, best first (asked with evidence=True)
     choices: list | None = field(default=None)  # ChoiceScore per option, as given (asked with choices=...)
+    looked_at: list | None = field(default=None)  # LookRange, in time order (answered by looking closer)
 
     @classmethod
     def of(cls, model, answered: Answered, source: str | os.PathLike, *,
@@ -341,16 +356,19 @@ class AnswerRecord:
         plan, answer = answered.plan, answered.answer
         return cls(os.fspath(source), answered.question.text, answer.text, model.name, plan.frames,
                    answer.prompt_tokens, round(answered.seconds if seconds is None else seconds, 3),
-                   plan.frames_available if plan.note else None, answer.evidence, answer.choices)
+                   plan.frames_available if plan.note or plan.looked_at is not None else None, answer.evidence,
+                   answer.choices, list(plan.looked_at) if plan.looked_at is not None else None)
 
     def to_json(self) -> dict[str, Any]:
-        record = {k: v for k, v in asdict(self).items() if k not in ("evidence", "choices")}
+        record = {k: v for k, v in asdict(self).items() if k not in ("evidence", "choices", "looked_at")}
         if record["frames_available"] is None:
             del record["frames_available"]
         if self.evidence is not None:
             record["evidence"] = [r.to_json() for r in self.evidence]
         if self.choices is not None:
             record["choices"] = [c.to_json() for c in self.choices]
+        if self.looked_at is not None:
+            record["looked_at"] = [r.to_json() for r in self.looked_at]
         return record
 
 

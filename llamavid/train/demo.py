@@ -58,7 +58,7 @@ class DemoRecipe:
     vision_steps: int = 1500
     vision_batch: int = 32
     vision_lr: float = 1e-3
-    sp_vocab: int = 400
+    sp_vocab: int = 600  # every word of the set is one token (at 400, "rocket" and "river" both began "▁r")
     llm_hidden: int = 256
     llm_layers: int = 4
     llm_heads: int = 4
@@ -74,7 +74,19 @@ class DemoRecipe:
     window_seconds: tuple[int, int] = (12, 24)
     window_width: tuple[int, int] = (2, 4)
     window_replay: int = 1  # ... and this many more replayed stage 2 questions per window question
-    seed: int = 0
+    # look closer: questions that name the kind of shape ("What color is the ring?") among distractors
+    n_pick: int = 400  # short pick clips (stage 2, and replayed in stage 3)
+    pick_events: tuple[int, int] = (3, 12)
+    pick_two_shapes: float = 0.5  # share of moments with two shapes side by side
+    n_test_pick: int = 100
+    n_haystack: int = 24  # haystack videos in stage 3 (one needle of the asked kind among distractors)
+    haystack_seconds: tuple[int, int] = (60, 900)
+    vision_two_shapes: float = 0.3  # share of the encoder's training frames with two shapes side by side
+    detail_share: float = 0.25  # share of stage 2-3 questions with some frames in detail (image-mode tokens)
+    detail_frames: int = 2
+    detail_grid: int = 4
+    seed: int = 0  # training: initialisation, the encoder's frames, the order of samples
+    data_seed: int = 0  # the synthetic set (train and test): the same for every training seed
 
 
 def log(msg: str) -> None:
@@ -85,29 +97,54 @@ def log(msg: str) -> None:
 # -- 1. data ---------------------------------------------------------------------------------------
 
 def make_data(root: Path, r: DemoRecipe) -> tuple[Path, Path]:
+    seed = r.data_seed
     train = syn.make_clips("train", n_single=r.n_single, n_sequence=r.n_sequence, n_needle=r.n_needle,
-                           needle_seconds=r.needle_train_seconds, seed=r.seed)
-    train += syn.make_extra_clips("train", "window", r.n_window, seed=r.seed, seconds=tuple(r.window_seconds),
+                           needle_seconds=r.needle_train_seconds, seed=seed)
+    train += syn.make_extra_clips("train", "window", r.n_window, seed=seed, seconds=tuple(r.window_seconds),
                                   window=tuple(r.window_width))
+    train += syn.make_extra_clips("train", "pick", r.n_pick, seed=seed, events=tuple(r.pick_events),
+                                  two_shapes=r.pick_two_shapes)
+    train += train_haystacks(r)
     test = syn.make_clips("test", n_single=r.n_test_single, n_sequence=r.n_test_sequence, n_needle=r.n_test_needle,
-                          needle_seconds=r.test_needle_seconds, seed=r.seed)
+                          needle_seconds=r.test_needle_seconds, seed=seed)
+    test += syn.make_extra_clips("test", "pick", r.n_test_pick, seed=seed, events=tuple(r.pick_events),
+                                 two_shapes=r.pick_two_shapes)
     return syn.write_split(train, root / "train"), syn.write_split(test, root / "test")
 
 
-def split_items(qa_json: Path, root: Path, replay_per_window: int = 1) -> dict[str, Path]:
+def train_haystacks(r: DemoRecipe) -> list[syn.Clip]:
+    """Haystack videos for stage 3: random lengths and depths (the held-out set has its own seed)."""
+    rng = np.random.default_rng(syn.SPLIT_SEEDS["train"] + syn.EXTRA_SEEDS["haystack"] + r.data_seed)
+    return [syn.haystack_clip(rng, f"train-haystack-{i:04d}",
+                              seconds=int(rng.integers(r.haystack_seconds[0], r.haystack_seconds[1] + 1)),
+                              depth=float(rng.uniform(0.05, 0.95)))
+            for i in range(r.n_haystack)]
+
+
+def split_items(qa_json: Path, root: Path, replay_per_window: int = 1, *, detail_share: float = 0.0,
+                detail_frames: int = 2, detail_grid: int = 4) -> dict[str, Path]:
     """qa.json -> per-stage files.
 
-    Stage 1 sees the short-video questions; stage 2 those and the subtitle questions (with the movie
-    prompt, as the published stage 2 mixed in long-video data); stage 3 the needle videos plus a replay of
-    stage 2's questions, so that what stage 2 taught is not forgotten, and the window clips with
-    ``replay_per_window`` more replayed questions for each of theirs. Stages 1-2 never see window clips.
+    Stage 1 sees the short-video questions; stage 2 those, the pick questions and the subtitle questions
+    (with the movie prompt, as the published stage 2 mixed in long-video data); stage 3 the needle and
+    haystack videos plus a replay of stage 2's questions, so that what stage 2 taught is not forgotten,
+    and the window clips with ``replay_per_window`` more replayed questions for each of theirs. Stages 1-2
+    never see window clips. A ``detail_share`` of the stage 2-3 questions about short clips get
+    ``detail_frames`` of their frames in detail (``detail_grid`` x ``detail_grid`` more content tokens), so
+    that the model knows the tokens look-closer gives key frames.
     """
     items = json.loads(qa_json.read_text())
     window = [i for i in items if "-window-" in i["id"]]
     items = [i for i in items if "-window-" not in i["id"]]
-    needle = [i for i in items if i["question_type"] == "needle"]
-    rest = [i for i in items if i["question_type"] != "needle"]
-    short = [i for i in rest if not i["long"]]
+    needle = [i for i in items if i["question_type"] == "needle" or "-haystack-" in i["id"]]
+    rest = [i for i in items if i["question_type"] != "needle" and "-haystack-" not in i["id"]]
+    short = [i for i in rest if not i["long"] and i["question_type"] != "pick"]
+    rng_p = np.random.default_rng(6)  # half the pick questions in the movie prompt, as look-closer's pass 2 asks
+    rest = [dict(i, long=True) if i["question_type"] == "pick" and rng_p.random() < 0.5 else i for i in rest]
+    if detail_share > 0:
+        rng_d = np.random.default_rng(5)
+        rest = [dict(i, detail={"frames": detail_frames, "grid": detail_grid}) if rng_d.random() < detail_share
+                else i for i in rest]
     rng = np.random.default_rng(0)
     replay = [rest[k] for k in rng.permutation(len(rest))[: max(1, 8 * len(needle))]]
     rng_w = np.random.default_rng(4)
@@ -135,8 +172,7 @@ def make_tokenizers(folder: Path, r: DemoRecipe) -> tuple[Path, Path]:
         return sp_path, bert_dir
     t = get_template("vicuna_v1")
     corpus = [t.system, f"{t.roles[0]}: {t.roles[1]}:", MOVIE_START, MOVIE_END]
-    for options in syn.QUESTIONS.values():
-        corpus += list(options)
+    corpus += syn.question_texts()
     corpus += [f"The code word is {w}." for w in syn.CODE_WORDS]
     corpus += list(syn.COLORS) + list(syn.SHAPES) + list(syn.NUMBERS) + list(syn.CODE_WORDS)
     buf = io.BytesIO()
@@ -162,16 +198,32 @@ def make_tokenizers(folder: Path, r: DemoRecipe) -> tuple[Path, Path]:
 
 # -- 3. vision -------------------------------------------------------------------------------------
 
-def random_frames(rng: np.random.Generator, n: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """n frames drawn like the videos' (0 or 1 shape), with colour, shape and per-patch colour labels."""
+def random_frames(rng: np.random.Generator, n: int, two_shapes: float = 0.0
+                  ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n frames drawn like the videos' (0 or 1 shape; a ``two_shapes`` share with two smaller ones side by
+    side, as pick clips show), with colour, shape, per-patch colour and per-patch shape labels (a frame
+    with two shapes has no whole-frame colour or shape: -100, ignored)."""
     frames = np.empty((n, syn.SIZE, syn.SIZE, 3), dtype=np.uint8)
     colors, shapes = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
     grid = syn.SIZE // 14
     patch_labels = torch.zeros(n, grid * grid, dtype=torch.long)
+    patch_shapes = torch.zeros(n, grid * grid, dtype=torch.long)
     names = list(syn.COLORS)
     for i in range(n):
         clip = syn.Clip("v", "single", 1.0, 1.0, int(rng.integers(15, 70)), [])
-        if rng.random() < 0.85:
+        if two_shapes and rng.random() < two_shapes:
+            kinds = rng.permutation(len(syn.SHAPES))[:2]
+            side = int(rng.integers(2))
+            for k, s in enumerate(kinds):
+                c = int(rng.integers(len(names)))
+                ev = syn._pair_event(rng, syn.SHAPES[int(s)], names[c], 0.0, 1.0, side if k == 0 else 1 - side)
+                clip.events.append(ev)
+                mask = syn.shape_mask(ev.shape, ev.p0[0], ev.p0[1], ev.radius).reshape(grid, 14, grid, 14)
+                on = torch.from_numpy(mask.mean(axis=(1, 3)).reshape(-1) > 0.4)
+                patch_labels[i][on] = c + 1
+                patch_shapes[i][on] = int(s) + 1
+            colors[i], shapes[i] = -100, -100
+        elif rng.random() < 0.85:
             c, s = int(rng.integers(len(names))), int(rng.integers(len(syn.SHAPES)))
             r = float(rng.uniform(48, 68))
             x, y = syn._position(rng, r)
@@ -179,8 +231,9 @@ def random_frames(rng: np.random.Generator, n: int) -> tuple[np.ndarray, torch.T
             colors[i], shapes[i] = c + 1, s + 1
             mask = syn.shape_mask(syn.SHAPES[s], x, y, r).reshape(grid, 14, grid, 14).mean(axis=(1, 3))
             patch_labels[i] = torch.from_numpy((mask.reshape(-1) > 0.4).astype(np.int64) * (c + 1))
+            patch_shapes[i] = (patch_labels[i] > 0).long() * (s + 1)
         frames[i] = syn.render_frame(clip, 0.5, syn.background(clip, int(rng.integers(1 << 30))))
-    return frames, colors, shapes, patch_labels
+    return frames, colors, shapes, patch_labels, patch_shapes
 
 
 def train_vision(path: Path, r: DemoRecipe) -> Path:
@@ -206,9 +259,8 @@ def train_vision(path: Path, r: DemoRecipe) -> Path:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.vision_lr, total_steps=r.vision_steps, pct_start=0.1)
     t0 = time.perf_counter()
     for step in range(r.vision_steps):
-        frames, colors, shapes, patches = random_frames(rng, r.vision_batch)
-        # every patch of the shape should know the whole shape's kind: the QFormer reads patches, not a pooled vector
-        patch_shapes = (patches > 0).long() * shapes[:, None]
+        # every patch of a shape should know the whole shape's kind: the QFormer reads patches, not a pooled vector
+        frames, colors, shapes, patches, patch_shapes = random_frames(rng, r.vision_batch, r.vision_two_shapes)
         x = vit(preprocess_frames(frames))  # (B, 257, W)
         h = heads["norm"](x)
         pooled = h[:, 1:].mean(1) + h[:, 0]
@@ -223,8 +275,9 @@ def train_vision(path: Path, r: DemoRecipe) -> Path:
         opt.step()
         sched.step()
         if step % 40 == 0 or step == r.vision_steps - 1:
-            acc_c = float((heads["color"](pooled).argmax(-1) == colors).float().mean())
-            acc_s = float((heads["shape"](pooled).argmax(-1) == shapes).float().mean())
+            one = colors != -100
+            acc_c = float((heads["color"](pooled).argmax(-1) == colors)[one].float().mean())
+            acc_s = float((heads["shape"](pooled).argmax(-1) == shapes)[one].float().mean())
             log(f"vision step {step}: loss {float(loss.detach()):.3f}, batch colour acc {acc_c:.2f}, "
                 f"shape acc {acc_s:.2f}, "
                 f"{time.perf_counter() - t0:.0f} s")
@@ -275,7 +328,8 @@ def train_demo(output: Path, r: DemoRecipe, *, data_root: Path, ship: bool = Fal
     (output / "recipe.json").write_text(json.dumps(asdict(r), indent=2) + "\n")
     log(f"data -> {data_root}")
     train_qa, _ = make_data(data_root, r)
-    parts = split_items(train_qa, data_root / "train", r.window_replay)
+    parts = split_items(train_qa, data_root / "train", r.window_replay, detail_share=r.detail_share,
+                        detail_frames=r.detail_frames, detail_grid=r.detail_grid)
     log(f"data ready ({time.perf_counter() - t0:.0f} s)")
     features = output / "features"
     if reuse is not None:

@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-SHORT_TYPES = ("color", "shape", "count", "first", "last")
+SHORT_TYPES = ("color", "shape", "count", "first", "last", "pick")
 LONG_TYPES = ("subtitle", "needle")
 
 
@@ -136,7 +136,9 @@ def render_markdown(result: dict) -> str:
     meaning = {"color": "colour of the one moving shape", "shape": "kind of the one moving shape",
                "count": "how many shapes appear one after another (1-3)", "first": "colour of the first shape",
                "last": "colour of the last shape", "subtitle": "a code word said only in the subtitles (long prompt)",
-               "needle": "colour of the one shape in a 1-hour video (3,600 frames, long prompt)"}
+               "needle": "colour of the one shape in a 1-hour video (3,600 frames, long prompt)",
+               "pick": "colour of the shape of the kind the question names, among 3-12 of other kinds (some "
+                       "frames with two side by side)"}
     for qtype in (*SHORT_TYPES, *LONG_TYPES):
         if qtype in acc:
             lines.append(f"| {qtype} | {meaning[qtype]} | {acc[qtype]['n']} | {acc[qtype]['accuracy']:.1f}% |")
@@ -145,8 +147,8 @@ def render_markdown(result: dict) -> str:
         lines += ["", "## Token-type ablation (the paper's Table 4, in miniature)", "",
                   "The same recipe trained three times, each model keeping one kind of visual token per frame "
                   "(`token_types` in config.json), evaluated on the same held-out short-video questions."
-                  + (" (Carried over from the previous evaluation: these models run stages 1-2 only, which the "
-                     "later recipe changes leave bit for bit as they were.)" if result.get("ablation_from") else ""),
+                  + (" (Carried over from an earlier evaluation and not rerun: these models ran stages 1-2 of the "
+                     "recipe as it was before the look-closer changes.)" if result.get("ablation_from") else ""),
                   "",
                   "| question type | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
         for qtype in SHORT_TYPES:

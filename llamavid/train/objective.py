@@ -8,12 +8,18 @@ A conversation is laid out exactly as it is at inference, piece by piece:
     reply2 </s>                                   -> targets
 
 Every human turn gets its own visual tokens, computed with that turn's question (as the published
-imgsp_v1 training did). Each piece is tokenized the way inference tokenizes it (split at ``</s>``,
-each chunk with its sentencepiece dummy prefix), so what is learned is what is asked later.
+imgsp_v1 training did). A sample may ask for some frames in detail (``"detail": {"frames": k, "grid": g}``):
+k of its frames, picked by the sample's id, also get g x g content tokens after their own two, as
+look-closer gives its key frames (``LlamaVid.prompt_embeddings(detail=...)``). Each piece is tokenized
+the way inference tokenizes it (split at ``</s>``, each chunk with its sentencepiece dummy prefix), so
+what is learned is what is asked later.
 """
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -55,7 +61,8 @@ def conversation_inputs(model: LlamaVid, item: dict, *, long_video: bool,
         if feats is not None:
             q_ids, q_mask = encode_questions(model.qformer_tokenizer, [question], device=device)
             tokens = model.frame_tokens(feats, q_ids, q_mask, long_video=long_video)[0]  # (T, k, H)
-            blocks = model.visual_blocks(tokens, long_video=long_video)
+            blocks = model.visual_blocks(tokens, long_video=long_video,
+                                         detail=_detail(model, feats, sample, long_video))
         prompt = model.embed_prompt(ids, blocks)
         target_ids = tok.encode(reply) + [tok.eos_id]
         target = embed(torch.tensor(target_ids, device=device))
@@ -63,6 +70,22 @@ def conversation_inputs(model: LlamaVid, item: dict, *, long_video: bool,
         labels += [torch.full((prompt.shape[0],), IGNORE, device=device), torch.tensor(target_ids, device=device)]
     embeds = torch.cat(pieces)[:max_tokens]
     return embeds, torch.cat(labels)[:max_tokens]
+
+
+def detail_frames(sample_id: str, n_frames: int, count: int) -> list[int]:
+    """The frames of a sample given in detail: ``count`` of them, the same every epoch (drawn from its id)."""
+    seed = int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:4], "little")
+    rng = np.random.default_rng(seed)
+    return sorted(int(i) for i in rng.choice(n_frames, size=min(count, n_frames), replace=False))
+
+
+def _detail(model: LlamaVid, feats: torch.Tensor, sample, long_video: bool) -> dict[int, torch.Tensor] | None:
+    spec = sample.extra.get("detail")
+    if not spec:
+        return None
+    positions = detail_frames(sample.id, feats.shape[0], int(spec["frames"]))
+    patches = model._vision_inputs(feats[positions], long_video)[1]
+    return dict(zip(positions, model.tokens.detail(patches, int(spec["grid"])).unbind(0)))
 
 
 def batch_loss(model: LlamaVid, items: list[dict], *, max_tokens: int, long_video: bool | None = None) -> torch.Tensor:

@@ -1,0 +1,287 @@
+"""Look closer: two passes (two plans), the relevance scorers, pass 2's frames, and every front end's switch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import model_args, run_cli
+from media import make_video
+
+import llamavid
+from llamavid.core.errors import OptionError
+from llamavid.core.options import AskOptions, options_from_json
+from llamavid.data import synthetic as syn
+from llamavid.pipeline.inputs import FeaturesInMemory, FrameView, VideoInput, open_input
+from llamavid.pipeline.planning import (
+    CloserSettings,
+    LookRange,
+    closer_ranges,
+    closer_times,
+    plan_closer,
+    plan_question,
+)
+from llamavid.tasks.qa import Question, answer_questions
+from llamavid.tasks.relevance import score_frames
+
+Q = "What color is the ring?"
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return make_video(tmp_path_factory.mktemp("closer") / "clip.mp4", seconds=12, fps=4)
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("closer-cache")
+
+
+@pytest.fixture(autouse=True)
+def _one_cache(_isolated_cache, shared_cache, monkeypatch):
+    monkeypatch.setenv("LLAMAVID_CACHE", str(shared_cache))
+
+
+def memory_input(n: int = 40, seed: int = 0, width: int = 176) -> VideoInput:
+    g = torch.Generator().manual_seed(seed)
+    return VideoInput("features", FeaturesInMemory(torch.randn(n, 257, width, generator=g)), [])
+
+
+# -- the switch, validated once -------------------------------------------------------------------------------
+
+
+def test_the_switch_is_a_validated_question_option_and_a_batch_field():
+    assert AskOptions().look_closer is None and AskOptions(look_closer=True).look_closer is True
+    with pytest.raises(OptionError, match="look_closer"):
+        AskOptions(look_closer="yes")
+    assert options_from_json({"look_closer": False}, AskOptions()).look_closer is False
+    with pytest.raises(OptionError, match="look_closer"):
+        options_from_json({"look_closer": 1}, AskOptions())
+
+
+def test_the_http_api_takes_the_switch_as_a_body_field(tmp_path, clip):
+    from llamavid.server.media_access import MediaAccess
+    from llamavid.server.protocol import parse_chat_request, request_fields
+
+    assert "look_closer" in request_fields()
+    body = {"model": "m", "look_closer": True,
+            "messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": clip.name}},
+                                                      {"type": "text", "text": Q}]}]}
+    request = parse_chat_request(body, model_id="m", media=MediaAccess([clip.parent]))
+    assert request.question.options.look_closer is True
+
+
+# -- planning: two plans ----------------------------------------------------------------------------------------
+
+
+def test_ranges_are_the_best_frames_padded_joined_in_time_order():
+    scores = np.zeros(100)
+    scores[[10, 12, 60, 90, 30]] = [5.0, 4.0, 3.0, 1.5, 1.0]
+    times = np.arange(100.0)
+    ranges = closer_ranges(scores, times, CloserSettings(ranges=4, pad=2.0), step=1.0, duration=100.0)
+    # the best frame (10) is padded to [8, 13); 12 is inside it, so the next best are 60 and 90; 30 is less
+    # than a quarter of the way from the median to the best
+    assert [(r.start, r.end) for r in ranges] == [(8.0, 13.0), (58.0, 63.0), (88.0, 93.0)]
+    assert [r.score for r in ranges] == pytest.approx([1.0, 0.6, 0.3])
+    # ranges that overlap are joined: 15 is outside [7, 14), its range [12, 19) overlaps
+    scores = np.zeros(100)
+    scores[[10, 15]] = [2.0, 1.0]
+    joined = closer_ranges(scores, times, CloserSettings(ranges=2, pad=3.0), step=1.0)
+    assert [(r.start, r.end, r.score) for r in joined] == [(7.0, 19.0, 1.0)]
+
+
+def test_pass_two_asks_the_video_for_frames_between_the_stored_ones():
+    stored = np.arange(0.0, 20.0)
+    wanted = closer_times([LookRange(4.0, 6.0, 1.0)], CloserSettings(fps=4.0), stored, 4.0)
+    assert wanted == [4.25, 4.5, 4.75, 5.25, 5.5, 5.75]
+    # never denser than the video, and on its frame grid
+    assert closer_times([LookRange(4.0, 6.0, 1.0)], CloserSettings(fps=4.0), stored, 2.0) == [4.5, 5.5]
+    ntsc = closer_times([LookRange(4.0, 6.0, 1.0)], CloserSettings(fps=4.0), stored, 29.97)
+    assert len(ntsc) == 8 and all(abs(t * 29.97 - round(t * 29.97)) < 1e-3 and 4 <= t < 6 for t in ntsc)
+
+
+def test_the_switch_makes_two_plans_and_off_keeps_the_one(tiny_model):
+    vin = memory_input()
+    opts = AskOptions(temperature=0, max_new_tokens=4)
+    assert plan_question(tiny_model, vin, Q, opts).closer is None  # fits: the default is the plain answer
+    assert plan_question(tiny_model, vin, Q, opts.replace(look_closer=False)).closer is None
+    first = plan_question(tiny_model, vin, Q, opts.replace(look_closer=True))
+    assert first.closer == CloserSettings() and first.frames == 40  # pass 1's plan is the plain one
+    scores = np.zeros(40)
+    scores[25] = 1.0
+    ranges = closer_ranges(scores, vin.timestamps, first.closer, step=1.0)
+    second = plan_closer(tiny_model, vin, first, opts, ranges, np.arange(40), scores,
+                         view_of=lambda stored, times: FrameView(vin, stored, times))
+    assert second.closer is None and second.looked_at == (LookRange(23.0, 28.0, 1.0),)
+    assert list(second.view.positions) == [23, 24, 25, 26, 27] and second.frames == 5
+    # the best frames in detail: grid x grid more content tokens each, counted in the prompt
+    per = tiny_model.tokens_per_frame
+    assert dict(second.detail) == {2: 4, 0: 4}  # the best frame (25), then the first of the range (ties in order)
+    assert second.prompt.frame_tokens == tuple(per + (16 if i in dict(second.detail) else 0) for i in range(5))
+    # the rest kept: as many of the other frames as fit, spread evenly
+    keep = plan_question(tiny_model, vin, Q, opts.replace(look_closer=True), closer=CloserSettings(rest="keep"))
+    kept = plan_closer(tiny_model, vin, keep, opts, ranges, np.arange(40), scores,
+                       view_of=lambda stored, times: FrameView(vin, stored, times))
+    assert kept.frames == 40 and kept.prompt.tokens + 4 <= tiny_model.context_length
+
+
+def test_by_default_look_closer_turns_on_as_the_rule_says(tiny_model, monkeypatch):
+    from llamavid.pipeline import planning
+
+    vin = memory_input(60)
+    small = tiny_model.config.llm["max_position_embeddings"]
+    monkeypatch.setitem(tiny_model.config.llm, "max_position_embeddings", 80)
+    try:
+        opts = AskOptions(temperature=0, max_new_tokens=4)
+        plain = plan_question(tiny_model, vin, Q, opts)
+        assert plain.note is not None  # the frames do not fit
+        assert (plain.closer is not None) == planning.AUTO_WHEN_OVERFLOW
+        monkeypatch.setattr(planning, "AUTO_WHEN_OVERFLOW", True)
+        assert plan_question(tiny_model, vin, Q, opts).closer is not None
+        assert plan_question(tiny_model, vin, Q, opts.replace(look_closer=False)).closer is None
+        # asked for, it works with strict_context too: pass 2 plans its own frames
+        assert plan_question(tiny_model, vin, Q, opts.replace(look_closer=True, strict_context=True)).closer
+    finally:
+        tiny_model.config.llm["max_position_embeddings"] = small
+
+
+# -- the model: tokens in detail ------------------------------------------------------------------------------
+
+
+def test_detail_tokens_follow_their_frame_and_the_spans_know_it(tiny_model):
+    feats = torch.randn(5, 257, tiny_model.config.mm_hidden_size)
+    per = tiny_model.tokens_per_frame
+    for long_video in (False, True):
+        counts = [per, per + 4, per, per, per + 4]
+        prompt = tiny_model.prompt(Q, n_frames=5, long_video=long_video, frame_tokens=counts)
+        plain = tiny_model.prompt(Q, n_frames=5, long_video=long_video)
+        assert prompt.tokens == plain.tokens + 8
+        [embeds] = tiny_model.prompt_embeddings(feats, [prompt], detail=((1, 2), (4, 2)))
+        [before] = tiny_model.prompt_embeddings(feats, [plain])
+        assert embeds.shape[0] == prompt.tokens
+        spans = tiny_model.frame_spans(prompt)
+        old = tiny_model.frame_spans(plain)
+        assert [e - s for s, e in spans] == counts
+        # each frame's own two tokens are as without detail; the detail tokens follow them
+        shift = 0
+        for (s, e), (s0, e0) in zip(spans, old):
+            assert torch.equal(embeds[s:s + per], before[s0:e0])
+            shift += (e - s) - (e0 - s0)
+        detail = tiny_model.detail_tokens(feats, [1], 2, long_video=long_video)
+        torch.testing.assert_close(embeds[spans[1][0] + per:spans[1][1]], detail[0])
+
+
+# -- pass 1: the scorers -----------------------------------------------------------------------------------------
+
+
+def test_both_scorers_score_every_frame_even_when_the_video_does_not_fit(tiny_model, monkeypatch):
+    vin = memory_input(60, seed=3)
+    monkeypatch.setitem(tiny_model.config.llm, "max_position_embeddings", 80)  # 60 frames do not fit
+    opts = AskOptions(temperature=0, max_new_tokens=4)
+    tokens = score_frames(tiny_model, vin, Q, opts, scorer="tokens")
+    attention = score_frames(tiny_model, vin, Q, opts, scorer="attention")
+    for scored in (tokens, attention):
+        assert len(scored) == 60 and np.isfinite(scored.scores).all() and (scored.timestamps == np.arange(60)).all()
+        assert 0 <= scored.normalised().min() and scored.normalised().max() == 1.0
+    assert (attention.scores > 0).sum() > 40  # every chunk scored its frames
+    # the tokens scorer is the text-guided attention's log-sum-exp, frame by frame (chunks change nothing)
+    again = tiny_model.context_relevance(vin.features, Q, long_video=False, chunk_frames=7)["lse"].numpy()
+    np.testing.assert_allclose(tokens.scores, again, rtol=1e-5, atol=1e-5)
+    with pytest.raises(llamavid.core.errors.InputError, match="scorer"):
+        score_frames(tiny_model, vin, Q, opts, scorer="magic")
+
+
+# -- the whole path, front ends ---------------------------------------------------------------------------------
+
+
+def test_look_closer_on_a_video_takes_more_frames_from_it_and_evidence_still_works(tiny_model, clip):
+    opts = AskOptions(temperature=0, max_new_tokens=4, look_closer=True, evidence=True, fps=1)
+    record = llamavid.ask(tiny_model, clip, Q, opts)
+    assert record.looked_at and all(0 <= r.start < r.end <= 12.01 for r in record.looked_at)
+    stored_inside = sum(1 for t in range(12) if any(r.start <= t < r.end for r in record.looked_at))
+    assert record.frames > stored_inside  # frames between the stored ones, from the video (4 frames/s)
+    assert record.frames_available == 12
+    assert record.evidence and all(any(r.start - 1 <= e.start <= r.end for r in record.looked_at)
+                                   for e in record.evidence)
+    data = record.to_json()
+    assert data["looked_at"][0].keys() == {"start", "end", "score"}
+    # from its .vidtok the video is not at hand: the stored frames of the ranges only
+    with open_input(tiny_model, clip, AskOptions(fps=1)) as vin:
+        entry = vin.cache_entry
+        assert vin.video_path is not None
+    with open_input(tiny_model, entry, AskOptions(fps=1)) as vin:
+        assert vin.video_path is None
+        [done] = answer_questions(tiny_model, vin, [Question(Q, opts.replace(evidence=False))])
+    assert done.plan.looked_at and done.plan.view.positions.min() >= 0
+
+
+def test_off_answers_bit_for_bit_as_before(tiny_model, clip):
+    opts = AskOptions(temperature=0, max_new_tokens=6, fps=1)
+    plain = llamavid.ask(tiny_model, clip, Q, opts)
+    off = llamavid.ask(tiny_model, clip, Q, opts.replace(look_closer=False))
+    assert (off.answer, off.frames, off.prompt_tokens) == (plain.answer, plain.frames, plain.prompt_tokens)
+    assert "looked_at" not in off.to_json() and "looked_at" not in plain.to_json()
+
+
+def test_the_command_line_and_a_batch_line_look_closer(tiny, clip, capsys, tmp_path):
+    code, out, err = run_cli(capsys, "ask", clip, Q, "--look-closer", "--json", "--temperature", "0",
+                             *model_args(tiny, 4))
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["looked_at"] and "looked closer at" in err
+    q = tmp_path / "q.jsonl"
+    q.write_text(json.dumps({"id": "a", "video": str(clip), "question": Q, "look_closer": True}) + "\n"
+                 + json.dumps({"id": "b", "video": str(clip), "question": Q}) + "\n")
+    code, out, err = run_cli(capsys, "ask", "--batch", q, "--temperature", "0", *model_args(tiny, 4))
+    assert code == 0, err
+    lines = {r["id"]: r for r in map(json.loads, out.splitlines())}
+    assert lines["a"]["looked_at"] and "looked_at" not in lines["b"]
+    code, out, err = run_cli(capsys, "ask", clip, Q, "--look-closer", "--choice", "red", "--choice", "blue",
+                             "--json", *model_args(tiny, 4))
+    assert code == 0, err and json.loads(out)["answer"] in ("red", "blue")
+
+
+def test_chat_turns_look_closer(tiny_model, clip):
+    from llamavid.tasks.chat import open_chat
+
+    with open_chat(tiny_model, clip, AskOptions(temperature=0, max_new_tokens=4, look_closer=True)) as chat:
+        first = chat.ask(Q)
+        second = chat.ask("And the circle?")
+    assert first.text is not None and second.text is not None and len(chat.history) == 2
+
+
+# -- training and data -------------------------------------------------------------------------------------------
+
+
+def test_training_with_frames_in_detail(tiny_model):
+    from llamavid.train.data import Sample
+    from llamavid.train.objective import batch_loss, detail_frames
+
+    feats = torch.randn(6, 257, tiny_model.config.mm_hidden_size)
+    plain = {"sample": Sample("x", None, [(Q, "red")]), "features": feats, "frame_subtitles": None}
+    detailed = {"sample": Sample("x", None, [(Q, "red")], extra={"detail": {"frames": 2, "grid": 2}}),
+                "features": feats, "frame_subtitles": None}
+    assert detail_frames("x", 6, 2) == detail_frames("x", 6, 2) and len(detail_frames("x", 6, 2)) == 2
+    with torch.no_grad():
+        a = batch_loss(tiny_model, [plain], max_tokens=4096)
+        b = batch_loss(tiny_model, [detailed], max_tokens=4096)
+    assert torch.isfinite(a) and torch.isfinite(b) and not torch.equal(a, b)
+
+
+def test_haystack_and_pick_clips_hold_one_needle_of_the_asked_kind():
+    for clip in syn.haystack_clips("test", minutes=(5,), per_cell=1):
+        kind = next(k for k in syn.SHAPES if f" {k}" in clip.qa[0][1])
+        needles = [e for e in clip.events if e.shape == kind]
+        assert len(needles) == 1 and needles[0].end - needles[0].start == 1.0 and needles[0].color == clip.qa[0][2]
+        depth = int(clip.id.split("-d")[1][:2]) / 100
+        assert abs(needles[0].start - depth * clip.seconds) <= 4
+        covered = sorted((e.start, e.end) for e in clip.events)  # distractors all the way through
+        assert covered[0][0] == 0 and covered[-1][1] == clip.seconds
+        assert all(a[1] == b[0] for a, b in zip(covered, covered[1:]))
+    rng = np.random.default_rng(1)
+    for i in range(20):
+        clip = syn.pick_clip(rng, f"p{i}")
+        kind = next(k for k in syn.SHAPES if f" {k}" in clip.qa[0][1])
+        assert sum(e.shape == kind for e in clip.events) == 1
