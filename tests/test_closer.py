@@ -243,13 +243,16 @@ def test_the_command_line_and_a_batch_line_look_closer(tiny, clip, capsys, tmp_p
     assert code == 0, err and json.loads(out)["answer"] in ("red", "blue")
 
 
-def test_chat_turns_look_closer(tiny_model, clip):
+def test_chat_turns_and_summaries_look_closer(tiny, tiny_model, clip, capsys):
     from llamavid.tasks.chat import open_chat
 
     with open_chat(tiny_model, clip, AskOptions(temperature=0, max_new_tokens=4, look_closer=True)) as chat:
         first = chat.ask(Q)
         second = chat.ask("And the circle?")
     assert first.text is not None and second.text is not None and len(chat.history) == 2
+    code, out, err = run_cli(capsys, "summarize", clip, "--look-closer", "--json", *model_args(tiny, 4))
+    assert code == 0, err
+    assert json.loads(out)["summary"] is not None and "looked closer at" in err
 
 
 # -- training and data -------------------------------------------------------------------------------------------
