@@ -167,7 +167,8 @@ def run(args) -> None:
                                                          long_video=True, statistic="max"),
                     "tokens (peak)": lambda: token_scores(model, vin.features, q.text, range(len(vin.timestamps)),
                                                           long_video=True, statistic="peak"),
-                    "attention": lambda: attention_scores(model, vin, q.text, list(range(len(vin.timestamps))), base),
+                    "attention": lambda: attention_scores(model, vin, q.text, list(range(len(vin.timestamps))),
+                                                          base)[1],
                 }, closer_ranges, default)
         records.append(rec)
         out_path.write_text(json.dumps({"records": records}, indent=1) + "\n")

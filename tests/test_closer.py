@@ -186,6 +186,9 @@ def test_both_scorers_score_every_frame_even_when_the_video_does_not_fit(tiny_mo
         assert len(scored) == 60 and np.isfinite(scored.scores).all() and (scored.timestamps == np.arange(60)).all()
         assert 0 <= scored.normalised().min() and scored.normalised().max() == 1.0
     assert (attention.scores > 0).sum() > 40  # every chunk scored its frames
+    # at most one chunk: a subsample spread evenly, the first and the last frame included
+    one = score_frames(tiny_model, vin, Q, opts, scorer="attention", max_chunks=1)
+    assert 1 < len(one) < 60 and one.positions[0] == 0 and one.positions[-1] == 59
     # the tokens scorer is the text-guided attention's log-sum-exp, frame by frame (chunks change nothing)
     again = tiny_model.context_relevance(vin.features, Q, long_video=False, chunk_frames=7)["lse"].numpy()
     np.testing.assert_allclose(tokens.scores, again, rtol=1e-5, atol=1e-5)
