@@ -276,6 +276,34 @@ def test_training_with_frames_in_detail(tiny_model):
     assert torch.isfinite(a) and torch.isfinite(b) and not torch.equal(a, b)
 
 
+def test_grounding_teaches_the_attention_where_the_asked_kind_is(tiny_model):
+    from llamavid.train.data import Sample
+    from llamavid.train.objective import batch_loss, grounding_targets
+
+    events = [{"shape": "ring", "color": "red", "start": 2.0, "end": 3.0, "p0": [112, 112], "p1": [112, 112],
+               "radius": 60.0},
+              {"shape": "bar", "color": "blue", "start": 0.0, "end": 2.0, "p0": [112, 112], "p1": [112, 112],
+               "radius": 60.0}]
+    spec = {"kind": "ring", "events": events, "weight": 1.0}
+    target, present = grounding_targets([0.0, 1.0, 2.0, 3.0], spec, 16)
+    assert present.tolist() == [False, False, True, False]
+    assert torch.allclose(target.sum(-1), torch.ones(4))
+    ring = syn.shape_mask("ring", 112, 112, 60).reshape(16, 14, 16, 14).mean(axis=(1, 3)).reshape(-1) > 0.4
+    assert (target[2] > 0).numpy().tolist() == ring.tolist()  # the ring's patches
+    bar = syn.shape_mask("bar", 112, 112, 60).reshape(16, 14, 16, 14).mean(axis=(1, 3)).reshape(-1) > 0
+    assert target[0][bar].sum() == 0 and target[0].sum() > 0.99  # a frame without it: the background, not the bar
+    feats = torch.randn(4, 257, tiny_model.config.mm_hidden_size)
+    item = {"sample": Sample("g", None, [(Q, "red")], extra={"grounding": spec}), "features": feats,
+            "frame_subtitles": None, "timestamps": [0.0, 1.0, 2.0, 3.0]}
+    plain = {"sample": Sample("g", None, [(Q, "red")]), "features": feats, "frame_subtitles": None}
+    tiny_model.zero_grad()
+    loss = batch_loss(tiny_model, [item], max_tokens=4096)
+    assert loss > batch_loss(tiny_model, [plain], max_tokens=4096)
+    loss.backward()
+    assert tiny_model.tokens.key_projector.weight.grad.abs().sum() > 0
+    tiny_model.zero_grad()
+
+
 def test_haystack_and_pick_clips_hold_one_needle_of_the_asked_kind():
     for clip in syn.haystack_clips("test", minutes=(5,), per_cell=1):
         kind = next(k for k in syn.SHAPES if f" {k}" in clip.qa[0][1])
