@@ -113,13 +113,18 @@ def run(args) -> None:
     if out_path.is_file():
         done = {r["id"]: r for r in json.loads(out_path.read_text())["records"]}
     base = AskOptions(temperature=0.0, max_new_tokens=8, long=True)
+    import dataclasses
+
     default = CloserSettings()
     variants = {}
-    if args.variants:
-        variants = {"scorer=attention": CloserSettings(scorer="attention"),
-                    "rest=keep": CloserSettings(rest="keep"),
-                    "grid=0": CloserSettings(grid=0),
-                    "fps=1 (stored frames only)": CloserSettings(fps=1.0)}
+    if args.variants:  # one setting changed at a time (``--variant NAME=JSON`` adds more)
+        changes = {"scorer=attention": {"scorer": "attention"}, "rest=keep": {"rest": "keep"}, "grid=0": {"grid": 0},
+                   "fps=1 (stored frames only)": {"fps": 1.0}, "ranges=1, pad=0": {"ranges": 1, "pad": 0.0},
+                   "ranges=2, pad=1": {"ranges": 2, "pad": 1.0}}
+        for extra in args.variant:
+            name, _, value = extra.partition("=")
+            changes[name] = json.loads(value)
+        variants = {name: dataclasses.replace(default, **change) for name, change in changes.items()}
     records = list(done.values())
     t_start = time.perf_counter()
     for n, case in enumerate(todo):
@@ -167,7 +172,8 @@ def run(args) -> None:
                                                          long_video=True, statistic="max"),
                     "tokens (peak)": lambda: token_scores(model, vin.features, q.text, range(len(vin.timestamps)),
                                                           long_video=True, statistic="peak"),
-                    "attention": lambda: attention_scores(model, vin, q.text, list(range(len(vin.timestamps))), base),
+                    "attention": lambda: attention_scores(model, vin, q.text, list(range(len(vin.timestamps))),
+                                                          base)[1],
                 }, closer_ranges, default)
         records.append(rec)
         out_path.write_text(json.dumps({"records": records}, indent=1) + "\n")
@@ -291,6 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--minutes", default=",".join(map(str, MINUTES)))
     r.add_argument("--per-cell", type=int, default=None)
     r.add_argument("--variants", action="store_true")
+    r.add_argument("--variant", action="append", default=[], metavar='NAME={"field": value}',
+                   help="with --variants: one more look-closer setting to compare")
     r.add_argument("--context", type=int, default=None)
     r.add_argument("--ask", default="needle", choices=["needle", "first", "last"],
                    help="the question: the needle's colour, or the first / last shape's (whole-video order)")

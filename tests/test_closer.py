@@ -186,6 +186,9 @@ def test_both_scorers_score_every_frame_even_when_the_video_does_not_fit(tiny_mo
         assert len(scored) == 60 and np.isfinite(scored.scores).all() and (scored.timestamps == np.arange(60)).all()
         assert 0 <= scored.normalised().min() and scored.normalised().max() == 1.0
     assert (attention.scores > 0).sum() > 40  # every chunk scored its frames
+    # at most one chunk: a subsample spread evenly, the first and the last frame included
+    one = score_frames(tiny_model, vin, Q, opts, scorer="attention", max_chunks=1)
+    assert 1 < len(one) < 60 and one.positions[0] == 0 and one.positions[-1] == 59
     # the tokens scorer is the text-guided attention's log-sum-exp, frame by frame (chunks change nothing)
     again = tiny_model.context_relevance(vin.features, Q, long_video=False, chunk_frames=7)["lse"].numpy()
     np.testing.assert_allclose(tokens.scores, again, rtol=1e-5, atol=1e-5)
@@ -243,13 +246,16 @@ def test_the_command_line_and_a_batch_line_look_closer(tiny, clip, capsys, tmp_p
     assert code == 0, err and json.loads(out)["answer"] in ("red", "blue")
 
 
-def test_chat_turns_look_closer(tiny_model, clip):
+def test_chat_turns_and_summaries_look_closer(tiny, tiny_model, clip, capsys):
     from llamavid.tasks.chat import open_chat
 
     with open_chat(tiny_model, clip, AskOptions(temperature=0, max_new_tokens=4, look_closer=True)) as chat:
         first = chat.ask(Q)
         second = chat.ask("And the circle?")
     assert first.text is not None and second.text is not None and len(chat.history) == 2
+    code, out, err = run_cli(capsys, "summarize", clip, "--look-closer", "--json", *model_args(tiny, 4))
+    assert code == 0, err
+    assert json.loads(out)["summary"] is not None and "looked closer at" in err
 
 
 # -- training and data -------------------------------------------------------------------------------------------
@@ -268,6 +274,34 @@ def test_training_with_frames_in_detail(tiny_model):
         a = batch_loss(tiny_model, [plain], max_tokens=4096)
         b = batch_loss(tiny_model, [detailed], max_tokens=4096)
     assert torch.isfinite(a) and torch.isfinite(b) and not torch.equal(a, b)
+
+
+def test_grounding_teaches_the_attention_where_the_asked_kind_is(tiny_model):
+    from llamavid.train.data import Sample
+    from llamavid.train.objective import batch_loss, grounding_targets
+
+    events = [{"shape": "ring", "color": "red", "start": 2.0, "end": 3.0, "p0": [112, 112], "p1": [112, 112],
+               "radius": 60.0},
+              {"shape": "bar", "color": "blue", "start": 0.0, "end": 2.0, "p0": [112, 112], "p1": [112, 112],
+               "radius": 60.0}]
+    spec = {"kind": "ring", "events": events, "weight": 1.0}
+    target, present = grounding_targets([0.0, 1.0, 2.0, 3.0], spec, 16)
+    assert present.tolist() == [False, False, True, False]
+    assert torch.allclose(target.sum(-1), torch.ones(4))
+    ring = syn.shape_mask("ring", 112, 112, 60).reshape(16, 14, 16, 14).mean(axis=(1, 3)).reshape(-1) > 0.4
+    assert (target[2] > 0).numpy().tolist() == ring.tolist()  # the ring's patches
+    bar = syn.shape_mask("bar", 112, 112, 60).reshape(16, 14, 16, 14).mean(axis=(1, 3)).reshape(-1) > 0
+    assert target[0][bar].sum() == 0 and target[0].sum() > 0.99  # a frame without it: the background, not the bar
+    feats = torch.randn(4, 257, tiny_model.config.mm_hidden_size)
+    item = {"sample": Sample("g", None, [(Q, "red")], extra={"grounding": spec}), "features": feats,
+            "frame_subtitles": None, "timestamps": [0.0, 1.0, 2.0, 3.0]}
+    plain = {"sample": Sample("g", None, [(Q, "red")]), "features": feats, "frame_subtitles": None}
+    tiny_model.zero_grad()
+    loss = batch_loss(tiny_model, [item], max_tokens=4096)
+    assert loss > batch_loss(tiny_model, [plain], max_tokens=4096)
+    loss.backward()
+    assert tiny_model.tokens.key_projector.weight.grad.abs().sum() > 0
+    tiny_model.zero_grad()
 
 
 def test_haystack_and_pick_clips_hold_one_needle_of_the_asked_kind():

@@ -539,11 +539,15 @@ def write_split(clips: list[Clip], folder: str | os.PathLike, *, on_progress: Ca
         for q, (qtype, question, answer) in enumerate(clip.qa):
             if qtype == "subtitle" and not subtitles:
                 continue
+            extra = {}
+            if qtype == "pick":  # where the asked kind is, frame by frame (training can ground the question)
+                kind = next(k for k in SHAPES if f" {k}" in question)
+                extra["grounding"] = {"kind": kind, "events": [asdict(e) for e in clip.events]}
             items.append({
                 "id": f"{clip.id}-q{q}", "video": f"videos/{video.name}",
                 "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}],
                 "question_type": qtype, "answer": answer,
-                "long": qtype in ("subtitle", "needle") or (qtype == "pick" and clip.kind == "haystack"),
+                "long": qtype in ("subtitle", "needle") or (qtype == "pick" and clip.kind == "haystack"), **extra,
             })
         if on_progress:
             on_progress(n + 1, len(clips))

@@ -250,8 +250,9 @@ class LlamaVid(nn.Module):
 
     # -- features + question -> tokens -------------------------------------------------------------------------
     def frame_tokens(self, feats: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     *, long_video: bool = False) -> torch.Tensor:
-        """Features of n frames (n, N, C) and Q tokenized questions (Q, L) -> tokens (Q, n, 1 + k, H).
+                     *, long_video: bool = False, return_logits: bool = False):
+        """Features of n frames (n, N, C) and Q tokenized questions (Q, L) -> tokens (Q, n, 1 + k, H)
+        (``return_logits``: and the text-guided attention's scores, (Q, n, 32, P)).
 
         In short-video mode the QFormer cross-attends to all N = 257 tokens and the context attention
         uses the 256 patches (CLS dropped, as the published ``mm_vision_select_feature == "patch"``).
@@ -265,6 +266,9 @@ class LlamaVid(nn.Module):
         mask = attention_mask[:, None].expand(-1, n, -1).flatten(0, 1)
         query_out = self.qformer(ids, mask, image)  # (Q*n, 32, Dq)
         out = self.tokens(query_out, patches)  # (Q*n, 1 + k, H)
+        if return_logits:  # (tokens, the text-guided attention's scores (Q, n, 32, P)): for training it
+            logits = self.tokens.context_logits(query_out, patches)
+            return out.view(q, n, *out.shape[1:]), logits.view(q, n, *logits.shape[1:])
         return out.view(q, n, *out.shape[1:])
 
     def _vision_inputs(self, feats: torch.Tensor, long_video: bool) -> tuple[torch.Tensor, torch.Tensor]:

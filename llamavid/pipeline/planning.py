@@ -177,6 +177,8 @@ class CloserSettings:
     """What look-closer's two passes use (defaults set by measurement, docs/RESULTS.md "Look closer")."""
 
     scorer: str = "tokens"  # pass 1 (llamavid.tasks.relevance.SCORERS)
+    chunks: int | None = 1  # the attention scorer: at most this many context-sized chunks (None: every frame);
+    # fewer than the video needs score a subsample spread evenly, and pass 2 takes every stored frame of its ranges
     ranges: int = 4  # best ranges pass 2 looks at
     pad: float = 2.0  # seconds either side of a best frame
     fps: float = 4.0  # pass 2's sampling inside the ranges, from the video when it is at hand

@@ -27,7 +27,8 @@ def second_plan(model, vin: VideoInput, question, plan: Plan, *, callbacks: Call
     options = question.options
     candidates = range_candidates(vin, options)
     positions = list(candidates) if candidates is not None else list(range(len(vin.timestamps)))
-    scored = score_frames(model, vin, question.text, options, scorer=settings.scorer, positions=positions)
+    scored = score_frames(model, vin, question.text, options, scorer=settings.scorer, positions=positions,
+                          max_chunks=settings.chunks)
     ranges = closer_ranges(scored.scores, scored.timestamps, settings, step=vin.step, duration=vin.duration)
     extra_times: list[float] = []
     extra = None
@@ -49,8 +50,8 @@ def second_plan(model, vin: VideoInput, question, plan: Plan, *, callbacks: Call
         long = any(r.end >= 3600 for r in second.looked_at)
         where = ", ".join(f"{format_clock(r.start, hours=long)}-{format_clock(r.end, hours=long, up=True)}"
                           for r in second.looked_at)
-        callbacks.say(f"{vin.source}: looked closer at {where} ({second.frames} frames; {len(positions)} "
-                      f"scored by {settings.scorer})")
+        callbacks.say(f"{vin.source}: looked closer at {where} ({second.frames} frames; {len(scored)} of "
+                      f"{len(positions)} scored by {settings.scorer})")
     return second
 
 

@@ -13,7 +13,9 @@ comparable between the frames of one call. Scorers (``SCORERS``):
 * ``attention``: the LLM's attention from a first answer to each frame (what ``ask --evidence``
   measures). The frames go in contiguous chunks that each fit the model's context; in each, a short
   greedy answer is generated and the attention of the positions that predict it to each frame's tokens
-  is summed (not normalised per chunk, so chunks compare). It costs an LLM pass over every frame.
+  is summed (not normalised per chunk, so chunks compare). It costs an LLM pass over every frame;
+  ``max_chunks`` bounds that: a video that needs more chunks is scored on a subsample spread evenly
+  (``FrameScores.positions`` says which frames were scored).
 
 A search over many files can call ``score_frames`` per file; scores of different files compare for the
 ``tokens`` scorer (the same question's queries against each frame's patches).
@@ -33,7 +35,7 @@ from ..core.errors import InputError
 from ..core.options import AskOptions
 from ..model.generation import generate
 from ..model.likelihood import PromptScorer, empty_cache
-from ..pipeline.planning import most_frames, plan_question, resolve_long_video
+from ..pipeline.planning import most_frames, plan_question, resolve_long_video, uniform_indices
 from .evidence import scored_answer
 
 SCORERS = ("tokens", "attention")
@@ -65,7 +67,8 @@ class FrameScores:
 
 
 def score_frames(model, vin, question: str, options: AskOptions = AskOptions(), *, scorer: str = DEFAULT_SCORER,
-                 positions: Sequence[int] | None = None, callbacks: Callbacks = NO_CALLBACKS) -> FrameScores:
+                 positions: Sequence[int] | None = None, max_chunks: int | None = None,
+                 callbacks: Callbacks = NO_CALLBACKS) -> FrameScores:
     """Every frame's relevance to ``question`` (``positions``: only these frames of the features; default:
     every frame, or those in ``options``' start/end). ``vin``: an open input (``llamavid.pipeline.inputs``:
     anything with ``features``, ``timestamps`` and ``step``). ``callbacks.progress(done, total)`` as chunks
@@ -85,7 +88,9 @@ def score_frames(model, vin, question: str, options: AskOptions = AskOptions(), 
     if scorer == "tokens":
         scores = token_scores(model, vin.features, question, positions, long_video=long_video, callbacks=callbacks)
     else:
-        scores = attention_scores(model, vin, question, positions, options, callbacks=callbacks)
+        positions, scores = attention_scores(model, vin, question, positions, options, max_chunks=max_chunks,
+                                             callbacks=callbacks)
+        positions = np.asarray(positions, dtype=np.int64)
     return FrameScores(positions, np.asarray(vin.timestamps, dtype=np.float64)[positions], scores, scorer,
                        float(getattr(vin, "step", 1.0)), time.perf_counter() - t0)
 
@@ -100,9 +105,11 @@ def token_scores(model, features, question: str, positions: Sequence[int], *, lo
 
 
 def attention_scores(model, vin, question: str, positions: Sequence[int], options: AskOptions, *,
-                     callbacks: Callbacks = NO_CALLBACKS) -> np.ndarray:
-    """The ``attention`` scorer: contiguous chunks of the frames that each fit one prompt; per chunk a short
-    greedy answer and the attention from it to each frame (summed over the frame's tokens)."""
+                     max_chunks: int | None = None,
+                     callbacks: Callbacks = NO_CALLBACKS) -> tuple[list[int], np.ndarray]:
+    """The ``attention`` scorer: contiguous chunks of the frames that each fit one prompt (at most
+    ``max_chunks``: then a subsample spread evenly); per chunk a short greedy answer and the attention from it
+    to each frame (summed over the frame's tokens). (the frames scored, their scores)"""
     positions = [int(p) for p in positions]
     opts = options.replace(max_frames=None, start=None, end=None, strict_context=False, evidence=False, choices=None,
                            temperature=0.0, max_new_tokens=FIRST_ANSWER_TOKENS, look_closer=False)
@@ -110,6 +117,9 @@ def attention_scores(model, vin, question: str, positions: Sequence[int], option
     if per_chunk < 1:
         raise InputError("not even one frame fits the context beside the question", where=vin.source)
     chunks = max(1, -(-len(positions) // per_chunk))
+    if max_chunks is not None and chunks > max_chunks:
+        chunks = max_chunks
+        positions = [positions[i] for i in uniform_indices(len(positions), chunks * per_chunk)]
     bounds = np.linspace(0, len(positions), chunks + 1).round().astype(int)
     scores = np.zeros(len(positions), dtype=np.float64)
     where = {p: i for i, p in enumerate(positions)}
@@ -126,7 +136,7 @@ def attention_scores(model, vin, question: str, positions: Sequence[int], option
         for frame, (s, e) in zip(frames, spans):
             scores[where[frame]] = float(weights[s:e].sum())
         callbacks.advance(int(b), len(positions))
-    return scores
+    return positions, scores
 
 
 def relevance(model, source: str | os.PathLike, question: str, options: AskOptions | None = None, *,

@@ -121,6 +121,12 @@ class FeatureStore:
                     vt.check_encoder(self.encoder.identity()["fingerprint"])
         return encoded
 
+    def timestamps(self, media: Path, max_frames: int | None = None) -> list[float]:
+        """The times of the frames ``load`` gives."""
+        with open_vidtok(self.path_for(media)) as vt:
+            indices = uniform_indices(len(vt), max_frames) if max_frames else list(range(len(vt)))
+            return [float(vt.timestamps[i]) for i in indices]
+
     def load(self, media: Path, max_frames: int | None = None) -> tuple[torch.Tensor, list[str]]:
         """(features (T, N, C) float16, per-frame subtitle text)."""
         with open_vidtok(self.path_for(media)) as vt:
@@ -147,7 +153,10 @@ class ConversationDataset(Dataset):
         if sample.media is None:
             return {"sample": sample, "features": None, "frame_subtitles": None}
         feats, frame_subs = self.store.load(sample.media, self.max_frames)
-        return {"sample": sample, "features": feats, "frame_subtitles": frame_subs}
+        item = {"sample": sample, "features": feats, "frame_subtitles": frame_subs}
+        if "grounding" in sample.extra:  # the objective needs to know when each frame was
+            item["timestamps"] = self.store.timestamps(sample.media, self.max_frames)
+        return item
 
 
 def collate(items: list[dict]) -> list[dict]:

@@ -82,6 +82,7 @@ class DemoRecipe:
     n_haystack: int = 24  # haystack videos in stage 3 (one needle of the asked kind among distractors)
     haystack_seconds: tuple[int, int] = (60, 900)
     vision_two_shapes: float = 0.3  # share of the encoder's training frames with two shapes side by side
+    grounding: float = 1.0  # weight of the grounding loss on pick and haystack questions (0: none)
     detail_share: float = 0.25  # share of stage 2-3 questions with some frames in detail (image-mode tokens)
     detail_frames: int = 2
     detail_grid: int = 4
@@ -122,7 +123,7 @@ def train_haystacks(r: DemoRecipe) -> list[syn.Clip]:
 
 
 def split_items(qa_json: Path, root: Path, replay_per_window: int = 1, *, detail_share: float = 0.0,
-                detail_frames: int = 2, detail_grid: int = 4) -> dict[str, Path]:
+                detail_frames: int = 2, detail_grid: int = 4, grounding: float = 0.0) -> dict[str, Path]:
     """qa.json -> per-stage files.
 
     Stage 1 sees the short-video questions; stage 2 those, the pick questions and the subtitle questions
@@ -131,9 +132,17 @@ def split_items(qa_json: Path, root: Path, replay_per_window: int = 1, *, detail
     and the window clips with ``replay_per_window`` more replayed questions for each of theirs. Stages 1-2
     never see window clips. A ``detail_share`` of the stage 2-3 questions about short clips get
     ``detail_frames`` of their frames in detail (``detail_grid`` x ``detail_grid`` more content tokens), so
-    that the model knows the tokens look-closer gives key frames.
+    that the model knows the tokens look-closer gives key frames. Pick and haystack questions carry where
+    the asked kind is; with ``grounding`` > 0 the text-guided attention is taught to look there, with that
+    weight (``objective.grounding_loss``).
     """
     items = json.loads(qa_json.read_text())
+    for i in items:
+        if "grounding" in i:
+            if grounding > 0:
+                i["grounding"] = dict(i["grounding"], weight=grounding)
+            else:
+                del i["grounding"]
     window = [i for i in items if "-window-" in i["id"]]
     items = [i for i in items if "-window-" not in i["id"]]
     needle = [i for i in items if i["question_type"] == "needle" or "-haystack-" in i["id"]]
@@ -329,7 +338,7 @@ def train_demo(output: Path, r: DemoRecipe, *, data_root: Path, ship: bool = Fal
     log(f"data -> {data_root}")
     train_qa, _ = make_data(data_root, r)
     parts = split_items(train_qa, data_root / "train", r.window_replay, detail_share=r.detail_share,
-                        detail_frames=r.detail_frames, detail_grid=r.detail_grid)
+                        detail_frames=r.detail_frames, detail_grid=r.detail_grid, grounding=r.grounding)
     log(f"data ready ({time.perf_counter() - t0:.0f} s)")
     features = output / "features"
     if reuse is not None:
