@@ -510,6 +510,10 @@ class TextPlan:
     long_video = False
     note = None
     keep_cache = False
+    closer = None  # no second pass without frames
+    looked_at = None
+    view = None
+    detail = ()
 
     @property
     def question(self) -> str:
