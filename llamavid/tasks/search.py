@@ -175,13 +175,10 @@ def check_encoders(model, files: Sequence[LibraryFile], *, callbacks: Callbacks 
             foreign.append((item, made_with))
     if foreign:
         (first, made_with), more = foreign[0], len(foreign) - 1
-        others = f" (and {more} more file{'s' if more > 1 else ''})" if more else ""
-        ours = f"; {len(usable)} other files and the model use {fingerprint}" if usable else \
-            f"; the model uses {fingerprint}"
-        raise VidtokError(f"made with vision encoder {made_with}{others}{ours}: features of different "
-                          "encoders cannot be searched together (their scores do not compare, and this model "
-                          "cannot read them); encode those videos again with this model, or search them with "
-                          "the model they were made for", where=first.label)
+        others = f" (as are {more} more)" if more else ""
+        raise VidtokError(f"made with vision encoder {made_with}{others}, the model with {fingerprint}: features of "
+                          "two encoders cannot be searched together (their scores do not compare); encode the "
+                          "videos again with this model", where=first.label)
     if not usable:
         raise InputError("nothing left to search: every file was skipped")
     return usable
