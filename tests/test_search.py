@@ -227,6 +227,7 @@ def test_a_damaged_or_foreign_file_among_good_ones_is_named_and_skipped(library,
     assert any("junk.vidtok: skipped" in w for w in warnings)
     assert any("cut.vidtok: skipped" in w and "truncated" in w for w in warnings)
     assert any("c.vidtok: skipped" in w and "checksum" in w for w in warnings), warnings
+    assert sorted(result.skipped) == sorted(warnings)  # the result lists them too
     assert not index_path_for(library / "sub" / "c.vidtok").exists()  # a damaged file is never indexed
 
 

@@ -151,11 +151,12 @@ def library_files(inputs: Iterable[str | os.PathLike | LibraryFile]) -> list[Lib
     return out
 
 
-def check_encoders(model, files: Sequence[LibraryFile], *, callbacks: Callbacks = NO_CALLBACKS
-                   ) -> list[LibraryFile]:
+def check_encoders(model, files: Sequence[LibraryFile], *, callbacks: Callbacks = NO_CALLBACKS,
+                   skipped: list[str] | None = None) -> list[LibraryFile]:
     """The files the search can use, before any work: every ``.vidtok``'s header is read (a damaged or foreign
-    file is named in a warning and left out). Features of another vision encoder than the model's cannot be
-    compared with the others (nor read by this model): the search is refused, naming one such file."""
+    file is named in a warning, also added to ``skipped``, and left out). Features of another vision encoder
+    than the model's cannot be compared with the others (nor read by this model): the search is refused,
+    naming one such file."""
     fingerprint = model.vision_identity()["fingerprint"]
     usable: list[LibraryFile] = []
     foreign: list[tuple[LibraryFile, str]] = []
@@ -167,7 +168,10 @@ def check_encoders(model, files: Sequence[LibraryFile], *, callbacks: Callbacks 
             with open_vidtok(item.path) as vt:
                 made_with = str(vt.encoder.get("fingerprint"))
         except LlamaVidError as exc:
-            callbacks.warn(f"{item.label}: skipped: {_reason(exc, item)}")
+            text = f"{item.label}: skipped: {_reason(exc, item)}"
+            callbacks.warn(text)
+            if skipped is not None:
+                skipped.append(text)
             continue
         if made_with == fingerprint:
             usable.append(item)
@@ -319,12 +323,12 @@ def search(model, inputs: Iterable[str | os.PathLike | LibraryFile], query: str,
     out, status lines, progress as (files done, files)."""
     options = options or SearchOptions()
     check_text(query, "the query")
-    files = check_encoders(model, library_files(inputs), callbacks=callbacks)
+    skipped: list[str] = []
+    files = check_encoders(model, library_files(inputs), callbacks=callbacks, skipped=skipped)
     long_video = resolve_long_video(model, options.ask.long)
     terms = query_terms(query)[:62]
     library = _Library(terms, keep=options.candidates + options.top)
     indexes: dict[str, int] = {}
-    skipped: list[str] = []
     searched: list[LibraryFile] = []
     stretches = 0
     t0 = time.perf_counter()
