@@ -140,7 +140,9 @@ def test_the_model_checks_the_best_candidates_and_the_score_mixes_both(library, 
     checked = [m for m in result.moments if m.check is not None]
     assert len(checked) == 3
     for m in checked:
-        assert 0 <= m.check <= 1 and m.score == pytest.approx(0.5 * m.first + 0.5 * m.check)
+        g = 0.5 * (1 - m.first)  # the check's share: the first stage's doubt
+        assert 0 <= m.check <= 1 and m.score == pytest.approx((1 - g) * m.first + g * m.check)
+    assert result.moments[0].first > 0.99 and hits(result.moments[0], "b.vidtok", 12, 14)  # sure: kept first
     first_only = search(tiny_model, [library], CODE, SearchOptions(top=3, rerank=4, rerank_weight=0.0))
     assert [m.first for m in first_only.moments] == sorted((m.first for m in first_only.moments), reverse=True)
 

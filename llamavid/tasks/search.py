@@ -17,8 +17,12 @@ Two stages:
    first-stage score is ``1 - (1 - text) (1 - visual)``: either kind of evidence alone can rank it first.
 2. **The model checks the best candidates** (``SearchOptions.candidates``): each is asked, through the usual
    path (``qa.answer_about`` with the moment as ``start``/``end``, ``choices`` yes/no), ``CHECK_PROMPT``; the
-   check is the likelihood of "Yes" against "No", and the moment's score becomes ``(1 - w) first + w check``
-   (``rerank_weight``). With ``answer``, the query is then asked as a question on each moment returned.
+   check is the likelihood of "Yes" against "No", and the moment's score becomes ``(1 - g) first + g check``
+   with ``g = w (1 - first)`` (``w``: ``rerank_weight``): the check decides in proportion to the first stage's
+   doubt, so a moment whose lines say every word of the query keeps its place whatever a weak model's check
+   says (on the demo model the check alone ranks the right moment of spoken queries near the bottom of its
+   ten candidates: benchmarks/search.py). With ``answer``, the query is then asked as a question on each
+   moment returned.
 
 Files the search cannot use are named in a warning and skipped (a damaged or foreign ``.vidtok``, a video that
 cannot be decoded); features of another vision encoder than the model's are refused before any work, since
@@ -361,7 +365,8 @@ def search(model, inputs: Iterable[str | os.PathLike | LibraryFile], query: str,
         _check(model, checked, query, options, callbacks)
         w = options.rerank_weight
         for m in checked:
-            m.score = (1.0 - w) * m.first + w * (m.check if m.check is not None else 0.5)
+            g = w * (1.0 - m.first)  # the check's share: the first stage's doubt
+            m.score = (1.0 - g) * m.first + g * (m.check if m.check is not None else 0.5)
         moments = sorted(checked, key=lambda m: -m.score) + moments[len(checked):]
         seconds["rerank"] = time.perf_counter() - t1
     moments = moments[:options.top]
