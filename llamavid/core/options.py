@@ -489,9 +489,10 @@ class SearchOptions:
     """Everything a library search may set (``llamavid.tasks.search``); validated here, once.
 
     ``top``: moments returned; ``rerank``: the best moments of the first stage that the model checks (None:
-    ``max(10, 2 * top)``; 0: no second stage); ``rerank_weight``: ``w``, the check's share of a checked moment's
-    score is ``w (1 - first stage's score)``, ``w`` in [0, 1]; ``answer``: answer the query as a question on each moment returned; ``ask``: how
-    videos are encoded (``fps``, subtitles, the cache) and how checks and answers are asked."""
+    ``max(10, 2 * top)``; 0: no second stage); ``rerank_weight``: ``w`` in [0, 1], the check's share of a
+    checked moment's score being ``w (1 - its first stage's score)``; ``answer``: answer the query as a
+    question on each moment returned; ``ask``: how videos are encoded (``fps``, subtitles, the cache) and how
+    checks and answers are asked."""
 
     top: int = 5
     rerank: int | None = None
