@@ -35,12 +35,14 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # machine.py, realsize.py
 
 
 def _threads() -> None:
@@ -139,6 +141,258 @@ def table(report: dict, stages: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+# -- speed ---------------------------------------------------------------------------------------------------
+
+FILE_MINUTES = 30
+SPEED_QUERIES = ("the code word tiger", "a purple ring")
+
+
+def _vm(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM back to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def write_library(work: Path, hours: float) -> list[Path]:
+    """``hours`` of .vidtok of the demo encoder's width in files of FILE_MINUTES (reused when present): shots of
+    2-8 s of random content (frames of one shot differ by a little noise), a subtitle line every 8-15 s, and
+    "The code word is tiger." once, in the middle file."""
+    import numpy as np
+
+    import llamavid
+    from llamavid.features.vidtok import VidtokWriter, open_vidtok
+
+    model = llamavid.load_model("demo", device="cpu", dtype="float32")
+    encoder = dict(model.vision_identity())
+    with open_vidtok(_demo_vidtok(work, model)) as vt:
+        tokens, width = vt.feature_shape
+    files = []
+    count = int(round(hours * 60 / FILE_MINUTES))
+    frames = FILE_MINUTES * 60
+    lines = ("Remember the code word.", "Watch the shapes.", "Now watch this.", "The end is near.")
+    for f in range(count):
+        path = work / "library" / f"part{f:03d}.vidtok"
+        files.append(path)
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(f)
+        writer = VidtokWriter(path, encoder=encoder, fps=1.0, storage="float16", chunk_frames=64,
+                              source={"content_hash": f"sha256:bench-search-{f}", "name": path.name,
+                                      "duration": float(frames)})
+        cuts = np.cumsum(rng.integers(2, 9, size=frames))
+        shot_of = np.searchsorted(cuts, np.arange(frames), side="right")
+        bases = rng.normal(size=(int(shot_of[-1]) + 1, tokens, width)).astype(np.float32)
+        for start in range(0, frames, 64):
+            n = min(64, frames - start)
+            feats = bases[shot_of[start:start + n]] + 0.05 * rng.normal(size=(n, tokens, width)).astype(np.float32)
+            writer.append(feats, [float(t) for t in range(start, start + n)])
+        subs, t = [], float(rng.integers(1, 8))
+        while t < frames - 3:
+            subs.append((t, t + 2.0, lines[int(rng.integers(len(lines)))]))
+            t += float(rng.integers(8, 16))
+        if f == count // 2:
+            subs = [x for x in subs if abs(x[0] - 600) > 3] + [(600.0, 602.0, "The code word is tiger.")]
+        writer.finalize(subtitles=sorted(subs))
+    return files
+
+
+def _demo_vidtok(work: Path, model) -> Path:
+    """A rendered 5-minute synthetic video encoded by the demo model (its features' shape; the encode rate)."""
+    from llamavid.data import synthetic as syn
+
+    folder = work / "encode"
+    marker = folder / "encode.json"
+    if not marker.exists():
+        [clip] = [c for c in syn.search_library("train", 9, videos=12, seconds=(300, 300))[0]][:1]
+        syn.write_split([clip], folder)
+        os.environ["LLAMAVID_CACHE"] = str(folder / "cache")
+        from llamavid.core.options import AskOptions
+        from llamavid.pipeline.inputs import open_input
+
+        w0, c0 = time.perf_counter(), time.process_time()
+        with open_input(model, folder / "videos" / f"{clip.id}.mp4", AskOptions()) as vin:
+            n = vin.num_frames
+        marker.write_text(json.dumps({"frames": n, "wall": time.perf_counter() - w0,
+                                      "cpu": time.process_time() - c0}) + "\n")
+    return next((folder / "cache" / "vidtok").glob("*.vidtok"))
+
+
+def child_index(files: list[Path]) -> dict:
+    """Every file's index built afresh (old sidecars removed first)."""
+    from llamavid.features.search_index import index_for, index_path_for
+    from llamavid.features.vidtok import open_vidtok
+
+    for p in files:
+        index_path_for(p).unlink(missing_ok=True)
+    w0, c0 = time.perf_counter(), time.process_time()
+    frames = stretches = size = 0
+    for p in files:
+        with open_vidtok(p) as vt:
+            index, _ = index_for(vt)
+            frames += vt.num_frames
+            stretches += len(index)
+        size += index_path_for(p).stat().st_size
+    return {"files": len(files), "frames": frames, "stretches": stretches, "wall": time.perf_counter() - w0,
+            "cpu": time.process_time() - c0, "index_bytes": size,
+            "vidtok_bytes": sum(p.stat().st_size for p in files)}
+
+
+def child_query(files: list[Path], queries: tuple[str, ...]) -> dict:
+    """Each query over ``files`` (indexes built) with the defaults (top 5, the model checks 10), in order;
+    the peak RSS of the searches above what the loaded model holds."""
+    import llamavid
+    from llamavid.core.options import AskOptions, SearchOptions
+
+    _threads()
+    model = llamavid.load_model("demo", device="cpu", dtype="float32")
+    base = _vm("VmRSS")
+    reset = _reset_peak()
+    out: dict = {"files": len(files), "rss_after_load": base, "queries": []}
+    for q in queries:
+        w0, c0 = time.perf_counter(), time.process_time()
+        result = llamavid.search(model, files, q, SearchOptions(ask=AskOptions(temperature=0.0)))
+        out["queries"].append({"query": q, "wall": time.perf_counter() - w0, "cpu": time.process_time() - c0,
+                               "seconds": result.seconds, "stretches": result.stretches,
+                               "indexes": result.indexes,
+                               "top": [[Path(m.video).name, m.start, m.end, round(m.score, 3)]
+                                       for m in result.moments[:2]]})
+    out["peak_rss"] = _vm("VmHWM")
+    out["peak_above_load"] = out["peak_rss"] - base if reset else None
+    return out
+
+
+def _child(name: str, **kwargs) -> dict:
+    """A part in a fresh process (its own peak memory): this script's ``child`` command."""
+    cmd = [sys.executable, __file__, "child", name, json.dumps({k: (list(map(str, v)) if isinstance(v, (list, tuple))
+                                                                  else v) for k, v in kwargs.items()})]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get(
+        "OMP_NUM_THREADS", "1")))
+    if done.returncode != 0:
+        raise SystemExit(f"child {name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def speed(work: Path, hours: float, out: Path | None) -> dict:
+    from machine import describe
+
+    _threads()
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    files = write_library(work, hours)
+    print(f"library: {len(files)} files of {FILE_MINUTES} min ({time.perf_counter() - t0:.0f} s to write or find)",
+          file=sys.stderr, flush=True)
+    encode = json.loads((work / "encode" / "encode.json").read_text())
+    index = _child("index", files=files)
+    quarter = _child("query", files=files[: max(1, len(files) // 4)], queries=list(SPEED_QUERIES))
+    whole = _child("query", files=files, queries=list(SPEED_QUERIES))
+    hours_built = index["frames"] / 3600
+    report = {"machine": describe(), "hours": hours_built, "encode": encode, "index": index,
+              "quarter": quarter, "whole": whole,
+              "encode_seconds_per_hour": encode["wall"] / encode["frames"] * 3600,
+              "index_seconds_per_hour": index["wall"] / hours_built}
+    report["index_share_of_encode"] = report["index_seconds_per_hour"] / report["encode_seconds_per_hour"]
+    if out:
+        out.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k not in ("quarter", "whole")}, indent=1))
+    for name in ("quarter", "whole"):
+        r = report[name]
+        print(f"{name}: {r['files']} files, peak RSS {r['peak_rss'] / 1e6:.0f} MB "
+              f"({(r['peak_above_load'] or 0) / 1e6:.0f} MB above the loaded model)")
+        for q in r["queries"]:
+            print(f"  {q['query']!r}: {q['wall']:.2f} s wall, {q['cpu']:.2f} s CPU "
+                  f"({', '.join(f'{k} {v:.2f} s' for k, v in q['seconds'].items())}), {q['stretches']} stretches, "
+                  f"indexes {q['indexes']}, top {q['top']}")
+    return report
+
+
+# -- real size ------------------------------------------------------------------------------------------------
+
+
+def realsize(work: Path, stretches: int, frames: int, out: Path | None) -> dict:
+    """Stage 1 per stretch and the index build per frame at real width (see the module docstring), measured on
+    this CPU in float32 and bfloat16."""
+    import numpy as np
+    import torch
+    from machine import describe
+    from realsize import EVA, LLM, QF, write_bert_vocab
+
+    from llamavid.features.search_index import IndexSettings, build_index
+    from llamavid.features.vidtok import VidtokWriter, open_vidtok
+    from llamavid.model.config import LlamaVidConfig
+    from llamavid.model.modeling import LlamaVid, build_modules, finish_llm, new_llm
+    from llamavid.model.qformer import QFormerConfig, load_qformer_tokenizer
+
+    _threads()
+    torch.manual_seed(0)
+    work.mkdir(parents=True, exist_ok=True)
+    write_bert_vocab(work)
+    qtok = load_qformer_tokenizer(str(work))
+
+    def rand_(module):
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                p.copy_(torch.ones_like(p) if "norm" in name.lower() and p.ndim == 1 else torch.randn_like(p) * 0.02)
+        return module
+
+    raw = {"hidden_size": LLM["hidden"], "intermediate_size": LLM["inter"], "num_hidden_layers": 1,
+           "num_attention_heads": LLM["heads"], "num_key_value_heads": LLM["heads"], "vocab_size": LLM["vocab"],
+           "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "mm_hidden_size": EVA["width"],
+           "mm_projector_type": "mlp2x_gelu", "compress_type": "mean", "architectures": ["LlavaLlamaAttForCausalLM"],
+           "model_type": "llava", "mm_vision_tower": "eva_vit_g.pth", "bert_type": "qformer_pretrain"}
+    qcfg = QFormerConfig(hidden=QF["hidden"], layers=QF["layers"], heads=QF["heads"], intermediate=QF["inter"],
+                         encoder_width=EVA["width"], vocab_size=QF["vocab"], max_positions=QF["positions"])
+    cfg = LlamaVidConfig.from_dict(raw)
+    qformer, tokens, _ = build_modules(cfg, qcfg, device="cpu")
+    llm = finish_llm(rand_(new_llm(cfg, device="meta").to_empty(device="cpu")), torch.device("cpu"))
+    model = LlamaVid(cfg, qformer=rand_(qformer), tokens=rand_(tokens), llm=llm, qformer_tokenizer=qtok).eval()
+    settings = IndexSettings()
+    side = 1 + settings.max_parts * settings.grid ** 2  # a 3-part stretch's summary: 1 + 3 x 16 tokens
+    report: dict = {"machine": describe(), "summary_tokens": side, "stretches_measured": stretches}
+    for dtype in (torch.float32, torch.bfloat16):
+        m = model.to(dtype)
+        pictures = (torch.randn(stretches, side, EVA["width"]) * 0.5).to(dtype)
+        m.context_relevance(pictures[:8], "a purple ring")  # warm-up
+        w0, c0 = time.perf_counter(), time.process_time()
+        m.context_relevance(pictures, "a purple ring", chunk_frames=256)
+        report[f"stage1_{str(dtype).split('.')[-1]}"] = {"wall_per_stretch": (time.perf_counter() - w0) / stretches,
+                                                         "cpu_per_stretch": (time.process_time() - c0) / stretches}
+    # the index build per frame at real width: a .vidtok of 257 x 1408 float16 frames, shots of 5 s
+    path = work / "realwidth.vidtok"
+    if not path.exists():
+        rng = np.random.default_rng(0)
+        writer = VidtokWriter(path, encoder={"fingerprint": "sha256:bench-eva-sized"}, fps=1.0, storage="float16",
+                              chunk_frames=64, source={"content_hash": "sha256:bench-rw", "name": "rw",
+                                                       "duration": float(frames)})
+        for start in range(0, frames, 64):
+            n = min(64, frames - start)
+            base = rng.normal(size=(n // 5 + 2, 1 + EVA["grid"] ** 2, EVA["width"])).astype(np.float32)
+            shot = (np.arange(start, start + n) // 5) - start // 5
+            writer.append(base[shot] + 0.05 * rng.normal(size=(n, 257, EVA["width"])).astype(np.float32),
+                          [float(t) for t in range(start, start + n)])
+        writer.finalize()
+    with open_vidtok(path) as vt:
+        w0, c0 = time.perf_counter(), time.process_time()
+        index = build_index(vt)
+        report["index_build"] = {"frames": vt.num_frames, "wall_per_frame": (time.perf_counter() - w0) / vt.num_frames,
+                                 "cpu_per_frame": (time.process_time() - c0) / vt.num_frames,
+                                 "stretches": len(index), "index_bytes_per_frame": index.nbytes / vt.num_frames,
+                                 "vidtok_bytes_per_frame": path.stat().st_size / vt.num_frames}
+    if out:
+        out.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report, indent=1))
+    return report
+
+
 # -- main ---------------------------------------------------------------------------------------------------
 
 
@@ -156,8 +410,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path)
     p.add_argument("--limit", type=int, help="queries per library (default: all)")
     p.add_argument("--stages", default="stage1,rerank")
+    p = sub.add_parser("speed")
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "search-speed")
+    p.add_argument("--hours", type=float, default=10.0)
+    p.add_argument("--out", type=Path)
+    p = sub.add_parser("realsize")
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "search-realsize")
+    p.add_argument("--stretches", type=int, default=256)
+    p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--out", type=Path)
+    p = sub.add_parser("child")
+    p.add_argument("name", choices=("index", "query"))
+    p.add_argument("args")
     args = parser.parse_args(argv)
-    if args.part == "make":
+    if args.part == "child":
+        kw = json.loads(args.args)
+        files = [Path(f) for f in kw.pop("files")]
+        result = child_index(files) if args.name == "index" else child_query(files, tuple(kw["queries"]))
+        print(json.dumps(result))
+    elif args.part == "speed":
+        speed(args.work, args.hours, args.out)
+    elif args.part == "realsize":
+        realsize(args.work, args.stretches, args.frames, args.out)
+    elif args.part == "make":
         make(args.data, args.split, args.libraries)
     elif args.part == "quality":
         quality(args.data, args.model, args.split, args.out, args.limit, tuple(args.stages.split(",")))

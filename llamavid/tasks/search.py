@@ -336,7 +336,7 @@ def search(model, inputs: Iterable[str | os.PathLike | LibraryFile], query: str,
     searched: list[LibraryFile] = []
     stretches = 0
     t0 = time.perf_counter()
-    quiet = Callbacks(warning=callbacks.warning, status=callbacks.status)  # file-level progress only
+    quiet = Callbacks(warning=callbacks.warning)  # progress by files (per-file status lines would be noise)
 
     def skip(item: LibraryFile, exc: LlamaVidError) -> None:
         text = f"{item.label}: skipped: {_reason(exc, item)}"
@@ -405,7 +405,7 @@ def _check(model, moments: Sequence[Moment], query: str, options: SearchOptions,
 
 def _answer(model, moments: Sequence[Moment], query: str, options: SearchOptions, callbacks: Callbacks) -> None:
     """``answer``: the query asked as a question on each moment, through the usual path."""
-    quiet = Callbacks(warning=callbacks.warning, status=callbacks.status)
+    quiet = Callbacks(warning=callbacks.warning)
     for item, group in _by_file(moments).items():
         questions = [Question(query, _moment_options(options.ask, m)) for m in group]
         for m, answered in zip(group, answer_about(model, item.path, questions, label=item.label, callbacks=quiet)):
