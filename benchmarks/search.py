@@ -366,6 +366,19 @@ def realsize(work: Path, stretches: int, frames: int, out: Path | None) -> dict:
         m.context_relevance(pictures, "a purple ring", chunk_frames=256)
         report[f"stage1_{str(dtype).split('.')[-1]}"] = {"wall_per_stretch": (time.perf_counter() - w0) / stretches,
                                                          "cpu_per_stretch": (time.process_time() - c0) / stretches}
+    import contextlib
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    class _NoModules(contextlib.nullcontext):  # (its per-module hooks need autograd; inference mode has none)
+        parents = ("Global",)
+
+    counter.mod_tracker = _NoModules()
+    with counter:
+        model.context_relevance(pictures[:16].float(), "a purple ring", chunk_frames=256)
+    report["stage1_flops_per_stretch"] = counter.get_total_flops() / 16
+    model.float()
     # the index build per frame at real width: a .vidtok of 257 x 1408 float16 frames, shots of 5 s
     path = work / "realwidth.vidtok"
     if not path.exists():
@@ -380,6 +393,8 @@ def realsize(work: Path, stretches: int, frames: int, out: Path | None) -> dict:
             writer.append(base[shot] + 0.05 * rng.normal(size=(n, 257, EVA["width"])).astype(np.float32),
                           [float(t) for t in range(start, start + n)])
         writer.finalize()
+    from llamavid.features.search_index import index_path_for, read_index, write_index
+
     with open_vidtok(path) as vt:
         w0, c0 = time.perf_counter(), time.process_time()
         index = build_index(vt)
@@ -387,6 +402,19 @@ def realsize(work: Path, stretches: int, frames: int, out: Path | None) -> dict:
                                  "cpu_per_frame": (time.process_time() - c0) / vt.num_frames,
                                  "stretches": len(index), "index_bytes_per_frame": index.nbytes / vt.num_frames,
                                  "vidtok_bytes_per_frame": path.stat().st_size / vt.num_frames}
+    # a query's host side per stretch: the sidecar read (every digest checked) and the summaries built
+    write_index(index, index_path_for(path))
+    rounds = 5
+    w0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(rounds):
+        again = read_index(index_path_for(path))
+        parts = again.parts()
+        for k in np.unique(parts):
+            again.summaries(np.nonzero(parts == k)[0], torch.float16)  # as a GPU model takes them
+    n = rounds * len(index)
+    report["query_host"] = {"wall_per_stretch": (time.perf_counter() - w0) / n,
+                            "cpu_per_stretch": (time.process_time() - c0) / n,
+                            "frames_per_stretch": index.num_frames / len(index)}
     if out:
         out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

@@ -94,18 +94,21 @@ class SearchIndex:
         """Summary frames per stretch."""
         return np.diff(self.offsets)
 
-    def summaries(self, stretches: np.ndarray) -> torch.Tensor:
+    def summaries(self, stretches: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The summaries of the given stretches, all with the same number of parts k, as pictures of
-        1 + k * grid * grid tokens (the mean class token first, as a frame's class token), float32."""
+        1 + k * grid * grid tokens (the mean class token first, as a frame's class token), in ``dtype``
+        (``torch.float16``, as stored, leaves the conversion to the model's device)."""
         counts = self.parts()[stretches]
         if len(stretches) and not (counts == counts[0]).all():
             raise ValueError("summaries() takes stretches with equally many parts")
         k = int(counts[0]) if len(stretches) else 0
         rows = (self.offsets[stretches][:, None] + np.arange(k)[None, :]).reshape(-1)
         cls = torch.from_numpy(self.cls[rows].astype(np.float32)).view(len(stretches), k, -1).mean(1, keepdim=True)
-        patches = torch.from_numpy(self.patches[rows].astype(np.float32))
-        patches = patches.view(len(stretches), k * patches.shape[1], -1)
-        return torch.cat([cls, patches], dim=1)
+        patches = torch.from_numpy(self.patches[rows]).view(len(stretches), k * self.patches.shape[1], -1)
+        out = torch.empty(len(stretches), 1 + patches.shape[1], patches.shape[2], dtype=dtype)
+        out[:, :1] = cls
+        out[:, 1:] = patches
+        return out
 
     @property
     def nbytes(self) -> int:

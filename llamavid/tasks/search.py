@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import torch
 
 from ..core.callbacks import NO_CALLBACKS, Callbacks
 from ..core.errors import InputError, LlamaVidError, VidtokError
@@ -289,11 +290,14 @@ def _score_file(model, number: int, vin, index, query: str, library: _Library, l
     parts = index.parts()
     visual = np.empty(n, dtype=np.float64)
     grid_tokens = index.patches.shape[1]
+    # summaries as stored (float16) for a model on an accelerator, which converts them there; on the CPU in
+    # the model's own dtype, at once
+    dtype = model.dtype if model.device.type == "cpu" else torch.float16
     for k in np.unique(parts):
         chosen = np.nonzero(parts == k)[0]
         for a in range(0, len(chosen), SUMMARY_CHUNK):
             rows = chosen[a:a + SUMMARY_CHUNK]
-            pictures = index.summaries(rows)
+            pictures = index.summaries(rows, dtype)
             scores = token_scores(model, pictures, query, range(len(rows)), long_video=long_video,
                                   chunk_frames=SUMMARY_CHUNK)
             visual[rows] = scores - math.log(int(k) * grid_tokens)  # log-mean-exp: counts of parts compare
