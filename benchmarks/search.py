@@ -81,15 +81,17 @@ def hit_rank(moments, q) -> int | None:
 
 
 def quality(data: Path, model_name: str, split: str, out: Path | None, limit: int | None,
-            stages: tuple[str, ...]) -> dict:
+            stages: tuple[str, ...], grid: int | None = None) -> dict:
     import llamavid
     from llamavid.core.options import AskOptions, SearchOptions
+    from llamavid.features.search_index import IndexSettings
 
     _threads()
     os.environ.setdefault("LLAMAVID_CACHE", str(data / "cache"))
     model = llamavid.load_model(model_name, device="cpu", dtype="float32")
     ask = AskOptions(temperature=0.0)
     settings = {"stage1": SearchOptions(top=5, rerank=0, ask=ask), "rerank": SearchOptions(top=5, ask=ask)}
+    index_settings = IndexSettings() if grid is None else IndexSettings(grid=grid)
     rows = []
     folders = sorted(data.glob(f"{split}-lib*"))
     if not folders:
@@ -99,7 +101,8 @@ def quality(data: Path, model_name: str, split: str, out: Path | None, limit: in
         for q in queries:
             row = {"id": q["id"], "kind": q["kind"], "text": q["text"]}
             for stage in stages:
-                result = llamavid.search(model, [folder / "videos"], q["text"], settings[stage])
+                result = llamavid.search(model, [folder / "videos"], q["text"], settings[stage],
+                                         index_settings=index_settings)
                 row[stage] = {"rank": hit_rank(result.moments, q), "seconds": result.seconds,
                               "top": [[Path(m.video).stem, m.start, m.end, round(m.score, 4)]
                                       for m in result.moments[:3]]}
@@ -107,6 +110,7 @@ def quality(data: Path, model_name: str, split: str, out: Path | None, limit: in
             print(json.dumps({k: row[k] if k not in stages else row[k]["rank"] for k in row}), file=sys.stderr,
                   flush=True)
     report = {"model": model_name, "split": split, "libraries": len(folders), "queries": len(rows),
+              "index_settings": vars(index_settings),
               "recall": summarize(rows, stages), "rows": rows}
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -404,17 +408,17 @@ def realsize(work: Path, stretches: int, frames: int, out: Path | None) -> dict:
                                  "vidtok_bytes_per_frame": path.stat().st_size / vt.num_frames}
     # a query's host side per stretch: the sidecar read (every digest checked) and the summaries built
     write_index(index, index_path_for(path))
-    rounds = 5
-    w0, c0 = time.perf_counter(), time.process_time()
-    for _ in range(rounds):
+    walls, cpus = [], []
+    for _ in range(7):
+        w0, c0 = time.perf_counter(), time.process_time()
         again = read_index(index_path_for(path))
         parts = again.parts()
         for k in np.unique(parts):
             again.summaries(np.nonzero(parts == k)[0], torch.float16)  # as a GPU model takes them
-    n = rounds * len(index)
-    report["query_host"] = {"wall_per_stretch": (time.perf_counter() - w0) / n,
-                            "cpu_per_stretch": (time.process_time() - c0) / n,
-                            "frames_per_stretch": index.num_frames / len(index)}
+        walls.append((time.perf_counter() - w0) / len(index))
+        cpus.append((time.process_time() - c0) / len(index))
+    report["query_host"] = {"wall_per_stretch": statistics.median(walls), "cpu_per_stretch": statistics.median(cpus),
+                            "cpu_per_stretch_max": max(cpus), "frames_per_stretch": index.num_frames / len(index)}
     if out:
         out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
@@ -438,6 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path)
     p.add_argument("--limit", type=int, help="queries per library (default: all)")
     p.add_argument("--stages", default="stage1,rerank")
+    p.add_argument("--grid", type=int, help="the index's summary grid (default: IndexSettings().grid); tuning only")
     p = sub.add_parser("speed")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "search-speed")
     p.add_argument("--hours", type=float, default=10.0)
@@ -463,7 +468,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.part == "make":
         make(args.data, args.split, args.libraries)
     elif args.part == "quality":
-        quality(args.data, args.model, args.split, args.out, args.limit, tuple(args.stages.split(",")))
+        quality(args.data, args.model, args.split, args.out, args.limit, tuple(args.stages.split(",")), args.grid)
 
 
 if __name__ == "__main__":
