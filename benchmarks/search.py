@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/search.py quality --data runs/search --model demo --out runs/search/demo.json
     .venv/bin/python benchmarks/search.py speed --work runs/search-speed              # 10 hours of demo .vidtok
     .venv/bin/python benchmarks/search.py realsize                                     # per-stretch costs, real width
+    .venv/bin/python benchmarks/search.py grounding --data runs/search --model demo    # does attention find the shape?
 
 ``make``: ``llamavid.data.synthetic.search_library(split, i)`` for i < ``--libraries`` (default: the held-out
 split ``test``, libraries 0-4; each 50 clips of 20-240 s, 20 queries with one right moment each: 12 visual,
@@ -22,6 +23,10 @@ would a real video; no video is decoded or encoded), in files of 30 minutes. Mea
 process: building every index (s, and per hour against the demo encoder's measured encode time of an hour,
 from a rendered video); one query over the whole library with reranking (cold, indexes built) and its
 parts; the peak RSS (VmHWM) of a query over 1/4 of the library and over all of it.
+
+``grounding``: for each visual query, the token scorer on every frame of its right video (with the query, and
+with the question the demo recipe grounds, "What color is the ring?"): the right frames' z within their
+video. It tells a model whose attention finds what a query names from one whose attention does not.
 
 ``realsize``: the per-stretch cost of stage 1 at real width (QFormer BERT-base 12 layers, 257 x 1408
 features: the summaries of a stretch are 1 + 3 x 16 tokens of width 1408) and the per-frame cost of the
@@ -143,6 +148,39 @@ def table(report: dict, stages: tuple[str, ...]) -> str:
         stage, kind = key.split("/")
         lines.append(f"| {stage} | {kind} | {v['n']} | {v['R@1']:.1%} | {v['R@5']:.1%} | {v['seconds_median']:.2f} |")
     return "\n".join(lines)
+
+
+# -- grounding: does the model's text-guided attention find what a visual query names? --------------------
+
+
+def grounding(data: Path, model_name: str, split: str, limit: int | None) -> dict:
+    """For each visual query, every frame of its right video scored by the token scorer (the text-guided
+    attention stage 1 reads, on whole frames), with the query and with the question the demo recipe grounds
+    ("What color is the ring?"): the right frames' z within their video (> 0: above the video's mean)."""
+
+    import llamavid
+    from llamavid.core.options import AskOptions
+    from llamavid.pipeline.inputs import open_input
+    from llamavid.tasks.relevance import token_scores
+
+    _threads()
+    os.environ.setdefault("LLAMAVID_CACHE", str(data / "cache"))
+    model = llamavid.load_model(model_name, device="cpu", dtype="float32")
+    zs: dict[str, list[float]] = {"query": [], "question": []}
+    for folder in sorted(data.glob(f"{split}-lib*")):
+        queries = [q for q in json.loads((folder / "queries.json").read_text()) if q["kind"] == "visual"][:limit]
+        for q in queries:
+            kind = q["text"].split()[-1]
+            with open_input(model, folder / "videos" / f"{q['video']}.mp4", AskOptions()) as vin:
+                right = [i for i, t in enumerate(vin.timestamps) if q["start"] <= t < q["end"]]
+                for name, text in (("query", q["text"]), ("question", f"What color is the {kind}?")):
+                    s = token_scores(model, vin.features, text, range(vin.num_frames), long_video=False)
+                    zs[name] += [float((s[i] - s.mean()) / (s.std() or 1.0)) for i in right]
+    report = {"model": model_name, "split": split, "right_frames": len(zs["query"]),
+              **{f"{k}_z_median": statistics.median(v) for k, v in zs.items()},
+              **{f"{k}_above_mean": sum(z > 0 for z in v) / len(v) for k, v in zs.items()}}
+    print(json.dumps(report, indent=1))
+    return report
 
 
 # -- speed ---------------------------------------------------------------------------------------------------
@@ -443,6 +481,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, help="queries per library (default: all)")
     p.add_argument("--stages", default="stage1,rerank")
     p.add_argument("--grid", type=int, help="the index's summary grid (default: IndexSettings().grid); tuning only")
+    p = sub.add_parser("grounding")
+    p.add_argument("--data", type=Path, default=ROOT / "runs" / "search")
+    p.add_argument("--split", default="test")
+    p.add_argument("--model", default="demo")
+    p.add_argument("--limit", type=int, help="visual queries per library (default: all)")
     p = sub.add_parser("speed")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "search-speed")
     p.add_argument("--hours", type=float, default=10.0)
@@ -461,6 +504,8 @@ def main(argv: list[str] | None = None) -> None:
         files = [Path(f) for f in kw.pop("files")]
         result = child_index(files) if args.name == "index" else child_query(files, tuple(kw["queries"]))
         print(json.dumps(result))
+    elif args.part == "grounding":
+        grounding(args.data, args.model, args.split, args.limit)
     elif args.part == "speed":
         speed(args.work, args.hours, args.out)
     elif args.part == "realsize":
