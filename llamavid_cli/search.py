@@ -48,10 +48,9 @@ def search(
         for moment in result.moments:
             print_json(moment.to_json())
     else:
-        hours = any(mo.end >= 3600 for mo in result.moments)
         width = max((len(mo.video) for mo in result.moments), default=0)
         for mo in result.moments:
-            span = f"{format_clock(mo.start, hours=hours)}-{format_clock(mo.end, hours=hours, up=True)}"
+            span = f"{_hms(format_clock(mo.start, hours=True))}-{_hms(format_clock(mo.end, hours=True, up=True))}"
             write_out(f"{mo.video:<{width}}  {span}  {mo.score:.2f}\n")
             if mo.answer is not None:
                 write_out(f"    {' '.join(mo.answer.answer.split())}\n")
@@ -59,3 +58,8 @@ def search(
     took = sum(result.seconds.values())
     message(f"llamavid: {len(result.moments)} moments from {result.files} files ({result.stretches} stretches) "
             f"in {took:.1f} s{skipped}")
+
+
+def _hms(clock: str) -> str:
+    """``H:MM:SS`` -> ``HH:MM:SS`` (one width for every line of a library's moments)."""
+    return clock.zfill(8)

@@ -115,7 +115,7 @@ def test_terminal_lines_name_the_video_the_times_and_the_score(capsys, library, 
     code, out, err = run_cli(capsys, "search", library / "b.vidtok", library / "a.vidtok", CODE, "--top", "1",
                              "--rerank", "0", *model_args(tiny))
     assert code == 0, err
-    assert re.fullmatch(r"\S+b\.vidtok  00:1\d-00:\d\d  [01]\.\d\d\n", out), out
+    assert re.fullmatch(r"\S+b\.vidtok  00:00:1\d-00:00:\d\d  [01]\.\d\d\n", out), out
 
 
 def test_a_video_is_encoded_through_the_cache_and_searched_by_its_subtitles(capsys, tmp_path, tiny, tiny_model):
