@@ -26,7 +26,8 @@ parts; the peak RSS (VmHWM) of a query over 1/4 of the library and over all of i
 
 ``grounding``: for each visual query, the token scorer on every frame of its right video (with the query, and
 with the question the demo recipe grounds, "What color is the ring?"): the right frames' z within their
-video. It tells a model whose attention finds what a query names from one whose attention does not.
+video, and (with the query) that of the frames of the same video that show the same kind in another colour.
+It tells a model whose attention finds what a query names from one whose attention does not.
 
 ``realsize``: the per-stretch cost of stage 1 at real width (QFormer BERT-base 12 layers, 257 x 1408
 features: the summaries of a stretch are 1 + 3 x 16 tokens of width 1408) and the per-frame cost of the
@@ -160,25 +161,37 @@ def grounding(data: Path, model_name: str, split: str, limit: int | None) -> dic
 
     import llamavid
     from llamavid.core.options import AskOptions
+    from llamavid.data import synthetic as syn
     from llamavid.pipeline.inputs import open_input
     from llamavid.tasks.relevance import token_scores
 
     _threads()
     os.environ.setdefault("LLAMAVID_CACHE", str(data / "cache"))
     model = llamavid.load_model(model_name, device="cpu", dtype="float32")
-    zs: dict[str, list[float]] = {"query": [], "question": []}
+    zs: dict[str, list[float]] = {"query": [], "question": [], "same_kind_other_colour": []}
     for folder in sorted(data.glob(f"{split}-lib*")):
+        clips = {c.id: c for c in syn.search_library(split, int(folder.name.rsplit("lib", 1)[1]))[0]}
         queries = [q for q in json.loads((folder / "queries.json").read_text()) if q["kind"] == "visual"][:limit]
         for q in queries:
-            kind = q["text"].split()[-1]
+            color, kind = q["text"].split()[-2:]
             with open_input(model, folder / "videos" / f"{q['video']}.mp4", AskOptions()) as vin:
-                right = [i for i, t in enumerate(vin.timestamps) if q["start"] <= t < q["end"]]
+                times = list(vin.timestamps)
+                right = [i for i, t in enumerate(times) if q["start"] <= t < q["end"]]
+                # frames that show the same kind in another colour (and nothing of the query's colour)
+                events = clips[q["video"]].events
+                others = [i for i, t in enumerate(times)
+                          if any(e.shape == kind and e.color != color and e.start <= t < e.end for e in events)
+                          and not any(e.color == color and e.start <= t < e.end for e in events)]
                 for name, text in (("query", q["text"]), ("question", f"What color is the {kind}?")):
                     s = token_scores(model, vin.features, text, range(vin.num_frames), long_video=False)
-                    zs[name] += [float((s[i] - s.mean()) / (s.std() or 1.0)) for i in right]
+                    z = (s - s.mean()) / (s.std() or 1.0)
+                    zs[name] += [float(z[i]) for i in right]
+                    if name == "query":
+                        zs["same_kind_other_colour"] += [float(z[i]) for i in others]
     report = {"model": model_name, "split": split, "right_frames": len(zs["query"]),
-              **{f"{k}_z_median": statistics.median(v) for k, v in zs.items()},
-              **{f"{k}_above_mean": sum(z > 0 for z in v) / len(v) for k, v in zs.items()}}
+              "same_kind_other_colour_frames": len(zs["same_kind_other_colour"]),
+              **{f"{k}_z_median": statistics.median(v) for k, v in zs.items() if v},
+              **{f"{k}_above_mean": sum(z > 0 for z in v) / len(v) for k, v in zs.items() if v}}
     print(json.dumps(report, indent=1))
     return report
 
