@@ -276,3 +276,23 @@ def test_each_query_of_a_synthetic_library_has_one_right_moment():
                      or f"{word}." in text.split()]
         assert found == [(q.video, q.start, q.end)], q
     assert len({c.seconds for c in clips}) > 10  # mixed lengths
+
+
+def test_a_video_that_cannot_be_decoded_is_named_and_skipped(library, tiny_model):
+    (library / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
+    warnings: list[str] = []
+    result = search(tiny_model, [library], CODE, SearchOptions(top=1, rerank=0),
+                    callbacks=Callbacks(warning=warnings.append))
+    assert result.files == 3 and hits(result.moments[0], "b.vidtok", 12, 14)
+    assert [w for w in warnings if "broken.mp4: skipped: " in w] == result.skipped, warnings
+
+
+def test_two_searches_at_once_build_each_index_once(library, tiny_model):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: search(tiny_model, [library], CODE, SearchOptions(top=2, rerank=0)),
+                                range(2)))
+    built = [r.indexes.get("built", 0) for r in results]
+    assert sum(built) == 3 and all(r.indexes.get("built", 0) + r.indexes.get("used", 0) == 3 for r in results)
+    assert [m.to_json() for m in results[0].moments] == [m.to_json() for m in results[1].moments]

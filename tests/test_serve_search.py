@@ -114,3 +114,66 @@ def test_a_server_without_media_roots_searches_nothing(tmp_path, tiny_model):
         reply = client.post("/v1/llamavid/search", json={"query": CODE, "paths": [os.fspath(tmp_path / "a.vidtok")]})
     assert reply.status_code == 403 and reply.json()["error"]["code"] == "media_access_denied"
     assert str(tmp_path) not in reply.text
+
+
+def test_a_cancelled_search_stops_and_is_counted(tmp_path, tiny_model):
+    import threading
+
+    from llamavid.core.errors import LlamaVidError
+    from llamavid.server.protocol import parse_search_request
+    from llamavid.server.service import SearchService
+
+    root = tmp_path / "root"
+    root.mkdir()
+    for i in range(6):
+        vidtok(root / f"v{i}.vidtok", tiny_model, seed=i)
+    request = parse_search_request({"query": CODE, "paths": ["."], "rerank": 0}, model_id="tiny",
+                                   media=MediaAccess([root]))
+    service = SearchService(tiny_model)
+    gate = threading.Event()
+    blocker = service._pool.submit(gate.wait)  # holds the search thread: the search below waits its turn
+    try:
+        waiting = service.submit(request)
+        assert service.cancel(waiting) and waiting.cancelled()
+    finally:
+        gate.set()
+    blocker.result()
+    running = service.submit(request)
+    running.result(timeout=60)
+    assert not service.cancel(running)  # finished: nothing to cancel
+    stats = service.stats()
+    assert (stats.searches, stats.found, stats.cancelled, stats.failed) == (2, 1, 1, 0)
+    service.close()
+    with pytest.raises(LlamaVidError, match="shutting down"):
+        service.submit(request)
+
+
+def test_a_running_search_stops_at_its_next_file_when_cancelled(tmp_path, tiny_model, monkeypatch):
+    import threading
+
+    from llamavid.server import service as service_module
+    from llamavid.server.protocol import parse_search_request
+    from llamavid.server.service import Cancelled, SearchService
+
+    root = tmp_path / "root"
+    root.mkdir()
+    vidtok(root / "v.vidtok", tiny_model, seed=1)
+    started, files_done = threading.Event(), []
+
+    def slow_search(model, files, query, options, *, callbacks):  # a file a tenth of a second, 100 files
+        for i in range(100):
+            started.set()
+            threading.Event().wait(0.1)
+            files_done.append(i)
+            callbacks.advance(i + 1, 100)
+
+    monkeypatch.setattr(service_module, "search", slow_search)
+    service = SearchService(tiny_model)
+    future = service.submit(parse_search_request({"query": CODE, "paths": ["v.vidtok"]}, model_id="tiny",
+                                                 media=MediaAccess([root])))
+    assert started.wait(10)
+    assert service.cancel(future)
+    with pytest.raises(Cancelled, match="disconnected"):
+        future.result(timeout=10)
+    assert len(files_done) <= 2 and service.stats().cancelled == 1
+    service.close()
