@@ -256,6 +256,10 @@ def test_empty_folder_empty_query_and_bad_options_are_refused(tmp_path, library,
             SearchOptions(**bad)
     with pytest.raises(InputError, match="start"):
         SearchOptions(ask=llamavid.AskOptions(start=3))
+    (tmp_path / "one.srt").write_text("1\n00:00:01,000 --> 00:00:02,000\nHello.\n")
+    with pytest.raises(InputError, match="does not apply to a search: each video's own subtitles"):
+        SearchOptions(ask=llamavid.AskOptions(subtitles=str(tmp_path / "one.srt")))
+    assert SearchOptions(ask=llamavid.AskOptions(subtitles="none")).ask.subtitles == "none"
 
 
 # -- the synthetic library ----------------------------------------------------------------------------------------

@@ -511,6 +511,10 @@ class SearchOptions:
             raise InputError(f"ask must be AskOptions, not {type(self.ask).__name__}")
         if self.ask.time_range is not None:
             raise InputError(Opt("start"), " and ", Opt("end"), " do not apply to a search (it covers whole videos)")
+        if self.ask.subtitle_file is not None:
+            raise InputError(Opt("subtitles", self.ask.subtitles), " does not apply to a search: each video's own "
+                             "subtitles are read (NAME.srt beside it, or its stream); only \"speech\" or \"none\" "
+                             "apply to every file")
 
     @property
     def candidates(self) -> int:
