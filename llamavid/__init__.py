@@ -29,6 +29,7 @@ _EXPORTS = {
     "make_chapters": "tasks.chapters", "Chapter": "tasks.chapters", "Chapters": "tasks.chapters",
     "find_evidence": "tasks.evidence", "EvidenceRange": "tasks.evidence", "ChoiceScore": "model.likelihood",
     "read_batch": "tasks.batch", "run_batch": "tasks.batch",
+    "search": "tasks.search", "SearchOptions": "core.options", "SearchResult": "tasks.search", "Moment": "tasks.search",
     "LlamaVidError": "core.errors", "InputError": "core.errors", "CheckpointError": "core.errors",
     "ModelNotFoundError": "core.errors",
     "VideoError": "core.errors", "VidtokError": "core.errors", "ContextOverflowError": "core.errors",

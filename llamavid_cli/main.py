@@ -13,7 +13,8 @@ import typer
 
 from llamavid import __version__
 
-COMMANDS = ("ask", "chat", "summarize", "encode", "info", "serve", "train")  # modules of llamavid_cli, in --help order
+# modules of llamavid_cli, in --help order
+COMMANDS = ("ask", "chat", "summarize", "search", "encode", "info", "serve", "train")
 
 
 def _version(value: bool) -> None:

@@ -126,6 +126,16 @@ OldBatchSize = Annotated[Optional[int], typer.Option(
 Compact = Annotated[bool, typer.Option("--compact", help="Store int8 features with per-token scales (half the size).")]
 
 
+# -- search ---------------------------------------------------------------------------------------------------
+Top = Annotated[int, typer.Option("--top", help="How many moments to return, best first.")]
+Rerank = Annotated[Optional[int], typer.Option(
+    "--rerank", help="How many of the first stage's best moments the model checks (\"Does this part show ...?\"); "
+                     "0: none (default: twice --top, at least 10).")]
+AnswerMoments = Annotated[bool, typer.Option(
+    "--answer", help="Also ask the query as a question on each moment returned (the answer follows its line; "
+                     "\"answer\" in --json).")]
+
+
 # -- benchmarks and the judge (llamavid eval) ------------------------------------------------------------
 BENCHMARK_NAMES = ", ".join(BENCHMARKS)
 

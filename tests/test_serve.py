@@ -471,6 +471,23 @@ def test_api_key_is_required(main, model_id):
 
 
 @pytest.mark.slow
+def test_search_through_a_real_server(main, model_id):
+    """POST /v1/llamavid/search: the API key, the media roots, the reply's shape, no traceback (checked at the end)."""
+    url, auth = main.url + "/v1/llamavid/search", {"Authorization": f"Bearer {KEY}"}
+    body = {"query": "a shape", "paths": ["clip.mp4"], "top": 2, "rerank": 1}
+    response = httpx.post(url, json=body, headers=auth, timeout=120)
+    assert response.status_code == 200, response.text
+    reply = response.json()
+    assert reply["object"] == "llamavid.search" and reply["model"] == model_id and reply["files"] == 1
+    assert 1 <= len(reply["moments"]) <= 2 and all(m["video"] == "clip.mp4" for m in reply["moments"])
+    assert all(0 <= m["start"] < m["end"] <= 3.5 and 0 <= m["score"] <= 1 for m in reply["moments"])
+    _check_error(httpx.post(url, json=body, timeout=30), 401, "invalid_api_key", None, "no key")
+    _check_error(httpx.post(url, json={**body, "paths": ["escape.mp4"]}, headers=auth, timeout=30), 403,
+                 "media_access_denied", "paths[0]", "a link out of the root")
+    _check_error(httpx.post(url, json={**body, "top": 0}, headers=auth, timeout=30), 400, None, "top", "top 0")
+
+
+@pytest.mark.slow
 def test_a_server_without_media_roots_reads_no_files(servers, media, tiny):
     bare = servers["bare"]
     client = bare.client()

@@ -481,6 +481,50 @@ class AskOptions:
         )
 
 
+MAX_SEARCH_TOP = 10_000
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Everything a library search may set (``llamavid.tasks.search``); validated here, once.
+
+    ``top``: moments returned; ``rerank``: the best moments of the first stage that the model checks (None:
+    ``max(10, 2 * top)``; 0: no second stage); ``rerank_weight``: ``w`` in [0, 1], the check's share of a
+    checked moment's score being ``w (1 - its first stage's score)``; ``answer``: answer the query as a
+    question on each moment returned; ``ask``: how videos are encoded (``fps``, subtitles, the cache) and how
+    checks and answers are asked."""
+
+    top: int = 5
+    rerank: int | None = None
+    rerank_weight: float = 0.5
+    answer: bool = False
+    ask: AskOptions = AskOptions()
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
+        set_("top", check_whole("top", self.top, low=1, high=MAX_SEARCH_TOP))
+        if self.rerank is not None:
+            set_("rerank", check_whole("rerank", self.rerank, low=0, high=MAX_SEARCH_TOP))
+        set_("rerank_weight", _number("rerank_weight", self.rerank_weight, low=0.0, high=1.0))
+        _switch("answer", self.answer)
+        if not isinstance(self.ask, AskOptions):
+            raise InputError(f"ask must be AskOptions, not {type(self.ask).__name__}")
+        if self.ask.time_range is not None:
+            raise InputError(Opt("start"), " and ", Opt("end"), " do not apply to a search (it covers whole videos)")
+        if self.ask.subtitle_file is not None:
+            raise InputError(Opt("subtitles", self.ask.subtitles), " does not apply to a search: each video's own "
+                             "subtitles are read (NAME.srt beside it, or its stream); only \"speech\" or \"none\" "
+                             "apply to every file")
+
+    @property
+    def candidates(self) -> int:
+        """How many of the first stage's best moments the model checks."""
+        return max(10, 2 * self.top) if self.rerank is None else self.rerank
+
+    def replace(self, **changes: Any) -> "SearchOptions":
+        return dataclasses.replace(self, **changes)
+
+
 # Fields a batch line may set, and the AskOptions field each one is.
 BATCH_OPTION_FIELDS = ("fps", "max_frames", "long", "strict_context", "subtitles", "temperature", "top_p",
                        "max_new_tokens", "seed", "start", "end", "evidence", "choices", "kv_cache", "asr", "asr_model",

@@ -12,6 +12,8 @@ Every answer is determined by what is drawn, so accuracy means something:
               the kind the question names                                -> its colour ("What color is the ring?")
     haystack  minutes of distractor shapes of every colour and of every other kind, all the way through, and
               ONE needle of the asked kind for one second at a set depth  -> its colour (the look-closer test)
+    search    a library of clips of mixed lengths full of distractor shapes and subtitle lines; each query
+              ("a purple ring", "the code word tiger") has ONE right moment in the whole library (search)
     content   3-6 parts of 10-20 s on ONE backdrop, each a new shape (or one joins or leaves) -> where (chapters)
 
 Clips also carry a subtitle line (a code word), asked about with the long-video prompt, which shows
@@ -392,6 +394,130 @@ def haystack_clips(split: str, *, minutes: tuple[int, ...] = (5, 15, 30, 60),
     return out
 
 
+# -- a library to search ---------------------------------------------------------------------------
+
+SEARCH_LINES = ("Remember the code word.", "The code word comes later.", "Watch the shapes.",
+                "Memorize the content.", "Now watch this.", "The end is near.")  # subtitle lines without one
+SEARCH_VISUAL = ("a {color} {kind}", "the {color} {kind}")
+SEARCH_SPOKEN = ("the code word {word}", "code word {word}")
+# each colour's two target kinds: every kind is a target in three colours and a distractor in the other three
+_TARGET_PAIRS = ((0, 1), (2, 3), (0, 2), (1, 3), (0, 3), (1, 2))
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """A search over a library and its one right moment: ``video`` (a clip id) from ``start`` to ``end``."""
+
+    id: str
+    kind: str  # "visual" or "spoken"
+    text: str
+    video: str
+    start: float
+    end: float
+
+
+def search_library(split: str, index: int = 0, *, videos: int = 50, seconds: tuple[int, int] = (20, 240),
+                   seed: int = 0) -> tuple[list[Clip], list[SearchQuery]]:
+    """A library of ``videos`` clips of mixed lengths (whole seconds in ``seconds``) to search, and its 20
+    queries, each with ONE right moment in the whole library.
+
+    Half of the 24 colour x kind pairs are targets, half distractors; every colour and every kind is among
+    both (a purple ring is found among purple bars and red rings). The clips are full of still distractor
+    shapes (2-5 s each, sometimes two side by side, sometimes a quiet second) and of subtitle lines without
+    a code word; each of the 12 target pairs is on screen once in the library (1-3 s, sometimes beside a
+    distractor) and each of the 8 code words is said once (``The code word is tiger.``). Queries name what
+    to find: ``a purple ring`` (visual), ``the code word tiger`` (spoken). ``index`` draws another library
+    from the same split (libraries of one split share no clip id)."""
+    rng = np.random.default_rng(SPLIT_SEEDS[split] + EXTRA_SEEDS["search"] + 1009 * index + seed)
+    colors = list(COLORS)
+    pairs = [_TARGET_PAIRS[i] for i in rng.permutation(len(_TARGET_PAIRS))]
+    kinds = [SHAPES[i] for i in rng.permutation(len(SHAPES))]
+    targets = [(c, kinds[k]) for c, ks in zip(colors, pairs) for k in ks]
+    distractors = [(c, s) for c in colors for s in SHAPES if (c, s) not in targets]
+    lengths = [int(rng.integers(seconds[0], seconds[1] + 1)) for _ in range(videos)]
+    ids = [f"{split}-lib{index:02d}-{i:03d}" for i in range(videos)]
+
+    # the right moments first: (video, start, length) of each target, never two in one stretch of a video
+    taken: dict[int, list[tuple[int, int]]] = {}
+
+    def place(width: int) -> tuple[int, int]:
+        while True:
+            v = int(rng.integers(videos))
+            at = int(rng.integers(1, lengths[v] - width - 1))
+            if all(at + width + 3 <= a or b + 3 <= at for a, b in taken.get(v, [])):
+                taken.setdefault(v, []).append((at, at + width))
+                return v, at
+
+    visual = []
+    for color, kind in targets:
+        width = int(rng.integers(1, 4))
+        v, at = place(width)
+        visual.append((color, kind, v, at, width))
+    spoken = []
+    for word in CODE_WORDS:
+        v, at = place(2)
+        spoken.append((word, v, at))
+
+    def still(shape: str, color: str, start: float, end: float, side: int | None = None) -> ShapeEvent:
+        if side is not None:
+            return _pair_event(rng, shape, color, start, end, side)
+        r = float(rng.uniform(48, 68))
+        p = _position(rng, r)
+        return ShapeEvent(shape, color, start, end, p, p, r)
+
+    clips = []
+    for v, (clip_id, length) in enumerate(zip(ids, lengths)):
+        events: list[ShapeEvent] = []
+        busy = sorted((at, at + width) for _, _, tv, at, width in visual if tv == v)  # the screen is the target's
+        for color, kind, tv, at, width in visual:
+            if tv == v:
+                if rng.random() < 0.3:  # beside a distractor
+                    side = int(rng.integers(2))
+                    dc, ds = distractors[int(rng.integers(len(distractors)))]
+                    events += [still(kind, color, at, at + width, side), still(ds, dc, at, at + width, 1 - side)]
+                else:
+                    events.append(still(kind, color, at, at + width))
+        t = 0
+        while t < length:
+            inside = [(a, b) for a, b in busy if a <= t < b]
+            if inside:
+                t = inside[0][1]
+                continue
+            nxt = min([a for a, _ in busy if a > t] + [length])
+            span = min(int(rng.integers(2, 6)), nxt - t)
+            if rng.random() > 0.1:  # else a quiet stretch
+                dc, ds = distractors[int(rng.integers(len(distractors)))]
+                if rng.random() < 0.25:
+                    side = int(rng.integers(2))
+                    ec, es = distractors[int(rng.integers(len(distractors)))]
+                    events += [still(ds, dc, t, t + span, side), still(es, ec, t, t + span, 1 - side)]
+                else:
+                    events.append(still(ds, dc, t, t + span))
+            t += span
+        events.sort(key=lambda e: e.start)
+        subs: list[tuple[float, float, str]] = []
+        said = [(at, word) for word, sv, at in spoken if sv == v]
+        s = float(rng.integers(1, 8))
+        while s < length - 2:
+            if not any(abs(s - at) < 4 for at, _ in said):
+                subs.append((s, s + 2.0, SEARCH_LINES[int(rng.integers(len(SEARCH_LINES)))]))
+            s += float(rng.integers(6, 16))
+        subs += [(float(at), float(at) + 2.0, f"The code word is {word}.") for at, word in said]
+        subs.sort()
+        clips.append(Clip(clip_id, "search", float(length), NATIVE_FPS, int(rng.integers(15, 70)), events, subs))
+
+    queries = []
+    for n, (color, kind, v, at, width) in enumerate(visual):
+        text = SEARCH_VISUAL[int(rng.integers(len(SEARCH_VISUAL)))].format(color=color, kind=kind)
+        queries.append(SearchQuery(f"{split}-lib{index:02d}-v{n:02d}", "visual", text, ids[v], float(at),
+                                   float(at + width)))
+    for n, (word, v, at) in enumerate(spoken):
+        text = SEARCH_SPOKEN[int(rng.integers(len(SEARCH_SPOKEN)))].format(word=word)
+        queries.append(SearchQuery(f"{split}-lib{index:02d}-s{n:02d}", "spoken", text, ids[v], float(at),
+                                   float(at) + 2.0))
+    return clips, queries
+
+
 CONTENT_CHANGES = ("join", "leave", "replace")
 
 
@@ -483,7 +609,7 @@ def make_clips(split: str, *, n_single: int, n_sequence: int, n_needle: int = 0,
 # added to the split's seed: new designs never shift the old ones
 # each design's own seed offset (two designs may share one: their clips differ all the same, and the figures
 # measured on "pick" and "content" were measured with these)
-EXTRA_SEEDS = {"window": 300, "scenes": 400, "pick": 500, "content": 500, "haystack": 600}
+EXTRA_SEEDS = {"window": 300, "scenes": 400, "pick": 500, "content": 500, "haystack": 600, "search": 700}
 
 
 def make_extra_clips(split: str, kind: str, n: int, *, seed: int = 0, **design) -> list[Clip]:

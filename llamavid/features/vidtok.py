@@ -883,6 +883,7 @@ class Vidtok:
         header = _read_header(self._path, self._label)
         self._meta = _check_format(header.metadata, self._label)
         self._format_version = header.metadata["format_version"]
+        self._identity = metadata_checksum(header.metadata)  # == llamavid_checksum since 1.1
         self._parse_meta()
         self._check_layout(header)
         try:
@@ -1062,6 +1063,13 @@ class Vidtok:
     def meta(self) -> dict:
         """Everything in the metadata, plus ``format`` and ``format_version`` (a copy)."""
         return {"format": FORMAT_NAME, "format_version": self._format_version, **copy.deepcopy(self._meta)}
+
+    @property
+    def identity(self) -> str:
+        """What names this file's content exactly: the digest of its metadata strings (``llamavid_checksum``
+        since format 1.1), which hold the digests of its timestamps and of every block of features. A file
+        encoded again (even from the same video) has another identity (its ``created_at`` differs)."""
+        return self._identity
 
     @property
     def verified_blocks(self) -> frozenset[int]:

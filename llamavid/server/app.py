@@ -56,8 +56,10 @@ _DONE = object()  # end of an answer's text pieces
 
 def create_app(model, media, *, model_id: str, api_key: str | None = None,
                max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 1e6), service=None, defaults: AskOptions = AskOptions(),
-               max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT):
-    """The FastAPI application: /health, /v1/models, /v1/chat/completions over an ``AnswerService``.
+               max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+               searcher=None):
+    """The FastAPI application: /health, /v1/models, /v1/chat/completions over an ``AnswerService``, and
+    /v1/llamavid/search (a library search under the media roots) over a ``SearchService``.
 
     ``max_tokens_limit``: the most new tokens any answer may have; ``shutdown_timeout``: how long the work in
     flight may take once the server is stopping (``application.state.begin_shutdown``)."""
@@ -68,11 +70,13 @@ def create_app(model, media, *, model_id: str, api_key: str | None = None,
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from ..core.callbacks import Callbacks
-    from .protocol import parse_chat_request
-    from .service import AnswerService
+    from .protocol import SEARCH_FIELDS, parse_chat_request, parse_search_request
+    from .service import AnswerService, SearchService
 
     if service is None:
         service = AnswerService(model, callbacks=Callbacks(warning=log.warning, status=log.info))
+    if searcher is None:
+        searcher = SearchService(model, callbacks=Callbacks(warning=log.warning))
     created = int(time.time())
     card = {"id": model_id, "object": "model", "created": created, "owned_by": "llamavid"}
     stopping = asyncio.Event()  # set at the shutdown deadline: request bodies still arriving are refused
@@ -83,6 +87,7 @@ def create_app(model, media, *, model_id: str, api_key: str | None = None,
         yield
         # after uvicorn has finished every request in flight (or the deadline has cancelled them): nothing is
         # left to answer, and whatever is left once a second has passed is cancelled
+        searcher.close()
         await run_in_threadpool(service.close, 1.0)
 
     def begin_shutdown(timeout: float = shutdown_timeout) -> None:
@@ -90,6 +95,7 @@ def create_app(model, media, *, model_id: str, api_key: str | None = None,
         cancelled. Call from the event loop."""
         def deadline() -> None:
             stopping.set()
+            searcher.close()
             left = service.cancel_all(ServiceClosed("the server stopped before the answer was finished (its "
                                                     "shutdown deadline, --shutdown-timeout, passed)"))
             if left:
@@ -99,6 +105,7 @@ def create_app(model, media, *, model_id: str, api_key: str | None = None,
 
     application = FastAPI(title="llamavid", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     application.state.service = service
+    application.state.searcher = searcher
     application.state.begin_shutdown = begin_shutdown
     roots = tuple(str(r) for r in getattr(media, "roots", ()))
 
@@ -207,7 +214,43 @@ def create_app(model, media, *, model_id: str, api_key: str | None = None,
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    @application.post("/v1/llamavid/search", dependencies=auth)
+    async def llamavid_search(request: Request):
+        body = await read_json(request, max_body_bytes, stopping)
+        try:
+            req = await run_in_threadpool(parse_search_request, body, model_id=model_id, media=media,
+                                          defaults=defaults, max_tokens_limit=max_tokens_limit)
+        except LlamaVidError as exc:  # worded with the search's fields ("top": 0)
+            return search_refusal(exc, HttpStyle(roots=roots, fields=SEARCH_FIELDS))
+        style = HttpStyle(req.names, roots, fields=SEARCH_FIELDS)
+        future = searcher.submit(req)
+        try:
+            done = await _answers(request, [future], results=False)
+        finally:
+            searcher.cancel(future)  # (nothing if it finished) a client gone, or this task cancelled
+        if done is None:
+            return _gone()
+        if future.cancelled():  # the server stopped before the search began
+            return search_refusal(ServiceClosed("the server stopped before the search was finished"), style)
+        exc = future.exception()
+        if exc is not None:
+            if isinstance(exc, LlamaVidError):
+                return search_refusal(exc, style)
+            raise exc
+        result = future.result()
+        record = result.to_json()
+        return json_response({"object": "llamavid.search", "model": model_id, **record,
+                              "skipped": [style.finish(text) for text in (*req.skipped, *result.skipped)]})
+
     return application
+
+
+def search_refusal(exc: LlamaVidError, style: "HttpStyle"):
+    """A search's refusal: as ``refusal``, the files at fault being the request's ``paths``."""
+    status, text, param, code = describe(exc, style)
+    if param == "messages" and not isinstance(exc, RequestError):  # (the table's param, for chat requests)
+        param = "paths"
+    return error_response(status, text, param=param, code=code)
 
 
 def _gone():
@@ -224,8 +267,9 @@ async def _until_disconnected(request) -> None:
         pass
 
 
-async def _answers(request, futures) -> list | None:
-    """The results of ``futures``, or None when the client disconnects first."""
+async def _answers(request, futures, results: bool = True) -> list | None:
+    """The results of ``futures`` (with ``results=False``: the futures, done), or None when the client
+    disconnects first."""
     wrapped = [asyncio.wrap_future(f) for f in futures]
     for w in wrapped:  # an outcome nobody waits for any more is not "never retrieved"
         w.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -239,7 +283,7 @@ async def _answers(request, futures) -> list | None:
             waiting -= done
     finally:
         gone.cancel()
-    return [w.result() for w in wrapped]
+    return [w.result() for w in wrapped] if results else list(futures)
 
 
 _LOST = object()  # what ``_unless`` returns when the other event came first
@@ -399,14 +443,17 @@ class HttpStyle(JsonStyle):
 
     names = dict(OPENAI_NAMES)
 
-    def __init__(self, files: dict[str, str] | None = None, roots: Sequence[str] = ()):
+    def __init__(self, files: dict[str, str] | None = None, roots: Sequence[str] = (),
+                 fields: Sequence[str] | None = None):
         self.files = files or {}
         self.roots = tuple(r.rstrip("/") for r in roots if r.rstrip("/"))
+        self.fields = None if fields is None else frozenset(fields)  # the endpoint's fields (None: chat's)
 
     def option(self, opt) -> str:
         from .protocol import request_fields
 
-        if opt.name not in request_fields() and self.names.get(opt.name, opt.name) not in request_fields():
+        fields = request_fields() if self.fields is None else self.fields
+        if opt.name not in fields and self.names.get(opt.name, opt.name) not in fields:
             flag = "--" + opt.name.replace("_", "-")
             return f"the server's {flag} {opt.value}" if opt.has_value else f"the server's {flag}"
         return super().option(opt)

@@ -143,6 +143,26 @@ class MediaAccess:
                                param=param, code="media_access_denied")
         return MediaSource(("file", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), shown, path=inside)
 
+    def library_entry(self, reference: object, *, param: str) -> tuple[Path, bool]:
+        """A search's path (absolute, or relative to a media root): a file (as ``file`` checks it) or a folder
+        inside a root -> (its real path, whether it is a folder). A folder's files are checked one by one by
+        whoever lists them (``locate``): a link inside it that points out of the roots is not followed."""
+        if not isinstance(reference, str) or not reference.strip():
+            raise RequestError(f"{param} must be a non-empty string", param=param)
+        _check_utf8(reference, param)
+        if "\x00" in reference:
+            raise RequestError(f"{param}: the path contains a NUL character", param=param)
+        if self.roots:
+            inside = self.locate(reference)
+            if inside is not None and inside.is_dir():
+                if not os.access(inside, os.R_OK | os.X_OK):
+                    raise RequestError(f"{param}: {_short(reference)}: cannot be read (permission denied)",
+                                       status=403, param=param, code="media_access_denied")
+                return inside, True
+        found = self.file(reference, param=param)
+        assert found.path is not None
+        return found.path, False
+
     def locate(self, reference: str) -> Path | None:
         """The real path ``reference`` names if it lies inside a media root (existing or not), else None.
 

@@ -28,12 +28,23 @@ a schema's grammar, the context), by planning, before the question joins a batch
 
 from __future__ import annotations
 
+import os
+import posixpath
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from ..core.errors import InputError, Opt, RequestError, shown
-from ..core.options import BATCH_OPTION_FIELDS, AskOptions, OptionError, check_text, options_from_json
+from ..core.options import (
+    BATCH_OPTION_FIELDS,
+    AskOptions,
+    OptionError,
+    SearchOptions,
+    check_text,
+    options_from_json,
+)
 from ..tasks.qa import Question
+from ..tasks.search import LibraryFile, library_files
 from .media_access import MediaAccess, MediaSource
 
 # OpenAI fields read here.
@@ -352,3 +363,122 @@ def _content(content: Any, role: str, where: str, media: MediaAccess,
                                "image_url)",
                                param=f"{at}.type", code="unsupported_content")
     return texts
+
+
+# -- POST /v1/llamavid/search ---------------------------------------------------------------------------------
+
+# The fields of a search request: what to search and how (``SearchOptions``), the frame rate videos are encoded
+# at, and the length and temperature of the answers ``answer`` asks for.
+SEARCH_FIELDS = ("model", "query", "paths", "top", "rerank", "answer", "fps", "temperature", "max_tokens")
+MAX_SEARCH_PATHS = 256  # entries of "paths"
+MAX_SEARCH_FILES = 100_000  # files a request's folders may hold in all
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One validated search request: the files to search (each named as the client would: the folder it gave,
+    then the file's path inside it), the query and the options."""
+
+    query: str
+    files: tuple[LibraryFile, ...]
+    options: SearchOptions
+    skipped: tuple[str, ...] = ()  # files left out before the search (links out of the media roots)
+    names: dict[str, str] = field(default_factory=dict)  # server path -> the client's name, for messages
+
+
+def parse_search_request(body: Any, *, model_id: str, media: MediaAccess, defaults: AskOptions = AskOptions(),
+                         max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT) -> SearchRequest:
+    """Validate a search request's decoded JSON body: ``{"query": "a purple ring", "paths": ["lectures/"],
+    "top": 5, "rerank": 10, "answer": false, "fps": 1, "temperature": 0, "max_tokens": 64, "model": ID}``
+    (``query`` and ``paths`` required; ``model``, if given, the served one). ``paths`` are files (``.vidtok``,
+    videos) and folders (searched recursively) under the media roots, as a chat request's media are. A
+    ``RequestError`` (4xx) names the first problem's field."""
+    if not isinstance(body, Mapping):
+        raise RequestError("the request body must be a JSON object")
+    for name in body:
+        if name not in SEARCH_FIELDS:
+            raise RequestError(f"unknown field {shown(name, as_json=True)}; a search takes "
+                               f"{', '.join(SEARCH_FIELDS)}", param=str(name)[:80], code="unknown_field")
+    model = body.get("model")
+    if model is not None and model != model_id:
+        raise RequestError(f"the model {shown(model)} is not served here; this server serves {model_id!r}",
+                           status=404, param="model", code="model_not_found")
+    query = body.get("query")
+    if query is None:
+        raise RequestError("\"query\" is required: what to find, e.g. \"a purple ring\"", param="query")
+    try:
+        check_text(query, "\"query\"")
+    except InputError as exc:
+        raise RequestError(*exc.parts, param="query") from None
+    paths = body.get("paths")
+    if not isinstance(paths, list) or not paths:
+        raise RequestError("\"paths\" must be a non-empty list of files and folders under the media roots",
+                           param="paths")
+    if len(paths) > MAX_SEARCH_PATHS:
+        raise RequestError(f"\"paths\" holds {len(paths):,} entries; at most {MAX_SEARCH_PATHS} are accepted",
+                           param="paths")
+    files, skipped, names = _library(paths, media)
+    record = {name: body[name] for name in ("fps", "temperature") if name in body}
+    if body.get("max_tokens") is not None:
+        record["max_new_tokens"] = body["max_tokens"]
+    try:
+        ask = options_from_json(record, defaults)
+        options = SearchOptions(top=5 if body.get("top") is None else body["top"], rerank=body.get("rerank"),
+                                answer=False if body.get("answer") is None else body["answer"],
+                                ask=ask)
+    except OptionError as exc:
+        name = "max_tokens" if exc.field == "max_new_tokens" else exc.field
+        raise RequestError(Opt(name, exc.value), " ", exc.reason, param=name) from None
+    except InputError as exc:
+        raise RequestError(*exc.parts, where=exc.where) from None
+    if ask.temperature is not None and ask.temperature > MAX_TEMPERATURE:
+        raise RequestError(Opt("temperature", body.get("temperature")), f" must be <= {MAX_TEMPERATURE:g}",
+                           param="temperature")
+    if ask.max_new_tokens is not None and ask.max_new_tokens > max_tokens_limit:
+        raise RequestError(Opt("max_tokens", ask.max_new_tokens), " is more than this server allows: ",
+                           Opt("max_tokens_limit", max_tokens_limit), param="max_tokens")
+    options = options.replace(ask=ask.replace(max_tokens_limit=max_tokens_limit))
+    return SearchRequest(query, tuple(files), options, tuple(skipped), names)
+
+
+def _library(paths: list, media: MediaAccess) -> tuple[list[LibraryFile], list[str], dict[str, str]]:
+    """The files ``paths`` name, under the media roots, each once; a folder's files found recursively and
+    named by the folder as given plus their path inside it. A link in a folder that leads out of the roots is
+    left out (listed as skipped), as is everything that is not a .vidtok or a video."""
+    files: list[LibraryFile] = []
+    skipped: list[str] = []
+    names: dict[str, str] = {}
+    seen: set[str] = set()
+
+    def add(real: Path, label: str) -> None:
+        if str(real) not in seen:
+            seen.add(str(real))
+            files.append(LibraryFile(real, label))
+            names[str(real)] = label
+
+    for i, reference in enumerate(paths):
+        param = f"paths[{i}]"
+        real, folder = media.library_entry(reference, param=param)
+        if not folder:
+            add(real, reference)
+            continue
+        try:
+            found = library_files([real])
+        except InputError:
+            raise RequestError(f"{param}: {reference}: holds no .vidtok files or videos to search",
+                               param=param, code="nothing_to_search") from None
+        names[str(real)] = reference
+        for item in found:
+            label = posixpath.join(reference.rstrip("/") or "/", item.path.relative_to(real).as_posix())
+            inside = media.locate(os.path.realpath(item.path))
+            if inside is None:
+                skipped.append(f"{label}: skipped: a link out of the server's media roots")
+                continue
+            add(inside, label)
+            if len(files) > MAX_SEARCH_FILES:
+                raise RequestError(f"\"paths\" hold more than {MAX_SEARCH_FILES:,} files; search fewer at a time",
+                                   param="paths", code="too_many_files")
+    if not files:
+        raise RequestError("nothing to search: every file of \"paths\" is outside the server's media roots",
+                           status=403, param="paths", code="media_access_denied")
+    return files, skipped, names

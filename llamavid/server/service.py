@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -58,6 +58,7 @@ from ..pipeline.materialize import materialize, timeline_held
 from ..pipeline.planning import Plan, plan_question
 from ..pipeline.prepare import input_key, prepare
 from ..tasks.qa import QUESTIONS_PER_BATCH, Answered, Question, answer_questions, answer_texts
+from ..tasks.search import SearchResult, search
 from .media_access import MediaSource
 
 log = logging.getLogger("llamavid.service")
@@ -497,3 +498,89 @@ class AnswerService:
 
         stem = "video" if media.suffix in DATA_VIDEO_TYPES.values() else "image"
         return Path(self._inline.name) / str(media.key[1]) / f"{stem}{media.suffix}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# searches
+
+
+@dataclass
+class SearchStats:
+    searches: int = 0  # requests submitted
+    found: int = 0  # finished with moments
+    failed: int = 0  # refused by the search (a library that cannot be searched)
+    cancelled: int = 0  # their clients left first
+
+
+class SearchService:
+    """Library searches (``llamavid.tasks.search``, ``POST /v1/llamavid/search``): one at a time, on a thread of
+    their own, beside the answering thread (a search streams a library's files and their indexes through the
+    model's text-guided attention, then asks its checks through the usual path; two at once would only share
+    the same cores). ``cancel`` stops a search at the next file of its first stage (a client that left)."""
+
+    def __init__(self, model, *, callbacks: Callbacks = NO_CALLBACKS):
+        self.model = model
+        self.callbacks = callbacks
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamavid-search")
+        self._lock = threading.Lock()
+        self._stops: dict[Future, threading.Event] = {}
+        self._stats = SearchStats()
+        self._closed = False
+
+    def submit(self, request) -> "Future[SearchResult]":
+        """Queue a ``SearchRequest`` (``llamavid.server.protocol``); its future holds the ``SearchResult``, or
+        the ``LlamaVidError`` that refused it."""
+        stop = threading.Event()
+
+        def progress(_done: int, _total: int) -> None:
+            if stop.is_set():
+                raise Cancelled("the client disconnected before the search was finished")
+
+        def run() -> SearchResult:
+            callbacks = Callbacks(progress=progress, warning=self.callbacks.warning)
+            return search(self.model, request.files, request.query, request.options, callbacks=callbacks)
+
+        with self._lock:
+            if self._closed:
+                raise ServiceClosed("the server is shutting down")
+            self._stats.searches += 1
+            future = self._pool.submit(run)
+            self._stops[future] = stop
+        future.add_done_callback(self._count)
+        return future
+
+    def cancel(self, future: Future) -> bool:
+        """Give up on a search: dropped if it waits, stopped at its next file if it runs. False if it had
+        finished."""
+        with self._lock:
+            stop = self._stops.get(future)
+        if stop is None or future.done():
+            return False
+        stop.set()
+        future.cancel()
+        return True
+
+    def stats(self) -> SearchStats:
+        with self._lock:
+            return SearchStats(**vars(self._stats))
+
+    def close(self) -> None:
+        """Take no new searches; those waiting are dropped, the one running stops at its next file."""
+        with self._lock:
+            self._closed = True
+            stops = list(self._stops.values())
+        for stop in stops:
+            stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _count(self, future: Future) -> None:
+        with self._lock:
+            self._stops.pop(future, None)
+            if future.cancelled():
+                self._stats.cancelled += 1
+            elif isinstance(future.exception(), Cancelled):
+                self._stats.cancelled += 1
+            elif future.exception() is not None:
+                self._stats.failed += 1
+            else:
+                self._stats.found += 1

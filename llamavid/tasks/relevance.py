@@ -96,9 +96,11 @@ def score_frames(model, vin, question: str, options: AskOptions = AskOptions(), 
 
 
 def token_scores(model, features, question: str, positions: Sequence[int], *, long_video: bool,
-                 statistic: str = "lse", callbacks: Callbacks = NO_CALLBACKS) -> np.ndarray:
-    """The ``tokens`` scorer: the text-guided attention's log-sum-exp per frame (``LlamaVid.context_relevance``)."""
-    out = model.context_relevance(features, question, long_video=long_video, chunk_frames=CHUNK_FRAMES,
+                 statistic: str = "lse", callbacks: Callbacks = NO_CALLBACKS,
+                 chunk_frames: int = CHUNK_FRAMES) -> np.ndarray:
+    """The ``tokens`` scorer: the text-guided attention's log-sum-exp per frame (``LlamaVid.context_relevance``).
+    ``features``: anything read like a ``.vidtok``, or a tensor (n, N, C) of pictures (a search's summaries)."""
+    out = model.context_relevance(features, question, long_video=long_video, chunk_frames=chunk_frames,
                                   frame_indices=list(int(p) for p in positions), statistics=(statistic,),
                                   on_chunk=callbacks.advance)
     return out[statistic].numpy().astype(np.float64)

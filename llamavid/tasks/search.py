@@ -1,0 +1,423 @@
+"""Search a library of videos: the moments, across every file, that a query is about.
+
+    llamavid.search(model, ["lectures/"], "where the professor derives the Fourier transform")
+      -> SearchResult: ranked Moments {video, start, end, score}
+
+Two stages:
+
+1. **Every stretch of every file, cheaply.** Each ``.vidtok`` has a search index (``llamavid.features.
+   search_index``: its stretches of up to 10 s cut where the content changes, and a small summary of each),
+   made once and kept beside it. Files are streamed one at a time (memory does not grow with the library):
+   per stretch a *visual* score, the model's text-guided attention from the query to the stretch's summary
+   (``relevance.token_scores``, the look-closer scorer, no LLM; as a log-mean-exp, so stretches of one or
+   three parts compare), and a *text* score, how much of the query's words (IDF-weighted over the library's
+   lines, stop words left out) the stretch's subtitle and transcript lines hold. Visual scores are
+   standardised over the whole library (z = how far above the library's mean, in standard deviations; the
+   same query's attention, so files compare) and mapped to (0, 1) by ``sigmoid(z - VISUAL_Z)``; the stretch's
+   first-stage score is ``1 - (1 - text) (1 - visual)``: either kind of evidence alone can rank it first.
+2. **The model checks the best candidates** (``SearchOptions.candidates``): each is asked, through the usual
+   path (``qa.answer_about`` with the moment as ``start``/``end``, ``choices`` yes/no), ``CHECK_PROMPT``; the
+   check is the likelihood of "Yes" against "No", and the moment's score becomes ``(1 - g) first + g check``
+   with ``g = w (1 - first)`` (``w``: ``rerank_weight``): the check decides in proportion to the first stage's
+   doubt, so a moment whose lines say every word of the query keeps its place whatever a weak model's check
+   says (on the demo model the check alone ranks the right moment of spoken queries near the bottom of its
+   ten candidates: benchmarks/search.py). With ``answer``, the query is then asked as a question on each
+   moment returned.
+
+Files the search cannot use are named in a warning and skipped (a damaged or foreign ``.vidtok``, a video that
+cannot be decoded); features of another vision encoder than the model's are refused before any work, since
+they cannot be compared (nor read by this model).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..core.callbacks import NO_CALLBACKS, Callbacks
+from ..core.errors import InputError, LlamaVidError, VidtokError
+from ..core.options import AskOptions, SearchOptions, check_text
+from ..features.search_index import IndexSettings, index_for
+from ..features.vidtok import Vidtok, looks_like_vidtok, open_vidtok
+from ..media import video as media_video
+from ..pipeline.inputs import open_input
+from ..pipeline.planning import resolve_long_video
+from .qa import AnswerRecord, Question, answer_about
+from .relevance import token_scores
+
+VISUAL_Z = 2.0  # a stretch this many standard deviations above the library's mean scores 0.5 by its picture
+CHECK_PROMPT = "Does this part of the video show {query}? Answer yes or no."
+CHECK_CHOICES = ("Yes", "No")
+SUMMARY_CHUNK = 256  # stretch summaries through the QFormer at a time
+STOP_WORDS = frozenset(
+    "a an the is are was were be been being of in on at to for with and or by from as it its this that these "
+    "those where when what which who whom whose how does do did show shows shown showing part parts moment "
+    "video clip scene there here said say says saying".split())
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class LibraryFile:
+    """One file of the library: where it is, and how results and messages name it."""
+
+    path: Path
+    label: str
+
+    @property
+    def is_vidtok(self) -> bool:
+        return self.path.suffix.lower() == ".vidtok" or looks_like_vidtok(self.path)
+
+
+@dataclass
+class Moment:
+    """A stretch of one video that the query is about: ``start``-``end`` seconds from the video's start."""
+
+    video: str
+    start: float
+    end: float
+    score: float  # the final score, in [0, 1]
+    first: float  # the first stage's score
+    check: float | None = None  # the model's check (the likelihood of yes), when it was checked
+    answer: AnswerRecord | None = None
+    file: LibraryFile | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"video": self.video, "start": round(self.start, 3), "end": round(self.end, 3),
+                                  "score": round(self.score, 4)}
+        if self.answer is not None:
+            record["answer"] = self.answer.answer
+        return record
+
+
+@dataclass
+class SearchResult:
+    """The moments found, best first, and what the search did (files, stretches, skipped files, seconds)."""
+
+    query: str
+    moments: list[Moment]
+    files: int  # files searched
+    stretches: int  # stretches scored
+    skipped: list[str] = field(default_factory=list)  # the warnings of files left out
+    indexes: dict[str, int] = field(default_factory=dict)  # index use: used / built / rebuilt / unsaved
+    seconds: dict[str, float] = field(default_factory=dict)  # first, rerank, answer
+
+    def to_json(self) -> dict[str, Any]:
+        return {"query": self.query, "moments": [m.to_json() for m in self.moments], "files": self.files,
+                "stretches": self.stretches, "skipped": list(self.skipped), "indexes": dict(self.indexes),
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the library
+
+
+def library_files(inputs: Iterable[str | os.PathLike | LibraryFile]) -> list[LibraryFile]:
+    """Files as given; folders searched recursively for ``.vidtok`` files and videos (hidden files left out; a
+    video with its ``NAME.vidtok`` beside it is searched once, through the ``.vidtok``). A missing input or a
+    folder with nothing to search is an ``InputError`` naming it."""
+    out: list[LibraryFile] = []
+    seen: set[str] = set()
+
+    def add(item: LibraryFile) -> None:
+        key = os.path.normcase(os.path.abspath(item.path))
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+
+    for item in inputs:
+        if isinstance(item, LibraryFile):
+            add(item)
+            continue
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                           and (p.suffix.lower() == ".vidtok" or media_video.is_video_path(p)))
+            tokens = {p.with_suffix("") for p in found if p.suffix.lower() == ".vidtok"}
+            found = [p for p in found if p.suffix.lower() == ".vidtok" or p.with_suffix("") not in tokens]
+            if not found:
+                raise InputError("holds no .vidtok files or videos to search", where=os.fspath(item))
+            for p in found:
+                add(LibraryFile(p, os.fspath(p)))
+        elif path.exists():
+            add(LibraryFile(path, os.fspath(item)))
+        else:
+            raise InputError("no such file or folder", where=os.fspath(item))
+    if not out:
+        raise InputError("nothing to search: give .vidtok files, videos or folders")
+    return out
+
+
+def check_encoders(model, files: Sequence[LibraryFile], *, callbacks: Callbacks = NO_CALLBACKS,
+                   skipped: list[str] | None = None) -> list[LibraryFile]:
+    """The files the search can use, before any work: every ``.vidtok``'s header is read (a damaged or foreign
+    file is named in a warning, also added to ``skipped``, and left out). Features of another vision encoder
+    than the model's cannot be compared with the others (nor read by this model): the search is refused,
+    naming one such file."""
+    fingerprint = model.vision_identity()["fingerprint"]
+    usable: list[LibraryFile] = []
+    foreign: list[tuple[LibraryFile, str]] = []
+    for item in files:
+        if not item.is_vidtok:
+            usable.append(item)
+            continue
+        try:
+            with open_vidtok(item.path) as vt:
+                made_with = str(vt.encoder.get("fingerprint"))
+        except LlamaVidError as exc:
+            text = f"{item.label}: skipped: {_reason(exc, item)}"
+            callbacks.warn(text)
+            if skipped is not None:
+                skipped.append(text)
+            continue
+        if made_with == fingerprint:
+            usable.append(item)
+        else:
+            foreign.append((item, made_with))
+    if foreign:
+        (first, made_with), more = foreign[0], len(foreign) - 1
+        others = f" (as are {more} more)" if more else ""
+        raise VidtokError(f"made with vision encoder {made_with}{others}, the model with {fingerprint}: features of "
+                          "two encoders cannot be searched together (their scores do not compare); encode the "
+                          "videos again with this model", where=first.label)
+    if not usable:
+        raise InputError("nothing left to search: every file was skipped")
+    return usable
+
+
+def _reason(exc: LlamaVidError, item: LibraryFile) -> str:
+    """An error's reason without the file it names (the message names the file once, by its label)."""
+    text = exc.render()
+    for name in (exc.where, os.fspath(item.path), item.label):
+        if name and text.startswith(f"{name}: "):
+            return text[len(name) + 2:]
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# text
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words (letters and digits, any script)."""
+    return _WORD.findall(text.casefold())
+
+
+def query_terms(query: str) -> list[str]:
+    """The words of a query that a line must hold to match: its words less the stop words (all of its words
+    when it has nothing else), each once, in order."""
+    every = list(dict.fromkeys(words(query)))
+    kept = [w for w in every if w not in STOP_WORDS]
+    return kept or every
+
+
+@dataclass
+class _Candidate:
+    file: int
+    start: float
+    end: float
+    visual: float  # the raw visual score (log-mean-exp)
+    terms: int  # a bit per query term held by the stretch's lines
+    first: float = 0.0
+
+
+class _Library:
+    """What the first stage keeps while files stream past: a few candidates per file, the visual scores'
+    running mean and variance (Welford), and per query term the number of lines that hold it."""
+
+    def __init__(self, terms: list[str], keep: int):
+        self.terms, self.keep = terms, keep
+        self.candidates: list[_Candidate] = []
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+        self.lines = 0
+        self.line_counts = np.zeros(len(terms), dtype=np.int64)
+
+    def add_scores(self, scores: np.ndarray) -> None:
+        for x in scores.astype(np.float64):
+            self.count += 1
+            delta = x - self.mean
+            self.mean += delta / self.count
+            self.m2 += delta * (x - self.mean)
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.count) if self.count > 1 and self.m2 > 0 else 1.0
+
+    def idf(self) -> np.ndarray:
+        return np.log((self.lines + 1.0) / (self.line_counts + 0.5))
+
+    def finish(self) -> list[_Candidate]:
+        """Every kept candidate with its first-stage score, best first."""
+        idf = self.idf()
+        total = float(idf.sum()) or 1.0
+        bits = 1 << np.arange(len(self.terms))
+        for c in self.candidates:
+            held = (c.terms & bits) != 0
+            text = float(idf[held].sum()) / total
+            z = (c.visual - self.mean) / self.std
+            visual = 1.0 / (1.0 + math.exp(-(z - VISUAL_Z)))
+            c.first = 1.0 - (1.0 - text) * (1.0 - visual)
+        return sorted(self.candidates, key=lambda c: (-c.first, c.file, c.start))
+
+
+def _file_lines(vin) -> list[tuple[float, float, str]]:
+    """The lines a file's text is matched against: the subtitles that apply and its transcript, each once."""
+    lines = [(float(s.start), float(s.end), s.text) for s in vin.subtitle_lines]
+    transcript = vin.features.transcript if isinstance(vin.features, Vidtok) else None
+    if transcript is not None:
+        lines += [(float(a), float(b), str(t)) for a, b, t in transcript["lines"]]
+    return list(dict.fromkeys(lines))
+
+
+def _score_file(model, number: int, vin, index, query: str, library: _Library, long_video: bool) -> int:
+    """The first stage on one open file: every stretch's visual and text scores into ``library``."""
+    n = len(index)
+    if n == 0:
+        return 0
+    times = np.asarray(vin.timestamps, dtype=np.float64)
+    step = float(vin.step)
+    first, stop = index.stretches[:, 0], index.stretches[:, 1]
+    starts = times[first]
+    ends = np.minimum(times[stop - 1] + step, max(float(vin.duration), float(times[-1]) + step))
+    parts = index.parts()
+    visual = np.empty(n, dtype=np.float64)
+    grid_tokens = index.patches.shape[1]
+    # summaries as stored (float16) for a model on an accelerator, which converts them there; on the CPU in
+    # the model's own dtype, at once
+    dtype = model.dtype if model.device.type == "cpu" else torch.float16
+    for k in np.unique(parts):
+        chosen = np.nonzero(parts == k)[0]
+        for a in range(0, len(chosen), SUMMARY_CHUNK):
+            rows = chosen[a:a + SUMMARY_CHUNK]
+            pictures = index.summaries(rows, dtype)
+            scores = token_scores(model, pictures, query, range(len(rows)), long_video=long_video,
+                                  chunk_frames=SUMMARY_CHUNK)
+            visual[rows] = scores - math.log(int(k) * grid_tokens)  # log-mean-exp: counts of parts compare
+    library.add_scores(visual)
+    terms = np.zeros(n, dtype=np.int64)
+    if library.terms:
+        for a, b, text in _file_lines(vin):
+            held = set(words(text))
+            mask = sum(1 << i for i, t in enumerate(library.terms) if t in held)
+            library.lines += 1
+            library.line_counts += np.asarray([(mask >> i) & 1 for i in range(len(library.terms))])
+            if mask:
+                terms[(starts < b) & (ends > a)] |= mask
+    keep = set(np.argsort(-visual, kind="stable")[:library.keep].tolist()) | set(np.nonzero(terms)[0].tolist())
+    for s in sorted(keep):
+        library.candidates.append(_Candidate(number, float(starts[s]), float(ends[s]), float(visual[s]),
+                                             int(terms[s])))
+    return n
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the search
+
+
+def search(model, inputs: Iterable[str | os.PathLike | LibraryFile], query: str,
+           options: SearchOptions | None = None, *, callbacks: Callbacks = NO_CALLBACKS,
+           index_settings: IndexSettings = IndexSettings()) -> SearchResult:
+    """The moments of a library (``.vidtok`` files, videos, folders searched recursively) that ``query`` is
+    about, best first: ``options.top`` of them (see the module docstring for the two stages). Videos are
+    encoded through the cache (``options.ask``: fps, subtitles). ``callbacks``: a warning for each file left
+    out, status lines, progress as (files done, files)."""
+    options = options or SearchOptions()
+    check_text(query, "the query")
+    skipped: list[str] = []
+    files = check_encoders(model, library_files(inputs), callbacks=callbacks, skipped=skipped)
+    long_video = resolve_long_video(model, options.ask.long)
+    terms = query_terms(query)[:62]
+    library = _Library(terms, keep=options.candidates + options.top)
+    indexes: dict[str, int] = {}
+    searched: list[LibraryFile] = []
+    stretches = 0
+    t0 = time.perf_counter()
+    quiet = Callbacks(warning=callbacks.warning)  # progress by files (per-file status lines would be noise)
+
+    def skip(item: LibraryFile, exc: LlamaVidError) -> None:
+        text = f"{item.label}: skipped: {_reason(exc, item)}"
+        skipped.append(text)
+        callbacks.warn(text)
+
+    for i, item in enumerate(files):
+        try:
+            with open_input(model, item.path, options.ask, callbacks=quiet) as vin:
+                index, status = index_for(vin.features, index_settings, callbacks=quiet, label=item.label)
+                indexes[status] = indexes.get(status, 0) + 1
+                stretches += _score_file(model, len(searched), vin, index, query, library, long_video)
+                searched.append(item)
+        except LlamaVidError as exc:
+            skip(item, exc)
+        callbacks.advance(i + 1, len(files))
+    if not searched:
+        raise InputError("nothing left to search: every file was skipped")
+    ranked = library.finish()
+    seconds = {"first": time.perf_counter() - t0}
+    moments = [Moment(searched[c.file].label, c.start, c.end, c.first, c.first, file=searched[c.file])
+               for c in ranked]
+    checked = moments[:options.candidates] if options.rerank_weight > 0 else []
+    if checked:
+        t1 = time.perf_counter()
+        _check(model, checked, query, options, callbacks)
+        w = options.rerank_weight
+        for m in checked:
+            g = w * (1.0 - m.first)  # the check's share: the first stage's doubt
+            m.score = (1.0 - g) * m.first + g * (m.check if m.check is not None else 0.5)
+        moments = sorted(checked, key=lambda m: -m.score) + moments[len(checked):]
+        seconds["rerank"] = time.perf_counter() - t1
+    moments = moments[:options.top]
+    if options.answer:
+        t2 = time.perf_counter()
+        _answer(model, moments, query, options, callbacks)
+        seconds["answer"] = time.perf_counter() - t2
+    return SearchResult(query, moments, len(searched), stretches, skipped, indexes, seconds)
+
+
+def _by_file(moments: Sequence[Moment]) -> dict[LibraryFile, list[Moment]]:
+    groups: dict[LibraryFile, list[Moment]] = {}
+    for m in moments:
+        groups.setdefault(m.file, []).append(m)
+    return groups
+
+
+def _moment_options(options: AskOptions, m: Moment, **changes: Any) -> AskOptions:
+    return options.replace(start=m.start, end=m.end, **changes)
+
+
+def _check(model, moments: Sequence[Moment], query: str, options: SearchOptions, callbacks: Callbacks) -> None:
+    """Stage 2: each moment asked ``CHECK_PROMPT`` through the usual path; ``check`` = P(yes) / (P(yes) + P(no))."""
+    prompt = CHECK_PROMPT.format(query=query.strip())
+    quiet = Callbacks(warning=callbacks.warning)
+    for item, group in _by_file(moments).items():
+        questions = [Question(prompt, _moment_options(options.ask, m, choices=CHECK_CHOICES, evidence=False,
+                                                      look_closer=False)) for m in group]
+        for m, answered in zip(group, answer_about(model, item.path, questions, label=item.label, callbacks=quiet)):
+            if answered.error is not None:
+                callbacks.warn(f"{item.label}: a moment could not be checked: {_reason(answered.error, item)}")
+                continue
+            yes, no = (c.score for c in answered.answer.choices)
+            m.check = yes / (yes + no) if yes + no > 0 else 0.5
+
+
+def _answer(model, moments: Sequence[Moment], query: str, options: SearchOptions, callbacks: Callbacks) -> None:
+    """``answer``: the query asked as a question on each moment, through the usual path."""
+    quiet = Callbacks(warning=callbacks.warning)
+    for item, group in _by_file(moments).items():
+        questions = [Question(query, _moment_options(options.ask, m)) for m in group]
+        for m, answered in zip(group, answer_about(model, item.path, questions, label=item.label, callbacks=quiet)):
+            if answered.error is not None:
+                callbacks.warn(f"{item.label}: a moment could not be answered: {_reason(answered.error, item)}")
+                continue
+            m.answer = AnswerRecord.of(model, answered, item.label)
+
+
+__all__ = ["CHECK_PROMPT", "LibraryFile", "Moment", "SearchResult", "check_encoders", "library_files",
+           "query_terms", "search", "words"]
