@@ -493,6 +493,41 @@ def fits_table(weights: dict[str, float], per_token: dict[str, float], working_p
     return "\n".join(lines)
 
 
+def random_(module):
+    """Random weights in place, as a trained model's are in scale (norms 1, the rest N(0, 0.02))."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(torch.ones_like(p) if "norm" in name.lower() and p.ndim == 1 else torch.randn_like(p) * 0.02)
+    return module
+
+
+def llm_config(layers: int = 1) -> dict:
+    """The released 7B's config.json at ``layers`` layers (costs are per layer)."""
+    return {"hidden_size": LLM["hidden"], "intermediate_size": LLM["inter"], "num_hidden_layers": layers,
+            "num_attention_heads": LLM["heads"], "num_key_value_heads": LLM["heads"], "vocab_size": LLM["vocab"],
+            "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "mm_hidden_size": EVA["width"],
+            "mm_projector_type": "mlp2x_gelu", "compress_type": "mean", "architectures": ["LlavaLlamaAttForCausalLM"],
+            "model_type": "llava", "mm_vision_tower": "eva_vit_g.pth", "bert_type": "qformer_pretrain"}
+
+
+def real_width_model(qtok, dev, dtype):
+    """A LLaMA-VID at the released widths with random weights, built in memory: the QFormer (BERT-base, 12
+    layers), the token generator 1408 -> 4096, and ONE layer of the 7B LLM (``llm_config``)."""
+    from llamavid.model.config import LlamaVidConfig
+    from llamavid.model.modeling import LlamaVid, build_modules, finish_llm, new_llm
+    from llamavid.model.qformer import QFormerConfig
+
+    qcfg = QFormerConfig(hidden=QF["hidden"], layers=QF["layers"], heads=QF["heads"], intermediate=QF["inter"],
+                         encoder_width=EVA["width"], vocab_size=QF["vocab"], max_positions=QF["positions"])
+    cfg = LlamaVidConfig.from_dict(llm_config())
+    qformer, tokens, _ = build_modules(cfg, qcfg, device="cpu")
+    llm = finish_llm(random_(new_llm(cfg, device="meta").to_empty(device=dev)), dev)
+    model = LlamaVid(cfg, qformer=random_(qformer), tokens=random_(tokens), llm=llm, qformer_tokenizer=qtok)
+    return model.to(dev, dtype).eval()
+
+
 def child_closer(args: dict) -> dict:
     """Per-frame and per-layer CPU seconds of look-closer's parts and the plain answer's, at real width."""
     import tempfile
@@ -500,8 +535,8 @@ def child_closer(args: dict) -> dict:
     import torch
 
     from llamavid.model.config import LlamaVidConfig
-    from llamavid.model.modeling import LlamaVid, build_modules, finish_llm, new_llm
-    from llamavid.model.qformer import QFormerConfig, load_qformer_tokenizer
+    from llamavid.model.modeling import finish_llm, new_llm
+    from llamavid.model.qformer import load_qformer_tokenizer
     from llamavid.model.vision import EvaVisionTransformer, VisionConfig
 
     torch.manual_seed(0)
@@ -510,12 +545,6 @@ def child_closer(args: dict) -> dict:
     tmp = Path(tempfile.mkdtemp())
     write_bert_vocab(tmp)
     qtok = load_qformer_tokenizer(str(tmp))
-
-    def rand_(module):
-        with torch.no_grad():
-            for name, p in module.named_parameters():
-                p.copy_(torch.ones_like(p) if "norm" in name.lower() and p.ndim == 1 else torch.randn_like(p) * 0.02)
-        return module
 
     def cpu(fn):
         c0, w0 = time.process_time(), time.perf_counter()
@@ -527,20 +556,8 @@ def child_closer(args: dict) -> dict:
         return time.process_time() - c0, time.perf_counter() - w0
 
     out: dict = {"dtype": str(dtype), "frames_measured": args["frames"]}
-    raw = {"hidden_size": LLM["hidden"], "intermediate_size": LLM["inter"], "num_hidden_layers": 1,
-           "num_attention_heads": LLM["heads"], "num_key_value_heads": LLM["heads"], "vocab_size": LLM["vocab"],
-           "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "mm_hidden_size": EVA["width"],
-           "mm_projector_type": "mlp2x_gelu", "compress_type": "mean", "architectures": ["LlavaLlamaAttForCausalLM"],
-           "model_type": "llava", "mm_vision_tower": "eva_vit_g.pth", "bert_type": "qformer_pretrain"}
     # -- the QFormer and the token generator: pass 1 (scores) and the plain answer's tokens, per frame
-    qcfg = QFormerConfig(hidden=QF["hidden"], layers=QF["layers"], heads=QF["heads"], intermediate=QF["inter"],
-                         encoder_width=EVA["width"], vocab_size=QF["vocab"], max_positions=QF["positions"])
-    cfg = LlamaVidConfig.from_dict(raw)
-    qformer, tokens, _ = build_modules(cfg, qcfg, device="cpu")
-    small_llm = new_llm(cfg, device="meta").to_empty(device=dev)
-    small_llm = finish_llm(rand_(small_llm), dev)
-    model = LlamaVid(cfg, qformer=rand_(qformer), tokens=rand_(tokens), llm=small_llm, qformer_tokenizer=qtok)
-    model = model.to(dev, dtype).eval()
+    model = real_width_model(qtok, dev, dtype)
     n = args["frames"]
     feats = (torch.randn(n, 1 + EVA["grid"] ** 2, EVA["width"]) * 0.5).to(dtype)
     question = "what color is the ring in the video"
@@ -555,9 +572,8 @@ def child_closer(args: dict) -> dict:
 
     per_layer: dict = {}
     for depth in (1, 2):
-        raw["num_hidden_layers"] = depth
-        c2 = LlamaVidConfig.from_dict(raw)
-        llm = finish_llm(rand_(new_llm(c2, device="meta").to_empty(device=dev)), dev).to(dtype)
+        c2 = LlamaVidConfig.from_dict(llm_config(depth))
+        llm = finish_llm(random_(new_llm(c2, device="meta").to_empty(device=dev)), dev).to(dtype)
         kw = cache_argument(llm)
         for tokens_ in args["prompts"]:
             emb = (torch.randn(1, tokens_, LLM["hidden"]) * 0.02).to(dev, dtype)
@@ -585,7 +601,7 @@ def child_closer(args: dict) -> dict:
     out["llm"] = per_layer
     # -- EVA ViT-g: the extra frames pass 2 takes from the video
     vit = EvaVisionTransformer(VisionConfig()).to(dtype)
-    rand_(vit)
+    random_(vit)
     px = torch.randn(2, 3, 224, 224).to(dtype)
     with torch.inference_mode():
         vit(px[:1])

@@ -379,13 +379,11 @@ def realsize(work: Path, stretches: int, frames: int, out: Path | None) -> dict:
     import numpy as np
     import torch
     from machine import describe
-    from realsize import EVA, LLM, QF, write_bert_vocab
+    from realsize import EVA, real_width_model, write_bert_vocab
 
     from llamavid.features.search_index import IndexSettings, build_index
     from llamavid.features.vidtok import VidtokWriter, open_vidtok
-    from llamavid.model.config import LlamaVidConfig
-    from llamavid.model.modeling import LlamaVid, build_modules, finish_llm, new_llm
-    from llamavid.model.qformer import QFormerConfig, load_qformer_tokenizer
+    from llamavid.model.qformer import load_qformer_tokenizer
 
     _threads()
     torch.manual_seed(0)
@@ -393,23 +391,7 @@ def realsize(work: Path, stretches: int, frames: int, out: Path | None) -> dict:
     write_bert_vocab(work)
     qtok = load_qformer_tokenizer(str(work))
 
-    def rand_(module):
-        with torch.no_grad():
-            for name, p in module.named_parameters():
-                p.copy_(torch.ones_like(p) if "norm" in name.lower() and p.ndim == 1 else torch.randn_like(p) * 0.02)
-        return module
-
-    raw = {"hidden_size": LLM["hidden"], "intermediate_size": LLM["inter"], "num_hidden_layers": 1,
-           "num_attention_heads": LLM["heads"], "num_key_value_heads": LLM["heads"], "vocab_size": LLM["vocab"],
-           "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "mm_hidden_size": EVA["width"],
-           "mm_projector_type": "mlp2x_gelu", "compress_type": "mean", "architectures": ["LlavaLlamaAttForCausalLM"],
-           "model_type": "llava", "mm_vision_tower": "eva_vit_g.pth", "bert_type": "qformer_pretrain"}
-    qcfg = QFormerConfig(hidden=QF["hidden"], layers=QF["layers"], heads=QF["heads"], intermediate=QF["inter"],
-                         encoder_width=EVA["width"], vocab_size=QF["vocab"], max_positions=QF["positions"])
-    cfg = LlamaVidConfig.from_dict(raw)
-    qformer, tokens, _ = build_modules(cfg, qcfg, device="cpu")
-    llm = finish_llm(rand_(new_llm(cfg, device="meta").to_empty(device="cpu")), torch.device("cpu"))
-    model = LlamaVid(cfg, qformer=rand_(qformer), tokens=rand_(tokens), llm=llm, qformer_tokenizer=qtok).eval()
+    model = real_width_model(qtok, torch.device("cpu"), torch.float32)
     settings = IndexSettings()
     side = 1 + settings.max_parts * settings.grid ** 2  # a 3-part stretch's summary: 1 + 3 x 16 tokens
     report: dict = {"machine": describe(), "summary_tokens": side, "stretches_measured": stretches}
