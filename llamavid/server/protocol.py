@@ -209,12 +209,18 @@ def _options(body: Mapping[str, Any], defaults: AskOptions, media: MediaAccess, 
         raise RequestError(Opt(name, exc.value), " ", exc.reason, where="request", param=name) from None
     except InputError as exc:
         raise RequestError(*exc.parts, where=exc.where) from None
+    return _within_limits(options, body, limit, given[0] if given else "max_tokens")
+
+
+def _within_limits(options: AskOptions, body: Mapping[str, Any], limit: int, tokens_field: str) -> AskOptions:
+    """What this server allows beyond what the options themselves check: a temperature up to
+    ``MAX_TEMPERATURE`` and up to ``limit`` new tokens (``tokens_field``: the name the body gave them)."""
     if options.temperature is not None and options.temperature > MAX_TEMPERATURE:
         raise RequestError(Opt("temperature", body.get("temperature")), f" must be <= {MAX_TEMPERATURE:g}",
                            param="temperature")
     if options.max_new_tokens is not None and options.max_new_tokens > limit:
-        raise RequestError(Opt(given[0], options.max_new_tokens), " is more than this server allows: ",
-                           Opt("max_tokens_limit", limit), param=given[0])
+        raise RequestError(Opt(tokens_field, options.max_new_tokens), " is more than this server allows: ",
+                           Opt("max_tokens_limit", limit), param=tokens_field)
     return options.replace(max_tokens_limit=limit)
 
 
@@ -431,13 +437,7 @@ def parse_search_request(body: Any, *, model_id: str, media: MediaAccess, defaul
         raise RequestError(Opt(name, exc.value), " ", exc.reason, param=name) from None
     except InputError as exc:
         raise RequestError(*exc.parts, where=exc.where) from None
-    if ask.temperature is not None and ask.temperature > MAX_TEMPERATURE:
-        raise RequestError(Opt("temperature", body.get("temperature")), f" must be <= {MAX_TEMPERATURE:g}",
-                           param="temperature")
-    if ask.max_new_tokens is not None and ask.max_new_tokens > max_tokens_limit:
-        raise RequestError(Opt("max_tokens", ask.max_new_tokens), " is more than this server allows: ",
-                           Opt("max_tokens_limit", max_tokens_limit), param="max_tokens")
-    options = options.replace(ask=ask.replace(max_tokens_limit=max_tokens_limit))
+    options = options.replace(ask=_within_limits(ask, body, max_tokens_limit, "max_tokens"))
     return SearchRequest(query, tuple(files), options, tuple(skipped), names)
 
 
