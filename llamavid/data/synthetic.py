@@ -60,11 +60,14 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def question_texts() -> list[str]:
-    """Every question the set asks, with the kind-naming ones written out for each kind."""
+def question_texts(named_kinds: bool = True) -> list[str]:
+    """Every question the set asks, with the kind-naming ones written out for each kind (``named_kinds``
+    False: without them, as the shipped demo recipe's tokenizer was made)."""
     out = []
     for options in QUESTIONS.values():
         for q in options:
+            if "{kind}" in q and not named_kinds:
+                continue
             out += [q.format(kind=k) for k in SHAPES] if "{kind}" in q else [q]
     return out
 
