@@ -37,9 +37,9 @@ def figures(result: dict) -> dict[str, float]:
     for mode in ("generate", "likelihood"):
         if mode in ch:
             out[f"multiple choice: {mode}"] = ch[mode]["accuracy"]
-    if "chapters" in result:
-        out["chapters: changes found"] = result["chapters"]["recall"]
-        out["chapters: exact clips"] = result["chapters"]["exact_clips"]
+    for name, chapters in result.get("chapters", {}).items():  # per set: scenes, content, joins
+        out[f"chapters ({name}): changes found"] = chapters["recall"]
+        out[f"chapters ({name}): exact clips"] = chapters["exact_clips"]
     return out
 
 
