@@ -3,6 +3,10 @@
     .venv/bin/python benchmarks/needle.py make --data runs/needle              # render the held-out set
     .venv/bin/python benchmarks/needle.py run --data runs/needle --model demo --out runs/needle/demo.json
     .venv/bin/python benchmarks/needle.py report runs/needle/demo.json --png docs/needle.png
+    # tuning pass 2 on a set of its own:
+    .venv/bin/python benchmarks/needle.py make --data runs/needle-dev --split dev --per-cell 2
+    .venv/bin/python benchmarks/needle.py run --data runs/needle-dev --split dev --model demo --out runs/dev.json \
+        --variant '1 range, no pad={"ranges": 1, "pad": 0.0}'
 
 The set (``llamavid.data.synthetic.haystack_clips("test")``): videos of 5, 15, 30 and 60 minutes full of
 distractor shapes of every colour and of every kind but one, all the way through; ONE shape of that kind
@@ -10,6 +14,10 @@ distractor shapes of every colour and of every kind but one, all the way through
 held-out questions). The question names the needle's kind and asks its colour ("What color is the
 ring?"), with the long-video prompt, greedily, at 1 frame/s (the videos are 4 frames/s, so pass 2 can take
 more frames from the video).
+
+``--split dev`` is another set of the same design drawn from the training split with a seed training does
+not use (``make --split dev --per-cell 2``): look-closer's settings are chosen on it (``--variant``), never on
+the held-out set.
 
 ``--ask first|last`` asks instead for the colour of the first (last) shape of the video, a question about
 the whole video's order that look-closer must not lose when it turns on by itself.
@@ -49,21 +57,35 @@ MINUTES = (5, 15, 30, 60)
 DEPTHS = (10, 30, 50, 70, 90)
 
 
-def make(data: Path, per_cell: int) -> None:
+SPLITS = {"test": ("test", 0), "dev": ("train", 1)}  # dev: for tuning pass 2 (the training split, another seed)
+
+
+def designs(split: str, per_cell: int = 5) -> list:
+    """The set's clips (deterministic): ``test`` is the held-out set; ``dev`` is drawn from the training split
+    with a seed training never uses, for tuning look-closer's settings without touching ``test``. Fewer per
+    cell are the first of the five (the same videos, whatever is rendered)."""
     from llamavid.data import synthetic as syn
 
-    clips = syn.haystack_clips("test", per_cell=per_cell)
+    name, seed = SPLITS[split]
+    return [c for c in syn.haystack_clips(name, per_cell=5, seed=seed) if int(c.id.rsplit("-", 1)[1]) < per_cell]
+
+
+def make(data: Path, per_cell: int, split: str = "test") -> None:
+    from llamavid.data import synthetic as syn
+
+    clips = designs(split, per_cell)
     t0 = time.perf_counter()
     syn.write_split(clips, data, on_progress=lambda i, n: print(f"{i}/{n} ({time.perf_counter() - t0:.0f} s)",
                                                                  file=sys.stderr, flush=True))
 
 
-def cases(data: Path, minutes: tuple[int, ...], per_cell: int | None, ask: str = "needle") -> list[dict]:
+def cases(data: Path, minutes: tuple[int, ...], per_cell: int | None, ask: str = "needle",
+          split: str = "test") -> list[dict]:
     from dataclasses import asdict
 
     from llamavid.data import synthetic as syn
 
-    clips = [asdict(c) for c in syn.haystack_clips("test")]  # the designs (deterministic), as clips.json holds them
+    clips = [asdict(c) for c in designs(split)]  # the designs (deterministic), as clips.json holds them
     out = []
     for clip in clips:
         m, d, k = clip["id"].split("-")[2:5]
@@ -107,7 +129,8 @@ def run(args) -> None:
     model = llamavid.load_model(args.model, device="cpu", dtype="float32")
     if args.context:
         model.config.llm["max_position_embeddings"] = args.context  # planning's context (the weights are as they were)
-    todo = cases(Path(args.data), tuple(int(m) for m in args.minutes.split(",")), args.per_cell, args.ask)
+    todo = cases(Path(args.data), tuple(int(m) for m in args.minutes.split(",")), args.per_cell, args.ask,
+                 args.split)
     out_path = Path(args.out)
     done = {}
     if out_path.is_file():
@@ -117,10 +140,10 @@ def run(args) -> None:
 
     default = CloserSettings()
     variants = {}
-    if args.variants:  # one setting changed at a time (``--variant NAME=JSON`` adds more)
+    if args.variants or args.variant:  # one setting changed at a time (``--variant NAME=JSON`` adds more)
         changes = {"scorer=attention": {"scorer": "attention"}, "rest=keep": {"rest": "keep"}, "grid=0": {"grid": 0},
                    "fps=1 (stored frames only)": {"fps": 1.0}, "ranges=1, pad=0": {"ranges": 1, "pad": 0.0},
-                   "ranges=2, pad=1": {"ranges": 2, "pad": 1.0}}
+                   "ranges=2, pad=1": {"ranges": 2, "pad": 1.0}} if args.variants else {}
         for extra in args.variant:
             name, _, value = extra.partition("=")
             changes[name] = json.loads(value)
@@ -290,15 +313,18 @@ def main(argv: list[str] | None = None) -> None:
     m = sub.add_parser("make")
     m.add_argument("--data", type=Path, required=True)
     m.add_argument("--per-cell", type=int, default=5)
+    m.add_argument("--split", default="test", choices=sorted(SPLITS))
     r = sub.add_parser("run")
     r.add_argument("--data", type=Path, required=True)
     r.add_argument("--model", default="demo")
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--minutes", default=",".join(map(str, MINUTES)))
     r.add_argument("--per-cell", type=int, default=None)
+    r.add_argument("--split", default="test", choices=sorted(SPLITS),
+                   help="test: the held-out set; dev: for tuning look-closer's settings")
     r.add_argument("--variants", action="store_true")
     r.add_argument("--variant", action="append", default=[], metavar='NAME={"field": value}',
-                   help="with --variants: one more look-closer setting to compare")
+                   help="one more look-closer setting to compare (alone: only these, without --variants' list)")
     r.add_argument("--context", type=int, default=None)
     r.add_argument("--ask", default="needle", choices=["needle", "first", "last"],
                    help="the question: the needle's colour, or the first / last shape's (whole-video order)")
@@ -309,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--png", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.command == "make":
-        make(args.data, args.per_cell)
+        make(args.data, args.per_cell, args.split)
     elif args.command == "run":
         os.environ.setdefault("LLAMAVID_CACHE", str(Path(args.data) / "cache"))
         run(args)
