@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -107,8 +108,11 @@ def test_the_switch_makes_two_plans_and_off_keeps_the_one(tiny_model):
     opts = AskOptions(temperature=0, max_new_tokens=4)
     assert plan_question(tiny_model, vin, Q, opts).closer is None  # fits: the default is the plain answer
     assert plan_question(tiny_model, vin, Q, opts.replace(look_closer=False)).closer is None
-    first = plan_question(tiny_model, vin, Q, opts.replace(look_closer=True))
-    assert first.closer == CloserSettings() and first.frames == 40  # pass 1's plan is the plain one
+    default = plan_question(tiny_model, vin, Q, opts.replace(look_closer=True))
+    assert default.closer == CloserSettings() and default.frames == 40  # pass 1's plan is the plain one
+    wide = CloserSettings(ranges=4, pad=2.0)  # the mechanics, whatever the measured defaults are
+    first = plan_question(tiny_model, vin, Q, opts.replace(look_closer=True), closer=wide)
+    assert first.closer == wide and first.frames == 40
     scores = np.zeros(40)
     scores[25] = 1.0
     ranges = closer_ranges(scores, vin.timestamps, first.closer, step=1.0)
@@ -121,7 +125,8 @@ def test_the_switch_makes_two_plans_and_off_keeps_the_one(tiny_model):
     assert dict(second.detail) == {2: 4, 0: 4}  # the best frame (25), then the first of the range (ties in order)
     assert second.prompt.frame_tokens == tuple(per + (16 if i in dict(second.detail) else 0) for i in range(5))
     # the rest kept: as many of the other frames as fit, spread evenly
-    keep = plan_question(tiny_model, vin, Q, opts.replace(look_closer=True), closer=CloserSettings(rest="keep"))
+    keep = plan_question(tiny_model, vin, Q, opts.replace(look_closer=True),
+                         closer=dataclasses.replace(wide, rest="keep"))
     kept = plan_closer(tiny_model, vin, keep, opts, ranges, np.arange(40), scores,
                        view_of=lambda stored, times: FrameView(vin, stored, times))
     assert kept.frames == 40 and kept.prompt.tokens + 4 <= tiny_model.context_length

@@ -179,8 +179,8 @@ class CloserSettings:
     scorer: str = "tokens"  # pass 1 (llamavid.tasks.relevance.SCORERS)
     chunks: int | None = 1  # the attention scorer: at most this many context-sized chunks (None: every frame);
     # fewer than the video needs score a subsample spread evenly, and pass 2 takes every stored frame of its ranges
-    ranges: int = 4  # best ranges pass 2 looks at
-    pad: float = 2.0  # seconds either side of a best frame
+    ranges: int = 1  # best ranges pass 2 looks at (1 and no pad: chosen on the needle set's dev split)
+    pad: float = 0.0  # seconds either side of a best frame
     fps: float = 4.0  # pass 2's sampling inside the ranges, from the video when it is at hand
     key_frames: int = 2  # best frames given in detail ...
     grid: int = 4  # ... with grid x grid more content tokens (0: no detail)
