@@ -93,7 +93,8 @@ class DemoRecipe:
 
 # The recipe extended for look-closer (``train --recipe look-closer``): kind-naming pick questions in stage 2,
 # haystack videos in stage 3, a grounding loss on the text-guided attention, frames in detail, two-shape frames
-# for the encoder. Not shipped: its candidate (then with 600 pieces) lost the subtitle skill (RESULTS.md).
+# for the encoder. Not shipped: over three seeds its models fall short of the shipped one's subtitle, first
+# and last figures (RESULTS.md, "Look closer").
 LOOK_CLOSER_RECIPE: dict = {"n_pick": 400, "n_test_pick": 100, "n_haystack": 24,
                             "vision_two_shapes": 0.3, "grounding": 1.0, "detail_share": 0.25}
 RECIPES: dict[str, dict] = {"shipped": {}, "look-closer": LOOK_CLOSER_RECIPE}
