@@ -70,7 +70,7 @@ def main() -> None:
         os.environ["LLAMAVID_CACHE"] = str(root / "cache")
         r = DemoRecipe()
         clips = syn.make_clips("test", n_single=r.n_test_single, n_sequence=r.n_test_sequence, n_needle=0,
-                               seed=r.seed)
+                               seed=r.data_seed)
         syn.write_split(clips, root / "test")
         items = [i for i in json.loads((root / "test" / "qa.json").read_text()) if i["question_type"] == "subtitle"]
         if args.limit:

@@ -26,7 +26,7 @@ def make_data(root: Path) -> None:
 
     r = DemoRecipe()
     test = syn.make_clips("test", n_single=r.n_test_single, n_sequence=r.n_test_sequence, n_needle=r.n_test_needle,
-                          needle_seconds=r.test_needle_seconds, seed=r.seed)
+                          needle_seconds=r.test_needle_seconds, seed=r.data_seed)
     syn.write_split(test, root / "test")
 
 

@@ -77,3 +77,21 @@ def test_regenerating_the_results_keeps_the_sections_other_scripts_measured(tmp_
     kept = _kept_sections(results)
     assert kept.startswith(f"\n{KEPT_MARKER}") and kept.endswith("## KV cache\n\n| a | b |\n")
     assert "old generated part" not in kept
+
+
+def test_the_training_word_pool_changes_only_what_is_said():
+    """``word_pool`` swaps a share of the subtitles' code words for training-only ones, and nothing else:
+    the videos (and so their cached features) and the test split stay exactly as they were."""
+    plain = synthetic.make_clips("train", n_single=40, n_sequence=40, seed=3)
+    pooled = synthetic.make_clips("train", n_single=40, n_sequence=40, seed=3, word_pool=0.5)
+    assert [c.events for c in pooled] == [c.events for c in plain]
+    assert [c.background for c in pooled] == [c.background for c in plain]
+    swapped = [c for c, p in zip(pooled, plain) if c.subtitles != p.subtitles]
+    assert 20 <= len(swapped) <= 60
+    for clip in swapped:
+        [(_, _, line)] = clip.subtitles
+        word = line.removeprefix("The code word is ").rstrip(".")
+        assert word in synthetic.TRAIN_CODE_WORDS and word not in synthetic.CODE_WORDS
+        assert dict((t, a) for t, _, a in clip.qa)["subtitle"] == word
+    assert not set(synthetic.TRAIN_CODE_WORDS) & set(synthetic.CODE_WORDS)
+    assert not set(synthetic.TRAIN_CODE_WORDS) & (set(synthetic.COLORS) | set(synthetic.SHAPES))

@@ -45,6 +45,14 @@ COLORS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "ring", "bar", "column")
 NUMBERS = ("zero", "one", "two", "three")
 CODE_WORDS = ("apple", "river", "candle", "tiger", "window", "garden", "rocket", "pencil")
+# Code words seen only in training (``make_clips(word_pool=...)``): many share their first letters with each
+# other and with CODE_WORDS ("river" and "rocket" both start with the piece "r"), so that copying a word from
+# the subtitle is learned piece by piece rather than recalled as one of eight
+TRAIN_CODE_WORDS = (
+    "rabbit", "ribbon", "robin", "ruler", "radish", "rescue", "cactus", "copper", "cotton", "cabin", "tunnel",
+    "tomato", "ticket", "timber", "wagon", "walnut", "winter", "wizard", "guitar", "ginger", "galaxy", "goblin",
+    "anchor", "arrow", "atlas", "acorn", "parrot", "pillow", "planet", "puzzle", "meadow", "marble", "lemon",
+    "ladder", "basket", "falcon", "hammer", "island", "jacket", "kettle")
 
 QUESTIONS: dict[str, tuple[str, ...]] = {
     "color": ("What color is the shape?", "Which color does the moving shape have?"),
@@ -595,8 +603,11 @@ SPLIT_SEEDS = {"train": 1000, "test": 2000}
 
 def make_clips(split: str, *, n_single: int, n_sequence: int, n_needle: int = 0,
                needle_seconds: int | tuple[int, int] = 3600,
-               seed: int = 0) -> list[Clip]:
-    """The clip designs of one split (cheap: nothing is rendered). Splits draw from different seeds."""
+               seed: int = 0, word_pool: float = 0.0) -> list[Clip]:
+    """The clip designs of one split (cheap: nothing is rendered). Splits draw from different seeds.
+
+    ``word_pool``: the share of clips whose subtitle says a code word of TRAIN_CODE_WORDS instead (drawn
+    from a seed of its own, after the fact: the videos, and so their cached features, stay the same)."""
     rng = np.random.default_rng(SPLIT_SEEDS[split] + seed)
     clips = [single_clip(rng, f"{split}-single-{i:04d}") for i in range(n_single)]
     clips += [sequence_clip(rng, f"{split}-sequence-{i:04d}") for i in range(n_sequence)]
@@ -606,7 +617,18 @@ def make_clips(split: str, *, n_single: int, n_sequence: int, n_needle: int = 0,
         else:
             length = int(needle_seconds)
         clips.append(needle_clip(rng, f"{split}-needle-{i:04d}", length))
+    if word_pool > 0:
+        pool_rng = np.random.default_rng(SPLIT_SEEDS[split] + WORD_POOL_SEED + seed)
+        for clip in clips:
+            if clip.subtitles and pool_rng.random() < word_pool:
+                word = TRAIN_CODE_WORDS[int(pool_rng.integers(len(TRAIN_CODE_WORDS)))]
+                start, end, _ = clip.subtitles[0]
+                clip.subtitles = [(start, end, f"The code word is {word}.")]
+                clip.qa = [(t, q, word if t == "subtitle" else a) for t, q, a in clip.qa]
     return clips
+
+
+WORD_POOL_SEED = 800
 
 
 # added to the split's seed: new designs never shift the old ones
