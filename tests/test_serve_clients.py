@@ -90,7 +90,12 @@ def test_openai_sync(server):
     # JSON: json_object, and a schema through the client's own structured-output helper
     obj = client.chat.completions.create(model="demo", messages=video_messages("What color is the shape?"),
                                          temperature=0, max_tokens=40, response_format={"type": "json_object"})
-    assert isinstance(json.loads(obj.choices[0].message.content), dict)
+    content, finish = obj.choices[0].message.content, obj.choices[0].finish_reason
+    if finish == "stop":
+        assert isinstance(json.loads(content), dict)
+    else:  # cut by max_tokens (the demo model may write a long key): the beginning of an object, as OpenAI's
+        # JSON mode gives then; the schema below has bounded values, so that answer must be whole
+        assert finish == "length" and content.startswith("{") and obj.usage.completion_tokens == 40
     from typing import Literal
 
     from pydantic import BaseModel

@@ -1,12 +1,13 @@
 """The recipe of the built-in ``demo`` model: a small LLaMA-VID trained from scratch on the synthetic set.
 
-    python -m llamavid.train.demo train --data runs/data --output runs/demo [--ship]   # 26 min, 2 CPU cores
+    python -m llamavid.train.demo train --data runs/data --output runs/demo [--ship]   # 36 min, 2 CPU cores
     python -m llamavid.train.demo evaluate --model demo --output docs/RESULTS.md
 
 What ``train`` does, in order (each step skips work a previous, interrupted run already finished):
 
 1. data      the synthetic set (llamavid.data.synthetic): train and test splits, videos + .srt + qa.json
-2. tokenizers  a LLaMA-style sentencepiece model and a BERT WordPiece vocabulary for the set's words
+2. tokenizers  a LLaMA-style sentencepiece model and a BERT WordPiece vocabulary for the set's words (and
+             40 code words the test never asks, so that no two of the asked ones share a first piece)
 3. vision    a tiny EVA ViT (LAVIS layout, width 88 = one head of 88, depth 3) trained on single frames
              to tell colour and shape. It stands in for EVA-CLIP, which the published recipe starts from
              and which cannot be downloaded here; like EVA-CLIP it is frozen in every later stage.
@@ -66,7 +67,8 @@ class DemoRecipe:
     max_positions: int = 8192
     stage1: dict = field(default_factory=lambda: {"epochs": 0.5, "batch_size": 16, "micro_batch_size": 8,
                                                   "learning_rate": 1e-3})
-    stage2: dict = field(default_factory=lambda: {"epochs": 3, "batch_size": 16, "micro_batch_size": 8,
+    # five epochs: at three, one seed in three never learned to copy code words or to read the shapes' order
+    stage2: dict = field(default_factory=lambda: {"epochs": 5, "batch_size": 16, "micro_batch_size": 8,
                                                   "learning_rate": 6e-4})
     stage3: dict = field(default_factory=lambda: {"epochs": 2, "batch_size": 8, "micro_batch_size": 2,
                                                   "learning_rate": 1.5e-4})
@@ -87,7 +89,15 @@ class DemoRecipe:
     detail_share: float = 0.0  # share of stage 2-3 questions with some frames in detail (image-mode tokens)
     detail_frames: int = 2
     detail_grid: int = 4
-    seed: int = 0  # training: initialisation, the encoder's frames, the order of samples
+    # the share of training clips whose subtitle says a word that is never asked in the test split
+    # (synthetic.TRAIN_CODE_WORDS): copying is then learned piece by piece, not recalled
+    code_word_pool: float = 0.0
+    # the tokenizer also learns TRAIN_CODE_WORDS' pieces: then no two code words share their first piece
+    # ("river" and "rocket" both began with "r", and every subtitle error of the earlier model was between them)
+    tokenizer_pool_words: bool = True
+    # the shipped model is the most typical of three training seeds (RESULTS.md); they share the encoder
+    seed: int = 1  # training: the LLM and QFormer's initialisation, the order of samples
+    vision_seed: int = 0  # the vision encoder: its initialisation and the frames it learns from
     data_seed: int = 0  # the synthetic set (train and test): the same for every training seed
 
 
@@ -96,7 +106,10 @@ class DemoRecipe:
 # for the encoder. Not shipped: over three seeds its models fall short of the shipped one's subtitle, first
 # and last figures (RESULTS.md, "Look closer").
 LOOK_CLOSER_RECIPE: dict = {"n_pick": 400, "n_test_pick": 100, "n_haystack": 24,
-                            "vision_two_shapes": 0.3, "grounding": 1.0, "detail_share": 0.25}
+                            "vision_two_shapes": 0.3, "grounding": 1.0, "detail_share": 0.25,
+                            # as measured: the earlier shipped recipe's tokenizer, stage 2 and seed
+                            "tokenizer_pool_words": False, "seed": 0,
+                            "stage2": {"epochs": 3, "batch_size": 16, "micro_batch_size": 8, "learning_rate": 6e-4}}
 RECIPES: dict[str, dict] = {"shipped": {}, "look-closer": LOOK_CLOSER_RECIPE}
 
 
@@ -110,7 +123,7 @@ def log(msg: str) -> None:
 def make_data(root: Path, r: DemoRecipe) -> tuple[Path, Path]:
     seed = r.data_seed
     train = syn.make_clips("train", n_single=r.n_single, n_sequence=r.n_sequence, n_needle=r.n_needle,
-                           needle_seconds=r.needle_train_seconds, seed=seed)
+                           needle_seconds=r.needle_train_seconds, seed=seed, word_pool=r.code_word_pool)
     train += syn.make_extra_clips("train", "window", r.n_window, seed=seed, seconds=tuple(r.window_seconds),
                                   window=tuple(r.window_width))
     train += syn.make_extra_clips("train", "pick", r.n_pick, seed=seed, events=tuple(r.pick_events),
@@ -192,8 +205,9 @@ def make_tokenizers(folder: Path, r: DemoRecipe) -> tuple[Path, Path]:
     t = get_template("vicuna_v1")
     corpus = [t.system, f"{t.roles[0]}: {t.roles[1]}:", MOVIE_START, MOVIE_END]
     corpus += syn.question_texts(named_kinds=r.n_pick > 0 or r.n_haystack > 0)
-    corpus += [f"The code word is {w}." for w in syn.CODE_WORDS]
-    corpus += list(syn.COLORS) + list(syn.SHAPES) + list(syn.NUMBERS) + list(syn.CODE_WORDS)
+    words = syn.CODE_WORDS + (syn.TRAIN_CODE_WORDS if r.code_word_pool > 0 or r.tokenizer_pool_words else ())
+    corpus += [f"The code word is {w}." for w in words]
+    corpus += list(syn.COLORS) + list(syn.SHAPES) + list(syn.NUMBERS) + list(words)
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus * 20), model_writer=buf, vocab_size=r.sp_vocab, model_type="bpe",
@@ -261,8 +275,8 @@ def train_vision(path: Path, r: DemoRecipe) -> Path:
 
     if path.is_file():
         return path
-    torch.manual_seed(r.seed)
-    rng = np.random.default_rng(r.seed + 7)
+    torch.manual_seed(r.vision_seed)
+    rng = np.random.default_rng(r.vision_seed + 7)
     cfg = VisionConfig(width=r.vision_width, depth=r.vision_depth, heads=r.vision_width // 88, mlp_width=r.vision_mlp)
     vit = EvaVisionTransformer(cfg)
     for name, p in vit.named_parameters():

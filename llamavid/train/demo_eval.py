@@ -147,11 +147,14 @@ def render_markdown(result: dict) -> str:
         lines += ["", "## Token-type ablation (the paper's Table 4, in miniature)", "",
                   "The same recipe trained three times, each model keeping one kind of visual token per frame "
                   "(`token_types` in config.json), evaluated on the same held-out short-video questions."
-                  + (" (Carried over from an earlier evaluation and not rerun: these models ran stages 1-2 of the "
-                     "recipe as it was before the look-closer changes.)" if result.get("ablation_from") else ""),
+                  + (" (Carried over from an earlier evaluation and not rerun: these models ran stages 1-2 of an "
+                     "earlier recipe, with three epochs of stage 2 and the earlier tokenizer.)"
+                     if result.get("ablation_from") else ""),
                   "",
                   "| question type | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
         for qtype in SHORT_TYPES:
+            if not any(qtype in result["ablation"][k] for k in kinds):
+                continue  # a question type the ablation models were never asked
             cells = [f"{result['ablation'][k][qtype]['accuracy']:.1f}%" if qtype in result["ablation"][k] else "-"
                      for k in kinds]
             lines.append(f"| {qtype} | " + " | ".join(cells) + " |")
