@@ -45,9 +45,10 @@ COLORS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "ring", "bar", "column")
 NUMBERS = ("zero", "one", "two", "three")
 CODE_WORDS = ("apple", "river", "candle", "tiger", "window", "garden", "rocket", "pencil")
-# Code words seen only in training (``make_clips(word_pool=...)``): many share their first letters with each
-# other and with CODE_WORDS ("river" and "rocket" both start with the piece "r"), so that copying a word from
-# the subtitle is learned piece by piece rather than recalled as one of eight
+# Code words the test split never asks. The demo's tokenizer learns their pieces too, so that no two of
+# CODE_WORDS share a first piece (with eight words alone "river" and "rocket" both began with "▁r");
+# ``make_clips(word_pool=...)`` can also put them in training subtitles (measured: the small model then
+# loses the subtitle skill, docs/RESULTS.md)
 TRAIN_CODE_WORDS = (
     "rabbit", "ribbon", "robin", "ruler", "radish", "rescue", "cactus", "copper", "cotton", "cabin", "tunnel",
     "tomato", "ticket", "timber", "wagon", "walnut", "winter", "wizard", "guitar", "ginger", "galaxy", "goblin",
@@ -599,6 +600,7 @@ def content_changes(clip: Clip | dict) -> list[float]:
 # -- datasets --------------------------------------------------------------------------------------
 
 SPLIT_SEEDS = {"train": 1000, "test": 2000}
+WORD_POOL_SEED = 800  # added to the split's seed for make_clips(word_pool=...)
 
 
 def make_clips(split: str, *, n_single: int, n_sequence: int, n_needle: int = 0,
@@ -626,9 +628,6 @@ def make_clips(split: str, *, n_single: int, n_sequence: int, n_needle: int = 0,
                 clip.subtitles = [(start, end, f"The code word is {word}.")]
                 clip.qa = [(t, q, word if t == "subtitle" else a) for t, q, a in clip.qa]
     return clips
-
-
-WORD_POOL_SEED = 800
 
 
 # added to the split's seed: new designs never shift the old ones

@@ -89,13 +89,14 @@ class DemoRecipe:
     detail_share: float = 0.0  # share of stage 2-3 questions with some frames in detail (image-mode tokens)
     detail_frames: int = 2
     detail_grid: int = 4
-    # the share of training clips whose subtitle says a word that is never asked in the test split
-    # (synthetic.TRAIN_CODE_WORDS): copying is then learned piece by piece, not recalled
+    # the share of training clips whose subtitle says a word the test split never asks
+    # (synthetic.TRAIN_CODE_WORDS); off: measured to lose the subtitle skill in every seed (RESULTS.md)
     code_word_pool: float = 0.0
     # the tokenizer also learns TRAIN_CODE_WORDS' pieces: then no two code words share their first piece
     # ("river" and "rocket" both began with "r", and every subtitle error of the earlier model was between them)
     tokenizer_pool_words: bool = True
-    # the shipped model is the most typical of three training seeds (RESULTS.md); they share the encoder
+    # the shipped model is the run nearest the means of four (three seeds and the one command; RESULTS.md),
+    # all with the same encoder
     seed: int = 1  # training: the LLM and QFormer's initialisation, the order of samples
     vision_seed: int = 0  # the vision encoder: its initialisation and the frames it learns from
     data_seed: int = 0  # the synthetic set (train and test): the same for every training seed
@@ -103,8 +104,8 @@ class DemoRecipe:
 
 # The recipe extended for look-closer (``train --recipe look-closer``): kind-naming pick questions in stage 2,
 # haystack videos in stage 3, a grounding loss on the text-guided attention, frames in detail, two-shape frames
-# for the encoder. Not shipped: over three seeds its models fall short of the shipped one's subtitle, first
-# and last figures (RESULTS.md, "Look closer").
+# for the encoder. Not shipped: over three seeds its models fall short of the earlier shipped one's subtitle,
+# first and last figures (RESULTS.md, "Look closer").
 LOOK_CLOSER_RECIPE: dict = {"n_pick": 400, "n_test_pick": 100, "n_haystack": 24,
                             "vision_two_shapes": 0.3, "grounding": 1.0, "detail_share": 0.25,
                             # as measured: the earlier shipped recipe's tokenizer, stage 2 and seed
