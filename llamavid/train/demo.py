@@ -93,7 +93,7 @@ class DemoRecipe:
     # (synthetic.TRAIN_CODE_WORDS); off: measured to lose the subtitle skill in every seed (RESULTS.md)
     code_word_pool: float = 0.0
     # the tokenizer also learns TRAIN_CODE_WORDS' pieces: then no two code words share their first piece
-    # ("river" and "rocket" both began with "r", and every subtitle error of the earlier model was between them)
+    # ("river" and "rocket" both began with "▁r", and every subtitle error of the earlier model was between them)
     tokenizer_pool_words: bool = True
     # the shipped model is the run nearest the means of four (three seeds and the one command; RESULTS.md),
     # all with the same encoder
@@ -110,7 +110,7 @@ LOOK_CLOSER_RECIPE: dict = {"n_pick": 400, "n_test_pick": 100, "n_haystack": 24,
                             "vision_two_shapes": 0.3, "grounding": 1.0, "detail_share": 0.25,
                             # as measured: the earlier shipped recipe's tokenizer, stage 2 and seed
                             "tokenizer_pool_words": False, "seed": 0,
-                            "stage2": {"epochs": 3, "batch_size": 16, "micro_batch_size": 8, "learning_rate": 6e-4}}
+                            "stage2": dict(DemoRecipe().stage2, epochs=3)}
 RECIPES: dict[str, dict] = {"shipped": {}, "look-closer": LOOK_CLOSER_RECIPE}
 
 
