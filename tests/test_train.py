@@ -179,3 +179,37 @@ def test_a_model_trained_from_a_vision_file_links_it_beside_itself(tiny, dataset
     (tmp_path / "run").rename(moved)
     model = llamavid.load_model(moved / "model", device="cpu", dtype="float32")  # no --vision-tower needed
     assert model.vision_weights.description == str(moved / "model" / "eva_vit_g.pth")
+
+
+@pytest.mark.parametrize("per_module", [False, True])
+def test_clipping_per_module_keeps_a_vision_side_loss_from_shrinking_the_llms_step(tiny, per_module):
+    """A grounding loss trains only the vision side; with clip_per_module its large gradient must leave the
+    LLM's gradient as it was, and without it both are scaled by one total norm (torch's own clip, computed
+    here by hand)."""
+    from llamavid.train.stages import apply_freezing, get_stage
+    from llamavid.train.trainer import clip_groups_of
+
+    model = llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, device="cpu", dtype="float32")
+    apply_freezing(model, get_stage(2))  # stage 2 trains the LLM and the vision side's QFormer and projector
+    llm_ids = {id(p) for p in model.llm.parameters()}
+    trained = [p for p in model.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(0)
+    for p in trained:  # the LLM's gradient norm well under 1, the vision side's far over it
+        scale = 1e-4 if id(p) in llm_ids else 10.0
+        p.grad = torch.randn(p.shape, generator=gen) * scale
+    before = {id(p): p.grad.clone() for p in trained}
+    llm_norm = torch.linalg.vector_norm(torch.stack([before[id(p)].norm() for p in trained if id(p) in llm_ids]))
+    total = torch.linalg.vector_norm(torch.stack([g.norm() for g in before.values()]))
+    assert llm_norm < 1.0 < total
+    groups = clip_groups_of(model, per_module)
+    assert sorted(id(p) for g in groups for p in g) == sorted(id(p) for p in trained)  # every one, once
+    for group in groups:
+        torch.nn.utils.clip_grad_norm_(group, 1.0)
+    for p in trained:
+        if id(p) in llm_ids:
+            want = before[id(p)] if per_module else before[id(p)] / (total + 1e-6)
+        else:
+            rest = torch.linalg.vector_norm(torch.stack([before[id(q)].norm() for q in trained
+                                                         if id(q) not in llm_ids]))
+            want = before[id(p)] / ((rest if per_module else total) + 1e-6)
+        torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-9)

@@ -49,6 +49,10 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    # clip the LLM's gradient and the vision side's (QFormer, token generator, projector) each to
+    # max_grad_norm on its own: a grounding loss trains only the vision side, and clipped together its
+    # gradient shrinks the LLM's step in every batch that has it (docs/RESULTS.md, "Look closer")
+    clip_per_module: bool = False
     max_tokens: int | None = None  # default: the stage's (2048 / 2048 / 65536)
     bf16: bool | None = None  # default: on when a CUDA GPU is used
     gradient_checkpointing: bool | None = None  # default: on when a CUDA GPU is used
@@ -60,6 +64,17 @@ class TrainConfig:
     save_format: str = "safetensors"
     embed_vision: bool = False
     log_every: int = 10
+
+
+def clip_groups_of(model, per_module: bool) -> list[list[torch.nn.Parameter]]:
+    """The trained parameters in the groups whose gradient norms are clipped: one group, or (per_module)
+    the LLM's and the rest's (the vision side: QFormer, token generator, projector)."""
+    trained = [p for p in model.parameters() if p.requires_grad]  # in the module's order, as one group
+    if not per_module:
+        return [trained]
+    ids = {id(p) for p in model.llm.parameters()}
+    groups = [[p for p in trained if id(p) in ids], [p for p in trained if id(p) not in ids]]
+    return [g for g in groups if g]
 
 
 @dataclass
@@ -136,6 +151,7 @@ def train(cfg: TrainConfig, *, on_log: Callable[[dict], None] | None = None) -> 
         model.qformer.gradient_checkpointing = True
     module = TrainingModule(model, max_tokens=cfg.max_tokens or stage.max_tokens, long_video=cfg.long_video)
     params = [p for p in module.parameters() if p.requires_grad]
+    clip_groups = clip_groups_of(model, cfg.clip_per_module)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate or stage.learning_rate, weight_decay=cfg.weight_decay)
     dataset = ConversationDataset(samples, store, max_frames=cfg.max_frames)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.micro_batch_size, shuffle=True, collate_fn=collate,
@@ -168,7 +184,8 @@ def train(cfg: TrainConfig, *, on_log: Callable[[dict], None] | None = None) -> 
                 loss = module(items)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    for group in clip_groups:
+                        accelerator.clip_grad_norm_(group, cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
