@@ -202,7 +202,7 @@ def test_clipping_per_module_keeps_a_vision_side_loss_from_shrinking_the_llms_st
     rest_norm = torch.linalg.vector_norm(torch.stack([before[id(p)].norm() for p in trained if id(p) not in llm_ids]))
     total = torch.linalg.vector_norm(torch.stack([g.norm() for g in before.values()]))
     assert llm_norm < 1.0 < total
-    groups = clip_groups_of(model, per_module)
+    groups = clip_groups_of(model, trained, per_module)
     assert sorted(id(p) for g in groups for p in g) == sorted(id(p) for p in trained)  # every one, once
     for group in groups:
         torch.nn.utils.clip_grad_norm_(group, 1.0)

@@ -66,10 +66,9 @@ class TrainConfig:
     log_every: int = 10
 
 
-def clip_groups_of(model, per_module: bool) -> list[list[torch.nn.Parameter]]:
-    """The trained parameters in the groups whose gradient norms are clipped: one group, or (per_module)
-    the LLM's and the rest's (the vision side: QFormer, token generator, projector)."""
-    trained = [p for p in model.parameters() if p.requires_grad]  # in the module's order, as one group
+def clip_groups_of(model, trained: list[torch.nn.Parameter], per_module: bool) -> list[list[torch.nn.Parameter]]:
+    """The trained parameters in the groups whose gradient norms are clipped: ``trained`` as one group, or
+    (per_module) the LLM's and the rest's (the vision side: QFormer, token generator, projector)."""
     if not per_module:
         return [trained]
     ids = {id(p) for p in model.llm.parameters()}
@@ -151,7 +150,7 @@ def train(cfg: TrainConfig, *, on_log: Callable[[dict], None] | None = None) -> 
         model.qformer.gradient_checkpointing = True
     module = TrainingModule(model, max_tokens=cfg.max_tokens or stage.max_tokens, long_video=cfg.long_video)
     params = [p for p in module.parameters() if p.requires_grad]
-    clip_groups = clip_groups_of(model, cfg.clip_per_module)
+    clip_groups = clip_groups_of(model, params, cfg.clip_per_module)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate or stage.learning_rate, weight_decay=cfg.weight_decay)
     dataset = ConversationDataset(samples, store, max_frames=cfg.max_frames)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.micro_batch_size, shuffle=True, collate_fn=collate,
