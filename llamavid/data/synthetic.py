@@ -71,7 +71,7 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
 
 def question_texts(named_kinds: bool = True) -> list[str]:
     """Every question the set asks, with the kind-naming ones written out for each kind (``named_kinds``
-    False: without them, as the shipped demo recipe's tokenizer was made)."""
+    False: without them, as the tokenizer of the demo recipe before look-closer was made)."""
     out = []
     for options in QUESTIONS.values():
         for q in options:
