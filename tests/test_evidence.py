@@ -29,9 +29,9 @@ def media(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    """Held-out synthetic clips (test split seeds): two sequences of 2-3 shapes, a window clip, a scene clip."""
+    """Held-out synthetic clips (test split seeds): six sequences of 2-3 shapes, a window clip, a scene clip."""
     root = tmp_path_factory.mktemp("pointclips")
-    seqs = [c for c in synthetic.make_clips("test", n_single=0, n_sequence=12, seed=23) if len(c.events) >= 2][:2]
+    seqs = [c for c in synthetic.make_clips("test", n_single=0, n_sequence=12, seed=23) if len(c.events) >= 2][:6]
     window = synthetic.make_extra_clips("test", "window", 1, seed=5)
     scenes = synthetic.make_extra_clips("test", "scenes", 1, seed=3, scenes=(3, 3), scene_seconds=(12.0, 16.0))
     synthetic.write_split(seqs + window + scenes, root)
@@ -164,10 +164,13 @@ def test_evidence_on_a_video_a_vidtok_an_image_and_with_long(tiny, media, capsys
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["attention", "sufficiency"])
 def test_each_evidence_method_finds_the_first_and_the_last_shape(method, clips, capsys):
-    """The demo model on held-out sequences: the top range overlaps the seconds of the shape asked about."""
+    """The demo model on held-out sequences: the top range overlaps the seconds of the shape asked about, in
+    at least 80% of the questions (the goal docs/RESULTS.md measures on 35 clips; a range picked at random
+    would overlap in under half of these)."""
     import llamavid
 
     model = llamavid.load_model("demo", device="cpu", dtype="float32")
+    hits, misses = 0, []
     for clip_id, (path, clip) in clips.items():
         if clip.kind != "sequence":
             continue
@@ -176,7 +179,12 @@ def test_each_evidence_method_finds_the_first_and_the_last_shape(method, clips, 
             result = llamavid.ask(model, path, question, temperature=0, max_new_tokens=8, evidence=True,
                                   evidence_method=method)
             top = result.evidence[0]
-            assert top.start < event.end and top.end > event.start, (clip_id, qtype, method, result.evidence)
+            if top.start < event.end and top.end > event.start:
+                hits += 1
+            else:
+                misses.append((clip_id, qtype, result.evidence))
+    assert hits + len(misses) == 12
+    assert hits >= 0.8 * 12, (method, misses)
 
 
 @pytest.mark.slow
@@ -295,9 +303,13 @@ def test_chapters_start_where_the_scenes_change(clips, capsys, tmp_path):
     lines = out.splitlines()
     assert code == 0 and len(lines) == len(chapters) and lines[0].startswith("00:00 ")
     assert all(re.match(r"^\d\d:\d\d \S", line) for line in lines)
-    # a still stretch of one scene has no boundary
-    one = _json(capsys, "summarize", path, "--chapters", "--json", "--end", str(int(changes[0]) - 1), *_demo())
-    assert len(one["chapters"]) == 1
+    # a stretch of one scene (--end before the first change): the chapters cover just that stretch. A
+    # single look may still be cut where the encoder's view of its moving shape jumps (about 1 in 10 such
+    # stretches, with this encoder and the one before: docs/RESULTS.md, "Reading these figures")
+    end = int(changes[0]) - 1
+    one = _json(capsys, "summarize", path, "--chapters", "--json", "--end", str(end), *_demo())["chapters"]
+    assert one[0]["start"] == 0 and one[-1]["end"] <= end and len(one) <= 2, one
+    assert all(a["end"] == b["start"] for a, b in zip(one, one[1:]))
     # boundary finding on its own: tests/test_chapters.py
 
 
