@@ -99,7 +99,7 @@ class DemoRecipe:
     # the tokenizer also learns TRAIN_CODE_WORDS' pieces: then no two code words share their first piece
     # ("river" and "rocket" both began with "▁r", and every subtitle error of the earlier model was between them)
     tokenizer_pool_words: bool = True
-    # the shipped model is seed 2 of three (RESULTS.md, "The shipped model"): the seed whose held-out figures
+    # the shipped model is seed 2 of three (RESULTS.md, "The look-closer recipe shipped"): the seed whose figures
     # all stay within 2 points of the model before look-closer (one needle video aside); all share one encoder
     seed: int = 2  # training: the LLM and QFormer's initialisation, the order of samples
     vision_seed: int = 0  # the vision encoder: its initialisation and the frames it learns from
