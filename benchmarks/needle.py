@@ -116,6 +116,8 @@ def first_word(text: str) -> str:
 
 
 def run(args) -> None:
+    import dataclasses
+
     import torch
 
     import llamavid
@@ -125,6 +127,25 @@ def run(args) -> None:
     from llamavid.tasks.qa import Question, answer_questions
     from llamavid.tasks.relevance import attention_scores, token_scores
 
+    default = CloserSettings()
+    variants = {}
+    if args.variants or args.variant:  # one setting changed at a time (``--variant NAME=JSON`` adds more)
+        changes = {"scorer=attention": {"scorer": "attention"}, "rest=keep": {"rest": "keep"}, "grid=0": {"grid": 0},
+                   "fps=1 (stored frames only)": {"fps": 1.0}, "ranges=1, pad=0": {"ranges": 1, "pad": 0.0},
+                   "ranges=2, pad=1": {"ranges": 2, "pad": 1.0}} if args.variants else {}
+        for extra in args.variant:
+            at = extra.find("={")  # the name may hold "=" itself ("ranges=2, pad=0={...}")
+            if at < 1:
+                raise SystemExit(f"--variant {extra!r}: expected NAME={{\"field\": value}}")
+            try:
+                changes[extra[:at]] = json.loads(extra[at + 1:])
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"--variant {extra!r}: not JSON after the name ({e.msg})") from None
+        for name, change in changes.items():
+            try:
+                variants[name] = dataclasses.replace(default, **change)
+            except (TypeError, ValueError) as e:
+                raise SystemExit(f"--variant {name!r}: {e}") from None
     torch.set_num_threads(args.threads)
     model = llamavid.load_model(args.model, device="cpu", dtype="float32")
     if args.context:
@@ -136,18 +157,6 @@ def run(args) -> None:
     if out_path.is_file():
         done = {r["id"]: r for r in json.loads(out_path.read_text())["records"]}
     base = AskOptions(temperature=0.0, max_new_tokens=8, long=True)
-    import dataclasses
-
-    default = CloserSettings()
-    variants = {}
-    if args.variants or args.variant:  # one setting changed at a time (``--variant NAME=JSON`` adds more)
-        changes = {"scorer=attention": {"scorer": "attention"}, "rest=keep": {"rest": "keep"}, "grid=0": {"grid": 0},
-                   "fps=1 (stored frames only)": {"fps": 1.0}, "ranges=1, pad=0": {"ranges": 1, "pad": 0.0},
-                   "ranges=2, pad=1": {"ranges": 2, "pad": 1.0}} if args.variants else {}
-        for extra in args.variant:
-            name, _, value = extra.partition("=")
-            changes[name] = json.loads(value)
-        variants = {name: dataclasses.replace(default, **change) for name, change in changes.items()}
     records = list(done.values())
     t_start = time.perf_counter()
     for n, case in enumerate(todo):
