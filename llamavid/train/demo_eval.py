@@ -149,7 +149,9 @@ def render_markdown(result: dict) -> str:
                   "(`token_types` in config.json), evaluated on the same held-out short-video questions."
                   + (" (Carried over from an earlier evaluation and not rerun: these models ran stages 1-2 of an "
                      "earlier recipe, with three epochs of stage 2 and the earlier tokenizer.)"
-                     if result.get("ablation_from") else ""),
+                     if result.get("ablation_from") else
+                     " Each ran stages 1-2 of the recipe, with the same seed, vision encoder, tokenizers and cached "
+                     "features (`train --token-types context|content|both --stages 1,2 --reuse ...`)."),
                   "",
                   "| question type | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
         for qtype in SHORT_TYPES:
