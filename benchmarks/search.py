@@ -24,9 +24,10 @@ process: building every index (s, and per hour against the demo encoder's measur
 from a rendered video); one query over the whole library with reranking (cold, indexes built) and its
 parts; the peak RSS (VmHWM) of a query over 1/4 of the library and over all of it.
 
-``grounding``: for each visual query, the token scorer on every frame of its right video (with the query, and
-with the question the demo recipe grounds, "What color is the ring?"): the right frames' z within their
-video, and (with the query) that of the frames of the same video that show the same kind in another colour.
+``grounding``: for each visual query, the token scorer on every frame of its right video (with the query, with
+the question the demo recipe grounds, "What color is the ring?", and with the check's question around the
+query): the right frames' z within their video, and (with the query and the check's question) that of the
+frames of the same video that show the same kind in another colour.
 It tells a model whose attention finds what a query names from one whose attention does not.
 
 ``realsize``: the per-stretch cost of stage 1 at real width (QFormer BERT-base 12 layers, 257 x 1408
@@ -87,7 +88,7 @@ def hit_rank(moments, q) -> int | None:
 
 
 def quality(data: Path, model_name: str, split: str, out: Path | None, limit: int | None,
-            stages: tuple[str, ...], grid: int | None = None) -> dict:
+            stages: tuple[str, ...], grid: int | None = None, visual_text: str | None = None) -> dict:
     import llamavid
     from llamavid.core.options import AskOptions, SearchOptions
     from llamavid.features.search_index import IndexSettings
@@ -98,6 +99,11 @@ def quality(data: Path, model_name: str, split: str, out: Path | None, limit: in
     ask = AskOptions(temperature=0.0)
     settings = {"stage1": SearchOptions(top=5, rerank=0, ask=ask), "rerank": SearchOptions(top=5, ask=ask)}
     index_settings = IndexSettings() if grid is None else IndexSettings(grid=grid)
+    from llamavid.tasks.search import CHECK_PROMPT
+
+    # what the first stage's attention reads: "query" (as it is), "check" (CHECK_PROMPT), or a template
+    named = {"query": "{query}", "check": CHECK_PROMPT}
+    text = {} if visual_text is None else {"visual_text": named.get(visual_text, visual_text)}
     rows = []
     folders = sorted(data.glob(f"{split}-lib*"))
     if not folders:
@@ -108,7 +114,7 @@ def quality(data: Path, model_name: str, split: str, out: Path | None, limit: in
             row = {"id": q["id"], "kind": q["kind"], "text": q["text"]}
             for stage in stages:
                 result = llamavid.search(model, [folder / "videos"], q["text"], settings[stage],
-                                         index_settings=index_settings)
+                                         index_settings=index_settings, **text)
                 row[stage] = {"rank": hit_rank(result.moments, q), "seconds": result.seconds,
                               "top": [[Path(m.video).stem, m.start, m.end, round(m.score, 4)]
                                       for m in result.moments[:3]]}
@@ -116,7 +122,7 @@ def quality(data: Path, model_name: str, split: str, out: Path | None, limit: in
             print(json.dumps({k: row[k] if k not in stages else row[k]["rank"] for k in row}), file=sys.stderr,
                   flush=True)
     report = {"model": model_name, "split": split, "libraries": len(folders), "queries": len(rows),
-              "index_settings": vars(index_settings),
+              "index_settings": vars(index_settings), **text,
               "recall": summarize(rows, stages), "rows": rows}
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +174,10 @@ def grounding(data: Path, model_name: str, split: str, limit: int | None) -> dic
     _threads()
     os.environ.setdefault("LLAMAVID_CACHE", str(data / "cache"))
     model = llamavid.load_model(model_name, device="cpu", dtype="float32")
-    zs: dict[str, list[float]] = {"query": [], "question": [], "same_kind_other_colour": []}
+    from llamavid.tasks.search import CHECK_PROMPT
+
+    zs: dict[str, list[float]] = {"query": [], "question": [], "check": [], "same_kind_other_colour": [],
+                                  "check_same_kind_other_colour": []}
     for folder in sorted(data.glob(f"{split}-lib*")):
         clips = {c.id: c for c in syn.search_library(split, int(folder.name.rsplit("lib", 1)[1]))[0]}
         queries = [q for q in json.loads((folder / "queries.json").read_text()) if q["kind"] == "visual"][:limit]
@@ -182,12 +191,14 @@ def grounding(data: Path, model_name: str, split: str, limit: int | None) -> dic
                 others = [i for i, t in enumerate(times)
                           if any(e.shape == kind and e.color != color and e.start <= t < e.end for e in events)
                           and not any(e.color == color and e.start <= t < e.end for e in events)]
-                for name, text in (("query", q["text"]), ("question", f"What color is the {kind}?")):
+                for name, text in (("query", q["text"]), ("question", f"What color is the {kind}?"),
+                                   ("check", CHECK_PROMPT.format(query=q["text"]))):
                     s = token_scores(model, vin.features, text, range(vin.num_frames), long_video=False)
                     z = (s - s.mean()) / (s.std() or 1.0)
                     zs[name] += [float(z[i]) for i in right]
-                    if name == "query":
-                        zs["same_kind_other_colour"] += [float(z[i]) for i in others]
+                    if name != "question":
+                        zs[{"query": "", "check": "check_"}[name] + "same_kind_other_colour"] += [
+                            float(z[i]) for i in others]
     report = {"model": model_name, "split": split, "right_frames": len(zs["query"]),
               "same_kind_other_colour_frames": len(zs["same_kind_other_colour"]),
               **{f"{k}_z_median": statistics.median(v) for k, v in zs.items() if v},
@@ -476,6 +487,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, help="queries per library (default: all)")
     p.add_argument("--stages", default="stage1,rerank")
     p.add_argument("--grid", type=int, help="the index's summary grid (default: IndexSettings().grid); tuning only")
+    p.add_argument("--visual-text", help="what stage 1's attention reads: query, check or a {query} template; "
+                                         "tuning only (default: llamavid.tasks.search.VISUAL_TEXT)")
     p = sub.add_parser("grounding")
     p.add_argument("--data", type=Path, default=ROOT / "runs" / "search")
     p.add_argument("--split", default="test")
@@ -508,7 +521,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.part == "make":
         make(args.data, args.split, args.libraries)
     elif args.part == "quality":
-        quality(args.data, args.model, args.split, args.out, args.limit, tuple(args.stages.split(",")), args.grid)
+        quality(args.data, args.model, args.split, args.out, args.limit, tuple(args.stages.split(",")), args.grid,
+                args.visual_text)
 
 
 if __name__ == "__main__":

@@ -324,3 +324,73 @@ def test_haystack_and_pick_clips_hold_one_needle_of_the_asked_kind():
         clip = syn.pick_clip(rng, f"p{i}")
         kind = next(k for k in syn.SHAPES if f" {k}" in clip.qa[0][1])
         assert sum(e.shape == kind for e in clip.events) == 1
+
+
+def test_check_questions_need_the_colour_and_the_kind_and_leave_the_clips_as_they_were():
+    """Check questions (what ``llamavid search`` asks a moment) are added after the fact, in the search's own
+    words: the pick clips' videos stay the same; yes when that colour and kind are on screen at some point,
+    and the no's include a kind on screen in another colour and a colour on screen on another kind."""
+    from llamavid.tasks.search import CHECK_CHOICES, CHECK_PROMPT
+
+    plain = syn.make_extra_clips("train", "pick", 300, seed=0)
+    checked = syn.make_extra_clips("train", "pick", 300, seed=0)
+    syn.add_check_questions(checked, CHECK_PROMPT, CHECK_CHOICES, seed=5)
+    assert [c.events for c in checked] == [c.events for c in plain]
+    assert [c.qa[:1] for c in checked] == [c.qa for c in plain]
+    answers, kinds_shown, colours_shown = [], 0, 0
+    for clip in checked:
+        [(qtype, question, answer)] = clip.qa[1:]
+        assert qtype == "check"
+        query = question.removeprefix("Does this part of the video show ").removesuffix("? Answer yes or no.")
+        assert question == CHECK_PROMPT.format(query=query)
+        _, color, kind = query.split()
+        shown = {(e.color, e.shape) for e in clip.events}
+        assert answer == ("Yes" if (color, kind) in shown else "No")
+        answers.append(answer)
+        if answer == "No":
+            kinds_shown += any(s == kind for _, s in shown)
+            colours_shown += any(c == color for c, _ in shown)
+    assert 120 <= answers.count("Yes") <= 180
+    no = answers.count("No")
+    assert kinds_shown > no / 2 and colours_shown > no / 2  # most no's share a word with what is on screen
+
+
+def test_a_check_question_is_grounded_on_its_colour_and_kind_only(tmp_path):
+    from llamavid.train.objective import grounding_targets
+
+    events = [{"shape": "ring", "color": "red", "start": 0.0, "end": 1.0, "p0": [112, 112], "p1": [112, 112],
+               "radius": 60.0},
+              {"shape": "ring", "color": "blue", "start": 1.0, "end": 2.0, "p0": [112, 112], "p1": [112, 112],
+               "radius": 60.0},
+              {"shape": "bar", "color": "blue", "start": 2.0, "end": 3.0, "p0": [112, 112], "p1": [112, 112],
+               "radius": 60.0}]
+    target, present = grounding_targets([0.5, 1.5, 2.5], {"kind": "ring", "color": "blue", "events": events}, 16)
+    assert present.tolist() == [False, True, False]
+    ring = syn.shape_mask("ring", 112, 112, 60).reshape(16, 14, 16, 14).mean(axis=(1, 3)).reshape(-1)
+    assert (target[1] > 0).numpy().tolist() == (ring > 0.4).tolist()
+    assert target[0][ring >= 0.05].sum() == 0  # the red ring is not what is asked: the background is
+    _, kind_only = grounding_targets([0.5, 1.5, 2.5], {"kind": "ring", "events": events}, 16)
+    assert kind_only.tolist() == [True, True, False]
+    # written with the clip: the question's colour and kind
+    clip = syn.Clip("c", "pick", 3.0, 4, 30, [syn.ShapeEvent(e["shape"], e["color"], e["start"], e["end"],
+                                                             tuple(e["p0"]), tuple(e["p1"]), e["radius"])
+                                              for e in events])
+    clip.qa = [("check", "Does this part of the video show the blue ring? Answer yes or no.", "Yes")]
+    [item] = json.loads(syn.write_split([clip], tmp_path).read_text())
+    assert (item["grounding"]["kind"], item["grounding"]["color"]) == ("ring", "blue")
+    assert item["answer"] == "Yes" and not item["long"]
+
+
+def test_the_demo_recipe_asks_check_questions_in_the_searchs_words():
+    from llamavid.tasks.search import CHECK_CHOICES, CHECK_PROMPT
+    from llamavid.train.demo import RECIPES, DemoRecipe, add_checks
+
+    clips = syn.make_extra_clips("test", "pick", 20, seed=0)
+    add_checks(clips, "test", DemoRecipe(**RECIPES["checks"]))
+    checks = [q for c in clips for q in c.qa if q[0] == "check"]
+    assert len(checks) == 20
+    head, tail = CHECK_PROMPT.split("{query}")
+    assert all(q.startswith(head) and q.endswith(tail) and a in CHECK_CHOICES for _, q, a in checks)
+    before = syn.make_extra_clips("test", "pick", 20, seed=0)
+    add_checks(before, "test", DemoRecipe(**RECIPES["shipped"]))
+    assert all(len(c.qa) == 1 for c in before)

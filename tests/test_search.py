@@ -79,6 +79,23 @@ def test_the_moment_whose_lines_say_the_query_ranks_first_across_the_library(lib
     assert result.stretches == sum(len(read_index(index_path_for(p))) for p in library.rglob("*.vidtok"))
 
 
+def test_the_first_stage_attention_reads_the_visual_text_around_the_query(library, tiny_model, monkeypatch):
+    import llamavid.tasks.search as search_module
+
+    read = []
+    real = search_module.token_scores
+    monkeypatch.setattr(search_module, "token_scores", lambda model, pictures, text, *a, **k: (
+        read.append(text), real(model, pictures, text, *a, **k))[1])
+    search(tiny_model, [library], " a purple ring ", SearchOptions(top=3, rerank=0))
+    assert set(read) == {search_module.VISUAL_TEXT.format(query="a purple ring")}
+    read.clear()
+    plain = search(tiny_model, [library], "a purple ring", SearchOptions(top=3, rerank=0), visual_text="{query}")
+    asked = search(tiny_model, [library], "a purple ring", SearchOptions(top=3, rerank=0),
+                   visual_text=search_module.CHECK_PROMPT)
+    assert read[0] == "a purple ring" and read[-1] == search_module.CHECK_PROMPT.format(query="a purple ring")
+    assert [m.first for m in plain.moments] != [m.first for m in asked.moments]  # the text is what is read
+
+
 def test_query_words_leave_out_stop_words_and_keep_the_rest():
     assert query_terms("Where does the professor derive the Fourier transform?") == ["professor", "derive", "fourier",
                                                                                     "transform"]

@@ -357,6 +357,33 @@ def pick_clip(rng: np.random.Generator, clip_id: str, *, events: tuple[int, int]
     return clip
 
 
+def add_check_questions(clips: list[Clip], template: str, answers: tuple[str, str], *, seed: int,
+                        share: float = 1.0) -> None:
+    """Give a ``share`` of the pick clips a second question: whether they show a thing named by colour and
+    kind (``template`` with ``{query}`` = "a purple ring", as ``llamavid search`` checks a moment; ``answers``:
+    yes, no). Half are yes (a colour and kind on screen at some point); the no's are, a third each, a kind on
+    screen in another colour, a colour on screen on another kind, and anything not shown: the answer needs
+    both words. Drawn from a seed of their own, after the fact: the clips, and so their videos, stay as they
+    were."""
+    rng = np.random.default_rng(seed)
+    colors = list(COLORS)
+    for clip in clips:
+        if clip.kind != "pick" or rng.random() >= share:
+            continue
+        shown = sorted({(e.color, e.shape) for e in clip.events})
+        absent = [(c, k) for c in colors for k in SHAPES if (c, k) not in shown]
+        if rng.random() < 0.5 or not absent:
+            (color, kind), answer = shown[int(rng.integers(len(shown)))], answers[0]
+        else:
+            mode = int(rng.integers(3))
+            hard = [(c, k) for c, k in absent
+                    if (mode == 0 and any(k == s for _, s in shown)) or (mode == 1 and any(c == o for o, _ in shown))]
+            pool = hard if mode < 2 and hard else absent
+            (color, kind), answer = pool[int(rng.integers(len(pool)))], answers[1]
+        query = SEARCH_VISUAL[int(rng.integers(len(SEARCH_VISUAL)))].format(color=color, kind=kind)
+        clip.qa.append(("check", template.format(query=query), answer))
+
+
 def haystack_clip(rng: np.random.Generator, clip_id: str, *, seconds: int, depth: float,
                   needle_seconds: int = 1, distractor_seconds: tuple[int, int] = (2, 5)) -> Clip:
     """A ``seconds``-long video full of distractors all the way through: one big shape at a time, each on
@@ -633,7 +660,8 @@ def make_clips(split: str, *, n_single: int, n_sequence: int, n_needle: int = 0,
 # added to the split's seed: new designs never shift the old ones
 # each design's own seed offset (two designs may share one: their clips differ all the same, and the figures
 # measured on "pick" and "content" were measured with these)
-EXTRA_SEEDS = {"window": 300, "scenes": 400, "pick": 500, "content": 500, "haystack": 600, "search": 700}
+EXTRA_SEEDS = {"window": 300, "scenes": 400, "pick": 500, "content": 500, "haystack": 600, "search": 700,
+               "check": 900}
 
 
 def make_extra_clips(split: str, kind: str, n: int, *, seed: int = 0, **design) -> list[Clip]:
@@ -693,6 +721,10 @@ def write_split(clips: list[Clip], folder: str | os.PathLike, *, on_progress: Ca
             if qtype == "pick":  # where the asked kind is, frame by frame (training can ground the question)
                 kind = next(k for k in SHAPES if f" {k}" in question)
                 extra["grounding"] = {"kind": kind, "events": [asdict(e) for e in clip.events]}
+            elif qtype == "check":  # ... and where the asked colour and kind are
+                kind = next(k for k in SHAPES if f" {k}" in question)
+                color = next(c for c in COLORS if f" {c} " in question)
+                extra["grounding"] = {"kind": kind, "color": color, "events": [asdict(e) for e in clip.events]}
             items.append({
                 "id": f"{clip.id}-q{q}", "video": f"videos/{video.name}",
                 "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}],

@@ -56,6 +56,10 @@ from .relevance import token_scores
 VISUAL_Z = 2.0  # a stretch this many standard deviations above the library's mean scores 0.5 by its picture
 CHECK_PROMPT = "Does this part of the video show {query}? Answer yes or no."
 CHECK_CHOICES = ("Yes", "No")
+# what the first stage's text-guided attention reads: the query as it is, or ``CHECK_PROMPT`` around it (the
+# question the check asks, and the demo recipe grounds); chosen by measurement on the train split's library
+# (docs/RESULTS.md, "Search")
+VISUAL_TEXT = "{query}"
 SUMMARY_CHUNK = 256  # stretch summaries through the QFormer at a time
 STOP_WORDS = frozenset(
     "a an the is are was were be been being of in on at to for with and or by from as it its this that these "
@@ -277,8 +281,10 @@ def _file_lines(vin) -> list[tuple[float, float, str]]:
     return list(dict.fromkeys(lines))
 
 
-def _score_file(model, number: int, vin, index, query: str, library: _Library, long_video: bool) -> int:
-    """The first stage on one open file: every stretch's visual and text scores into ``library``."""
+def _score_file(model, number: int, vin, index, query: str, library: _Library, long_video: bool,
+                attention_text: str) -> int:
+    """The first stage on one open file: every stretch's visual score (``attention_text``'s attention) and
+    text score (``query``'s words) into ``library``."""
     n = len(index)
     if n == 0:
         return 0
@@ -298,7 +304,7 @@ def _score_file(model, number: int, vin, index, query: str, library: _Library, l
         for a in range(0, len(chosen), SUMMARY_CHUNK):
             rows = chosen[a:a + SUMMARY_CHUNK]
             pictures = index.summaries(rows, dtype)
-            scores = token_scores(model, pictures, query, range(len(rows)), long_video=long_video,
+            scores = token_scores(model, pictures, attention_text, range(len(rows)), long_video=long_video,
                                   chunk_frames=SUMMARY_CHUNK)
             visual[rows] = scores - math.log(int(k) * grid_tokens)  # log-mean-exp: counts of parts compare
     library.add_scores(visual)
@@ -324,11 +330,12 @@ def _score_file(model, number: int, vin, index, query: str, library: _Library, l
 
 def search(model, inputs: Iterable[str | os.PathLike | LibraryFile], query: str,
            options: SearchOptions | None = None, *, callbacks: Callbacks = NO_CALLBACKS,
-           index_settings: IndexSettings = IndexSettings()) -> SearchResult:
+           index_settings: IndexSettings = IndexSettings(), visual_text: str = VISUAL_TEXT) -> SearchResult:
     """The moments of a library (``.vidtok`` files, videos, folders searched recursively) that ``query`` is
     about, best first: ``options.top`` of them (see the module docstring for the two stages). Videos are
     encoded through the cache (``options.ask``: fps, subtitles). ``callbacks``: a warning for each file left
-    out, status lines, progress as (files done, files)."""
+    out, status lines, progress as (files done, files). ``visual_text``: what the first stage's attention
+    reads, with ``{query}`` (tuning only)."""
     options = options or SearchOptions()
     check_text(query, "the query")
     skipped: list[str] = []
@@ -352,7 +359,8 @@ def search(model, inputs: Iterable[str | os.PathLike | LibraryFile], query: str,
             with open_input(model, item.path, options.ask, callbacks=quiet) as vin:
                 index, status = index_for(vin.features, index_settings, callbacks=quiet, label=item.label)
                 indexes[status] = indexes.get(status, 0) + 1
-                stretches += _score_file(model, len(searched), vin, index, query, library, long_video)
+                stretches += _score_file(model, len(searched), vin, index, query, library, long_video,
+                                         visual_text.format(query=query.strip()))
                 searched.append(item)
         except LlamaVidError as exc:
             skip(item, exc)

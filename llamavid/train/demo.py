@@ -82,6 +82,10 @@ class DemoRecipe:
     pick_events: tuple[int, int] = (3, 12)
     pick_two_shapes: float = 0.5  # share of moments with two shapes side by side
     n_test_pick: int = 100
+    # check questions on the pick clips: "Does this part of the video show a purple ring? Answer yes or no.",
+    # what ``llamavid search`` asks each candidate moment (tasks.search.CHECK_PROMPT), grounded on that colour
+    # and kind, so that the text-guided attention tells colours apart (docs/RESULTS.md, "Check questions")
+    check_share: float = 0.0  # share of the pick clips (train and test) with a check question (``--recipe checks``)
     n_haystack: int = 24  # haystack videos in stage 3 (one needle of the asked kind among distractors)
     haystack_seconds: tuple[int, int] = (60, 900)
     vision_two_shapes: float = 0.3  # share of the encoder's training frames with two shapes side by side
@@ -109,10 +113,12 @@ class DemoRecipe:
 # The recipe of the model shipped before look-closer (``train --recipe before-look-closer``): no pick or
 # haystack questions, no grounding loss, one gradient clip for all, an encoder trained on one shape a frame.
 BEFORE_LOOK_CLOSER: dict = {"n_pick": 0, "n_test_pick": 0, "n_haystack": 0, "vision_two_shapes": 0.0,
-                            "grounding": 0.0, "seed": 1,
+                            "check_share": 0.0, "grounding": 0.0, "seed": 1,
                             "stage2": {k: v for k, v in DemoRecipe().stage2.items() if k != "clip_per_module"},
                             "stage3": {k: v for k, v in DemoRecipe().stage3.items() if k != "clip_per_module"}}
-RECIPES: dict[str, dict] = {"shipped": {}, "before-look-closer": BEFORE_LOOK_CLOSER}
+# The shipped recipe with a check question on every pick clip (being measured: docs/RESULTS.md, "Search").
+CHECKS: dict = {"check_share": 1.0}
+RECIPES: dict[str, dict] = {"shipped": {}, "checks": CHECKS, "before-look-closer": BEFORE_LOOK_CLOSER}
 
 
 def log(msg: str) -> None:
@@ -131,11 +137,22 @@ def make_data(root: Path, r: DemoRecipe) -> tuple[Path, Path]:
     train += syn.make_extra_clips("train", "pick", r.n_pick, seed=seed, events=tuple(r.pick_events),
                                   two_shapes=r.pick_two_shapes)
     train += train_haystacks(r)
+    add_checks(train, "train", r)
     test = syn.make_clips("test", n_single=r.n_test_single, n_sequence=r.n_test_sequence, n_needle=r.n_test_needle,
                           needle_seconds=r.test_needle_seconds, seed=seed)
     test += syn.make_extra_clips("test", "pick", r.n_test_pick, seed=seed, events=tuple(r.pick_events),
                                  two_shapes=r.pick_two_shapes)
+    add_checks(test, "test", r)
     return syn.write_split(train, root / "train"), syn.write_split(test, root / "test")
+
+
+def add_checks(clips: list[syn.Clip], split: str, r: DemoRecipe) -> None:
+    """The check questions of a split, in the words ``llamavid search`` asks them."""
+    from ..tasks.search import CHECK_CHOICES, CHECK_PROMPT
+
+    if r.check_share > 0:
+        syn.add_check_questions(clips, CHECK_PROMPT, CHECK_CHOICES, share=r.check_share,
+                                seed=syn.SPLIT_SEEDS[split] + syn.EXTRA_SEEDS["check"] + r.data_seed)
 
 
 def train_haystacks(r: DemoRecipe) -> list[syn.Clip]:
@@ -172,9 +189,11 @@ def split_items(qa_json: Path, root: Path, replay_per_window: int = 1, *, detail
     items = [i for i in items if "-window-" not in i["id"]]
     needle = [i for i in items if i["question_type"] == "needle" or "-haystack-" in i["id"]]
     rest = [i for i in items if i["question_type"] != "needle" and "-haystack-" not in i["id"]]
-    short = [i for i in rest if not i["long"] and i["question_type"] != "pick"]
+    short = [i for i in rest if not i["long"] and i["question_type"] not in ("pick", "check")]
     rng_p = np.random.default_rng(6)  # half the pick questions in the movie prompt, as look-closer's pass 2 asks
     rest = [dict(i, long=True) if i["question_type"] == "pick" and rng_p.random() < 0.5 else i for i in rest]
+    rng_c = np.random.default_rng(7)  # and half the check questions (a search checks moments of long videos too)
+    rest = [dict(i, long=True) if i["question_type"] == "check" and rng_c.random() < 0.5 else i for i in rest]
     if detail_share > 0:
         rng_d = np.random.default_rng(5)
         rest = [dict(i, detail={"frames": detail_frames, "grid": detail_grid}) if rng_d.random() < detail_share
@@ -414,7 +433,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="take the vision encoder, tokenizers and features of this run")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     t.add_argument("--recipe", default="shipped", choices=sorted(RECIPES),
-                   help="shipped: the recipe of the shipped model; before-look-closer: the one before it")
+                   help="shipped: the recipe of the shipped model; checks: it with check questions; "
+                        "before-look-closer: the one before it")
     t.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override a recipe field")
     e = sub.add_parser("evaluate", help="held-out accuracy, token-type ablation and the needle test")
     e.add_argument("--model", default="demo")

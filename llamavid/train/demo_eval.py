@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-SHORT_TYPES = ("color", "shape", "count", "first", "last", "pick")
+SHORT_TYPES = ("color", "shape", "count", "first", "last", "pick", "check")
 LONG_TYPES = ("subtitle", "needle")
 
 
@@ -51,7 +51,7 @@ def run_items(model, items: list[dict], root: Path, *, progress: bool = True, kv
             answer = outcome.answer.text
             records.append({"id": item["id"], "type": item["question_type"], "question": q.text,
                             "expected": item["answer"], "answer": answer, "frames": outcome.plan.frames,
-                            "correct": first_word(answer) == item["answer"]})
+                            "correct": first_word(answer) == first_word(item["answer"])})
         if progress and (n + 1) % 25 == 0:
             sys.stderr.write(f"  {n + 1}/{len(by_video)} videos ({time.perf_counter() - t0:.0f} s)\n")
     return records

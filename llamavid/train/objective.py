@@ -11,10 +11,10 @@ Every human turn gets its own visual tokens, computed with that turn's question 
 imgsp_v1 training did). A sample may ask for some frames in detail (``"detail": {"frames": k, "grid": g}``):
 k of its frames, picked by the sample's id, also get g x g content tokens after their own two, as
 look-closer gives its key frames (``LlamaVid.prompt_embeddings(detail=...)``). A sample may also say where
-what its question asks about is (``"grounding": {"kind", "events", "weight"}``, synthetic pick and
-haystack clips): then the text-guided attention is taught to look at it (``grounding_loss``). Each piece is tokenized
-the way inference tokenizes it (split at ``</s>``, each chunk with its sentencepiece dummy prefix), so
-what is learned is what is asked later.
+what its question asks about is (``"grounding": {"kind", "events", "weight"}``, and ``"color"`` for check
+questions; synthetic pick, check and haystack clips): then the text-guided attention is taught to look at it
+(``grounding_loss``). Each piece is tokenized the way inference tokenizes it (split at ``</s>``, each chunk
+with its sentencepiece dummy prefix), so what is learned is what is asked later.
 """
 
 from __future__ import annotations
@@ -84,13 +84,13 @@ def conversation_inputs(model: LlamaVid, item: dict, *, long_video: bool, max_to
 
 def grounding_targets(times, spec: dict, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per frame, where the attention should go: (target (n, grid*grid) distributions, whether the asked kind
-    is on screen (n,)). Over the asked kind's patches where it is on screen, else over the patches no shape
-    covers (the frame holds nothing the question asks about)."""
+    (of the asked colour, when ``spec`` names one) is on screen (n,)). Over its patches where it is on screen,
+    else over the patches no shape covers (the frame holds nothing the question asks about)."""
     from ..data import synthetic as syn
 
     size = syn.SIZE
     cell = size // grid
-    kind = spec["kind"]
+    kind, color = spec["kind"], spec.get("color")  # a check question names the colour too
     targets, present = [], []
     for t in times:
         asked = np.zeros((size, size), dtype=bool)
@@ -102,7 +102,7 @@ def grounding_targets(times, spec: dict, grid: int) -> tuple[torch.Tensor, torch
                 cy = e["p0"][1] + a * (e["p1"][1] - e["p0"][1])
                 mask = syn.shape_mask(e["shape"], cx, cy, e["radius"])
                 shapes |= mask
-                if e["shape"] == kind:
+                if e["shape"] == kind and color in (None, e["color"]):
                     asked |= mask
         cover = lambda m: m.reshape(grid, cell, grid, cell).mean(axis=(1, 3)).reshape(-1)  # noqa: E731
         on = cover(asked) > 0.4
