@@ -212,3 +212,28 @@ def test_clipping_per_module_keeps_a_vision_side_loss_from_shrinking_the_llms_st
         else:
             want = before[id(p)] / ((rest_norm if per_module else total) + 1e-6)
         torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-9)
+
+
+def test_the_feature_store_takes_an_up_to_date_file_without_probing_and_remakes_a_damaged_one(
+        tiny, dataset, tmp_path, monkeypatch):
+    """Each stage prepares every video of its data (thousands in the demo recipe); one already encoded is
+    checked (checksums included) but not probed again, and a store checks it once. A damaged one is made
+    again."""
+    import llamavid.features.encode as encode_module
+
+    model = llamavid.load_model(tiny.path, vision_tower=tiny.vision_path, device="cpu", dtype="float32")
+    media = sorted({s.media for s in load_samples([dataset]) if s.media is not None})
+    features = tmp_path / "features"
+    assert FeatureStore(features, model.vision_encoder).prepare(media) == len(media)
+    probes = []
+    real_probe = encode_module.video.probe
+    monkeypatch.setattr(encode_module.video, "probe", lambda p, *a, **k: (probes.append(p), real_probe(p, *a, **k))[1])
+    store = FeatureStore(features, model.vision_encoder)
+    assert store.prepare(media) == 0 and store.prepare(media) == 0
+    assert probes == []
+    victim = store.path_for(media[0])
+    data = bytearray(victim.read_bytes())
+    data[-100] ^= 0xFF  # a flipped byte in the last block: it fails its checksum
+    victim.write_bytes(bytes(data))
+    assert FeatureStore(features, model.vision_encoder).prepare(media) == 1
+    assert probes == [media[0]]

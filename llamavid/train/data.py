@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..core.errors import InputError
-from ..features.encode import EncodeOptions, encode_file
+from ..features.encode import EncodeOptions, encode_file, is_up_to_date
 from ..features.vidtok import content_hash, open_vidtok
 from ..media import subtitles as subs
 from ..model.prompt import IMAGE_PLACEHOLDER
@@ -94,25 +94,35 @@ class FeatureStore:
         self.encoder = encoder
         self.fps = fps
         self._paths: dict[Path, Path] = {}
+        self._hashes: dict[Path, str] = {}
+        self._ready: set[Path] = set()  # media whose token file this store found up to date (or made)
 
     def path_for(self, media: Path) -> Path:
         if media.suffix == ".vidtok":
             return media
         if media not in self._paths:
-            key = content_hash(media).split(":")[-1][:24]
-            self._paths[media] = self.cache_dir / f"{key}-fps{self.fps:g}.vidtok"
+            self._hashes[media] = content_hash(media)
+            self._paths[media] = self.cache_dir / f"{self._hashes[media].split(':')[-1][:24]}-fps{self.fps:g}.vidtok"
         return self._paths[media]
 
     def prepare(self, media: Sequence[Path], *, on_progress: Callable[[int, int], None] | None = None) -> int:
-        """Encode every media file that has no up-to-date token file yet; returns how many were encoded."""
-        todo = sorted({m for m in media if m.suffix != ".vidtok"})
+        """Encode every media file that has no up-to-date token file yet; returns how many were encoded.
+
+        A token file already up to date (checksums included: ``is_up_to_date``) is taken as it is, without
+        probing the video (an ffprobe a file, which cost a stage of the demo recipe minutes for nothing), and
+        is not checked again by this store; anything else goes through ``encode_file`` (under its lock)."""
+        todo = sorted({m for m in media if m.suffix != ".vidtok"} - self._ready)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        opts = EncodeOptions(fps=self.fps)
         encoded = 0
         for i, m in enumerate(todo):
             if self.encoder is None:
                 raise InputError(f"{m}: needs encoding but no vision encoder was given")
-            result = encode_file(self.encoder, m, self.path_for(m), EncodeOptions(fps=self.fps))
-            encoded += result.status != "skipped"
+            out = self.path_for(m)
+            if not is_up_to_date(out, self._hashes[m], self.encoder.identity(), opts.fps, opts.storage):
+                result = encode_file(self.encoder, m, out, opts, source_hash=self._hashes[m])
+                encoded += result.status != "skipped"
+            self._ready.add(m)
             if on_progress:
                 on_progress(i + 1, len(todo))
         for m in media:
