@@ -56,9 +56,9 @@ from .relevance import token_scores
 VISUAL_Z = 2.0  # a stretch this many standard deviations above the library's mean scores 0.5 by its picture
 CHECK_PROMPT = "Does this part of the video show {query}? Answer yes or no."
 CHECK_CHOICES = ("Yes", "No")
-# what the first stage's text-guided attention reads: the query as it is, or ``CHECK_PROMPT`` around it (the
-# question the check asks, and the demo recipe grounds); chosen by measurement on the train split's library
-# (docs/RESULTS.md, "Search")
+# what the first stage's text-guided attention reads: the query as typed. Inside ``CHECK_PROMPT`` (the question
+# the check asks, which ``train --recipe checks`` grounds) it was no better on the tuning split's library, with
+# the shipped demo model or the check recipe's, and slower (docs/RESULTS.md, "Check questions")
 VISUAL_TEXT = "{query}"
 SUMMARY_CHUNK = 256  # stretch summaries through the QFormer at a time
 STOP_WORDS = frozenset(
