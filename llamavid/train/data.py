@@ -109,7 +109,7 @@ class FeatureStore:
         """Encode every media file that has no up-to-date token file yet; returns how many were encoded.
 
         A token file already up to date (checksums included: ``is_up_to_date``) is taken as it is, without
-        probing the video (an ffprobe a file, which cost a stage of the demo recipe minutes for nothing), and
+        probing the video (one ffprobe per file, which cost each stage of the demo recipe two minutes), and
         is not checked again by this store; anything else goes through ``encode_file`` (under its lock)."""
         todo = sorted({m for m in media if m.suffix != ".vidtok"} - self._ready)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
