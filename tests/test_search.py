@@ -94,6 +94,9 @@ def test_the_first_stage_attention_reads_the_visual_text_around_the_query(librar
                    visual_text=search_module.CHECK_PROMPT)
     assert read[0] == "a purple ring" and read[-1] == search_module.CHECK_PROMPT.format(query="a purple ring")
     assert [m.first for m in plain.moments] != [m.first for m in asked.moments]  # the text is what is read
+    for bad in ("{query} {other}", "{0}", "{query"):
+        with pytest.raises(InputError, match="visual_text"):
+            search(tiny_model, [library], "a purple ring", visual_text=bad)
 
 
 def test_query_words_leave_out_stop_words_and_keep_the_rest():

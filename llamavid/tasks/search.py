@@ -338,6 +338,10 @@ def search(model, inputs: Iterable[str | os.PathLike | LibraryFile], query: str,
     reads, with ``{query}`` (tuning only)."""
     options = options or SearchOptions()
     check_text(query, "the query")
+    try:
+        attention_text = visual_text.format(query=query.strip())
+    except (KeyError, IndexError, ValueError) as exc:
+        raise InputError(f"visual_text {visual_text!r}: expected a template whose only field is {{query}}") from exc
     skipped: list[str] = []
     files = check_encoders(model, library_files(inputs), callbacks=callbacks, skipped=skipped)
     long_video = resolve_long_video(model, options.ask.long)
@@ -360,7 +364,7 @@ def search(model, inputs: Iterable[str | os.PathLike | LibraryFile], query: str,
                 index, status = index_for(vin.features, index_settings, callbacks=quiet, label=item.label)
                 indexes[status] = indexes.get(status, 0) + 1
                 stretches += _score_file(model, len(searched), vin, index, query, library, long_video,
-                                         visual_text.format(query=query.strip()))
+                                         attention_text)
                 searched.append(item)
         except LlamaVidError as exc:
             skip(item, exc)
