@@ -92,6 +92,7 @@ def quality(data: Path, model_name: str, split: str, out: Path | None, limit: in
     import llamavid
     from llamavid.core.options import AskOptions, SearchOptions
     from llamavid.features.search_index import IndexSettings
+    from llamavid.tasks.search import CHECK_PROMPT
 
     _threads()
     os.environ.setdefault("LLAMAVID_CACHE", str(data / "cache"))
@@ -99,8 +100,6 @@ def quality(data: Path, model_name: str, split: str, out: Path | None, limit: in
     ask = AskOptions(temperature=0.0)
     settings = {"stage1": SearchOptions(top=5, rerank=0, ask=ask), "rerank": SearchOptions(top=5, ask=ask)}
     index_settings = IndexSettings() if grid is None else IndexSettings(grid=grid)
-    from llamavid.tasks.search import CHECK_PROMPT
-
     # what the first stage's attention reads: "query" (as it is), "check" (CHECK_PROMPT), or a template
     named = {"query": "{query}", "check": CHECK_PROMPT}
     text = {} if visual_text is None else {"visual_text": named.get(visual_text, visual_text)}

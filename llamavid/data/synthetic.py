@@ -718,13 +718,11 @@ def write_split(clips: list[Clip], folder: str | os.PathLike, *, on_progress: Ca
             if qtype == "subtitle" and not subtitles:
                 continue
             extra = {}
-            if qtype == "pick":  # where the asked kind is, frame by frame (training can ground the question)
-                kind = next(k for k in SHAPES if f" {k}" in question)
+            if qtype in ("pick", "check"):  # where the asked kind (and a check's colour) is, frame by frame
+                kind = next(k for k in SHAPES if f" {k}" in question)  # (training can ground the question)
                 extra["grounding"] = {"kind": kind, "events": [asdict(e) for e in clip.events]}
-            elif qtype == "check":  # ... and where the asked colour and kind are
-                kind = next(k for k in SHAPES if f" {k}" in question)
-                color = next(c for c in COLORS if f" {c} " in question)
-                extra["grounding"] = {"kind": kind, "color": color, "events": [asdict(e) for e in clip.events]}
+                if qtype == "check":
+                    extra["grounding"]["color"] = next(c for c in COLORS if f" {c} " in question)
             items.append({
                 "id": f"{clip.id}-q{q}", "video": f"videos/{video.name}",
                 "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}],

@@ -93,17 +93,18 @@ class FeatureStore:
         self.cache_dir = Path(cache_dir)
         self.encoder = encoder
         self.fps = fps
-        self._paths: dict[Path, Path] = {}
         self._hashes: dict[Path, str] = {}
         self._ready: set[Path] = set()  # media whose token file this store found up to date (or made)
+
+    def _hash(self, media: Path) -> str:
+        if media not in self._hashes:
+            self._hashes[media] = content_hash(media)
+        return self._hashes[media]
 
     def path_for(self, media: Path) -> Path:
         if media.suffix == ".vidtok":
             return media
-        if media not in self._paths:
-            self._hashes[media] = content_hash(media)
-            self._paths[media] = self.cache_dir / f"{self._hashes[media].split(':')[-1][:24]}-fps{self.fps:g}.vidtok"
-        return self._paths[media]
+        return self.cache_dir / f"{self._hash(media).split(':')[-1][:24]}-fps{self.fps:g}.vidtok"
 
     def prepare(self, media: Sequence[Path], *, on_progress: Callable[[int, int], None] | None = None) -> int:
         """Encode every media file that has no up-to-date token file yet; returns how many were encoded.
@@ -119,8 +120,8 @@ class FeatureStore:
             if self.encoder is None:
                 raise InputError(f"{m}: needs encoding but no vision encoder was given")
             out = self.path_for(m)
-            if not is_up_to_date(out, self._hashes[m], self.encoder.identity(), opts.fps, opts.storage):
-                result = encode_file(self.encoder, m, out, opts, source_hash=self._hashes[m])
+            if not is_up_to_date(out, self._hash(m), self.encoder.identity(), opts.fps, opts.storage):
+                result = encode_file(self.encoder, m, out, opts, source_hash=self._hash(m))
                 encoded += result.status != "skipped"
             self._ready.add(m)
             if on_progress:
