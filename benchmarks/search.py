@@ -98,7 +98,8 @@ def quality(data: Path, model_name: str, split: str, out: Path | None, limit: in
     os.environ.setdefault("LLAMAVID_CACHE", str(data / "cache"))
     model = llamavid.load_model(model_name, device="cpu", dtype="float32")
     ask = AskOptions(temperature=0.0)
-    settings = {"stage1": SearchOptions(top=5, rerank=0, ask=ask), "rerank": SearchOptions(top=5, ask=ask)}
+    settings = {"stage1": SearchOptions(top=5, closer=0, rerank=0, ask=ask),
+                "closer": SearchOptions(top=5, rerank=0, ask=ask), "rerank": SearchOptions(top=5, ask=ask)}
     index_settings = IndexSettings() if grid is None else IndexSettings(grid=grid)
     # what the first stage's attention reads: "query" (as it is), "check" (CHECK_PROMPT), or a template
     named = {"query": "{query}", "check": CHECK_PROMPT}
@@ -484,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="demo")
     p.add_argument("--out", type=Path)
     p.add_argument("--limit", type=int, help="queries per library (default: all)")
-    p.add_argument("--stages", default="stage1,rerank")
+    p.add_argument("--stages", default="stage1,closer,rerank")
     p.add_argument("--grid", type=int, help="the index's summary grid (default: IndexSettings().grid); tuning only")
     p.add_argument("--visual-text", help="what stage 1's attention reads: query, check or a {query} template; "
                                          "tuning only (default: llamavid.tasks.search.VISUAL_TEXT)")

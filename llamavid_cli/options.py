@@ -128,6 +128,9 @@ Compact = Annotated[bool, typer.Option("--compact", help="Store int8 features wi
 
 # -- search ---------------------------------------------------------------------------------------------------
 Top = Annotated[int, typer.Option("--top", help="How many moments to return, best first.")]
+Closer = Annotated[int, typer.Option(
+    "--closer", help="How many of the first stage's best moments get their visual score again from every stored "
+                     "frame at full resolution, not the index's coarse summary; 0: none.")]
 Rerank = Annotated[Optional[int], typer.Option(
     "--rerank", help="How many of the first stage's best moments the model checks (\"Does this part show ...?\"); "
                      "0: none (default: twice --top, at least 10).")]

@@ -19,6 +19,7 @@ def search(
         help=".vidtok files, videos (encoded once, through the cache) and folders (searched recursively), then "
              "the query, e.g. \"a purple ring\" or \"the code word tiger\".")],
     top: opt.Top = 5,
+    closer: opt.Closer = 50,
     rerank: opt.Rerank = None,
     answer: opt.AnswerMoments = False,
     json_out: Annotated[bool, typer.Option(
@@ -39,7 +40,7 @@ def search(
         raise InputError("give one or more PATHs (files or folders), then the QUERY")
     *paths, query = items
     check_text(query, "the query")
-    settings = SearchOptions(top=top, rerank=rerank, answer=answer, ask=options)
+    settings = SearchOptions(top=top, closer=closer, rerank=rerank, answer=answer, ask=options)
     files = library_files(paths)  # a missing path or an empty folder is refused before the model loads
     m = model.load()
     with Reporter("searching", unit="files") as reporter:

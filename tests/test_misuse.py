@@ -196,6 +196,8 @@ CASES = [
          "--top 0: must be at least 1", early=True),
     Case("search-rerank-negative", "search", ("search", "{video}", "a ring", "--rerank", "-1", *DEMO),
          "--rerank -1: must be at least 0", early=True),
+    Case("search-closer-negative", "search", ("search", "{video}", "a ring", "--closer", "-1", *DEMO),
+         "--closer -1: must be at least 0", early=True),
     Case("search-another-encoders-vidtok", "search", ("search", "{video}", "{foreign_vidtok}", "a ring", *DEMO),
          "cannot be searched together", untouched=("foreign_vidtok",)),
     # --- encode -o onto something that is not ours ----------------------------------------------------------

@@ -79,6 +79,33 @@ def test_the_moment_whose_lines_say_the_query_ranks_first_across_the_library(lib
     assert result.stretches == sum(len(read_index(index_path_for(p))) for p in library.rglob("*.vidtok"))
 
 
+def test_the_best_stretches_are_looked_at_closer_on_every_stored_frame(library, tiny_model):
+    """``closer``: the first stage's best n stretches are ranked again by their best stored frame's attention
+    (recomputed here from each .vidtok), above the rest, which keep their order."""
+    from llamavid.pipeline.planning import resolve_long_video
+
+    query, n = "a purple ring", 6  # no line says it: the pictures alone rank
+    coarse = search(tiny_model, [library], query, SearchOptions(top=40, closer=0, rerank=0))
+    closer = search(tiny_model, [library], query, SearchOptions(top=40, closer=n, rerank=0))
+    assert "closer" in closer.seconds and "closer" not in coarse.seconds
+    key = lambda m: (m.video, m.start, m.end)  # noqa: E731
+
+    def best_frame(m) -> float:
+        with open_vidtok(m.file.path) as vt:
+            inside = [i for i, t in enumerate(vt.timestamps) if m.start <= t < m.end]
+            scores = tiny_model.context_relevance(vt, query, frame_indices=inside,
+                                                  long_video=resolve_long_video(tiny_model, None))["lse"]
+        return float(scores.max())
+
+    assert sorted(map(key, closer.moments[:n])) == sorted(map(key, coarse.moments[:n]))
+    looked = [best_frame(m) for m in closer.moments[:n]]
+    assert looked == sorted(looked, reverse=True) and len(set(looked)) == n
+    assert [key(m) for m in closer.moments[n:]] == [key(m) for m in coarse.moments[n:]]
+    assert [key(m) for m in closer.moments[:n]] != [key(m) for m in coarse.moments[:n]]  # it did reorder them
+    with pytest.raises(OptionError, match="closer"):
+        SearchOptions(closer=-1)
+
+
 def test_the_first_stage_attention_reads_the_visual_text_around_the_query(library, tiny_model, monkeypatch):
     import llamavid.tasks.search as search_module
 

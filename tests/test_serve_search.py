@@ -72,6 +72,7 @@ def test_a_damaged_file_is_skipped_by_its_name_and_answers_come_with_moments(ser
     ({"query": CODE, "paths": ["lib"], "top": 0}, 400, "top", '"top": 0 must be at least 1'),
     ({"query": CODE, "paths": ["lib"], "top": "5"}, 400, "top", '"top": "5" must be a whole number'),
     ({"query": CODE, "paths": ["lib"], "rerank": -1}, 400, "rerank", '"rerank": -1 must be at least 0'),
+    ({"query": CODE, "paths": ["lib"], "closer": 2.5}, 400, "closer", '"closer": 2.5 must be a whole number'),
     ({"query": CODE, "paths": ["lib"], "answer": "yes"}, 400, "answer", '"answer"'),
     ({"query": CODE, "paths": ["lib"], "max_tokens": 10**6}, 400, "max_tokens", "more than this server allows"),
     ({"query": "   ", "paths": ["lib"]}, 400, "query", '"query" is empty'),

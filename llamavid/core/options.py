@@ -488,13 +488,15 @@ MAX_SEARCH_TOP = 10_000
 class SearchOptions:
     """Everything a library search may set (``llamavid.tasks.search``); validated here, once.
 
-    ``top``: moments returned; ``rerank``: the best moments of the first stage that the model checks (None:
-    ``max(10, 2 * top)``; 0: no second stage); ``rerank_weight``: ``w`` in [0, 1], the check's share of a
-    checked moment's score being ``w (1 - its first stage's score)``; ``answer``: answer the query as a
-    question on each moment returned; ``ask``: how videos are encoded (``fps``, subtitles, the cache) and how
-    checks and answers are asked."""
+    ``top``: moments returned; ``closer``: the first stage's best stretches whose visual score is taken again
+    from every stored frame at full resolution (0: none); ``rerank``: the best moments of the first stage that
+    the model checks (None: ``max(10, 2 * top)``; 0: no second stage); ``rerank_weight``: ``w`` in [0, 1],
+    the check's share of a checked moment's score being ``w (1 - its first stage's score)``; ``answer``:
+    answer the query as a question on each moment returned; ``ask``: how videos are encoded (``fps``,
+    subtitles, the cache) and how checks and answers are asked."""
 
     top: int = 5
+    closer: int = 50
     rerank: int | None = None
     rerank_weight: float = 0.5
     answer: bool = False
@@ -503,6 +505,7 @@ class SearchOptions:
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
         set_("top", check_whole("top", self.top, low=1, high=MAX_SEARCH_TOP))
+        set_("closer", check_whole("closer", self.closer, low=0, high=MAX_SEARCH_TOP))
         if self.rerank is not None:
             set_("rerank", check_whole("rerank", self.rerank, low=0, high=MAX_SEARCH_TOP))
         set_("rerank_weight", _number("rerank_weight", self.rerank_weight, low=0.0, high=1.0))

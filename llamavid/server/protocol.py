@@ -375,7 +375,8 @@ def _content(content: Any, role: str, where: str, media: MediaAccess,
 
 # The fields of a search request: what to search and how (``SearchOptions``), the frame rate videos are encoded
 # at, and the length and temperature of the answers ``answer`` asks for.
-SEARCH_FIELDS = ("model", "query", "paths", "top", "rerank", "answer", "fps", "temperature", "max_tokens")
+SEARCH_FIELDS = ("model", "query", "paths", "top", "closer", "rerank", "answer", "fps", "temperature",
+                 "max_tokens")
 MAX_SEARCH_PATHS = 256  # entries of "paths"
 MAX_SEARCH_FILES = 100_000  # files a request's folders may hold in all
 
@@ -395,7 +396,7 @@ class SearchRequest:
 def parse_search_request(body: Any, *, model_id: str, media: MediaAccess, defaults: AskOptions = AskOptions(),
                          max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT) -> SearchRequest:
     """Validate a search request's decoded JSON body: ``{"query": "a purple ring", "paths": ["lectures/"],
-    "top": 5, "rerank": 10, "answer": false, "fps": 1, "temperature": 0, "max_tokens": 64, "model": ID}``
+    "top": 5, "closer": 50, "rerank": 10, "answer": false, "fps": 1, "temperature": 0, "max_tokens": 64, "model": ID}``
     (``query`` and ``paths`` required; ``model``, if given, the served one). ``paths`` are files (``.vidtok``,
     videos) and folders (searched recursively) under the media roots, as a chat request's media are. A
     ``RequestError`` (4xx) names the first problem's field."""
@@ -429,7 +430,9 @@ def parse_search_request(body: Any, *, model_id: str, media: MediaAccess, defaul
         record["max_new_tokens"] = body["max_tokens"]
     try:
         ask = options_from_json(record, defaults)
-        options = SearchOptions(top=5 if body.get("top") is None else body["top"], rerank=body.get("rerank"),
+        options = SearchOptions(top=5 if body.get("top") is None else body["top"],
+                                closer=SearchOptions.closer if body.get("closer") is None else body["closer"],
+                                rerank=body.get("rerank"),
                                 answer=False if body.get("answer") is None else body["answer"],
                                 ask=ask)
     except OptionError as exc:

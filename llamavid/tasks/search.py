@@ -15,6 +15,11 @@ Two stages:
    standardised over the whole library (z = how far above the library's mean, in standard deviations; the
    same query's attention, so files compare) and mapped to (0, 1) by ``sigmoid(z - VISUAL_Z)``; the stretch's
    first-stage score is ``1 - (1 - text) (1 - visual)``: either kind of evidence alone can rank it first.
+   **The best are looked at closer** (``SearchOptions.closer``, 50): each of the first stage's best stretches
+   gets its visual score again from every stored frame at full resolution (the best frame's), standardised
+   over those stretches, and they are ranked again among themselves. A summary pools each frame to a coarse
+   grid and puts up to three runs side by side, so a small shape beside others blurs there; the stored frames
+   are read only for these few stretches, so the cost does not grow with the library.
 2. **The model checks the best candidates** (``SearchOptions.candidates``): each is asked, through the usual
    path (``qa.answer_about`` with the moment as ``start``/``end``, ``choices`` yes/no), ``CHECK_PROMPT``; the
    check is the likelihood of "Yes" against "No", and the moment's score becomes ``(1 - g) first + g check``
@@ -231,6 +236,8 @@ class _Candidate:
     visual: float  # the raw visual score (log-mean-exp)
     terms: int  # a bit per query term held by the stretch's lines
     first: float = 0.0
+    text: float = 0.0  # the IDF-weighted share of the query's terms its lines hold
+    closer: float | None = None  # the best stored frame's visual score, when looked at closer
 
 
 class _Library:
@@ -265,11 +272,15 @@ class _Library:
         bits = 1 << np.arange(len(self.terms))
         for c in self.candidates:
             held = (c.terms & bits) != 0
-            text = float(idf[held].sum()) / total
-            z = (c.visual - self.mean) / self.std
-            visual = 1.0 / (1.0 + math.exp(-(z - VISUAL_Z)))
-            c.first = 1.0 - (1.0 - text) * (1.0 - visual)
+            c.text = float(idf[held].sum()) / total
+            c.first = _first(c.text, (c.visual - self.mean) / self.std)
         return sorted(self.candidates, key=lambda c: (-c.first, c.file, c.start))
+
+
+def _first(text: float, z: float) -> float:
+    """The first stage's score of a stretch from its text share and its visual z: either alone can rank it first."""
+    visual = 1.0 / (1.0 + math.exp(-(z - VISUAL_Z)))
+    return 1.0 - (1.0 - text) * (1.0 - visual)
 
 
 def _file_lines(vin) -> list[tuple[float, float, str]]:
@@ -373,6 +384,10 @@ def search(model, inputs: Iterable[str | os.PathLike | LibraryFile], query: str,
         raise InputError("nothing left to search: every file was skipped")
     ranked = library.finish()
     seconds = {"first": time.perf_counter() - t0}
+    if options.closer > 0:
+        t1 = time.perf_counter()
+        ranked = _look_closer(model, ranked, options.closer, searched, attention_text, options, long_video, callbacks)
+        seconds["closer"] = time.perf_counter() - t1
     moments = [Moment(searched[c.file].label, c.start, c.end, c.first, c.first, file=searched[c.file])
                for c in ranked]
     checked = moments[:options.candidates] if options.rerank_weight > 0 else []
@@ -391,6 +406,42 @@ def search(model, inputs: Iterable[str | os.PathLike | LibraryFile], query: str,
         _answer(model, moments, query, options, callbacks)
         seconds["answer"] = time.perf_counter() - t2
     return SearchResult(query, moments, len(searched), stretches, skipped, indexes, seconds)
+
+
+def _look_closer(model, ranked: list[_Candidate], count: int, searched: list[LibraryFile], attention_text: str,
+                 options: SearchOptions, long_video: bool, callbacks: Callbacks) -> list[_Candidate]:
+    """Stage 1b: the first stage's best ``count`` stretches looked at closer. Each one's visual score becomes
+    that of its best stored frame at full resolution (the query's attention over every patch of every frame in
+    it, as look-closer's pass 1 scores frames) instead of its index summary's, whose frames are pooled to a
+    coarse grid and mixed with each other; standardised over the ``count`` (z), it enters the first stage's
+    formula as before. They are ranked again among themselves, above the rest."""
+    top = ranked[:count]
+    if len(top) < 2:
+        return ranked
+    quiet = Callbacks(warning=callbacks.warning)
+    by_file: dict[int, list[_Candidate]] = {}
+    for c in top:
+        by_file.setdefault(c.file, []).append(c)
+    for number, group in by_file.items():
+        item = searched[number]
+        try:
+            with open_input(model, item.path, options.ask, callbacks=quiet) as vin:
+                times = np.asarray(vin.timestamps, dtype=np.float64)
+                for c in group:
+                    inside = np.nonzero((times >= c.start - 1e-6) & (times < c.end - 1e-6))[0]
+                    positions = inside if len(inside) else [int(np.argmin(np.abs(times - c.start)))]
+                    c.closer = float(token_scores(model, vin.features, attention_text, positions,
+                                                  long_video=long_video).max())
+        except LlamaVidError as exc:  # changed on disk since the first stage: its stretches keep their place
+            callbacks.warn(f"{item.label}: not looked at closer: {_reason(exc, item)}")
+    seen = np.asarray([c.closer for c in top if c.closer is not None], dtype=np.float64)
+    if len(seen) < 2:
+        return ranked
+    mean, std = float(seen.mean()), float(seen.std()) or 1.0
+    for c in top:
+        if c.closer is not None:
+            c.first = _first(c.text, (c.closer - mean) / std)
+    return sorted(top, key=lambda c: (-c.first, c.file, c.start)) + ranked[count:]
 
 
 def _by_file(moments: Sequence[Moment]) -> dict[LibraryFile, list[Moment]]:
