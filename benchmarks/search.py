@@ -88,7 +88,8 @@ def hit_rank(moments, q) -> int | None:
 
 
 def quality(data: Path, model_name: str, split: str, out: Path | None, limit: int | None,
-            stages: tuple[str, ...], grid: int | None = None, visual_text: str | None = None) -> dict:
+            stages: tuple[str, ...], grid: int | None = None, visual_text: str | None = None,
+            closer: int | None = None) -> dict:
     import llamavid
     from llamavid.core.options import AskOptions, SearchOptions
     from llamavid.features.search_index import IndexSettings
@@ -98,8 +99,10 @@ def quality(data: Path, model_name: str, split: str, out: Path | None, limit: in
     os.environ.setdefault("LLAMAVID_CACHE", str(data / "cache"))
     model = llamavid.load_model(model_name, device="cpu", dtype="float32")
     ask = AskOptions(temperature=0.0)
+    more = {} if closer is None else {"closer": closer}  # how many stretches stage 1b looks at (tuning)
     settings = {"stage1": SearchOptions(top=5, closer=0, rerank=0, ask=ask),
-                "closer": SearchOptions(top=5, rerank=0, ask=ask), "rerank": SearchOptions(top=5, ask=ask)}
+                "closer": SearchOptions(top=5, rerank=0, ask=ask, **more),
+                "rerank": SearchOptions(top=5, ask=ask, **more)}
     index_settings = IndexSettings() if grid is None else IndexSettings(grid=grid)
     # what the first stage's attention reads: "query" (as it is), "check" (CHECK_PROMPT), or a template
     named = {"query": "{query}", "check": CHECK_PROMPT}
@@ -486,6 +489,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path)
     p.add_argument("--limit", type=int, help="queries per library (default: all)")
     p.add_argument("--stages", default="stage1,closer,rerank")
+    p.add_argument("--closer", type=int, help="stretches stage 1b looks at closer (default: SearchOptions().closer); "
+                   "tuning only")
     p.add_argument("--grid", type=int, help="the index's summary grid (default: IndexSettings().grid); tuning only")
     p.add_argument("--visual-text", help="what stage 1's attention reads: query, check or a {query} template; "
                                          "tuning only (default: llamavid.tasks.search.VISUAL_TEXT)")
@@ -522,7 +527,7 @@ def main(argv: list[str] | None = None) -> None:
         make(args.data, args.split, args.libraries)
     elif args.part == "quality":
         quality(args.data, args.model, args.split, args.out, args.limit, tuple(args.stages.split(",")), args.grid,
-                args.visual_text)
+                args.visual_text, args.closer)
 
 
 if __name__ == "__main__":

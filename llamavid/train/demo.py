@@ -20,7 +20,11 @@ What ``train`` does, in order (each step skips work a previous, interrupted run 
              2-4 s, plus as many replayed questions, so that the model finds the few frames that matter in
              a longer video (what ``ask --evidence`` measures). The other places tried for them (a stage 4
              of their own, stage 2) and what each cost are in docs/RESULTS.md.
-6. export    safetensors in bfloat16 with the vision encoder embedded; ``--ship`` copies it into
+6. phrases   (ours) the text-guided attention alone (QFormer and the attention's query and key projectors)
+             taught to find the colour and kind a phrase names ("a purple ring") on drawn still frames and on
+             a search index's summaries of them, while the context tokens of the questions the model answers
+             are held where they were (``llamavid.train.grounding``): what ``llamavid search`` ranks by.
+7. export    safetensors in bfloat16 with the vision encoder embedded; ``--ship`` copies it into
              ``llamavid/assets/demo`` where ``--model demo`` finds it.
 """
 
@@ -87,6 +91,14 @@ class DemoRecipe:
     # and kind. Off: over three seeds the check was not learned (one answer to all) and the order skill fell
     # (first 58-60% in two seeds); docs/RESULTS.md, "Check questions"
     check_share: float = 0.0  # share of the pick clips (train and test) with a check question (``--recipe checks``)
+    # phrases (ours, after stage 3): the text-guided attention taught to find the colour and kind a phrase names
+    # ("a purple ring"), on drawn still frames and on a search index's summaries of them, with the frozen
+    # encoder (``llamavid.train.grounding``), so that ``llamavid search`` tells a purple ring from a red one and
+    # from a purple bar (docs/RESULTS.md, "Phrases"); 0 steps: off
+    phrase_steps: int = 4000
+    phrase_frames: int = 8000
+    phrase_batch: int = 48
+    phrase_lr: float = 1e-3
     n_haystack: int = 24  # haystack videos in stage 3 (one needle of the asked kind among distractors)
     haystack_seconds: tuple[int, int] = (60, 900)
     vision_two_shapes: float = 0.3  # share of the encoder's training frames with two shapes side by side
@@ -114,12 +126,12 @@ class DemoRecipe:
 # The recipe of the model shipped before look-closer (``train --recipe before-look-closer``): no pick or
 # haystack questions, no grounding loss, one gradient clip for all, an encoder trained on one shape a frame.
 BEFORE_LOOK_CLOSER: dict = {"n_pick": 0, "n_test_pick": 0, "n_haystack": 0, "vision_two_shapes": 0.0,
-                            "check_share": 0.0, "grounding": 0.0, "seed": 1,
+                            "check_share": 0.0, "grounding": 0.0, "seed": 1, "phrase_steps": 0,
                             "stage2": {k: v for k, v in DemoRecipe().stage2.items() if k != "clip_per_module"},
                             "stage3": {k: v for k, v in DemoRecipe().stage3.items() if k != "clip_per_module"}}
 # The shipped recipe with a check question on every pick clip (measured, not shipped: docs/RESULTS.md, "Check
 # questions").
-CHECKS: dict = {"check_share": 1.0}
+CHECKS: dict = {"check_share": 1.0, "phrase_steps": 0}
 RECIPES: dict[str, dict] = {"shipped": {}, "checks": CHECKS, "before-look-closer": BEFORE_LOOK_CLOSER}
 
 
@@ -410,6 +422,13 @@ def train_demo(output: Path, r: DemoRecipe, *, data_root: Path, ship: bool = Fal
         model = run_stage(2, parts["stage2"], model, output / "stage2", features, r.stage2, seed=r.seed)
     if 3 in stages:
         model = run_stage(3, parts["stage3"], model, output / "stage3", features, r.stage3, seed=r.seed)
+    if r.phrase_steps > 0:
+        from .grounding import phrase_stage
+
+        model = str(phrase_stage(model, output / "phrases", steps=r.phrase_steps, frames=r.phrase_frames,
+                                 batch=r.phrase_batch, lr=r.phrase_lr, seed=r.seed,
+                                 on_log=lambda rec: log(f"phrases step {rec['step']}: loss {rec['loss']:.3f} "
+                                                        f"({rec['seconds']:.0f} s)")))
     final = export_demo(model, output / "demo")
     log(f"trained in {time.perf_counter() - t0:.0f} s; model: {final}")
     (output / "timing.json").write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1)}) + "\n")

@@ -120,10 +120,14 @@ def grounding_loss(logits: torch.Tensor, times, spec: dict) -> torch.Tensor:
     patches, or the empty background when the frame does not show it); (2) across the frames, the frames
     that show it score higher (the log-sum-exp of their scores, look-closer's pass 1) than the others: a
     softmax over the frames against them. ``logits``: (n, 32, P)."""
-    n, _, patches = logits.shape
-    grid = int(round(patches ** 0.5))
+    grid = int(round(logits.shape[-1] ** 0.5))
     target, present = grounding_targets(times, spec, grid)
-    target, present = target.to(logits.device), present.to(logits.device)
+    return attention_loss(logits, target.to(logits.device), present.to(logits.device))
+
+
+def attention_loss(logits: torch.Tensor, target: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """``grounding_loss`` given its targets: ``logits`` (n, 32, P) the attention's scores, ``target`` (n, P) where
+    each frame's attention should go, ``present`` (n,) which frames show what is asked about."""
     attention = logits.float().softmax(-1).mean(1).clamp_min(1e-9)  # (n, P)
     within = -(target * attention.log()).sum(-1).mean()
     if not bool(present.any()) or bool(present.all()):
