@@ -432,7 +432,7 @@ def _look_closer(model, ranked: list[_Candidate], count: int, searched: list[Lib
                     positions = inside if len(inside) else [int(np.argmin(np.abs(times - c.start)))]
                     c.closer = float(token_scores(model, vin.features, attention_text, positions,
                                                   long_video=long_video).max())
-        except LlamaVidError as exc:  # changed on disk since the first stage: its stretches keep their place
+        except LlamaVidError as exc:  # changed on disk since the first stage: its stretches keep their first score
             callbacks.warn(f"{item.label}: not looked at closer: {_reason(exc, item)}")
     seen = np.asarray([c.closer for c in top if c.closer is not None], dtype=np.float64)
     if len(seen) < 2:
