@@ -34,13 +34,14 @@ import numpy as np
 import torch
 
 from ..data import synthetic as syn
+from ..features.search_index import IndexSettings
 from ..model.qformer import encode_questions
 from .objective import attention_loss
 
 PHRASES = ("a {color} {kind}", "the {color} {kind}")  # the search library's visual queries' forms
 # how often a step's pictures are whole frames (0) or a search index's summaries of 1, 2 or 3 runs
 SUMMARY_PARTS = (0.25, 0.25, 0.25, 0.25)
-KEEP_WEIGHT = 10.0  # keep_loss's weight: the questions' context tokens held where they were
+KEEP_WEIGHT = 10.0  # keep_loss's weight: the trained questions' attention scores held where they were
 KEEP_FRAMES = 16  # frames a step holds them on
 
 
@@ -215,7 +216,7 @@ def trained_parameters(model) -> list[torch.nn.Parameter]:
 
 
 def train_phrases(model, *, steps: int, frames: int, batch: int = 32, lr: float = 1e-3, seed: int = 0,
-                  summary_grid: int = 4, keep: float = KEEP_WEIGHT,
+                  summary_grid: int = IndexSettings().grid, keep: float = KEEP_WEIGHT,
                   on_log: Callable[[dict], None] | None = None) -> list[float]:
     """Train the model's text-guided attention on phrases over ``frames`` drawn still frames (in place): on
     whole frames, and on the summaries a search index keeps of a stretch (``summary_grid``: the index's grid).
