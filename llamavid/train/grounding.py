@@ -24,6 +24,7 @@ the LLM, and the encoder stays frozen.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ import torch
 
 from ..data import synthetic as syn
 from ..features.search_index import IndexSettings
+from ..model.checkpoint import VISION_TOWER_NAME
 from ..model.qformer import encode_questions
 from .objective import attention_loss
 
@@ -220,15 +222,13 @@ def train_phrases(model, *, steps: int, frames: int, batch: int = 32, lr: float 
                   on_log: Callable[[dict], None] | None = None) -> list[float]:
     """Train the model's text-guided attention on phrases over ``frames`` drawn still frames (in place): on
     whole frames, and on the summaries a search index keeps of a stretch (``summary_grid``: the index's grid).
-    ``keep``: the weight of ``keep_loss``, which holds the context tokens of the questions the model already
+    ``keep``: the weight of ``keep_loss``, which holds the attention scores of the questions the model already
     answers where they were."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     data = phrase_frames(model, rng, frames)
     index = data.index()
-    import copy
-
-    teacher = copy.deepcopy(model).eval()  # the model as it came: what its questions' context tokens were
+    teacher = copy.deepcopy(model).eval()  # the model as it came: where its questions' attention scores were
     questions = syn.question_texts(named_kinds=True)
     params = trained_parameters(model)
     was = {p: p.requires_grad for p in model.parameters()}
@@ -271,7 +271,8 @@ def train_phrases(model, *, steps: int, frames: int, batch: int = 32, lr: float 
 
 
 @torch.inference_mode()
-def phrase_auc(model, data: PhraseFrames, *, parts: int = 0, grid: int = 4, seed: int = 0) -> dict[str, float]:
+def phrase_auc(model, data: PhraseFrames, *, parts: int = 0, grid: int = IndexSettings().grid,
+               seed: int = 0) -> dict[str, float]:
     """On held-out frames (``parts`` 0) or summaries of ``parts`` runs (each frame with others drawn at random,
     ``summary_pictures``): for every colour-kind phrase, how often a picture that shows it outscores (the
     log-sum-exp of the attention's scores, what search ranks by) one showing the same kind in another colour,
@@ -313,8 +314,8 @@ def phrase_stage(start: str | Path, dest: Path, *, steps: int, frames: int, seed
     model = load_model(str(start), dtype="float32", device="cpu")
     train_phrases(model, steps=steps, frames=frames, batch=batch, lr=lr, seed=seed, on_log=on_log)
     # the encoder travels as it came: a file beside the weights (a fresh init) or inside them (an exported model)
-    save_checkpoint(model, dest, fmt="safetensors", embed_vision=not (start / "eva_vit_g.pth").is_file())
-    for name in ("eva_vit_g.pth", "generation_config.json"):
+    save_checkpoint(model, dest, fmt="safetensors", embed_vision=not (start / VISION_TOWER_NAME).is_file())
+    for name in (VISION_TOWER_NAME, "generation_config.json"):
         if (start / name).is_file():
             shutil.copyfile(start / name, dest / name)
     return dest
