@@ -6,7 +6,7 @@ from typing import Annotated, List
 
 import typer
 
-from llamavid.core.options import AskOptions
+from llamavid.core.options import AskOptions, SearchOptions
 
 from . import options as opt
 from .output import Reporter, message, print_json, write_out
@@ -19,7 +19,7 @@ def search(
         help=".vidtok files, videos (encoded once, through the cache) and folders (searched recursively), then "
              "the query, e.g. \"a purple ring\" or \"the code word tiger\".")],
     top: opt.Top = 5,
-    closer: opt.Closer = 50,
+    closer: opt.Closer = SearchOptions.closer,
     rerank: opt.Rerank = None,
     answer: opt.AnswerMoments = False,
     json_out: Annotated[bool, typer.Option(
@@ -31,7 +31,7 @@ def search(
 ) -> None:
     """Search a library: llamavid search lectures/ "where the professor derives the Fourier transform" """
     from llamavid.core.errors import InputError
-    from llamavid.core.options import SearchOptions, check_text
+    from llamavid.core.options import check_text
     from llamavid.core.timecode import format_clock
     from llamavid.tasks.search import library_files
     from llamavid.tasks.search import search as search_library

@@ -22,8 +22,8 @@ What ``train`` does, in order (each step skips work a previous, interrupted run 
              of their own, stage 2) and what each cost are in docs/RESULTS.md.
 6. phrases   (ours) the text-guided attention alone (QFormer and the attention's query and key projectors)
              taught to find the colour and kind a phrase names ("a purple ring") on drawn still frames and on
-             a search index's summaries of them, while the context tokens of the questions the model answers
-             are held where they were (``llamavid.train.grounding``): what ``llamavid search`` ranks by.
+             a search index's summaries of them, while the attention scores of the questions the model
+             answers are held where they were (``llamavid.train.grounding``): what ``llamavid search`` ranks by.
 7. export    safetensors in bfloat16 with the vision encoder embedded; ``--ship`` copies it into
              ``llamavid/assets/demo`` where ``--model demo`` finds it.
 """
