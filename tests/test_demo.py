@@ -95,3 +95,19 @@ def test_the_training_word_pool_changes_only_what_is_said():
         assert dict((t, a) for t, _, a in clip.qa)["subtitle"] == word
     assert not set(synthetic.TRAIN_CODE_WORDS) & set(synthetic.CODE_WORDS)
     assert not set(synthetic.TRAIN_CODE_WORDS) & (set(synthetic.COLORS) | set(synthetic.SHAPES))
+
+
+def test_the_encoders_patch_kind_loss_weighs_a_shapes_patches():
+    """``patch_kind_loss``: each patch's cross-entropy, a shape's patches (label > 0) weighted ``shape_weight``
+    against the background's 1, over the sum of the weights; at weight 1 the plain mean, as before."""
+    import torch
+
+    from llamavid.train.demo import patch_kind_loss
+
+    logits = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([[0, 2, 0], [4, 0, 0]])
+    ce = [[-torch.log_softmax(logits[b, p], -1)[labels[b, p]].item() for p in range(3)] for b in range(2)]
+    shape = ce[0][1] + ce[1][0]
+    background = ce[0][0] + ce[0][2] + ce[1][1] + ce[1][2]
+    assert patch_kind_loss(logits, labels, 5.0).item() == pytest.approx((5 * shape + background) / (5 * 2 + 4))
+    assert patch_kind_loss(logits, labels, 1.0).item() == pytest.approx((shape + background) / 6)
