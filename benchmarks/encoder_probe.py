@@ -12,6 +12,11 @@ takes every patch a shape covers (over 40% of it), and fits a linear classifier 
 ring, bar, column) on 80% of those patches (standardised features, Adam, fixed seed); it reports the accuracy on
 the other 20%, per kind, and the confusion matrix. The colour is probed the same way.
 
+``--phrases`` (models only): also what the model's text-guided attention makes of them, ``llamavid.train.grounding.
+phrase_auc`` on 2,000 other held-out frames (seed 12345): how often a frame with the named shape outscores one with
+the same kind in another colour, the same colour on another kind, or anything else (AUC, averaged over the
+phrases), on whole frames and on search-index summaries of 1 and 3 runs.
+
 A ring's patches read as a circle's tell a search for "a purple ring" that a purple circle is one, and look-closer
 that the only ring of an hour is any of its circles.
 """
@@ -89,11 +94,26 @@ def probe(source: str, *, frames: int = 1500, seed: int = 5, steps: int = 500) -
     return out
 
 
+def phrases(source: str, *, frames: int = 2000, seed: int = 12345) -> dict:
+    """The phrase's attention AUCs (``grounding.phrase_auc``) on held-out frames, whole and as index summaries."""
+    import numpy as np
+
+    from llamavid.model.loading import load_model
+    from llamavid.train import grounding
+
+    model = load_model(source, dtype="float32", device="cpu")
+    data = grounding.phrase_frames(model, np.random.default_rng(seed), frames)
+    return {name: {k: round(v, 3) for k, v in grounding.phrase_auc(model, data, parts=parts).items()}
+            for name, parts in (("frames", 0), ("summaries of 1", 1), ("summaries of 3", 3))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sources", nargs="+", help="a model (name or folder) or an encoder file (.pth)")
     parser.add_argument("--frames", type=int, default=1500)
     parser.add_argument("--json", action="store_true", help="one JSON line per encoder")
+    parser.add_argument("--phrases", action="store_true",
+                        help="(models) also the phrase attention's AUCs on held-out frames")
     args = parser.parse_args()
     import torch
 
@@ -102,6 +122,8 @@ def main() -> None:
 
     for source in args.sources:
         res = probe(source, frames=args.frames)
+        if args.phrases and not source.endswith((".pth", ".pt")):
+            res["phrases"] = phrases(source)
         if args.json:
             print(json.dumps(res), flush=True)
             continue
@@ -112,6 +134,8 @@ def main() -> None:
         print("  confusion (rows: true kind; columns: the probe's):")
         for name, row in zip(SHAPES, k["confusion"]):
             print(f"  {name:>7} " + " ".join(f"{v:6d}" for v in row))
+        for name, auc in res.get("phrases", {}).items():
+            print(f"  phrase AUC, {name}: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in auc.items()))
 
 
 if __name__ == "__main__":
