@@ -12,10 +12,10 @@ takes every patch a shape covers (over 40% of it), and fits a linear classifier 
 ring, bar, column) on 80% of those patches (standardised features, Adam, fixed seed); it reports the accuracy on
 the other 20%, per kind, and the confusion matrix. The colour is probed the same way.
 
-``--phrases`` (models only): also what the model's text-guided attention makes of them, ``llamavid.train.grounding.
-phrase_auc`` on 2,000 other held-out frames (seed 12345): how often a frame with the named shape outscores one with
-the same kind in another colour, the same colour on another kind, or anything else (AUC, averaged over the
-phrases), on whole frames and on search-index summaries of 1 and 3 runs.
+``--phrases`` (models only): also what the model's text-guided attention makes of them
+(``llamavid.train.grounding.phrase_auc`` on 2,000 other held-out frames, seed 12345): how often a frame with
+the named shape outscores one with the same kind in another colour, the same colour on another kind, or
+anything else (AUC, averaged over the phrases), on whole frames and on search-index summaries of 1 and 3 runs.
 
 A ring's patches read as a circle's tell a search for "a purple ring" that a purple circle is one, and look-closer
 that the only ring of an hour is any of its circles.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "1")))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     from llamavid.data.synthetic import SHAPES
 
     for source in args.sources:

@@ -312,9 +312,9 @@ def random_frames(rng: np.random.Generator, n: int, two_shapes: float = 0.0
 
 def patch_kind_loss(logits: torch.Tensor, labels: torch.Tensor, shape_weight: float) -> torch.Tensor:
     """Cross-entropy of each patch's kind (0: background), a shape's patches weighted ``shape_weight`` against the
-    background's 1: most patches are background, and with equal weights the kinds' few patches were learned
-    last (a linear probe on the shipped encoder's patches told the kind 66% of the time, a ring's patches
-    taken for a circle's one time in three; docs/RESULTS.md)."""
+    background's 1: most patches are background, and with equal weights they set the loss (a linear probe on
+    the shipped encoder's patches told the kind 66% of the time, a ring's patches taken for a circle's one time
+    in three; at weight 5, 90%: benchmarks/encoder_probe.py, docs/RESULTS.md, "The encoder")."""
     if shape_weight == 1.0:  # the recipe's weights as they were, bit for bit
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
