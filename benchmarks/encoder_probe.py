@@ -33,35 +33,37 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def encoder(source: str):
-    """A model name or folder (its encoder) or an encoder weights file -> a callable frames -> features."""
+def load(source: str):
+    """A model name or folder (-> the model) or an encoder weights file (-> the encoder alone); either has the
+    ``encode_frames`` that ``grounding.phrase_frames`` calls."""
     import torch
+
+    if not source.endswith((".pth", ".pt")):
+        from llamavid.model.loading import load_model
+
+        return load_model(source, dtype="float32", device="cpu")
+    from types import SimpleNamespace
 
     from llamavid.model.vision import EvaVisionTransformer, VisionConfig, preprocess_frames
 
-    if source.endswith((".pth", ".pt")):
-        sd = torch.load(source, map_location="cpu", weights_only=True)
-        vit = EvaVisionTransformer(VisionConfig.from_state_dict(sd))
-        vit.load_state_dict(sd)
-        vit.eval()
-        return lambda frames: vit(preprocess_frames(frames)).float()
-    from llamavid.model.loading import load_model
-
-    model = load_model(source, dtype="float32", device="cpu")
-    return lambda frames: model.encode_frames(frames).float()
+    sd = torch.load(source, map_location="cpu", weights_only=True)
+    vit = EvaVisionTransformer(VisionConfig.from_state_dict(sd))
+    vit.load_state_dict(sd)
+    vit.eval()
+    return SimpleNamespace(encode_frames=lambda frames: vit(preprocess_frames(frames)))
 
 
-def probe(source: str, *, frames: int = 1500, seed: int = 5, steps: int = 500) -> dict:
+def probe(source: str, encoder, *, frames: int = 1500, seed: int = 5, steps: int = 500) -> dict:
+    """The linear probe of ``encoder``'s patches (``load(source)``), kind and colour."""
     import numpy as np
     import torch
 
     from llamavid.data import synthetic as syn
-    from llamavid.train.grounding import draw_frames
+    from llamavid.train.grounding import phrase_frames
 
-    encode = encoder(source)
-    pictures, shapes, _ = draw_frames(np.random.default_rng(seed), frames)
-    with torch.inference_mode():  # rounded through float16, as a .vidtok stores them
-        feats = torch.cat([encode(pictures[i: i + 64]) for i in range(0, frames, 64)]).half().float()
+    with torch.inference_mode():  # drawn, encoded and rounded through float16, as a .vidtok stores them
+        data = phrase_frames(encoder, np.random.default_rng(seed), frames)
+    feats, shapes = data.features, data.shapes
     rows, kinds, colours = [], [], []
     for i, on_frame in enumerate(shapes):
         for colour, kind, patches in on_frame:
@@ -95,14 +97,12 @@ def probe(source: str, *, frames: int = 1500, seed: int = 5, steps: int = 500) -
     return out
 
 
-def phrases(source: str, *, frames: int = 2000, seed: int = 12345) -> dict:
+def phrases(model, *, frames: int = 2000, seed: int = 12345) -> dict:
     """The phrase's attention AUCs (``grounding.phrase_auc``) on held-out frames, whole and as index summaries."""
     import numpy as np
 
-    from llamavid.model.loading import load_model
     from llamavid.train import grounding
 
-    model = load_model(source, dtype="float32", device="cpu")
     data = grounding.phrase_frames(model, np.random.default_rng(seed), frames)
     return {name: {k: round(v, 3) for k, v in grounding.phrase_auc(model, data, parts=parts).items()}
             for name, parts in (("frames", 0), ("summaries of 1", 1), ("summaries of 3", 3))}
@@ -122,9 +122,10 @@ def main() -> None:
     from llamavid.data.synthetic import SHAPES
 
     for source in args.sources:
-        res = probe(source, frames=args.frames)
+        loaded = load(source)
+        res = probe(source, loaded, frames=args.frames)
         if args.phrases and not source.endswith((".pth", ".pt")):
-            res["phrases"] = phrases(source)
+            res["phrases"] = phrases(loaded)
         if args.json:
             print(json.dumps(res), flush=True)
             continue
