@@ -33,12 +33,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def is_encoder_file(source: str) -> bool:
+    """An encoder weights file (``.pth``/``.pt``), not a model: it has no text-guided attention to probe."""
+    return source.endswith((".pth", ".pt"))
+
+
 def load(source: str):
     """A model name or folder (-> the model) or an encoder weights file (-> the encoder alone); either has the
     ``encode_frames`` that ``grounding.phrase_frames`` calls."""
     import torch
 
-    if not source.endswith((".pth", ".pt")):
+    if not is_encoder_file(source):
         from llamavid.model.loading import load_model
 
         return load_model(source, dtype="float32", device="cpu")
@@ -124,7 +129,7 @@ def main() -> None:
     for source in args.sources:
         loaded = load(source)
         res = probe(source, loaded, frames=args.frames)
-        if args.phrases and not source.endswith((".pth", ".pt")):
+        if args.phrases and not is_encoder_file(source):
             res["phrases"] = phrases(loaded)
         if args.json:
             print(json.dumps(res), flush=True)
