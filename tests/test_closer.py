@@ -309,6 +309,132 @@ def test_grounding_teaches_the_attention_where_the_asked_kind_is(tiny_model):
     tiny_model.zero_grad()
 
 
+def _attention_share_by_hand(model, item, long_video: bool, on: list[bool]) -> float:
+    """The reply's attention share on the frames in ``on``, found without ``evidence_turn``'s arithmetic: the
+    frames' tokens are found in the sequence by their values, the reply's rows by the labels, and the weights
+    come from the LLM's own eager attention."""
+    from llamavid.model.qformer import encode_questions
+    from llamavid.train.objective import IGNORE, conversation_inputs
+
+    with torch.no_grad():
+        embeds, labels = conversation_inputs(model, item, long_video=long_video, max_tokens=4096)
+        ids, mask = encode_questions(model.qformer_tokenizer, [Q], device="cpu")
+        tokens = model.frame_tokens(item["features"], ids, mask, long_video=long_video)[0]  # (T, 2, H)
+        where = [[int(torch.nonzero((embeds - t).abs().amax(-1) == 0)[0]) for t in frame] for frame in tokens]
+        before, model.llm.config._attn_implementation = model.llm.config._attn_implementation, "eager"
+        try:
+            out = model.llm(inputs_embeds=embeds[None], output_attentions=True)
+        finally:
+            model.llm.config._attn_implementation = before
+    rows = [p - 1 for p in range(1, len(labels)) if labels[p] != IGNORE]
+    mean = sum(a[0][:, rows].mean(dim=(0, 1)) for a in out.attentions) / len(out.attentions)  # (L,)
+    per_frame = torch.stack([mean[torch.tensor(w)].sum() for w in where])
+    return float(per_frame[torch.tensor(on)].sum() / per_frame.sum())
+
+
+@pytest.mark.parametrize("long_video", [False, True])
+def test_the_evidence_loss_is_minus_the_log_of_the_replys_attention_share_where_the_answer_is(tiny_model,
+                                                                                              long_video):
+    from llamavid.train.data import Sample
+    from llamavid.train.objective import batch_loss
+
+    torch.manual_seed(0)
+    feats = torch.randn(5, 257, tiny_model.config.mm_hidden_size)
+    spec = {"windows": [[1.0, 3.0]], "weight": 0.5}
+    common = {"features": feats, "frame_subtitles": ["", "a ring", "", "", "the end"] if long_video else None,
+              "timestamps": [0.0, 1.0, 2.0, 3.0, 4.0]}
+    item = dict(common, sample=Sample("e", None, [(Q, "red")], long_video, extra={"evidence": spec}))
+    plain = dict(common, sample=Sample("e", None, [(Q, "red")], long_video))
+    other = dict(common, sample=Sample("o", None, [(Q, "blue")], long_video))
+    share = _attention_share_by_hand(tiny_model, item, long_video, [False, True, True, False, False])
+    assert 0 < share < 1
+    with torch.no_grad():
+        alone = batch_loss(tiny_model, [item], max_tokens=4096) - batch_loss(tiny_model, [plain], max_tokens=4096)
+        mixed = (batch_loss(tiny_model, [other, item], max_tokens=4096)
+                 - batch_loss(tiny_model, [other, plain], max_tokens=4096))
+    assert abs(float(alone) - 0.5 * -np.log(share)) < 1e-4
+    assert abs(float(mixed) - 0.5 * -np.log(share) / 2) < 1e-4  # averaged over the batch; the CE is unchanged
+    tiny_model.zero_grad()
+    batch_loss(tiny_model, [other, item], max_tokens=4096).backward()
+    assert tiny_model.llm.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    tiny_model.zero_grad()
+
+
+@pytest.mark.parametrize("long_video", [False, True])
+def test_each_turn_of_a_conversation_is_taught_on_its_own_frames_and_reply(tiny_model, long_video):
+    from llamavid.model.qformer import encode_questions
+    from llamavid.train.data import Sample
+    from llamavid.train.objective import IGNORE, conversation_inputs
+
+    feats = torch.randn(4, 257, tiny_model.config.mm_hidden_size)
+    questions = [(Q, "red"), ("What shape is it?", "ring")]
+    item = {"sample": Sample("t", None, questions, long_video, extra={"evidence": {"windows": [[2.0, 3.0]]}}),
+            "features": feats, "frame_subtitles": ["", "", "hi", ""] if long_video else None,
+            "timestamps": [0.0, 1.0, 2.0, 3.0]}
+    turns: list = []
+    with torch.no_grad():
+        embeds, labels = conversation_inputs(tiny_model, item, long_video=long_video, max_tokens=4096, evidence=turns)
+        assert len(turns) == 2
+        replies = [p - 1 for p in range(1, len(labels)) if labels[p] != IGNORE]
+        assert turns[0].answer + turns[1].answer == replies
+        for turn, (question, reply) in zip(turns, questions):
+            assert len(turn.answer) == len(tiny_model.text_tokenizer.encode(reply)) + 1  # and its end token
+            assert turn.on_screen == [False, False, True, False]
+            ids, mask = encode_questions(tiny_model.qformer_tokenizer, [question], device="cpu")
+            tokens = tiny_model.frame_tokens(feats, ids, mask, long_video=long_video)[0]  # (T, 2, H)
+            for (a, b), frame in zip(turn.frames, tokens):
+                assert torch.equal(embeds[a:b], frame.to(embeds.dtype)) and a < turn.answer[0]
+        assert turns[0].answer[-1] < turns[1].frames[0][0]
+
+
+def test_no_evidence_loss_where_no_frame_or_every_frame_shows_the_answer(tiny_model):
+    from llamavid.train.data import Sample
+    from llamavid.train.objective import batch_loss
+
+    feats = torch.randn(3, 257, tiny_model.config.mm_hidden_size)
+    plain = {"sample": Sample("n", None, [(Q, "red")]), "features": feats, "frame_subtitles": None}
+    with torch.no_grad():
+        base = batch_loss(tiny_model, [plain], max_tokens=4096)
+        for window in ([[5.0, 6.0]], [[0.0, 3.0]]):
+            item = dict(plain, sample=Sample("n", None, [(Q, "red")], extra={"evidence": {"windows": window}}),
+                        timestamps=[0.0, 1.0, 2.0])
+            assert torch.equal(batch_loss(tiny_model, [item], max_tokens=4096), base)
+
+
+def test_stage_three_alone_says_when_the_window_and_first_last_answers_are_on_screen(tmp_path):
+    from llamavid.train.demo import split_items
+
+    def event(start, end):
+        return {"shape": "ring", "color": "red", "start": start, "end": end, "p0": [0, 0], "p1": [0, 0],
+                "radius": 10.0}
+
+    clips = [{"id": "train-window-0000", "events": [event(4.0, 7.0)]},
+             {"id": "train-sequence-0000", "events": [event(0.0, 2.0), event(2.0, 5.0), event(5.0, 6.0)]},
+             {"id": "train-sequence-0001", "events": [event(0.0, 2.0)]}]
+    (tmp_path / "clips.json").write_text(json.dumps(clips))
+
+    def qa(clip, n, qtype, long=False):
+        return {"id": f"{clip}-q{n}", "video": f"videos/{clip}.mp4", "question_type": qtype, "answer": "red",
+                "long": long,
+                "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "red"}]}
+
+    items = [qa("train-window-0000", 0, "color"), qa("train-sequence-0000", 0, "first"),
+             qa("train-sequence-0000", 1, "last"), qa("train-sequence-0000", 2, "count"),
+             qa("train-sequence-0001", 0, "first"), qa("train-sequence-0000", 3, "subtitle", long=True)]
+    (tmp_path / "qa.json").write_text(json.dumps(items))
+    parts = split_items(tmp_path / "qa.json", tmp_path, replay_per_window=5, evidence=0.5)
+    stage2 = json.loads(parts["stage2"].read_text())
+    stage3 = {i["id"]: i.get("evidence") for i in json.loads(parts["stage3"].read_text())}
+    assert not any("evidence" in i for i in stage2)
+    assert stage3["train-window-0000-q0"] == {"windows": [[4.0, 7.0]], "weight": 0.5}
+    assert stage3["train-sequence-0000-q0"] == {"windows": [[0.0, 2.0]], "weight": 0.5}
+    assert stage3["train-sequence-0000-q1"] == {"windows": [[5.0, 6.0]], "weight": 0.5}
+    assert stage3["train-sequence-0000-q2"] is None and stage3["train-sequence-0001-q0"] is None
+    assert stage3["train-sequence-0000-q3"] is None
+    off = split_items(tmp_path / "qa.json", tmp_path, replay_per_window=5)
+    assert not any("evidence" in i for i in json.loads(off["stage3"].read_text()))
+
+
 def test_haystack_and_pick_clips_hold_one_needle_of_the_asked_kind():
     for clip in syn.haystack_clips("test", minutes=(5,), per_cell=1):
         kind = next(k for k in syn.SHAPES if f" {k}" in clip.qa[0][1])

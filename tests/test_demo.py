@@ -114,14 +114,17 @@ def test_the_encoders_patch_kind_loss_weighs_a_shapes_patches():
 
 
 def test_the_named_recipes_differ_from_the_shipped_one_only_where_they_say():
-    """``--recipe kinds`` and ``kinds7`` are the shipped recipe with the encoder's shape weight (and, for kinds7,
-    seven epochs of stage 2), nothing else: docs/RESULTS.md compares them with the shipped model on that basis."""
+    """``--recipe kinds``, ``kinds7`` and ``kinds7-evidence`` are the shipped recipe with the encoder's shape
+    weight (and, for kinds7, seven epochs of stage 2; for kinds7-evidence, also the evidence loss), nothing
+    else: docs/RESULTS.md compares them with the shipped model on that basis."""
     from dataclasses import asdict
 
     from llamavid.train.demo import RECIPES, DemoRecipe
 
     shipped = asdict(DemoRecipe(**RECIPES["shipped"]))
     for name, want in (("kinds", {"vision_shape_weight": 5.0}),
-                       ("kinds7", {"vision_shape_weight": 5.0, "stage2": dict(shipped["stage2"], epochs=7)})):
+                       ("kinds7", {"vision_shape_weight": 5.0, "stage2": dict(shipped["stage2"], epochs=7)}),
+                       ("kinds7-evidence", {"vision_shape_weight": 5.0, "stage2": dict(shipped["stage2"], epochs=7),
+                                            "evidence": 1.0})):
         recipe = asdict(DemoRecipe(**RECIPES[name]))
         assert {k: v for k, v in recipe.items() if v != shipped[k]} == want

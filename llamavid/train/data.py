@@ -165,7 +165,7 @@ class ConversationDataset(Dataset):
             return {"sample": sample, "features": None, "frame_subtitles": None}
         feats, frame_subs = self.store.load(sample.media, self.max_frames)
         item = {"sample": sample, "features": feats, "frame_subtitles": frame_subs}
-        if "grounding" in sample.extra:  # the objective needs to know when each frame was
+        if "grounding" in sample.extra or "evidence" in sample.extra:  # the objective needs each frame's time
             item["timestamps"] = self.store.timestamps(sample.media, self.max_frames)
         return item
 

@@ -13,29 +13,34 @@ k of its frames, picked by the sample's id, also get g x g content tokens after 
 look-closer gives its key frames (``LlamaVid.prompt_embeddings(detail=...)``). A sample may also say where
 what its question asks about is (``"grounding": {"kind", "events", "weight"}``, and ``"color"`` for check
 questions; synthetic pick, check and haystack clips): then the text-guided attention is taught to look at it
-(``grounding_loss``). Each piece is tokenized the way inference tokenizes it (split at ``</s>``, each chunk
-with its sentencepiece dummy prefix), so what is learned is what is asked later.
+(``grounding_loss``). A sample may also say when its answer is on screen (``"evidence": {"windows", "weight"}``,
+seconds): then the LLM's attention from the positions that predict the reply to each frame, what
+``ask --evidence`` ranks by, is taught to land on those frames (``evidence_loss``). Each piece is tokenized
+the way inference tokenizes it (split at ``</s>``, each chunk with its sentencepiece dummy prefix), so what
+is learned is what is asked later.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from ..model.modeling import LlamaVid
-from ..model.prompt import get_template, image_message, movie_message, tokenize_prompt
+from ..model.prompt import IMAGE_SLOT, get_template, image_message, movie_message, tokenize_prompt
 from ..model.qformer import encode_questions
 
 IGNORE = -100
 
 
 def conversation_inputs(model: LlamaVid, item: dict, *, long_video: bool, max_tokens: int,
-                        aux: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        aux: list | None = None, evidence: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One sample -> (input embeddings (L, H), labels (L,)), truncated to max_tokens. ``aux``: where a
-    grounded sample's ``grounding_loss`` is appended (weighted)."""
+    grounded sample's ``grounding_loss`` is appended (weighted). ``evidence``: where a sample that says when
+    its answer is on screen appends, per turn, what ``evidence_loss`` needs (``EvidenceTurn``)."""
     sample = item["sample"]
     feats = item["features"]
     template = get_template(model.config.conv_mode)
@@ -46,6 +51,7 @@ def conversation_inputs(model: LlamaVid, item: dict, *, long_video: bool, max_to
     labels: list[torch.Tensor] = []
     if feats is not None:
         feats = feats.to(device, model.dtype)
+    offset = 0  # where this turn's prompt starts in the sample's sequence
     for turn, (question, reply) in enumerate(sample.turns):
         if feats is None:
             message = question
@@ -76,10 +82,61 @@ def conversation_inputs(model: LlamaVid, item: dict, *, long_video: bool, max_to
         prompt = model.embed_prompt(ids, blocks)
         target_ids = tok.encode(reply) + [tok.eos_id]
         target = embed(torch.tensor(target_ids, device=device))
+        if evidence is not None and blocks and sample.extra.get("evidence") and item.get("timestamps"):
+            turn_evidence = evidence_turn(ids, blocks, feats.shape[0], offset, len(target_ids), item["timestamps"],
+                                          sample.extra["evidence"], long_video=long_video)
+            if turn_evidence is not None and turn_evidence.answer[-1] + 1 < max_tokens:
+                evidence.append(turn_evidence)
         pieces += [prompt, target.to(prompt.dtype)]
         labels += [torch.full((prompt.shape[0],), IGNORE, device=device), torch.tensor(target_ids, device=device)]
+        offset += prompt.shape[0] + len(target_ids)
     embeds = torch.cat(pieces)[:max_tokens]
     return embeds, torch.cat(labels)[:max_tokens]
+
+
+@dataclass(frozen=True)
+class EvidenceTurn:
+    """One reply's share of ``evidence_loss``: its frames' positions in the sample's sequence, the positions
+    that predict the reply's tokens and its end token (the prompt's last and the reply's own, as
+    ``PromptScorer.attention`` reads them), which frames show the answer, and the loss's weight."""
+
+    frames: list[tuple[int, int]]  # [start, end) of each frame's tokens
+    answer: list[int]
+    on_screen: list[bool]
+    weight: float
+
+
+def evidence_turn(ids, blocks, n_frames: int, offset: int, n_reply: int, times, spec: dict, *,
+                  long_video: bool) -> EvidenceTurn | None:
+    """Where one turn's frames and reply are, and which frames fall in ``spec["windows"]`` (seconds, [start,
+    end)). None when no frame, or every frame, shows the answer (nothing to learn where to look)."""
+    slots = np.flatnonzero(np.asarray(ids) == IMAGE_SLOT)
+    lengths = np.ones(len(ids), dtype=np.int64)
+    lengths[slots] = [b.shape[0] for b in blocks]
+    starts = offset + np.cumsum(lengths) - lengths  # each id's first position after the blocks are spliced in
+    if long_video:  # one block per frame
+        frames = [(int(starts[s]), int(starts[s] + lengths[s])) for s in slots]
+    else:  # one block of n_frames equal parts
+        per = int(lengths[slots[0]]) // n_frames
+        frames = [(int(starts[slots[0]]) + k * per, int(starts[slots[0]]) + (k + 1) * per) for k in range(n_frames)]
+    on = [any(a <= t < b for a, b in spec["windows"]) for t in times[: len(frames)]]
+    if len(frames) != len(times) or not any(on) or all(on):
+        return None
+    end = offset + int(lengths.sum())  # the reply's first position
+    return EvidenceTurn(frames, list(range(end - 1, end - 1 + n_reply)), on, float(spec.get("weight", 1.0)))
+
+
+def evidence_loss(attentions, row: int, turn: EvidenceTurn) -> torch.Tensor:
+    """Teach the answer's attention to frames (``ask --evidence``) where the answer is: the attention weights
+    from the positions that predict the reply, averaged over layers, heads and those positions, summed per
+    frame and shared among the frames; -log of the share that lands on frames showing the answer.
+    ``attentions``: one (B, heads, L, L) tensor per layer."""
+    answer = torch.as_tensor(turn.answer, device=attentions[0].device)
+    weights = torch.stack([a[row][:, answer].float() for a in attentions]).mean(dim=(0, 1, 2))  # (L,)
+    per_frame = torch.stack([weights[a:b].sum() for a, b in turn.frames])
+    share = per_frame / per_frame.sum().clamp_min(1e-12)
+    on = torch.as_tensor(turn.on_screen, device=share.device)
+    return -share[on].sum().clamp_min(1e-9).log()
 
 
 def grounding_targets(times, spec: dict, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,10 +210,39 @@ def _detail(model: LlamaVid, feats: torch.Tensor, sample, long_video: bool) -> d
 
 
 def batch_loss(model: LlamaVid, items: list[dict], *, max_tokens: int, long_video: bool | None = None) -> torch.Tensor:
-    """Mean next-token cross-entropy over all target tokens of a (right-padded) batch."""
+    """Mean next-token cross-entropy over all target tokens of a (right-padded) batch, plus the grounding and
+    evidence losses of the samples that have them (each summed and averaged over the batch). Samples with
+    evidence go through the LLM apart, with eager attention (its weights are needed); the others as usual."""
     aux: list[torch.Tensor] = []
-    rows = [conversation_inputs(model, item, max_tokens=max_tokens, aux=aux,
-                                long_video=item["sample"].long_video or bool(long_video)) for item in items]
+    turns: list[list[EvidenceTurn]] = [[] for _ in items]
+    rows = [conversation_inputs(model, item, max_tokens=max_tokens, aux=aux, evidence=turns[i],
+                                long_video=item["sample"].long_video or bool(long_video))
+            for i, item in enumerate(items)]
+    seen = [i for i in range(len(rows)) if turns[i]]
+    if not seen:
+        logits, labels, _ = _forward(model, rows)
+        loss = _cross_entropy(logits, labels, "mean")
+    else:
+        plain = [i for i in range(len(rows)) if not turns[i]]
+        total, count = None, 0
+        for group in (plain, seen):
+            if not group:
+                continue
+            logits, labels, attentions = _forward(model, [rows[i] for i in group], attend=group is seen)
+            summed = _cross_entropy(logits, labels, "sum")
+            total = summed if total is None else total + summed
+            count += int((labels[:, 1:] != IGNORE).sum())
+            for row, i in enumerate(group if attentions is not None else ()):
+                aux += [turn.weight * evidence_loss(attentions, row, turn) for turn in turns[i]]
+        loss = total / max(count, 1)
+    if aux:  # the grounding and evidence of the samples that have them, averaged over the batch
+        loss = loss + torch.stack(aux).sum() / len(items)
+    return loss
+
+
+def _forward(model: LlamaVid, rows: list[tuple[torch.Tensor, torch.Tensor]], *, attend: bool = False):
+    """Right-pad the rows and run the LLM -> (logits (B, L, V), labels (B, L), attention weights per layer or
+    None). ``attend``: with eager attention, which returns its weights (sdpa does not)."""
     longest = max(e.shape[0] for e, _ in rows)
     h = rows[0][0].shape[-1]
     embeds = rows[0][0].new_zeros(len(rows), longest, h)
@@ -166,14 +252,25 @@ def batch_loss(model: LlamaVid, items: list[dict], *, max_tokens: int, long_vide
         embeds[i, : e.shape[0]] = e
         labels[i, : lab.shape[0]] = lab
         mask[i, : e.shape[0]] = 1
-    logits = model.llm(inputs_embeds=embeds, attention_mask=mask).logits  # (B, L, V)
+    if not attend:
+        return model.llm(inputs_embeds=embeds, attention_mask=mask).logits, labels, None  # (B, L, V)
+    config = model.llm.config
+    before = config._attn_implementation
+    config._attn_implementation = "eager"
+    try:
+        out = model.llm(inputs_embeds=embeds, attention_mask=mask, output_attentions=True)
+    finally:
+        config._attn_implementation = before
+    if not out.attentions:
+        raise RuntimeError("the LLM returned no attention weights")
+    return out.logits, labels, out.attentions
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor, reduction: str) -> torch.Tensor:
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]
-    loss = nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                                       ignore_index=IGNORE)
-    if aux:  # the grounding of the samples that have it, averaged over the batch
-        loss = loss + torch.stack(aux).sum() / len(items)
-    return loss
+    return nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                                       ignore_index=IGNORE, reduction=reduction)
 
 
 class TrainingModule(nn.Module):
