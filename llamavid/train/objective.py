@@ -82,7 +82,8 @@ def conversation_inputs(model: LlamaVid, item: dict, *, long_video: bool, max_to
         prompt = model.embed_prompt(ids, blocks)
         target_ids = tok.encode(reply) + [tok.eos_id]
         target = embed(torch.tensor(target_ids, device=device))
-        if evidence is not None and blocks and sample.extra.get("evidence") and item.get("timestamps"):
+        if (evidence is not None and blocks and sample.extra.get("evidence") and item.get("timestamps")
+                and not sample.extra.get("detail")):  # (frames in detail: not one length a frame)
             turn_evidence = evidence_turn(ids, blocks, feats.shape[0], offset, len(target_ids), item["timestamps"],
                                           sample.extra["evidence"], long_video=long_video)
             if turn_evidence is not None and turn_evidence.answer[-1] + 1 < max_tokens:
