@@ -159,17 +159,20 @@ def test_a_big_shape_joining_another_starts_a_chapter(encoder, tmp_path):
     assert [round(t, 1) for t in _cut_times(stamps, bounds)] == [12.5]
 
 
-SMALLER_JOINS = {  # (the shape on screen all through, the one that joins at 12.3 s): changes under MIN_CHANGE
+SMALLER_JOINS = {  # (the shape on screen all through, the one that joins at 12.3 s)
     "small dot (0.32)": (("ring", "white", (104.0, 112.0), (120.0, 112.0), 56.0),
                          ("circle", "red", (52.0, 52.0), (56.0, 50.0), 22.0)),
     "medium bar (0.38)": (("ring", "white", (104.0, 112.0), (120.0, 112.0), 56.0),
                           ("bar", "blue", (64.0, 170.0), (70.0, 160.0), 44.0)),
 }
+# the change stays under MIN_CHANGE at 4 x 4 cells (the small dot's did too with the encoder shipped before)
+UNDER_MIN_CHANGE = pytest.mark.xfail(reason="a smaller shape joining a big one changes the demo encoder's features "
+                                            "(whose tokens carry mostly the whole picture) less than MIN_CHANGE at "
+                                            "4 x 4 cells; see chapters.py")
 
 
-@pytest.mark.xfail(reason="a smaller shape joining a big one changes the demo encoder's features (whose tokens carry "
-                          "mostly the whole picture) less than MIN_CHANGE at 4 x 4 cells; see chapters.py")
-@pytest.mark.parametrize("case", sorted(SMALLER_JOINS))
+@pytest.mark.parametrize("case", [pytest.param(name, marks=UNDER_MIN_CHANGE) if name.startswith("medium") else name
+                                  for name in sorted(SMALLER_JOINS)])
 def test_a_smaller_shape_joining_a_big_one_starts_a_chapter(encoder, tmp_path, case):
     (shape, color, p0, p1, r), (shape2, color2, q0, q1, r2) = SMALLER_JOINS[case]
     big = _event(shape, color, 0.0, 30.0, p0, p1, r)

@@ -114,17 +114,23 @@ def test_the_encoders_patch_kind_loss_weighs_a_shapes_patches():
 
 
 def test_the_named_recipes_differ_from_the_shipped_one_only_where_they_say():
-    """``--recipe kinds``, ``kinds7`` and ``kinds7-evidence`` are the shipped recipe with the encoder's shape
-    weight (and, for kinds7, seven epochs of stage 2; for kinds7-evidence, also the evidence loss), nothing
-    else: docs/RESULTS.md compares them with the shipped model on that basis."""
+    """The recipes docs/RESULTS.md compares with the shipped one differ from it only where they say: the model
+    shipped before (the encoder's patches weighed alike, five epochs of stage 2, no evidence loss), the steps
+    between them, and the check questions on the one before."""
     from dataclasses import asdict
 
     from llamavid.train.demo import RECIPES, DemoRecipe
 
     shipped = asdict(DemoRecipe(**RECIPES["shipped"]))
-    for name, want in (("kinds", {"vision_shape_weight": 5.0}),
-                       ("kinds7", {"vision_shape_weight": 5.0, "stage2": dict(shipped["stage2"], epochs=7)}),
-                       ("kinds7-evidence", {"vision_shape_weight": 5.0, "stage2": dict(shipped["stage2"], epochs=7),
-                                            "evidence": 1.0})):
+    assert shipped["vision_shape_weight"] == 5.0 and shipped["stage2"]["epochs"] == 7 and shipped["evidence"] == 1.0
+    five = dict(shipped["stage2"], epochs=5)
+    before = {"vision_shape_weight": 1.0, "stage2": five, "evidence": 0.0}
+    for name, want in (("before-kinds", before),
+                       ("kinds", {"stage2": five, "evidence": 0.0}),
+                       ("kinds7", {"evidence": 0.0}),
+                       ("checks", dict(before, check_share=1.0, phrase_steps=0))):
         recipe = asdict(DemoRecipe(**RECIPES[name]))
         assert {k: v for k, v in recipe.items() if v != shipped[k]} == want
+    old = asdict(DemoRecipe(**RECIPES["before-look-closer"]))
+    assert old["vision_shape_weight"] == 1.0 and old["stage2"]["epochs"] == 5 and old["evidence"] == 0.0
+    assert "clip_per_module" not in old["stage2"] and old["n_pick"] == 0 and old["grounding"] == 0.0
