@@ -18,8 +18,9 @@ token makes an option that is only the start of a likelier answer ("red" vs "red
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -27,6 +28,19 @@ from .generation import cache_argument
 
 PACK_TOKENS = 2048  # tail tokens run in one pass (bounds the 4-D mask: tokens x (prefix + tokens))
 PREFILL_CHUNK = 4096
+
+
+@contextmanager
+def eager_attention(llm) -> Iterator[None]:
+    """Run the LLM with eager attention inside the block, which returns its weights (sdpa returns none), and
+    put back what it had, whatever happens."""
+    config = llm.config
+    before = config._attn_implementation
+    config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
 
 
 def answer_ids(model, text: str) -> list[int]:
@@ -237,15 +251,12 @@ class PromptScorer:
         allowed = torch.ones(n, p + n, dtype=torch.bool, device=device)
         allowed[:, p:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
         additive = torch.zeros(n, p + n, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
-        config = self.llm.config
-        before = config._attn_implementation
-        config._attn_implementation = "eager"
         try:
-            out = self.llm(inputs_embeds=tail[None], attention_mask=additive[None, None],
-                           position_ids=torch.arange(p, p + n, device=device)[None], use_cache=True,
-                           logits_to_keep=1, output_attentions=True, **{self._kw: self.cache})
+            with eager_attention(self.llm):
+                out = self.llm(inputs_embeds=tail[None], attention_mask=additive[None, None],
+                               position_ids=torch.arange(p, p + n, device=device)[None], use_cache=True,
+                               logits_to_keep=1, output_attentions=True, **{self._kw: self.cache})
         finally:
-            config._attn_implementation = before
             rewind(self.cache, p)
         if not out.attentions:
             raise RuntimeError("the LLM returned no attention weights")
@@ -254,4 +265,5 @@ class PromptScorer:
         return stacked.mean(dim=(0, 1, 2))
 
 
-__all__ = ["ChoiceScore", "PromptScorer", "Scored", "answer_ids", "choose", "empty_cache", "rewind"]
+__all__ = ["ChoiceScore", "PromptScorer", "Scored", "answer_ids", "choose", "eager_attention", "empty_cache",
+           "rewind"]

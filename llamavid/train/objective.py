@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..model.likelihood import eager_attention
 from ..model.modeling import LlamaVid
 from ..model.prompt import IMAGE_SLOT, get_template, image_message, movie_message, tokenize_prompt
 from ..model.qformer import encode_questions
@@ -255,13 +256,8 @@ def _forward(model: LlamaVid, rows: list[tuple[torch.Tensor, torch.Tensor]], *, 
         mask[i, : e.shape[0]] = 1
     if not attend:
         return model.llm(inputs_embeds=embeds, attention_mask=mask).logits, labels, None  # (B, L, V)
-    config = model.llm.config
-    before = config._attn_implementation
-    config._attn_implementation = "eager"
-    try:
+    with eager_attention(model.llm):
         out = model.llm(inputs_embeds=embeds, attention_mask=mask, output_attentions=True)
-    finally:
-        config._attn_implementation = before
     if not out.attentions:
         raise RuntimeError("the LLM returned no attention weights")
     return out.logits, labels, out.attentions
