@@ -1,6 +1,6 @@
 """The recipe of the built-in ``demo`` model: a small LLaMA-VID trained from scratch on the synthetic set.
 
-    python -m llamavid.train.demo train --data runs/data --output runs/demo [--ship]   # ~41 min, 2 CPU cores
+    python -m llamavid.train.demo train --data runs/data --output runs/demo [--ship]   # ~46 min, 2 CPU cores
     python -m llamavid.train.demo evaluate --model demo --output docs/RESULTS.md
 
 What ``train`` does, in order (each step skips work a previous, interrupted run already finished):
@@ -18,8 +18,9 @@ What ``train`` does, in order (each step skips work a previous, interrupted run 
              rates than the seed's fine-tuning ones; they are set here and recorded in the run folder.
              Stage 3 also sees "window" clips (ours): a quiet 12-24 s video with one shape on screen for
              2-4 s, plus as many replayed questions, so that the model finds the few frames that matter in
-             a longer video (what ``ask --evidence`` measures). The other places tried for them (a stage 4
-             of their own, stage 2) and what each cost are in docs/RESULTS.md.
+             a longer video (what ``ask --evidence`` measures), with an evidence loss that teaches the
+             answer's attention to land on the frames that show it (``objective.evidence_loss``). The other
+             places tried for them (a stage 4 of their own, stage 2) and what each cost are in docs/RESULTS.md.
 6. phrases   (ours) the text-guided attention alone (QFormer and the attention's query and key projectors)
              taught to find the colour and kind a phrase names ("a purple ring") on drawn still frames and on
              a search index's summaries of them, while the attention scores of the questions the model
