@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 
 from ..model.likelihood import eager_attention
-from ..model.modeling import LlamaVid
-from ..model.prompt import IMAGE_SLOT, get_template, image_message, movie_message, tokenize_prompt
+from ..model.modeling import LlamaVid, Prompt
+from ..model.prompt import get_template, image_message, movie_message, tokenize_prompt
 from ..model.qformer import encode_questions
 
 IGNORE = -100
@@ -85,8 +85,10 @@ def conversation_inputs(model: LlamaVid, item: dict, *, long_video: bool, max_to
         target = embed(torch.tensor(target_ids, device=device))
         if (evidence is not None and blocks and sample.extra.get("evidence") and item.get("timestamps")
                 and not sample.extra.get("detail")):  # (frames in detail: not one length a frame)
-            turn_evidence = evidence_turn(ids, blocks, feats.shape[0], offset, len(target_ids), item["timestamps"],
-                                          sample.extra["evidence"], long_video=long_video)
+            at = Prompt(question, text, tuple(ids), feats.shape[0], long_video, prompt.shape[0],
+                        model.config.conv_mode)  # this turn's prompt, as inference builds it
+            turn_evidence = evidence_turn(model.frame_spans(at), offset, prompt.shape[0], len(target_ids),
+                                          item["timestamps"], sample.extra["evidence"])
             if turn_evidence is not None and turn_evidence.answer[-1] + 1 < max_tokens:
                 evidence.append(turn_evidence)
         pieces += [prompt, target.to(prompt.dtype)]
@@ -108,23 +110,16 @@ class EvidenceTurn:
     weight: float
 
 
-def evidence_turn(ids, blocks, n_frames: int, offset: int, n_reply: int, times, spec: dict, *,
-                  long_video: bool) -> EvidenceTurn | None:
-    """Where one turn's frames and reply are, and which frames fall in ``spec["windows"]`` (seconds, [start,
+def evidence_turn(spans: list[tuple[int, int]], offset: int, prompt_length: int, n_reply: int, times,
+                  spec: dict) -> EvidenceTurn | None:
+    """Where one turn's frames (``spans``: ``LlamaVid.frame_spans`` of its prompt, without the subtitle text)
+    and reply are in the sample's sequence, and which frames fall in ``spec["windows"]`` (seconds, [start,
     end)). None when no frame, or every frame, shows the answer (nothing to learn where to look)."""
-    slots = np.flatnonzero(np.asarray(ids) == IMAGE_SLOT)
-    lengths = np.ones(len(ids), dtype=np.int64)
-    lengths[slots] = [b.shape[0] for b in blocks]
-    starts = offset + np.cumsum(lengths) - lengths  # each id's first position after the blocks are spliced in
-    if long_video:  # one block per frame
-        frames = [(int(starts[s]), int(starts[s] + lengths[s])) for s in slots]
-    else:  # one block of n_frames equal parts
-        per = int(lengths[slots[0]]) // n_frames
-        frames = [(int(starts[slots[0]]) + k * per, int(starts[slots[0]]) + (k + 1) * per) for k in range(n_frames)]
+    frames = [(offset + a, offset + b) for a, b in spans]
     on = [any(a <= t < b for a, b in spec["windows"]) for t in times[: len(frames)]]
     if len(frames) != len(times) or not any(on) or all(on):
         return None
-    end = offset + int(lengths.sum())  # the reply's first position
+    end = offset + prompt_length  # the reply's first position
     return EvidenceTurn(frames, list(range(end - 1, end - 1 + n_reply)), on, float(spec.get("weight", 1.0)))
 
 
