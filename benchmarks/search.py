@@ -89,7 +89,7 @@ def hit_rank(moments, q) -> int | None:
 
 def quality(data: Path, model_name: str, split: str, out: Path | None, limit: int | None,
             stages: tuple[str, ...], grid: int | None = None, visual_text: str | None = None,
-            closer: int | None = None) -> dict:
+            closer: int | None = None, stretch_score: str | None = None, closer_mix: float | None = None) -> dict:
     import llamavid
     from llamavid.core.options import AskOptions, SearchOptions
     from llamavid.features.search_index import IndexSettings
@@ -107,6 +107,10 @@ def quality(data: Path, model_name: str, split: str, out: Path | None, limit: in
     # what the first stage's attention reads: "query" (as it is), "check" (CHECK_PROMPT), or a template
     named = {"query": "{query}", "check": CHECK_PROMPT}
     text = {} if visual_text is None else {"visual_text": named.get(visual_text, visual_text)}
+    if stretch_score is not None:  # how stage 1 scores a stretch's summary, and the closer look's mix (tuning)
+        text["stretch_score"] = stretch_score
+    if closer_mix is not None:
+        text["closer_mix"] = closer_mix
     rows = []
     folders = sorted(data.glob(f"{split}-lib*"))
     if not folders:
@@ -494,6 +498,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grid", type=int, help="the index's summary grid (default: IndexSettings().grid); tuning only")
     p.add_argument("--visual-text", help="what stage 1's attention reads: query, check or a {query} template; "
                                          "tuning only (default: llamavid.tasks.search.VISUAL_TEXT)")
+    p.add_argument("--stretch-score", choices=("parts", "whole"), help="how stage 1 scores a stretch's summary "
+                   "(default: llamavid.tasks.search.STRETCH_SCORE); tuning only")
+    p.add_argument("--closer-mix", type=float, help="the first stage's share of the closer look's score (default: "
+                   "llamavid.tasks.search.CLOSER_MIX); tuning only")
     p = sub.add_parser("grounding")
     p.add_argument("--data", type=Path, default=ROOT / "runs" / "search")
     p.add_argument("--split", default="test")
@@ -527,7 +535,7 @@ def main(argv: list[str] | None = None) -> None:
         make(args.data, args.split, args.libraries)
     elif args.part == "quality":
         quality(args.data, args.model, args.split, args.out, args.limit, tuple(args.stages.split(",")), args.grid,
-                args.visual_text, args.closer)
+                args.visual_text, args.closer, args.stretch_score, args.closer_mix)
 
 
 if __name__ == "__main__":

@@ -49,13 +49,46 @@ def test_a_batch_holds_the_hard_negatives():
     index = {("red", "ring"): list(range(0, 10)), ("blue", "ring"): list(range(10, 20)),
              ("red", "bar"): list(range(20, 30)), ("blue", "bar"): list(range(30, 40))}
     for _ in range(20):
-        color, kind, chosen = g.pick_batch(rng, index, 40, 16)
+        color, kind, chosen, partners = g.pick_batch(rng, index, 40, 16)
+        assert partners == {}
         assert len(chosen) == 16
         shows = lambda c, k: sum(i in index[(c, k)] for i in chosen[:12])  # noqa: E731
         other_c = "blue" if color == "red" else "red"
         other_k = "bar" if kind == "ring" else "ring"
         assert (shows(color, kind), shows(other_c, kind), shows(color, other_k)) == (4, 4, 4)
 
+
+
+def test_lures_hold_the_colour_and_the_kind_apart_in_a_frame_or_in_a_summary():
+    # frames 0-9 a red ring; 10-19 a blue ring; 20-29 a red bar; 30-34 a red bar beside a blue ring
+    index = {("red", "ring"): list(range(0, 10)), ("blue", "ring"): list(range(10, 20)) + list(range(30, 35)),
+             ("red", "bar"): list(range(20, 35)), ("blue", "bar"): list(range(35, 40))}
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        color, kind, chosen, partners = g.pick_batch(rng, index, 40, 16, lures=0.25)
+        if (color, kind) != ("red", "ring"):
+            continue
+        assert len(chosen) == 16
+        lures = chosen[12:16]
+        in_one_frame = [i for n, i in enumerate(lures) if 12 + n not in partners]
+        assert in_one_frame and all(30 <= i < 35 for i in in_one_frame)  # both halves, never together
+        assert partners and set(partners) <= {12, 13, 14, 15}
+        for n, partner in partners.items():
+            assert chosen[n] in index[("blue", "ring")] and partner in index[("red", "bar")]
+        break
+    else:
+        raise AssertionError("no batch for 'red ring' drawn")
+    # the partner is a run of the summary; the named shape is nowhere in it, so the target is the background
+    shapes = [[("red", "ring", np.ones(256, dtype=bool))], [("blue", "ring", np.eye(256, dtype=bool)[0])],
+              [("red", "bar", np.eye(256, dtype=bool)[1])]]
+    background = np.stack([np.zeros(256, dtype=bool), ~np.eye(256, dtype=bool)[0], ~np.eye(256, dtype=bool)[1]])
+    feats = torch.arange(3.0)[:, None, None].expand(3, 257, 4).contiguous()  # frame k: every value k
+    data = g.PhraseFrames(feats, shapes, background)
+    pictures, target, shown = g.summary_pictures(data, [1], 2, "red", "ring", np.random.default_rng(0), 4,
+                                                 partners={0: 2})
+    assert sorted(set(pictures[0, 1:, 0].tolist())) == [1.0, 2.0]  # the blue ring's run and the red bar's
+    assert shown.tolist() == [False]
+    assert not g.pick_batch(np.random.default_rng(1), index, 40, 16)[3]  # no lures asked: none
 
 def test_the_phrase_stage_trains_only_what_decides_the_attention(tiny_model):
     import copy

@@ -106,6 +106,51 @@ def test_the_best_stretches_are_looked_at_closer_on_every_stored_frame(library, 
         SearchOptions(closer=-1)
 
 
+def test_parts_scores_a_stretch_by_its_best_run_and_the_closer_look_can_mix_in_the_first_stage(library, tiny_model):
+    """``stretch_score="parts"``: each summary frame of the index is a picture of its own (its class token and
+    its pooled patches, assembled here from the sidecar's arrays), a stretch scores its best one. ``closer_mix``:
+    the closer look ranks by z(best stored frame) + mix z(first stage), over the stretches looked at."""
+    from llamavid.pipeline.planning import resolve_long_video
+
+    query, n, mix = "a purple ring", 6, 0.5  # no line says it: the pictures alone rank
+    long_video = resolve_long_video(tiny_model, None)
+    first = search(tiny_model, [library], query, SearchOptions(top=40, closer=0, rerank=0), stretch_score="parts")
+    by_hand = {}
+    for path in library.rglob("*.vidtok"):
+        index = read_index(index_path_for(path))
+        with open_vidtok(path) as vt:
+            times = vt.timestamps
+        for s, (a, b) in enumerate(index.stretches):
+            rows = range(index.offsets[s], index.offsets[s + 1])
+            pictures = torch.stack([torch.cat([torch.from_numpy(index.cls[r][None].astype(np.float32)),
+                                               torch.from_numpy(index.patches[r].astype(np.float32))]) for r in rows])
+            lse = tiny_model.context_relevance(pictures, query, long_video=long_video)["lse"]
+            by_hand[(path.name, float(times[a]))] = float(lse.max()) - math.log(16)
+    got = [by_hand[(os.path.basename(m.video), m.start)] for m in first.moments]
+    assert len(got) == len(by_hand) and got == sorted(got, reverse=True)
+    assert len(set(got)) > len(got) // 2  # the scores differ: the order says something
+
+    mixed = search(tiny_model, [library], query, SearchOptions(top=40, closer=n, rerank=0), stretch_score="parts",
+                   closer_mix=mix)
+    top = first.moments[:n]
+
+    def best_frame(m) -> float:
+        with open_vidtok(m.file.path) as vt:
+            inside = [i for i, t in enumerate(vt.timestamps) if m.start <= t < m.end]
+            scores = tiny_model.context_relevance(vt, query, frame_indices=inside, long_video=long_video)["lse"]
+        return float(scores.max())
+
+    z = lambda x: (np.asarray(x) - np.mean(x)) / np.std(x)  # noqa: E731
+    value = z([best_frame(m) for m in top]) + mix * z([by_hand[(os.path.basename(m.video), m.start)] for m in top])
+    expected = [(top[i].video, top[i].start) for i in np.argsort(-value, kind="stable")]
+    assert [(m.video, m.start) for m in mixed.moments[:n]] == expected
+    assert [(m.video, m.start) for m in mixed.moments[n:]] == [(m.video, m.start) for m in first.moments[n:]]
+    with pytest.raises(InputError, match="stretch_score"):
+        search(tiny_model, [library], query, stretch_score="frames")
+    with pytest.raises(InputError, match="closer_mix"):
+        search(tiny_model, [library], query, closer_mix=float("nan"))
+
+
 def test_the_first_stage_attention_reads_the_visual_text_around_the_query(library, tiny_model, monkeypatch):
     import llamavid.tasks.search as search_module
 

@@ -110,6 +110,15 @@ class SearchIndex:
         out[:, 1:] = patches
         return out
 
+    def part_pictures(self, rows: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Summary frames ``rows`` (indices into ``positions``), each as a picture of its own: its class token,
+        then its ``grid * grid`` pooled patches -> (len(rows), 1 + grid * grid, C) in ``dtype``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = torch.empty(len(rows), 1 + self.patches.shape[1], self.patches.shape[2], dtype=dtype)
+        out[:, 0] = torch.from_numpy(self.cls[rows])
+        out[:, 1:] = torch.from_numpy(self.patches[rows])
+        return out
+
     @property
     def nbytes(self) -> int:
         return sum(getattr(self, name).nbytes for name in _TENSORS)

@@ -66,6 +66,14 @@ CHECK_CHOICES = ("Yes", "No")
 # the shipped demo model or the check recipe's, and slower (docs/RESULTS.md, "Check questions")
 VISUAL_TEXT = "{query}"
 SUMMARY_CHUNK = 256  # stretch summaries through the QFormer at a time
+# how a stretch's summary is scored: "parts", each of its runs' pooled frames as a picture of its own, the
+# stretch's score the best of them; or "whole", its runs side by side as one picture (a purple column in one
+# run and a red ring in another then read as a purple ring)
+STRETCH_SCORES = ("parts", "whole")
+STRETCH_SCORE = "whole"
+# the closer look's score: z(best stored frame) + CLOSER_MIX * z(the first stage's visual score), over the
+# stretches looked at (0: the stored frames alone)
+CLOSER_MIX = 0.0
 STOP_WORDS = frozenset(
     "a an the is are was were be been being of in on at to for with and or by from as it its this that these "
     "those where when what which who whom whose how does do did show shows shown showing part parts moment "
@@ -293,7 +301,7 @@ def _file_lines(vin) -> list[tuple[float, float, str]]:
 
 
 def _score_file(model, number: int, vin, index, query: str, library: _Library, long_video: bool,
-                attention_text: str) -> int:
+                attention_text: str, stretch_score: str = STRETCH_SCORE) -> int:
     """The first stage on one open file: every stretch's visual score (``attention_text``'s attention) and
     text score (``query``'s words) into ``library``."""
     n = len(index)
@@ -310,14 +318,22 @@ def _score_file(model, number: int, vin, index, query: str, library: _Library, l
     # summaries as stored (float16) for a model on an accelerator, which converts them there; on the CPU in
     # the model's own dtype, at once
     dtype = model.dtype if model.device.type == "cpu" else torch.float16
-    for k in np.unique(parts):
-        chosen = np.nonzero(parts == k)[0]
-        for a in range(0, len(chosen), SUMMARY_CHUNK):
-            rows = chosen[a:a + SUMMARY_CHUNK]
-            pictures = index.summaries(rows, dtype)
-            scores = token_scores(model, pictures, attention_text, range(len(rows)), long_video=long_video,
-                                  chunk_frames=SUMMARY_CHUNK)
-            visual[rows] = scores - math.log(int(k) * grid_tokens)  # log-mean-exp: counts of parts compare
+    if stretch_score == "parts":
+        scores = np.empty(len(index.positions), dtype=np.float64)
+        for a in range(0, len(scores), SUMMARY_CHUNK):
+            rows = np.arange(a, min(len(scores), a + SUMMARY_CHUNK))
+            scores[rows] = token_scores(model, index.part_pictures(rows, dtype), attention_text, range(len(rows)),
+                                        long_video=long_video, chunk_frames=SUMMARY_CHUNK)
+        visual[:] = np.maximum.reduceat(scores, index.offsets[:-1]) - math.log(grid_tokens)  # log-mean-exp
+    else:
+        for k in np.unique(parts):
+            chosen = np.nonzero(parts == k)[0]
+            for a in range(0, len(chosen), SUMMARY_CHUNK):
+                rows = chosen[a:a + SUMMARY_CHUNK]
+                pictures = index.summaries(rows, dtype)
+                scores = token_scores(model, pictures, attention_text, range(len(rows)), long_video=long_video,
+                                      chunk_frames=SUMMARY_CHUNK)
+                visual[rows] = scores - math.log(int(k) * grid_tokens)  # log-mean-exp: counts of parts compare
     library.add_scores(visual)
     terms = np.zeros(n, dtype=np.int64)
     if library.terms:
@@ -341,13 +357,19 @@ def _score_file(model, number: int, vin, index, query: str, library: _Library, l
 
 def search(model, inputs: Iterable[str | os.PathLike | LibraryFile], query: str,
            options: SearchOptions | None = None, *, callbacks: Callbacks = NO_CALLBACKS,
-           index_settings: IndexSettings = IndexSettings(), visual_text: str = VISUAL_TEXT) -> SearchResult:
+           index_settings: IndexSettings = IndexSettings(), visual_text: str = VISUAL_TEXT,
+           stretch_score: str = STRETCH_SCORE, closer_mix: float = CLOSER_MIX) -> SearchResult:
     """The moments of a library (``.vidtok`` files, videos, folders searched recursively) that ``query`` is
     about, best first: ``options.top`` of them (see the module docstring for the two stages). Videos are
     encoded through the cache (``options.ask``: fps, subtitles). ``callbacks``: a warning for each file left
     out, status lines, progress as (files done, files). ``visual_text``: what the first stage's attention
-    reads, with ``{query}`` (tuning only)."""
+    reads, with ``{query}``; ``stretch_score`` and ``closer_mix``: see ``STRETCH_SCORE`` and ``CLOSER_MIX`` (these
+    three: tuning only)."""
     options = options or SearchOptions()
+    if stretch_score not in STRETCH_SCORES:
+        raise InputError(f"stretch_score {stretch_score!r}: expected one of {', '.join(STRETCH_SCORES)}")
+    if not (math.isfinite(closer_mix) and closer_mix >= 0):
+        raise InputError(f"closer_mix {closer_mix!r}: expected a number >= 0")
     check_text(query, "the query")
     try:
         attention_text = visual_text.format(query=query.strip())
@@ -375,7 +397,7 @@ def search(model, inputs: Iterable[str | os.PathLike | LibraryFile], query: str,
                 index, status = index_for(vin.features, index_settings, callbacks=quiet, label=item.label)
                 indexes[status] = indexes.get(status, 0) + 1
                 stretches += _score_file(model, len(searched), vin, index, query, library, long_video,
-                                         attention_text)
+                                         attention_text, stretch_score)
                 searched.append(item)
         except LlamaVidError as exc:
             skip(item, exc)
@@ -386,7 +408,8 @@ def search(model, inputs: Iterable[str | os.PathLike | LibraryFile], query: str,
     seconds = {"first": time.perf_counter() - t0}
     if options.closer > 0:
         t1 = time.perf_counter()
-        ranked = _look_closer(model, ranked, options.closer, searched, attention_text, options, long_video, callbacks)
+        ranked = _look_closer(model, ranked, options.closer, searched, attention_text, options, long_video, callbacks,
+                              closer_mix)
         seconds["closer"] = time.perf_counter() - t1
     moments = [Moment(searched[c.file].label, c.start, c.end, c.first, c.first, file=searched[c.file])
                for c in ranked]
@@ -409,12 +432,14 @@ def search(model, inputs: Iterable[str | os.PathLike | LibraryFile], query: str,
 
 
 def _look_closer(model, ranked: list[_Candidate], count: int, searched: list[LibraryFile], attention_text: str,
-                 options: SearchOptions, long_video: bool, callbacks: Callbacks) -> list[_Candidate]:
+                 options: SearchOptions, long_video: bool, callbacks: Callbacks,
+                 mix: float = CLOSER_MIX) -> list[_Candidate]:
     """Stage 1b: the first stage's best ``count`` stretches looked at closer. Each one's visual score becomes
     that of its best stored frame at full resolution (the query's attention over every patch of every frame in
     it, as look-closer's pass 1 scores frames) instead of its index summary's, whose frames are pooled to a
     coarse grid and mixed with each other; standardised over the ``count`` (z), it enters the first stage's
-    formula as before. They are ranked again among themselves, above the rest."""
+    formula as before (with ``mix``: plus ``mix`` times the z of their first-stage visual scores, the sum
+    standardised again). They are ranked again among themselves, above the rest."""
     top = ranked[:count]
     if len(top) < 2:
         return ranked
@@ -434,13 +459,18 @@ def _look_closer(model, ranked: list[_Candidate], count: int, searched: list[Lib
                                                   long_video=long_video).max())
         except LlamaVidError as exc:  # changed on disk since the first stage: its stretches keep their first score
             callbacks.warn(f"{item.label}: not looked at closer: {_reason(exc, item)}")
-    seen = np.asarray([c.closer for c in top if c.closer is not None], dtype=np.float64)
-    if len(seen) < 2:
+    looked = [c for c in top if c.closer is not None]
+    if len(looked) < 2:
         return ranked
-    mean, std = float(seen.mean()), float(seen.std()) or 1.0
-    for c in top:
-        if c.closer is not None:
-            c.first = _first(c.text, (c.closer - mean) / std)
+
+    def standard(x: np.ndarray) -> np.ndarray:
+        return (x - x.mean()) / (float(x.std()) or 1.0)
+
+    value = standard(np.asarray([c.closer for c in looked], dtype=np.float64))
+    if mix > 0:
+        value = standard(value + mix * standard(np.asarray([c.visual for c in looked], dtype=np.float64)))
+    for c, v in zip(looked, value):
+        c.first = _first(c.text, float(v))
     return sorted(top, key=lambda c: (-c.first, c.file, c.start)) + ranked[count:]
 
 

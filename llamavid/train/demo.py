@@ -101,6 +101,9 @@ class DemoRecipe:
     phrase_frames: int = 8000
     phrase_batch: int = 48
     phrase_lr: float = 1e-3
+    # share of each phrases batch holding the phrase's colour and kind apart (a red bar beside a blue ring for
+    # "a red ring", in one frame or in two runs of a summary; ``grounding.pick_batch``); 0: none
+    phrase_lures: float = 0.0
     n_haystack: int = 24  # haystack videos in stage 3 (one needle of the asked kind among distractors)
     haystack_seconds: tuple[int, int] = (60, 900)
     vision_two_shapes: float = 0.3  # share of the encoder's training frames with two shapes side by side
@@ -482,7 +485,7 @@ def train_demo(output: Path, r: DemoRecipe, *, data_root: Path, ship: bool = Fal
         from .grounding import phrase_stage
 
         model = str(phrase_stage(model, output / "phrases", steps=r.phrase_steps, frames=r.phrase_frames,
-                                 batch=r.phrase_batch, lr=r.phrase_lr, seed=r.seed,
+                                 batch=r.phrase_batch, lr=r.phrase_lr, lures=r.phrase_lures, seed=r.seed,
                                  on_log=lambda rec: log(f"phrases step {rec['step']}: loss {rec['loss']:.3f} "
                                                         f"({rec['seconds']:.0f} s)")))
     final = export_demo(model, output / "demo")

@@ -140,16 +140,21 @@ def _cells(mask: np.ndarray, grid: int) -> np.ndarray:
 
 
 def summary_pictures(data: PhraseFrames, frames: list[int], parts: int, color: str, kind: str,
-                     rng: np.random.Generator, grid: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     rng: np.random.Generator, grid: int, partners: dict[int, int] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each frame as a search index's summary of a stretch of ``parts`` runs (``features.search_index``): the
     frame and ``parts - 1`` others drawn at random, in random order, each pooled to ``grid`` x ``grid`` (float16,
-    as stored) after their mean class token. -> (pictures (n, 1 + parts * grid^2, C), targets (n, parts *
+    as stored) after their mean class token; ``partners`` (position in ``frames`` -> frame): that frame is one of
+    the others (``pick_batch``'s lures). -> (pictures (n, 1 + parts * grid^2, C), targets (n, parts *
     grid^2): the cells the named shape covers, weighted by how much, else the empty cells; shown (n,))."""
     from ..model.tokens import pool_content
 
     pictures, targets, shown = [], [], []
-    for i in frames:
+    partners = partners or {}
+    for n, i in enumerate(frames):
         members = [i] + [int(x) for x in rng.integers(len(data.features), size=parts - 1)]
+        if parts > 1 and n in partners:
+            members[1] = partners[n]
         members = [members[k] for k in rng.permutation(parts)]
         feats = data.features[members]  # (parts, 1 + P, C)
         pooled = pool_content(feats[:, 1:], f"grid:{grid}").flatten(0, 1)  # (parts * grid^2, C)
@@ -166,9 +171,17 @@ def summary_pictures(data: PhraseFrames, frames: list[int], parts: int, color: s
 
 
 def pick_batch(rng: np.random.Generator, index: dict[tuple[str, str], list[int]], n_frames: int,
-               size: int) -> tuple[str, str, list[int]]:
+               size: int, *, lures: float = 0.0) -> tuple[str, str, list[int], dict[int, int]]:
     """A phrase's colour and kind and a batch of frames for it: a quarter show it, a quarter the same kind in
-    another colour, a quarter the same colour on another kind, a quarter anything."""
+    another colour, a quarter the same colour on another kind, a quarter anything.
+
+    ``lures``: this share of the batch, taken from the last quarter, are *lures*: pictures that hold both
+    halves of the phrase apart, never together (a red bar beside a blue ring for "a red ring"). Half of them
+    are such frames; the other half pair a frame of the same kind in another colour with a frame of the same
+    colour on another kind, which a search index's summary puts side by side (``partners``: position in
+    ``chosen`` -> the frame to put beside it; whole frames ignore it). A stretch that shows the colour in one
+    run and the kind in another is the search's commonest wrong first place (docs/RESULTS.md, "Phrases").
+    -> (colour, kind, chosen, partners)."""
     pairs = sorted(index)
     color, kind = pairs[int(rng.integers(len(pairs)))]
     same_kind = [i for (c, k), ids in index.items() if k == kind and c != color for i in ids]
@@ -176,8 +189,21 @@ def pick_batch(rng: np.random.Generator, index: dict[tuple[str, str], list[int]]
     q = size // 4
     chosen = [int(x) for pool in (index[(color, kind)], same_kind, same_color)
               for x in rng.choice(pool, size=min(q, len(pool)), replace=False)]
+    partners: dict[int, int] = {}
+    n_lures = min(int(round(size * lures)), size - len(chosen))
+    if n_lures > 0 and same_kind and same_color:
+        right = set(index[(color, kind)])
+        both = sorted((set(same_kind) & set(same_color)) - right)
+        apart = [i for i in same_kind if i not in right]
+        others = [i for i in same_color if i not in right]
+        for n in range(n_lures):
+            if n % 2 == 0 and both:
+                chosen.append(int(both[int(rng.integers(len(both)))]))
+            elif apart and others:
+                partners[len(chosen)] = int(others[int(rng.integers(len(others)))])
+                chosen.append(int(apart[int(rng.integers(len(apart)))]))
     chosen += [int(x) for x in rng.choice(n_frames, size=size - len(chosen), replace=False)]
-    return color, kind, chosen
+    return color, kind, chosen, partners
 
 
 def phrase_logits(model, phrase: str, feats: torch.Tensor, long_video: bool = False) -> torch.Tensor:
@@ -218,12 +244,13 @@ def trained_parameters(model) -> list[torch.nn.Parameter]:
 
 
 def train_phrases(model, *, steps: int, frames: int, batch: int = 32, lr: float = 1e-3, seed: int = 0,
-                  summary_grid: int = IndexSettings().grid, keep: float = KEEP_WEIGHT,
+                  summary_grid: int = IndexSettings().grid, keep: float = KEEP_WEIGHT, lures: float = 0.0,
                   on_log: Callable[[dict], None] | None = None) -> list[float]:
     """Train the model's text-guided attention on phrases over ``frames`` drawn still frames (in place): on
     whole frames, and on the summaries a search index keeps of a stretch (``summary_grid``: the index's grid).
     ``keep``: the weight of ``keep_loss``, which holds the attention scores of the questions the model already
-    answers where they were."""
+    answers where they were. ``lures``: the share of each batch that holds the phrase's colour and kind apart
+    (``pick_batch``)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     data = phrase_frames(model, rng, frames)
@@ -241,14 +268,14 @@ def train_phrases(model, *, steps: int, frames: int, batch: int = 32, lr: float 
     model.train()
     losses, t0 = [], time.perf_counter()
     for step in range(steps):
-        color, kind, chosen = pick_batch(rng, index, len(data.features), batch)
+        color, kind, chosen, partners = pick_batch(rng, index, len(data.features), batch, lures=lures)
         phrase = PHRASES[int(rng.integers(len(PHRASES)))].format(color=color, kind=kind)
         parts = int(rng.choice(len(SUMMARY_PARTS), p=SUMMARY_PARTS))
         if parts == 0:  # whole frames (look-closer's pass 1, the context token)
             feats = data.features[chosen]
             target, shown = phrase_targets(data, chosen, color, kind)
         else:  # a stretch's summary in a search index
-            feats, target, shown = summary_pictures(data, chosen, parts, color, kind, rng, summary_grid)
+            feats, target, shown = summary_pictures(data, chosen, parts, color, kind, rng, summary_grid, partners)
         logits = phrase_logits(model, phrase, feats.to(model.device, model.dtype))
         shown = shown.to(logits.device)
         loss = attention_loss(logits, target.to(logits.device), shown) + ranking_loss(logits, shown)
@@ -302,7 +329,7 @@ def phrase_auc(model, data: PhraseFrames, *, parts: int = 0, grid: int = IndexSe
 
 
 def phrase_stage(start: str | Path, dest: Path, *, steps: int, frames: int, seed: int, batch: int = 32,
-                 lr: float = 1e-3, on_log: Callable[[dict], None] | None = None) -> Path:
+                 lr: float = 1e-3, lures: float = 0.0, on_log: Callable[[dict], None] | None = None) -> Path:
     """The checkpoint at ``start`` with its attention trained on phrases, written to ``dest`` in the same layout
     (skipped when ``dest`` already holds one)."""
     from ..model.export import save_checkpoint
@@ -312,7 +339,7 @@ def phrase_stage(start: str | Path, dest: Path, *, steps: int, frames: int, seed
         return dest
     start = Path(start)
     model = load_model(str(start), dtype="float32", device="cpu")
-    train_phrases(model, steps=steps, frames=frames, batch=batch, lr=lr, seed=seed, on_log=on_log)
+    train_phrases(model, steps=steps, frames=frames, batch=batch, lr=lr, seed=seed, lures=lures, on_log=on_log)
     # the encoder travels as it came: a file beside the weights (a fresh init) or inside them (an exported model)
     save_checkpoint(model, dest, fmt="safetensors", embed_vision=not (start / VISION_TOWER_NAME).is_file())
     for name in (VISION_TOWER_NAME, "generation_config.json"):
