@@ -320,9 +320,10 @@ def child_index(files: list[Path]) -> dict:
             "vidtok_bytes": sum(p.stat().st_size for p in files)}
 
 
-def child_query(files: list[Path], queries: tuple[str, ...]) -> dict:
-    """Each query over ``files`` (indexes built) with the defaults (top 5, the model checks 10), in order;
-    the peak RSS of the searches above what the loaded model holds."""
+def child_query(files: list[Path], queries: tuple[str, ...], tuning: dict | None = None) -> dict:
+    """Each query over ``files`` (indexes built) with the defaults (top 5, the model checks 10; ``tuning``:
+    keyword arguments of ``llamavid.search`` such as ``stretch_score``), in order; the peak RSS of the searches
+    above what the loaded model holds."""
     import llamavid
     from llamavid.core.options import AskOptions, SearchOptions
 
@@ -333,7 +334,7 @@ def child_query(files: list[Path], queries: tuple[str, ...]) -> dict:
     out: dict = {"files": len(files), "rss_after_load": base, "queries": []}
     for q in queries:
         w0, c0 = time.perf_counter(), time.process_time()
-        result = llamavid.search(model, files, q, SearchOptions(ask=AskOptions(temperature=0.0)))
+        result = llamavid.search(model, files, q, SearchOptions(ask=AskOptions(temperature=0.0)), **(tuning or {}))
         out["queries"].append({"query": q, "wall": time.perf_counter() - w0, "cpu": time.process_time() - c0,
                                "seconds": result.seconds, "stretches": result.stretches,
                                "indexes": result.indexes,
@@ -368,16 +369,20 @@ def speed(work: Path, hours: float, out: Path | None) -> dict:
     index = _child("index", files=files)
     quarter = _child("query", files=files[: max(1, len(files) // 4)], queries=list(SPEED_QUERIES))
     whole = _child("query", files=files, queries=list(SPEED_QUERIES))
+    # side by side: the first stage as it was before STRETCH_SCORE "parts" and CLOSER_MIX (one picture a stretch)
+    before = _child("query", files=files, queries=list(SPEED_QUERIES), tuning={"stretch_score": "whole",
+                                                                               "closer_mix": 0.0})
     hours_built = index["frames"] / 3600
     report = {"machine": describe(), "hours": hours_built, "encode": encode, "index": index,
-              "quarter": quarter, "whole": whole,
+              "quarter": quarter, "whole": whole, "whole_one_picture": before,
               "encode_seconds_per_hour": encode["wall"] / encode["frames"] * 3600,
               "index_seconds_per_hour": index["wall"] / hours_built}
     report["index_share_of_encode"] = report["index_seconds_per_hour"] / report["encode_seconds_per_hour"]
     if out:
         out.write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in report.items() if k not in ("quarter", "whole")}, indent=1))
-    for name in ("quarter", "whole"):
+    print(json.dumps({k: v for k, v in report.items() if k not in ("quarter", "whole", "whole_one_picture")},
+                     indent=1))
+    for name in ("quarter", "whole", "whole_one_picture"):
         r = report[name]
         print(f"{name}: {r['files']} files, peak RSS {r['peak_rss'] / 1e6:.0f} MB "
               f"({(r['peak_above_load'] or 0) / 1e6:.0f} MB above the loaded model)")
@@ -412,27 +417,30 @@ def realsize(work: Path, stretches: int, frames: int, out: Path | None) -> dict:
     model = real_width_model(qtok, torch.device("cpu"), torch.float32)
     settings = IndexSettings()
     side = 1 + settings.max_parts * settings.grid ** 2  # a 3-part stretch's summary: 1 + 3 x 16 tokens
-    report: dict = {"machine": describe(), "summary_tokens": side, "stretches_measured": stretches}
-    for dtype in (torch.float32, torch.bfloat16):
-        m = model.to(dtype)
-        pictures = (torch.randn(stretches, side, EVA["width"]) * 0.5).to(dtype)
-        m.context_relevance(pictures[:8], "a purple ring")  # warm-up
-        w0, c0 = time.perf_counter(), time.process_time()
-        m.context_relevance(pictures, "a purple ring", chunk_frames=256)
-        report[f"stage1_{str(dtype).split('.')[-1]}"] = {"wall_per_stretch": (time.perf_counter() - w0) / stretches,
-                                                         "cpu_per_stretch": (time.process_time() - c0) / stretches}
+    part = 1 + settings.grid ** 2  # one run's pooled frame, a picture of its own (STRETCH_SCORE "parts")
+    report: dict = {"machine": describe(), "summary_tokens": side, "part_tokens": part, "stretches_measured": stretches}
     import contextlib
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
     class _NoModules(contextlib.nullcontext):  # (its per-module hooks need autograd; inference mode has none)
         parents = ("Global",)
 
-    counter.mod_tracker = _NoModules()
-    with counter:
-        model.context_relevance(pictures[:16].float(), "a purple ring", chunk_frames=256)
-    report["stage1_flops_per_stretch"] = counter.get_total_flops() / 16
+    for name, tokens in (("stage1", side), ("stage1_part", part)):  # a whole 3-part summary; one run's picture
+        for dtype in (torch.float32, torch.bfloat16):
+            m = model.to(dtype)
+            pictures = (torch.randn(stretches, tokens, EVA["width"]) * 0.5).to(dtype)
+            m.context_relevance(pictures[:8], "a purple ring")  # warm-up
+            w0, c0 = time.perf_counter(), time.process_time()
+            m.context_relevance(pictures, "a purple ring", chunk_frames=256)
+            report[f"{name}_{str(dtype).split('.')[-1]}"] = {
+                "wall_per_picture": (time.perf_counter() - w0) / stretches,
+                "cpu_per_picture": (time.process_time() - c0) / stretches}
+        counter = FlopCounterMode(display=False)
+        counter.mod_tracker = _NoModules()
+        with counter:
+            model.float().context_relevance(pictures[:16].float(), "a purple ring", chunk_frames=256)
+        report[f"{name}_flops_per_picture"] = counter.get_total_flops() / 16
     model.float()
     # the index build per frame at real width: a .vidtok of 257 x 1408 float16 frames, shots of 5 s
     path = work / "realwidth.vidtok"
@@ -469,7 +477,8 @@ def realsize(work: Path, stretches: int, frames: int, out: Path | None) -> dict:
         walls.append((time.perf_counter() - w0) / len(index))
         cpus.append((time.process_time() - c0) / len(index))
     report["query_host"] = {"wall_per_stretch": statistics.median(walls), "cpu_per_stretch": statistics.median(cpus),
-                            "cpu_per_stretch_max": max(cpus), "frames_per_stretch": index.num_frames / len(index)}
+                            "cpu_per_stretch_max": max(cpus), "frames_per_stretch": index.num_frames / len(index),
+                            "parts_per_stretch": len(index.positions) / len(index)}
     if out:
         out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
@@ -523,7 +532,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.part == "child":
         kw = json.loads(args.args)
         files = [Path(f) for f in kw.pop("files")]
-        result = child_index(files) if args.name == "index" else child_query(files, tuple(kw["queries"]))
+        result = child_index(files) if args.name == "index" else child_query(files, tuple(kw["queries"]),
+                                                                              kw.get("tuning"))
         print(json.dumps(result))
     elif args.part == "grounding":
         grounding(args.data, args.model, args.split, args.limit)

@@ -81,12 +81,13 @@ def test_the_moment_whose_lines_say_the_query_ranks_first_across_the_library(lib
 
 def test_the_best_stretches_are_looked_at_closer_on_every_stored_frame(library, tiny_model):
     """``closer``: the first stage's best n stretches are ranked again by their best stored frame's attention
-    (recomputed here from each .vidtok), above the rest, which keep their order."""
+    (recomputed here from each .vidtok), above the rest, which keep their order (``closer_mix`` 0: the stored
+    frames alone; with the first stage mixed in: the next test)."""
     from llamavid.pipeline.planning import resolve_long_video
 
     query, n = "a purple ring", 6  # no line says it: the pictures alone rank
     coarse = search(tiny_model, [library], query, SearchOptions(top=40, closer=0, rerank=0))
-    closer = search(tiny_model, [library], query, SearchOptions(top=40, closer=n, rerank=0))
+    closer = search(tiny_model, [library], query, SearchOptions(top=40, closer=n, rerank=0), closer_mix=0.0)
     assert "closer" in closer.seconds and "closer" not in coarse.seconds
     key = lambda m: (m.video, m.start, m.end)  # noqa: E731
 
@@ -106,10 +107,10 @@ def test_the_best_stretches_are_looked_at_closer_on_every_stored_frame(library, 
         SearchOptions(closer=-1)
 
 
-def test_parts_scores_a_stretch_by_its_best_run_and_the_closer_look_can_mix_in_the_first_stage(library, tiny_model):
-    """``stretch_score="parts"``: each summary frame of the index is a picture of its own (its class token and
-    its pooled patches, assembled here from the sidecar's arrays), a stretch scores its best one. ``closer_mix``:
-    the closer look ranks by z(best stored frame) + mix z(first stage), over the stretches looked at."""
+def test_the_best_run_of_a_stretch_in_the_first_stage_or_mixed_into_the_closer_look(library, tiny_model):
+    """A stretch's *best run*: each summary frame of the index a picture of its own (its class token and its
+    pooled patches, assembled here from the sidecar's arrays), the best one's score. ``stretch_score="parts"``
+    ranks the first stage by it; the closer look ranks by z(best stored frame) + mix z(best run)."""
     from llamavid.pipeline.planning import resolve_long_video
 
     query, n, mix = "a purple ring", 6, 0.5  # no line says it: the pictures alone rank
@@ -130,10 +131,6 @@ def test_parts_scores_a_stretch_by_its_best_run_and_the_closer_look_can_mix_in_t
     assert len(got) == len(by_hand) and got == sorted(got, reverse=True)
     assert len(set(got)) > len(got) // 2  # the scores differ: the order says something
 
-    mixed = search(tiny_model, [library], query, SearchOptions(top=40, closer=n, rerank=0), stretch_score="parts",
-                   closer_mix=mix)
-    top = first.moments[:n]
-
     def best_frame(m) -> float:
         with open_vidtok(m.file.path) as vt:
             inside = [i for i, t in enumerate(vt.timestamps) if m.start <= t < m.end]
@@ -141,10 +138,15 @@ def test_parts_scores_a_stretch_by_its_best_run_and_the_closer_look_can_mix_in_t
         return float(scores.max())
 
     z = lambda x: (np.asarray(x) - np.mean(x)) / np.std(x)  # noqa: E731
-    value = z([best_frame(m) for m in top]) + mix * z([by_hand[(os.path.basename(m.video), m.start)] for m in top])
-    expected = [(top[i].video, top[i].start) for i in np.argsort(-value, kind="stable")]
-    assert [(m.video, m.start) for m in mixed.moments[:n]] == expected
-    assert [(m.video, m.start) for m in mixed.moments[n:]] == [(m.video, m.start) for m in first.moments[n:]]
+    for stage1 in ("whole", "parts"):  # the default first stage, and the best run's own
+        coarse = search(tiny_model, [library], query, SearchOptions(top=40, closer=0, rerank=0), stretch_score=stage1)
+        mixed = search(tiny_model, [library], query, SearchOptions(top=40, closer=n, rerank=0), stretch_score=stage1,
+                       closer_mix=mix)
+        top = coarse.moments[:n]
+        value = z([best_frame(m) for m in top]) + mix * z([by_hand[(os.path.basename(m.video), m.start)] for m in top])
+        expected = [(top[i].video, top[i].start) for i in np.argsort(-value, kind="stable")]
+        assert [(m.video, m.start) for m in mixed.moments[:n]] == expected
+        assert [(m.video, m.start) for m in mixed.moments[n:]] == [(m.video, m.start) for m in coarse.moments[n:]]
     with pytest.raises(InputError, match="stretch_score"):
         search(tiny_model, [library], query, stretch_score="frames")
     with pytest.raises(InputError, match="closer_mix"):

@@ -10,16 +10,20 @@ Two stages:
    made once and kept beside it. Files are streamed one at a time (memory does not grow with the library):
    per stretch a *visual* score, the model's text-guided attention from the query to the stretch's summary
    (``relevance.token_scores``, the look-closer scorer, no LLM; as a log-mean-exp, so stretches of one or
-   three parts compare), and a *text* score, how much of the query's words (IDF-weighted over the library's
+   three runs compare), and a *text* score, how much of the query's words (IDF-weighted over the library's
    lines, stop words left out) the stretch's subtitle and transcript lines hold. Visual scores are
    standardised over the whole library (z = how far above the library's mean, in standard deviations; the
    same query's attention, so files compare) and mapped to (0, 1) by ``sigmoid(z - VISUAL_Z)``; the stretch's
    first-stage score is ``1 - (1 - text) (1 - visual)``: either kind of evidence alone can rank it first.
    **The best are looked at closer** (``SearchOptions.closer``, 50): each of the first stage's best stretches
-   gets its visual score again from every stored frame at full resolution (the best frame's), standardised
-   over those stretches, and they are ranked again among themselves. A summary pools each frame to a coarse
-   grid and puts up to three runs side by side, so a small shape beside others blurs there; the stored frames
-   are read only for these few stretches, so the cost does not grow with the library.
+   gets its visual score again, from its best stored frame at full resolution (z over those stretches) plus
+   ``CLOSER_MIX`` times the z of its *best run* (each run's summary frame from the index as a picture of its
+   own, the best one's score), the sum standardised again; they are ranked again among themselves. A summary
+   puts up to three runs' frames side by side, pooled to a coarse grid, so a small shape blurs there and a
+   purple column in one run and a red ring in the next read somewhat as a purple ring; the best of up to ten
+   stored frames is a maximum over noisy scores; together they ranked best. The stored frames are read only
+   for these few stretches, so the cost does not grow with the library (``STRETCH_SCORE`` "parts" scores the
+   first stage by the best run itself: better, at 1.5-1.7x its cost).
 2. **The model checks the best candidates** (``SearchOptions.candidates``): each is asked, through the usual
    path (``qa.answer_about`` with the moment as ``start``/``end``, ``choices`` yes/no), ``CHECK_PROMPT``; the
    check is the likelihood of "Yes" against "No", and the moment's score becomes ``(1 - g) first + g check``
@@ -66,14 +70,16 @@ CHECK_CHOICES = ("Yes", "No")
 # the shipped demo model or the check recipe's, and slower (docs/RESULTS.md, "Check questions")
 VISUAL_TEXT = "{query}"
 SUMMARY_CHUNK = 256  # stretch summaries through the QFormer at a time
-# how a stretch's summary is scored: "parts", each of its runs' pooled frames as a picture of its own, the
-# stretch's score the best of them; or "whole", its runs side by side as one picture (a purple column in one
-# run and a red ring in another then read as a purple ring)
+# how the first stage scores a stretch's summary: "whole", its runs' pooled frames side by side as one picture
+# (a purple column in one run and a red ring in another then read somewhat as a purple ring), or "parts", each
+# run's frame as a picture of its own and the stretch by the best of them ("best run"). "parts" ranked better
+# on the tuning split but costs 1.5-1.7x the first stage (2.4 pictures a stretch), over the 5-s goal on ten
+# hours here, so the best run enters at the closer look instead (docs/RESULTS.md, "The best run of a stretch")
 STRETCH_SCORES = ("parts", "whole")
 STRETCH_SCORE = "whole"
-# the closer look's score: z(best stored frame) + CLOSER_MIX * z(the first stage's visual score), over the
-# stretches looked at (0: the stored frames alone)
-CLOSER_MIX = 0.0
+# the closer look's score: z(best stored frame) + CLOSER_MIX * z(best run), over the stretches it looks at and
+# standardised again (0: the stored frames alone)
+CLOSER_MIX = 0.5
 STOP_WORDS = frozenset(
     "a an the is are was were be been being of in on at to for with and or by from as it its this that these "
     "those where when what which who whom whose how does do did show shows shown showing part parts moment "
@@ -245,6 +251,8 @@ class _Candidate:
     terms: int  # a bit per query term held by the stretch's lines
     first: float = 0.0
     text: float = 0.0  # the IDF-weighted share of the query's terms its lines hold
+    stretch: int = 0  # its row in its file's index
+    best_run: float | None = None  # the best of its runs' scores, each run's frame a picture of its own
     closer: float | None = None  # the best stored frame's visual score, when looked at closer
 
 
@@ -300,6 +308,23 @@ def _file_lines(vin) -> list[tuple[float, float, str]]:
     return list(dict.fromkeys(lines))
 
 
+def _best_runs(model, index, stretches: np.ndarray, attention_text: str, long_video: bool) -> np.ndarray:
+    """Per stretch of ``stretches``: the best of its runs' scores, each run's summary frame (its class token and
+    its pooled patches) a picture of its own; a log-mean-exp over the picture's patches."""
+    rows = np.concatenate([np.arange(index.offsets[s], index.offsets[s + 1]) for s in stretches]) \
+        if len(stretches) else np.zeros(0, dtype=np.int64)
+    dtype = model.dtype if model.device.type == "cpu" else torch.float16  # as ``_score_file`` takes summaries
+    scores = np.empty(len(rows), dtype=np.float64)
+    for a in range(0, len(rows), SUMMARY_CHUNK):
+        chunk = rows[a:a + SUMMARY_CHUNK]
+        scores[a:a + len(chunk)] = token_scores(model, index.part_pictures(chunk, dtype), attention_text,
+                                                range(len(chunk)), long_video=long_video, chunk_frames=SUMMARY_CHUNK)
+    counts = index.parts()[stretches]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if len(counts) else counts
+    best = np.maximum.reduceat(scores, starts) if len(rows) else np.zeros(0)
+    return best - math.log(index.patches.shape[1])
+
+
 def _score_file(model, number: int, vin, index, query: str, library: _Library, long_video: bool,
                 attention_text: str, stretch_score: str = STRETCH_SCORE) -> int:
     """The first stage on one open file: every stretch's visual score (``attention_text``'s attention) and
@@ -319,12 +344,7 @@ def _score_file(model, number: int, vin, index, query: str, library: _Library, l
     # the model's own dtype, at once
     dtype = model.dtype if model.device.type == "cpu" else torch.float16
     if stretch_score == "parts":
-        scores = np.empty(len(index.positions), dtype=np.float64)
-        for a in range(0, len(scores), SUMMARY_CHUNK):
-            rows = np.arange(a, min(len(scores), a + SUMMARY_CHUNK))
-            scores[rows] = token_scores(model, index.part_pictures(rows, dtype), attention_text, range(len(rows)),
-                                        long_video=long_video, chunk_frames=SUMMARY_CHUNK)
-        visual[:] = np.maximum.reduceat(scores, index.offsets[:-1]) - math.log(grid_tokens)  # log-mean-exp
+        visual[:] = _best_runs(model, index, np.arange(n), attention_text, long_video)
     else:
         for k in np.unique(parts):
             chosen = np.nonzero(parts == k)[0]
@@ -347,7 +367,8 @@ def _score_file(model, number: int, vin, index, query: str, library: _Library, l
     keep = set(np.argsort(-visual, kind="stable")[:library.keep].tolist()) | set(np.nonzero(terms)[0].tolist())
     for s in sorted(keep):
         library.candidates.append(_Candidate(number, float(starts[s]), float(ends[s]), float(visual[s]),
-                                             int(terms[s])))
+                                             int(terms[s]), stretch=int(s),
+                                             best_run=float(visual[s]) if stretch_score == "parts" else None))
     return n
 
 
@@ -409,7 +430,7 @@ def search(model, inputs: Iterable[str | os.PathLike | LibraryFile], query: str,
     if options.closer > 0:
         t1 = time.perf_counter()
         ranked = _look_closer(model, ranked, options.closer, searched, attention_text, options, long_video, callbacks,
-                              closer_mix)
+                              closer_mix, index_settings)
         seconds["closer"] = time.perf_counter() - t1
     moments = [Moment(searched[c.file].label, c.start, c.end, c.first, c.first, file=searched[c.file])
                for c in ranked]
@@ -433,13 +454,14 @@ def search(model, inputs: Iterable[str | os.PathLike | LibraryFile], query: str,
 
 def _look_closer(model, ranked: list[_Candidate], count: int, searched: list[LibraryFile], attention_text: str,
                  options: SearchOptions, long_video: bool, callbacks: Callbacks,
-                 mix: float = CLOSER_MIX) -> list[_Candidate]:
+                 mix: float = CLOSER_MIX, index_settings: IndexSettings = IndexSettings()) -> list[_Candidate]:
     """Stage 1b: the first stage's best ``count`` stretches looked at closer. Each one's visual score becomes
     that of its best stored frame at full resolution (the query's attention over every patch of every frame in
     it, as look-closer's pass 1 scores frames) instead of its index summary's, whose frames are pooled to a
     coarse grid and mixed with each other; standardised over the ``count`` (z), it enters the first stage's
-    formula as before (with ``mix``: plus ``mix`` times the z of their first-stage visual scores, the sum
-    standardised again). They are ranked again among themselves, above the rest."""
+    formula as before; with ``mix``, plus ``mix`` times the z of their best runs' scores (``_best_runs``, from
+    the index: at most ``max_parts`` small pictures a stretch), the sum standardised again. They are ranked
+    again among themselves, above the rest."""
     top = ranked[:count]
     if len(top) < 2:
         return ranked
@@ -457,9 +479,19 @@ def _look_closer(model, ranked: list[_Candidate], count: int, searched: list[Lib
                     positions = inside if len(inside) else [int(np.argmin(np.abs(times - c.start)))]
                     c.closer = float(token_scores(model, vin.features, attention_text, positions,
                                                   long_video=long_video).max())
+                missing = [c for c in group if c.best_run is None]
+                if mix > 0 and missing:
+                    index, _ = index_for(vin.features, index_settings, callbacks=quiet, label=item.label)
+                    # the stretches as the first stage cut them (a file encoded again since has others: left out)
+                    missing = [c for c in missing if c.stretch < len(index)
+                               and abs(times[index.stretches[c.stretch, 0]] - c.start) < 1e-6]
+                    runs = _best_runs(model, index, np.asarray([c.stretch for c in missing], dtype=np.int64),
+                                      attention_text, long_video)
+                    for c, r in zip(missing, runs):
+                        c.best_run = float(r)
         except LlamaVidError as exc:  # changed on disk since the first stage: its stretches keep their first score
             callbacks.warn(f"{item.label}: not looked at closer: {_reason(exc, item)}")
-    looked = [c for c in top if c.closer is not None]
+    looked = [c for c in top if c.closer is not None and (mix == 0 or c.best_run is not None)]
     if len(looked) < 2:
         return ranked
 
@@ -468,7 +500,7 @@ def _look_closer(model, ranked: list[_Candidate], count: int, searched: list[Lib
 
     value = standard(np.asarray([c.closer for c in looked], dtype=np.float64))
     if mix > 0:
-        value = standard(value + mix * standard(np.asarray([c.visual for c in looked], dtype=np.float64)))
+        value = standard(value + mix * standard(np.asarray([c.best_run for c in looked], dtype=np.float64)))
     for c, v in zip(looked, value):
         c.first = _first(c.text, float(v))
     return sorted(top, key=lambda c: (-c.first, c.file, c.start)) + ranked[count:]
