@@ -102,7 +102,8 @@ class DemoRecipe:
     phrase_batch: int = 48
     phrase_lr: float = 1e-3
     # share of each phrases batch holding the phrase's colour and kind apart (a red bar beside a blue ring for
-    # "a red ring", in one frame or in two runs of a summary; ``grounding.pick_batch``); 0: none
+    # "a red ring", in one frame or in two runs of a summary; ``grounding.pick_batch``). Off: at 0.25 two seeds
+    # of three searched better and the third learned no colour (docs/RESULTS.md, "The best run of a stretch")
     phrase_lures: float = 0.0
     n_haystack: int = 24  # haystack videos in stage 3 (one needle of the asked kind among distractors)
     haystack_seconds: tuple[int, int] = (60, 900)

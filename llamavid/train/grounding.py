@@ -180,7 +180,8 @@ def pick_batch(rng: np.random.Generator, index: dict[tuple[str, str], list[int]]
     are such frames; the other half pair a frame of the same kind in another colour with a frame of the same
     colour on another kind, which a search index's summary puts side by side (``partners``: position in
     ``chosen`` -> the frame to put beside it; whole frames ignore it). A stretch that shows the colour in one
-    run and the kind in another is the search's commonest wrong first place (docs/RESULTS.md, "Phrases").
+    run and the kind in another is the search's commonest wrong answer (docs/RESULTS.md, "The best run of a
+    stretch", where lures are measured: two seeds of three found more, the third learned no colour).
     -> (colour, kind, chosen, partners)."""
     pairs = sorted(index)
     color, kind = pairs[int(rng.integers(len(pairs)))]
