@@ -106,11 +106,11 @@ def quality(data: Path, model_name: str, split: str, out: Path | None, limit: in
     index_settings = IndexSettings() if grid is None else IndexSettings(grid=grid)
     # what the first stage's attention reads: "query" (as it is), "check" (CHECK_PROMPT), or a template
     named = {"query": "{query}", "check": CHECK_PROMPT}
-    text = {} if visual_text is None else {"visual_text": named.get(visual_text, visual_text)}
+    tuning = {} if visual_text is None else {"visual_text": named.get(visual_text, visual_text)}
     if stretch_score is not None:  # how stage 1 scores a stretch's summary, and the closer look's mix (tuning)
-        text["stretch_score"] = stretch_score
+        tuning["stretch_score"] = stretch_score
     if closer_mix is not None:
-        text["closer_mix"] = closer_mix
+        tuning["closer_mix"] = closer_mix
     rows = []
     folders = sorted(data.glob(f"{split}-lib*"))
     if not folders:
@@ -121,7 +121,7 @@ def quality(data: Path, model_name: str, split: str, out: Path | None, limit: in
             row = {"id": q["id"], "kind": q["kind"], "text": q["text"]}
             for stage in stages:
                 result = llamavid.search(model, [folder / "videos"], q["text"], settings[stage],
-                                         index_settings=index_settings, **text)
+                                         index_settings=index_settings, **tuning)
                 row[stage] = {"rank": hit_rank(result.moments, q), "seconds": result.seconds,
                               "top": [[Path(m.video).stem, m.start, m.end, round(m.score, 4)]
                                       for m in result.moments[:3]]}
@@ -129,7 +129,7 @@ def quality(data: Path, model_name: str, split: str, out: Path | None, limit: in
             print(json.dumps({k: row[k] if k not in stages else row[k]["rank"] for k in row}), file=sys.stderr,
                   flush=True)
     report = {"model": model_name, "split": split, "libraries": len(folders), "queries": len(rows),
-              "index_settings": vars(index_settings), **text,
+              "index_settings": vars(index_settings), **tuning,
               "recall": summarize(rows, stages), "rows": rows}
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -308,12 +308,18 @@ def _file_lines(vin) -> list[tuple[float, float, str]]:
     return list(dict.fromkeys(lines))
 
 
+def _picture_dtype(model) -> torch.dtype:
+    """The dtype index pictures go to the model in: as stored (float16) for a model on an accelerator, which
+    converts them there; on the CPU the model's own, at once."""
+    return model.dtype if model.device.type == "cpu" else torch.float16
+
+
 def _best_runs(model, index, stretches: np.ndarray, attention_text: str, long_video: bool) -> np.ndarray:
     """Per stretch of ``stretches``: the best of its runs' scores, each run's summary frame (its class token and
     its pooled patches) a picture of its own; a log-mean-exp over the picture's patches."""
     rows = np.concatenate([np.arange(index.offsets[s], index.offsets[s + 1]) for s in stretches]) \
         if len(stretches) else np.zeros(0, dtype=np.int64)
-    dtype = model.dtype if model.device.type == "cpu" else torch.float16  # as ``_score_file`` takes summaries
+    dtype = _picture_dtype(model)
     scores = np.empty(len(rows), dtype=np.float64)
     for a in range(0, len(rows), SUMMARY_CHUNK):
         chunk = rows[a:a + SUMMARY_CHUNK]
@@ -337,15 +343,11 @@ def _score_file(model, number: int, vin, index, query: str, library: _Library, l
     first, stop = index.stretches[:, 0], index.stretches[:, 1]
     starts = times[first]
     ends = np.minimum(times[stop - 1] + step, max(float(vin.duration), float(times[-1]) + step))
-    parts = index.parts()
     visual = np.empty(n, dtype=np.float64)
-    grid_tokens = index.patches.shape[1]
-    # summaries as stored (float16) for a model on an accelerator, which converts them there; on the CPU in
-    # the model's own dtype, at once
-    dtype = model.dtype if model.device.type == "cpu" else torch.float16
     if stretch_score == "parts":
         visual[:] = _best_runs(model, index, np.arange(n), attention_text, long_video)
     else:
+        parts, grid_tokens, dtype = index.parts(), index.patches.shape[1], _picture_dtype(model)
         for k in np.unique(parts):
             chosen = np.nonzero(parts == k)[0]
             for a in range(0, len(chosen), SUMMARY_CHUNK):
