@@ -153,6 +153,92 @@ def test_the_best_run_of_a_stretch_in_the_first_stage_or_mixed_into_the_closer_l
         search(tiny_model, [library], query, closer_mix=float("nan"))
 
 
+def test_the_closer_look_takes_best_runs_from_the_first_stage_and_reads_no_index_twice(library, tiny_model,
+                                                                                      monkeypatch):
+    """The best runs the closer look mixes in are scored while the first stage holds each file's index: every
+    index is read once per search, whether the query's words match lines or not. A stretch the first stage
+    left without one (here: all of them) has its file's index read again in the closer look, with the same
+    ranking (``best_runs`` 0: the first stage's own use of best runs is off in both)."""
+    import llamavid.tasks.search as search_module
+
+    reads = []
+    real = search_module.index_for
+
+    def counted(*args, **kwargs):
+        reads.append(kwargs.get("label"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "index_for", counted)
+    options = SearchOptions(top=40, closer=8, rerank=0)
+    for query in ("a purple ring", "the code word"):
+        reads.clear()
+        assert search(tiny_model, [library], query, options).files == 3 == len(reads)  # the default
+        eager = search(tiny_model, [library], query, options, best_runs=0)
+        assert len(reads) == 6
+        monkeypatch.setattr(search_module._Library, "runs_now", lambda self, *a: [])
+        reads.clear()
+        lazy = search(tiny_model, [library], query, options, best_runs=0)
+        monkeypatch.undo()
+        monkeypatch.setattr(search_module, "index_for", counted)
+        assert len(reads) == 3 + len({m.video for m in lazy.moments[:8]})  # read again for the closer look
+        assert [(m.video, m.start) for m in eager.moments] == [(m.video, m.start) for m in lazy.moments]
+        assert [m.score for m in eager.moments] == pytest.approx([m.score for m in lazy.moments], abs=1e-9)
+
+
+def test_the_best_stretches_by_summary_are_ranked_again_by_their_best_run(library, tiny_model):
+    """``best_runs`` n: the library's best n stretches by their whole summary are ranked again among themselves
+    by their best run (computed here by hand from the sidecars), taking the same places' scores; the others
+    keep their order and scores."""
+    from llamavid.pipeline.planning import resolve_long_video
+
+    query, n = "a purple ring", 4  # no line says it: the pictures alone rank
+    long_video = resolve_long_video(tiny_model, None)
+    options = SearchOptions(top=40, closer=0, rerank=0)
+    plain = search(tiny_model, [library], query, options, best_runs=0).moments  # builds the indexes
+    best_run = {}
+    for path in library.rglob("*.vidtok"):
+        index = read_index(index_path_for(path))
+        with open_vidtok(path) as vt:
+            times = vt.timestamps
+        for s, (a, _) in enumerate(index.stretches):
+            pictures = index.part_pictures(np.arange(index.offsets[s], index.offsets[s + 1]))
+            lse = tiny_model.context_relevance(pictures, query, long_video=long_video)["lse"]
+            best_run[(path.name, float(times[a]))] = float(lse.max())
+    again = search(tiny_model, [library], query, options, best_runs=n).moments
+    key = lambda m: (os.path.basename(m.video), m.start)  # noqa: E731
+    chosen = {key(m) for m in plain[:n]}
+    assert len(plain) == len(again) == len(best_run) > n
+    assert [key(m) for m in again if key(m) in chosen] == sorted(chosen, key=lambda k: -best_run[k])
+    assert [key(m) for m in again if key(m) not in chosen] == [key(m) for m in plain[n:]]
+    assert [m.score for m in again if key(m) not in chosen] == [m.score for m in plain[n:]]
+    assert sorted(m.score for m in again if key(m) in chosen) == pytest.approx(sorted(m.score for m in plain[:n]))
+    assert [key(m) for m in again] != [key(m) for m in plain]  # it did reorder them
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InputError, match="best_runs"):
+            search(tiny_model, [library], query, best_runs=bad)
+
+
+def test_the_first_stage_keeps_the_best_runs_only_of_stretches_that_may_need_them():
+    """``_Library.runs_now``: the stretches among the best ``runs`` raw visual scores seen so far (a running
+    top), and of those a line matches the ``matched`` holding the most query terms. Over stretches streaming
+    past in random order about ``runs * ln(n / runs)`` are chosen, and every one of the final best ``runs``."""
+    from llamavid.tasks.search import _Library
+
+    rng = np.random.default_rng(0)
+    library, chosen, everything = _Library(["a", "b"], keep=10, runs=5), [], []
+    for f in range(200):
+        visual, terms = rng.normal(size=20), np.zeros(20, dtype=np.int64)
+        now = library.runs_now(visual, terms)
+        assert now == sorted(now)
+        chosen += [(f, s) for s in now]
+        everything += [(float(visual[s]), (f, s)) for s in range(20)]
+    assert {key for _, key in sorted(everything, reverse=True)[:5]} <= set(chosen)
+    assert len(chosen) < 5 * (1 + math.log(len(everything) / 5)) * 1.5  # about 5 ln(n / 5), not n
+    assert _Library(["a"], keep=3).runs_now(np.ones(4), np.zeros(4, dtype=np.int64)) == []
+    few = _Library(["a", "b"], keep=3, runs=1, matched=2)
+    assert few.runs_now(np.asarray([0.0, 5.0, 1.0, 2.0, 9.0]), np.asarray([1, 3, 2, 3, 0])) == [1, 3, 4]
+
+
 def test_the_first_stage_attention_reads_the_visual_text_around_the_query(library, tiny_model, monkeypatch):
     import llamavid.tasks.search as search_module
 

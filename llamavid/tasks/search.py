@@ -15,15 +15,19 @@ Two stages:
    standardised over the whole library (z = how far above the library's mean, in standard deviations; the
    same query's attention, so files compare) and mapped to (0, 1) by ``sigmoid(z - VISUAL_Z)``; the stretch's
    first-stage score is ``1 - (1 - text) (1 - visual)``: either kind of evidence alone can rank it first.
-   **The best are looked at closer** (``SearchOptions.closer``, 50): each of the first stage's best stretches
-   gets its visual score again, from its best stored frame at full resolution (z over those stretches) plus
-   ``CLOSER_MIX`` times the z of its *best run* (each run's summary frame from the index as a picture of its
-   own, the best one's score), the sum standardised again; they are ranked again among themselves. A summary
-   puts up to three runs' frames side by side, pooled to a coarse grid, so a small shape blurs there and a
-   purple column in one run and a red ring in the next read somewhat as a purple ring; the best of up to ten
-   stored frames is a maximum over noisy scores; together they ranked best. The stored frames are read only
-   for these few stretches, so the cost does not grow with the library (``STRETCH_SCORE`` "parts" scores the
-   first stage by the best run itself: better, at 1.5-1.7x its cost).
+   The library's best ``BEST_RUNS`` (200) stretches by their summary are ranked again among themselves by their
+   *best run* (each run's summary frame from the index as a picture of its own, the best one's score), keeping
+   their visual scores: a summary puts up to three runs' frames side by side, pooled to a coarse grid, so a
+   small shape blurs there and a purple column in one run and a red ring in the next read somewhat as a
+   purple ring. **The best are looked at closer** (``SearchOptions.closer``, 50): each of the first stage's
+   best stretches gets its visual score again, from its best stored frame at full resolution (z over those
+   stretches) plus ``CLOSER_MIX`` times the z of its best run, the sum standardised again; they are ranked
+   again among themselves (the best of up to ten stored frames is a maximum over noisy scores; with the best run they
+   ranked best). The stored frames are read only for these few stretches, and best runs are scored in the
+   first stage, while each file's index is at hand, only for the stretches that enter a running top 200
+   (``_Library.runs_now``: about 200 ln(stretches / 200) of them), so the cost hardly grows with the library
+   and no index is read twice (``STRETCH_SCORE`` "parts" scores the first stage by every stretch's best run:
+   1.5-1.7x its cost).
 2. **The model checks the best candidates** (``SearchOptions.candidates``): each is asked, through the usual
    path (``qa.answer_about`` with the moment as ``start``/``end``, ``choices`` yes/no), ``CHECK_PROMPT``; the
    check is the likelihood of "Yes" against "No", and the moment's score becomes ``(1 - g) first + g check``
@@ -40,6 +44,7 @@ they cannot be compared (nor read by this model).
 
 from __future__ import annotations
 
+import heapq
 import math
 import os
 import re
@@ -80,6 +85,10 @@ STRETCH_SCORE = "whole"
 # the closer look's score: z(best stored frame) + CLOSER_MIX * z(best run), over the stretches it looks at and
 # standardised again (0: the stored frames alone)
 CLOSER_MIX = 0.5
+# with "whole": the first stage's best BEST_RUNS stretches by their summary are ranked again among themselves by
+# their best run, keeping their scores (``_Library.finish``): most of what "parts" gains, at a cost that does
+# not grow with the library (0: off; docs/RESULTS.md, "Lures after the phrases")
+BEST_RUNS = 200
 STOP_WORDS = frozenset(
     "a an the is are was were be been being of in on at to for with and or by from as it its this that these "
     "those where when what which who whom whose how does do did show shows shown showing part parts moment "
@@ -258,14 +267,39 @@ class _Candidate:
 
 class _Library:
     """What the first stage keeps while files stream past: a few candidates per file, the visual scores'
-    running mean and variance (Welford), and per query term the number of lines that hold it."""
+    running mean and variance (Welford), per query term the number of lines that hold it, and the best
+    ``runs`` raw visual scores so far (a min-heap: see ``runs_now``)."""
 
-    def __init__(self, terms: list[str], keep: int):
+    def __init__(self, terms: list[str], keep: int, runs: int = 0, matched: int = 0, reorder: int = 0):
         self.terms, self.keep = terms, keep
+        self.runs, self.matched, self.reorder = runs, matched, reorder
         self.candidates: list[_Candidate] = []
         self.count, self.mean, self.m2 = 0, 0.0, 0.0
         self.lines = 0
         self.line_counts = np.zeros(len(terms), dtype=np.int64)
+        self.visual_top: list[float] = []
+
+    def runs_now(self, visual: np.ndarray, terms: np.ndarray) -> list[int]:
+        """Which of a file's stretches get their best run now, while the file's index is at hand (they are kept
+        as candidates), so that no index is read twice: those among the best ``runs`` raw visual scores so far
+        (a running top; about ``runs * ln(stretches / runs)`` of them over a library, and every one of the
+        library's best ``runs`` among them), and of those a line matches (whose rank the library's term
+        weights decide), the ``matched`` holding the most terms, the best-looking first. Any other stretch that
+        reaches the closer look has its index read again there."""
+        out = []
+        if self.runs > 0:
+            for s in np.argsort(-visual, kind="stable").tolist():
+                if len(self.visual_top) < self.runs:
+                    heapq.heappush(self.visual_top, float(visual[s]))
+                elif visual[s] > self.visual_top[0]:
+                    heapq.heapreplace(self.visual_top, float(visual[s]))
+                else:
+                    break  # sorted: none after it gets in either
+                out.append(s)
+        if self.matched > 0:
+            matched = sorted(np.nonzero(terms)[0].tolist(), key=lambda s: (-int(terms[s]).bit_count(), -visual[s]))
+            out += matched[:self.matched]
+        return sorted(set(out))
 
     def add_scores(self, scores: np.ndarray) -> None:
         for x in scores.astype(np.float64):
@@ -282,7 +316,15 @@ class _Library:
         return np.log((self.lines + 1.0) / (self.line_counts + 0.5))
 
     def finish(self) -> list[_Candidate]:
-        """Every kept candidate with its first-stage score, best first."""
+        """Every kept candidate with its first-stage score, best first. With ``reorder``: the library's best
+        ``reorder`` stretches by their summary are first ranked again among themselves by their best run: they
+        keep their visual scores, handed out again in the order of their best runs, so the scale, and how text
+        and picture weigh, stay as they were."""
+        best = sorted(self.candidates, key=lambda c: (-c.visual, c.file, c.start))[:self.reorder]
+        if len(best) >= 2 and all(c.best_run is not None for c in best):
+            scores = [c.visual for c in best]  # best first
+            for c, v in zip(sorted(best, key=lambda c: -c.best_run), scores):
+                c.visual = v
         idf = self.idf()
         total = float(idf.sum()) or 1.0
         bits = 1 << np.arange(len(self.terms))
@@ -334,7 +376,8 @@ def _best_runs(model, index, stretches: np.ndarray, attention_text: str, long_vi
 def _score_file(model, number: int, vin, index, query: str, library: _Library, long_video: bool,
                 attention_text: str, stretch_score: str = STRETCH_SCORE) -> int:
     """The first stage on one open file: every stretch's visual score (``attention_text``'s attention) and
-    text score (``query``'s words) into ``library``."""
+    text score (``query``'s words) into ``library``, and the best run of those that may need it later
+    (``_Library.runs_now``)."""
     n = len(index)
     if n == 0:
         return 0
@@ -367,10 +410,16 @@ def _score_file(model, number: int, vin, index, query: str, library: _Library, l
             if mask:
                 terms[(starts < b) & (ends > a)] |= mask
     keep = set(np.argsort(-visual, kind="stable")[:library.keep].tolist()) | set(np.nonzero(terms)[0].tolist())
+    best_run: dict[int, float] = {}
+    if stretch_score == "parts":
+        best_run = {s: float(visual[s]) for s in keep}
+    else:
+        now = np.asarray(library.runs_now(visual, terms), dtype=np.int64)
+        best_run = dict(zip(now.tolist(), _best_runs(model, index, now, attention_text, long_video).tolist()))
+        keep |= set(best_run)
     for s in sorted(keep):
         library.candidates.append(_Candidate(number, float(starts[s]), float(ends[s]), float(visual[s]),
-                                             int(terms[s]), stretch=int(s),
-                                             best_run=float(visual[s]) if stretch_score == "parts" else None))
+                                             int(terms[s]), stretch=int(s), best_run=best_run.get(s)))
     return n
 
 
@@ -381,18 +430,21 @@ def _score_file(model, number: int, vin, index, query: str, library: _Library, l
 def search(model, inputs: Iterable[str | os.PathLike | LibraryFile], query: str,
            options: SearchOptions | None = None, *, callbacks: Callbacks = NO_CALLBACKS,
            index_settings: IndexSettings = IndexSettings(), visual_text: str = VISUAL_TEXT,
-           stretch_score: str = STRETCH_SCORE, closer_mix: float = CLOSER_MIX) -> SearchResult:
+           stretch_score: str = STRETCH_SCORE, closer_mix: float = CLOSER_MIX,
+           best_runs: int = BEST_RUNS) -> SearchResult:
     """The moments of a library (``.vidtok`` files, videos, folders searched recursively) that ``query`` is
     about, best first: ``options.top`` of them (see the module docstring for the two stages). Videos are
     encoded through the cache (``options.ask``: fps, subtitles). ``callbacks``: a warning for each file left
     out, status lines, progress as (files done, files). ``visual_text``: what the first stage's attention
-    reads, with ``{query}``; ``stretch_score`` and ``closer_mix``: see ``STRETCH_SCORE`` and ``CLOSER_MIX`` (these
-    three: tuning only)."""
+    reads, with ``{query}``; ``stretch_score``, ``closer_mix`` and ``best_runs``: see ``STRETCH_SCORE``,
+    ``CLOSER_MIX`` and ``BEST_RUNS`` (these four: tuning only)."""
     options = options or SearchOptions()
     if stretch_score not in STRETCH_SCORES:
         raise InputError(f"stretch_score {stretch_score!r}: expected one of {', '.join(STRETCH_SCORES)}")
     if not (math.isfinite(closer_mix) and closer_mix >= 0):
         raise InputError(f"closer_mix {closer_mix!r}: expected a number >= 0")
+    if not (isinstance(best_runs, int) and not isinstance(best_runs, bool) and 0 <= best_runs <= 100_000):
+        raise InputError(f"best_runs {best_runs!r}: expected a whole number from 0 to 100000")
     check_text(query, "the query")
     try:
         attention_text = visual_text.format(query=query.strip())
@@ -402,7 +454,10 @@ def search(model, inputs: Iterable[str | os.PathLike | LibraryFile], query: str,
     files = check_encoders(model, library_files(inputs), callbacks=callbacks, skipped=skipped)
     long_video = resolve_long_video(model, options.ask.long)
     terms = query_terms(query)[:62]
-    library = _Library(terms, keep=options.candidates + options.top)
+    mixed = options.closer if closer_mix > 0 else 0  # the closer look's stretches that need a best run
+    whole = stretch_score == "whole"
+    library = _Library(terms, keep=options.candidates + options.top, runs=max(best_runs, mixed) if whole else 0,
+                       matched=mixed if whole else 0, reorder=best_runs if whole else 0)
     indexes: dict[str, int] = {}
     searched: list[LibraryFile] = []
     stretches = 0
@@ -462,8 +517,9 @@ def _look_closer(model, ranked: list[_Candidate], count: int, searched: list[Lib
     it, as look-closer's pass 1 scores frames) instead of its index summary's, whose frames are pooled to a
     coarse grid and mixed with each other; standardised over the ``count`` (z), it enters the first stage's
     formula as before; with ``mix``, plus ``mix`` times the z of their best runs' scores (``_best_runs``, from
-    the index: at most ``max_parts`` small pictures a stretch), the sum standardised again. They are ranked
-    again among themselves, above the rest."""
+    the index: at most ``max_parts`` small pictures a stretch; scored in the first stage, or here from the
+    index read again for a stretch the first stage did not expect here), the sum standardised again. They
+    are ranked again among themselves, above the rest."""
     top = ranked[:count]
     if len(top) < 2:
         return ranked
