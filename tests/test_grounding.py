@@ -132,3 +132,27 @@ def test_the_ranking_term_orders_the_pictures_that_show_the_phrase_first():
     worse[0] -= 4.0  # now below both
     assert float(g.ranking_loss(worse, shown)) > float(g.ranking_loss(logits, shown))
     assert float(g.ranking_loss(logits, torch.tensor([False, False, False]))) == 0.0
+
+
+def test_the_lures_step_goes_on_from_the_phrases_step_in_the_same_layout(tiny, tmp_path):
+    """The recipe's phrases step, then its lures step from the phrases step's checkpoint (``phrase_stage`` twice,
+    as ``train_demo`` runs them): each writes a checkpoint in the layout it read, the lures step moves only the
+    attention's weights, and a step whose checkpoint is already there is skipped (a resumed run)."""
+    import shutil
+
+    import llamavid
+
+    start = tmp_path / "stage3"  # a stage's checkpoint: its vision encoder beside the weights
+    shutil.copytree(tiny.path, start)
+    shutil.copyfile(tiny.vision_path, start / g.VISION_TOWER_NAME)
+    phrases = g.phrase_stage(start, tmp_path / "phrases", steps=2, frames=24, batch=8, seed=1)
+    lures = g.phrase_stage(phrases, tmp_path / "lures", steps=2, frames=24, batch=8, seed=1, lr=3e-4, lures=0.25)
+    a = llamavid.load_model(str(phrases), device="cpu", dtype="float32")
+    b = llamavid.load_model(str(lures), device="cpu", dtype="float32")
+    before, after = a.state_dict(), b.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    trained = {n for n, p in b.named_parameters() if any(p is q for q in g.trained_parameters(b))}
+    assert changed and changed <= trained
+    written = (lures / "model.safetensors").stat().st_mtime_ns
+    assert g.phrase_stage(phrases, tmp_path / "lures", steps=2, frames=24, batch=8, seed=1, lures=0.25) == lures
+    assert (lures / "model.safetensors").stat().st_mtime_ns == written

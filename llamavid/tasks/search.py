@@ -22,8 +22,8 @@ Two stages:
    purple ring. **The best are looked at closer** (``SearchOptions.closer``, 50): each of the first stage's
    best stretches gets its visual score again, from its best stored frame at full resolution (z over those
    stretches) plus ``CLOSER_MIX`` times the z of its best run, the sum standardised again; they are ranked
-   again among themselves (the best of up to ten stored frames is a maximum over noisy scores; with the best run they
-   ranked best). The stored frames are read only for these few stretches, and best runs are scored in the
+   again among themselves (the best of up to ten stored frames is a maximum over noisy scores; with the best
+   run they ranked best). The stored frames are read only for these few stretches, and best runs are scored in the
    first stage, while each file's index is at hand, only for the stretches that enter a running top 200
    (``_Library.runs_now``: about 200 ln(stretches / 200) of them), so the cost hardly grows with the library
    and no index is read twice (``STRETCH_SCORE`` "parts" scores the first stage by every stretch's best run:
