@@ -62,6 +62,27 @@ def library(tmp_path, tiny_model):
     return folder
 
 
+def best_runs_by_hand(library, model, query) -> dict[tuple[str, float], float]:
+    """Per stretch of the library's sidecars, by (file name, start): the best of its runs' scores, each run's
+    picture assembled here from the sidecar's arrays (its class token, then its pooled patches), the maximum of
+    the attention's log-sum-exp."""
+    from llamavid.pipeline.planning import resolve_long_video
+
+    long_video = resolve_long_video(model, None)
+    out = {}
+    for path in library.rglob("*.vidtok"):
+        index = read_index(index_path_for(path))
+        with open_vidtok(path) as vt:
+            times = vt.timestamps
+        for s, (a, _) in enumerate(index.stretches):
+            rows = range(index.offsets[s], index.offsets[s + 1])
+            pictures = torch.stack([torch.cat([torch.from_numpy(index.cls[r][None].astype(np.float32)),
+                                               torch.from_numpy(index.patches[r].astype(np.float32))]) for r in rows])
+            lse = model.context_relevance(pictures, query, long_video=long_video)["lse"]
+            out[(path.name, float(times[a]))] = float(lse.max())
+    return out
+
+
 def hits(moment, name, start, end) -> bool:
     return moment.video.endswith(name) and moment.start < end and moment.end > start
 
@@ -116,17 +137,7 @@ def test_the_best_run_of_a_stretch_in_the_first_stage_or_mixed_into_the_closer_l
     query, n, mix = "a purple ring", 6, 0.5  # no line says it: the pictures alone rank
     long_video = resolve_long_video(tiny_model, None)
     first = search(tiny_model, [library], query, SearchOptions(top=40, closer=0, rerank=0), stretch_score="parts")
-    by_hand = {}
-    for path in library.rglob("*.vidtok"):
-        index = read_index(index_path_for(path))
-        with open_vidtok(path) as vt:
-            times = vt.timestamps
-        for s, (a, b) in enumerate(index.stretches):
-            rows = range(index.offsets[s], index.offsets[s + 1])
-            pictures = torch.stack([torch.cat([torch.from_numpy(index.cls[r][None].astype(np.float32)),
-                                               torch.from_numpy(index.patches[r].astype(np.float32))]) for r in rows])
-            lse = tiny_model.context_relevance(pictures, query, long_video=long_video)["lse"]
-            by_hand[(path.name, float(times[a]))] = float(lse.max()) - math.log(16)
+    by_hand = {k: v - math.log(16) for k, v in best_runs_by_hand(library, tiny_model, query).items()}
     got = [by_hand[(os.path.basename(m.video), m.start)] for m in first.moments]
     assert len(got) == len(by_hand) and got == sorted(got, reverse=True)
     assert len(set(got)) > len(got) // 2  # the scores differ: the order says something
@@ -189,21 +200,10 @@ def test_the_best_stretches_by_summary_are_ranked_again_by_their_best_run(librar
     """``best_runs`` n: the library's best n stretches by their whole summary are ranked again among themselves
     by their best run (computed here by hand from the sidecars), taking the same places' scores; the others
     keep their order and scores."""
-    from llamavid.pipeline.planning import resolve_long_video
-
     query, n = "a purple ring", 4  # no line says it: the pictures alone rank
-    long_video = resolve_long_video(tiny_model, None)
     options = SearchOptions(top=40, closer=0, rerank=0)
     plain = search(tiny_model, [library], query, options, best_runs=0).moments  # builds the indexes
-    best_run = {}
-    for path in library.rglob("*.vidtok"):
-        index = read_index(index_path_for(path))
-        with open_vidtok(path) as vt:
-            times = vt.timestamps
-        for s, (a, _) in enumerate(index.stretches):
-            pictures = index.part_pictures(np.arange(index.offsets[s], index.offsets[s + 1]))
-            lse = tiny_model.context_relevance(pictures, query, long_video=long_video)["lse"]
-            best_run[(path.name, float(times[a]))] = float(lse.max())
+    best_run = best_runs_by_hand(library, tiny_model, query)
     again = search(tiny_model, [library], query, options, best_runs=n).moments
     key = lambda m: (os.path.basename(m.video), m.start)  # noqa: E731
     chosen = {key(m) for m in plain[:n]}
