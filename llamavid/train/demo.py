@@ -110,8 +110,9 @@ class DemoRecipe:
     # "The best run of a stretch"); they come in the next step, once colour and kind are learned
     phrase_lures: float = 0.0
     # lures (ours, after phrases): the phrases step again from its weights, at a third of its learning rate, with
-    # this share of lures in each batch. Every seed then ranks the right moment higher (docs/RESULTS.md,
-    # "Lures after the phrases"); 0 steps: off
+    # this share of lures in each batch (at most 0.25: they replace the batch's "anything" quarter,
+    # ``grounding.pick_batch``). Every seed then ranks the right moment higher (docs/RESULTS.md, "Lures after the
+    # phrases"); 0 steps: off
     lure_steps: int = 1500
     lure_lr: float = 3e-4
     lure_share: float = 0.25
