@@ -147,7 +147,7 @@ class DemoRecipe:
     data_seed: int = 0  # the synthetic set (train and test): the same for every training seed
 
 
-# The recipe shipped before that one (``train --recipe before-kinds``): an encoder whose per-patch
+# The recipe of the model shipped two before this one (``train --recipe before-kinds``): an encoder whose per-patch
 # kind loss weighs every patch alike, five epochs of stage 2, no evidence loss in stage 3.
 BEFORE_KINDS: dict = {"vision_shape_weight": 1.0, "stage2": dict(DemoRecipe().stage2, epochs=5), "evidence": 0.0,
                       "lure_steps": 0}
