@@ -90,6 +90,16 @@ def test_lures_hold_the_colour_and_the_kind_apart_in_a_frame_or_in_a_summary():
     assert shown.tolist() == [False]
     assert not g.pick_batch(np.random.default_rng(1), index, 40, 16)[3]  # no lures asked: none
 
+def moved_only_what_the_phrases_train(before: dict, model) -> set[str]:
+    """The weights of ``model`` that differ from ``before`` (a state dict): some, and only among those the phrases
+    step trains (``grounding.trained_parameters``)."""
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    trained = {n for n, p in model.named_parameters() if any(p is q for q in g.trained_parameters(model))}
+    assert changed and changed <= trained
+    return changed
+
+
 def test_the_phrase_stage_trains_only_what_decides_the_attention(tiny_model):
     import copy
 
@@ -97,10 +107,7 @@ def test_the_phrase_stage_trains_only_what_decides_the_attention(tiny_model):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     losses = g.train_phrases(model, steps=3, frames=24, batch=8, seed=1)
     assert len(losses) == 3 and all(np.isfinite(losses))
-    after = model.state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    trained = {n for n, p in model.named_parameters() if any(p is q for q in g.trained_parameters(model))}
-    assert changed and changed <= trained
+    changed = moved_only_what_the_phrases_train(before, model)
     assert any(k.startswith("qformer.") for k in changed) and any("key_projector" in k for k in changed)
     assert all(p.requires_grad for p in model.parameters())  # left as it came (all trainable)
 
@@ -149,10 +156,7 @@ def test_the_lures_step_goes_on_from_the_phrases_step_in_the_same_layout(tiny, t
     lures = g.phrase_stage(phrases, tmp_path / "lures", steps=2, frames=24, batch=8, seed=1, lr=3e-4, lures=0.25)
     a = llamavid.load_model(str(phrases), device="cpu", dtype="float32")
     b = llamavid.load_model(str(lures), device="cpu", dtype="float32")
-    before, after = a.state_dict(), b.state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    trained = {n for n, p in b.named_parameters() if any(p is q for q in g.trained_parameters(b))}
-    assert changed and changed <= trained
+    moved_only_what_the_phrases_train(a.state_dict(), b)
     written = (lures / "model.safetensors").stat().st_mtime_ns
     assert g.phrase_stage(phrases, tmp_path / "lures", steps=2, frames=24, batch=8, seed=1, lures=0.25) == lures
     assert (lures / "model.safetensors").stat().st_mtime_ns == written

@@ -500,15 +500,15 @@ def train_demo(output: Path, r: DemoRecipe, *, data_root: Path, ship: bool = Fal
     if r.phrase_steps > 0:
         from .grounding import phrase_stage
 
-        model = str(phrase_stage(model, output / "phrases", steps=r.phrase_steps, frames=r.phrase_frames,
-                                 batch=r.phrase_batch, lr=r.phrase_lr, lures=r.phrase_lures, seed=r.seed,
-                                 on_log=lambda rec: log(f"phrases step {rec['step']}: loss {rec['loss']:.3f} "
-                                                        f"({rec['seconds']:.0f} s)")))
-        if r.lure_steps > 0:
-            model = str(phrase_stage(model, output / "lures", steps=r.lure_steps, frames=r.phrase_frames,
-                                     batch=r.phrase_batch, lr=r.lure_lr, lures=r.lure_share, seed=r.seed,
-                                     on_log=lambda rec: log(f"lures step {rec['step']}: loss {rec['loss']:.3f} "
-                                                            f"({rec['seconds']:.0f} s)")))
+        # the phrases step, then the lures step from its weights: the same training with other settings
+        for name, steps, lr, lures in (("phrases", r.phrase_steps, r.phrase_lr, r.phrase_lures),
+                                       ("lures", r.lure_steps, r.lure_lr, r.lure_share)):
+            if steps > 0:
+                model = str(phrase_stage(model, output / name, steps=steps, frames=r.phrase_frames,
+                                         batch=r.phrase_batch, lr=lr, lures=lures, seed=r.seed,
+                                         on_log=lambda rec, name=name: log(
+                                             f"{name} step {rec['step']}: loss {rec['loss']:.3f} "
+                                             f"({rec['seconds']:.0f} s)")))
     final = export_demo(model, output / "demo")
     log(f"trained in {time.perf_counter() - t0:.0f} s; model: {final}")
     (output / "timing.json").write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1)}) + "\n")
