@@ -115,18 +115,20 @@ def test_the_encoders_patch_kind_loss_weighs_a_shapes_patches():
 
 def test_the_named_recipes_differ_from_the_shipped_one_only_where_they_say():
     """The recipes docs/RESULTS.md compares with the shipped one differ from it only where they say: the model
-    shipped before (no lures step), the one before that (the encoder's patches weighed alike, five epochs of
-    stage 2, no evidence loss), the steps between them, and the check questions on the one before."""
+    shipped before (1,500 lures steps), the one before it (no lures step), the one before that (the encoder's
+    patches weighed alike, five epochs of stage 2, no evidence loss), the steps between them, and the check
+    questions on the one before."""
     from dataclasses import asdict
 
     from llamavid.train.demo import RECIPES, DemoRecipe
 
     shipped = asdict(DemoRecipe(**RECIPES["shipped"]))
     assert shipped["vision_shape_weight"] == 5.0 and shipped["stage2"]["epochs"] == 7 and shipped["evidence"] == 1.0
-    assert shipped["lure_steps"] == 1500 and shipped["lure_share"] == 0.25 and shipped["phrase_lures"] == 0.0
+    assert shipped["lure_steps"] == 3000 and shipped["lure_share"] == 0.25 and shipped["phrase_lures"] == 0.0
     five = dict(shipped["stage2"], epochs=5)
     before = {"vision_shape_weight": 1.0, "stage2": five, "evidence": 0.0, "lure_steps": 0}
-    for name, want in (("before-lures", {"lure_steps": 0}),
+    for name, want in (("lures-1500", {"lure_steps": 1500}),
+                       ("before-lures", {"lure_steps": 0}),
                        ("before-kinds", before),
                        ("kinds", {"stage2": five, "evidence": 0.0, "lure_steps": 0}),
                        ("kinds7", {"evidence": 0.0, "lure_steps": 0}),
