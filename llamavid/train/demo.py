@@ -1,6 +1,6 @@
 """The recipe of the built-in ``demo`` model: a small LLaMA-VID trained from scratch on the synthetic set.
 
-    python -m llamavid.train.demo train --data runs/data --output runs/demo [--ship]   # ~52 min, 2 CPU cores
+    python -m llamavid.train.demo train --data runs/data --output runs/demo [--ship]   # ~72 min, 2 CPU cores
     python -m llamavid.train.demo evaluate --model demo --output docs/RESULTS.md
 
 What ``train`` does, in order (each step skips work a previous, interrupted run already finished):
