@@ -90,6 +90,7 @@ def test_lures_hold_the_colour_and_the_kind_apart_in_a_frame_or_in_a_summary():
     assert shown.tolist() == [False]
     assert not g.pick_batch(np.random.default_rng(1), index, 40, 16)[3]  # no lures asked: none
 
+
 def moved_only_what_the_phrases_train(before: dict, model) -> set[str]:
     """The weights of ``model`` that differ from ``before`` (a state dict): some, and only among those the phrases
     step trains (``grounding.trained_parameters``)."""
